@@ -1,0 +1,1 @@
+"""steelseg ground floor: the Severstal format and everything both stages share."""

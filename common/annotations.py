@@ -1,0 +1,140 @@
+"""Read Severstal annotation CSVs in either Kaggle format into one long form.
+
+Long form: one row per (ImageId, ClassId) that has a defect, columns ``ImageId, ClassId,
+EncodedPixels``. The new format (``ImageId,ClassId,EncodedPixels``) lists defect rows only; the
+2019 format (``ImageId_ClassId,EncodedPixels``) lists every image x class, empty when clean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+import pandas as pd
+
+from common.errors import AnnotationError
+from common.rle import IMAGE_SHAPE, RLEError, is_empty, parse
+
+CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
+LONG_COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
+NEW_FORMAT, OLD_FORMAT = "new", "old"
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Defect rows in long form plus every ImageId the file mentions (clean ones included)."""
+
+    rows: pd.DataFrame
+    image_ids: tuple[str, ...]
+    format: str
+    path: str = "<frame>"
+    line_of: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
+
+
+def check_image_id(image_id: object, where: str) -> str:
+    """Return the id if it is a plain file name; refuse paths that could leave the images folder."""
+    if not isinstance(image_id, str) or not image_id.strip():
+        raise AnnotationError(f"{where}: empty or non-text ImageId {image_id!r}")
+    if image_id != image_id.strip():
+        raise AnnotationError(f"{where}: ImageId {image_id!r} has leading or trailing spaces")
+    posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
+    if (posix.is_absolute() or windows.is_absolute() or windows.drive or len(posix.parts) != 1
+            or len(windows.parts) != 1 or image_id in (".", "..")):
+        raise AnnotationError(f"{where}: ImageId {image_id!r} is not a plain file name (paths are refused)")
+    return image_id
+
+
+def detect_format(columns: list[str], path: str) -> str:
+    """'new' or 'old' from the header; an error naming the file when it is neither."""
+    cols = set(columns)
+    if {"ImageId", "ClassId", "EncodedPixels"} <= cols:
+        return NEW_FORMAT
+    if {"ImageId_ClassId", "EncodedPixels"} <= cols:
+        return OLD_FORMAT
+    raise AnnotationError(
+        f"{path}: header {columns} is neither 'ImageId,ClassId,EncodedPixels' nor 'ImageId_ClassId,EncodedPixels'"
+    )
+
+
+def _class_id(value: object, where: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) not in CLASS_IDS:
+        raise AnnotationError(f"{where}: unknown ClassId {value!r} (expected one of {list(CLASS_IDS)})")
+    return int(text)
+
+
+def check_row(fmt: str, key: object, cls: object, rle: object, where: str,
+              validate_rle: bool = True, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[str, int, str]:
+    """Validate one CSV row; return (ImageId, ClassId, RLE or '') or raise naming ``where``."""
+    if fmt == OLD_FORMAT:
+        if not isinstance(key, str) or "_" not in key:
+            raise AnnotationError(f"{where}: ImageId_ClassId {key!r} has no '_<class>' suffix")
+        key, cls = key.rsplit("_", 1)
+    image_id = check_image_id(key, where)
+    class_id = _class_id(cls, where)
+    if is_empty(rle):
+        return image_id, class_id, ""
+    if validate_rle:
+        try:
+            parse(rle, shape)
+        except RLEError as exc:
+            raise AnnotationError(f"{where}: bad EncodedPixels for {image_id!r} class {class_id}: {exc}") from exc
+    return image_id, class_id, str(rle).strip()
+
+
+def iter_rows(frame: pd.DataFrame, fmt: str):
+    """Yield (line number, key, class, rle) of a raw frame; line 1 is the header."""
+    id_col = "ImageId" if fmt == NEW_FORMAT else "ImageId_ClassId"
+    classes = frame["ClassId"] if fmt == NEW_FORMAT else frame[id_col]
+    for i, (key, cls, rle) in enumerate(zip(frame[id_col], classes, frame["EncodedPixels"])):
+        yield i + 2, key, cls, rle
+
+
+def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool = True,
+                shape: tuple[int, int] = IMAGE_SHAPE) -> Annotations:
+    """Turn a raw CSV frame (all columns as text) of either format into validated long form."""
+    fmt = detect_format(list(frame.columns), path)
+    ids, classes, rles, seen = [], [], [], {}
+    mentioned: dict[str, None] = {}
+    for line, key, cls, rle in iter_rows(frame, fmt):
+        where = f"{path}, line {line}"
+        image_id, class_id, rle = check_row(fmt, key, cls, rle, where, validate_rle, shape)
+        if (image_id, class_id) in seen:
+            raise AnnotationError(
+                f"{where}: duplicate row for image {image_id!r} class {class_id} "
+                f"(first at line {seen[(image_id, class_id)]})"
+            )
+        seen[(image_id, class_id)] = line
+        mentioned[image_id] = None
+        if rle:
+            ids.append(image_id)
+            classes.append(class_id)
+            rles.append(rle)
+    rows = pd.DataFrame({"ImageId": ids, "ClassId": np.asarray(classes, np.int64), "EncodedPixels": rles},
+                        columns=LONG_COLUMNS)
+    rows = rows.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
+    return Annotations(rows=rows, image_ids=tuple(mentioned), format=fmt, path=path, line_of=seen)
+
+
+def read_annotations(path: Path | str, validate_rle: bool = True,
+                     shape: tuple[int, int] = IMAGE_SHAPE) -> Annotations:
+    """Read an annotation or submission CSV of either format (auto-detected) into long form."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not a readable CSV ({exc})") from exc
+    return parse_frame(frame, str(path), validate_rle, shape)
+
+
+def labels_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """0/1 presence table indexed by ImageId with one column per class (1..4), clean images included."""
+    table = pd.DataFrame(0, index=pd.Index(list(image_ids), name="ImageId"), columns=list(CLASS_IDS), dtype=np.int64)
+    unknown = set(rows["ImageId"]) - set(table.index)
+    if unknown:
+        raise AnnotationError(f"annotation rows name images outside the image list: {sorted(unknown)[:5]}")
+    for class_id, group in rows.groupby("ClassId"):
+        table.loc[group["ImageId"].to_numpy(), int(class_id)] = 1
+    return table

@@ -1,0 +1,85 @@
+"""Checkpoints that carry their own constructor config and load with ``weights_only=True``.
+
+File format (a plain dict saved with ``torch.save``):
+``{"format": 1, "stage": str, "model": {"_target_": ..., **kwargs}, "state_dict": {...},
+"meta": {...}}`` where ``model`` rebuilds the network through ``common.config.build`` and ``meta``
+holds plain values (epoch, metrics, preprocessing, fold, run config).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.config import build
+from common.errors import SteelsegError
+from common.io import atomic_open
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(SteelsegError, ValueError):
+    """A checkpoint file that is missing, unreadable, of another stage or format."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model behind DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, model_config: dict, stage: str,
+                    meta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write model weights plus the config that rebuilds it, atomically (temp file + rename)."""
+    if "_target_" not in model_config:
+        raise CheckpointError(f"{path}: model config has no _target_: {model_config}")
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    payload = {"format": FORMAT_VERSION, "stage": stage, "model": dict(model_config),
+               "state_dict": state, "meta": dict(meta or {})}
+    if extra:
+        payload.update(extra)
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
+    return Path(path)
+
+
+def load_checkpoint(path: Path | str, stage: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) and check its format and stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "model" not in payload:
+        raise CheckpointError(f"{path}: not a steelseg checkpoint (format {FORMAT_VERSION})")
+    if stage is not None and payload.get("stage") != stage:
+        raise CheckpointError(f"{path}: checkpoint of stage {payload.get('stage')!r}, expected {stage!r}")
+    return payload
+
+
+def build_model(payload: dict[str, Any], path: Path | str = "<checkpoint>") -> nn.Module:
+    """Rebuild the network from the config stored in a checkpoint and load its weights strictly."""
+    config = dict(payload["model"])
+    # Weights come from the checkpoint, never from a hub or a local pretrained file.
+    for key in ("pretrained", "encoder_weights", "pretrained_path", "weights_path"):
+        if key in config:
+            config[key] = None if key != "pretrained" else False
+    model = build(config, key=f"{path}: model")
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the stored model config: {exc}") from exc
+    return model.eval()
+
+
+def load_model(path: Path | str, stage: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Checkpoint file -> (eval-mode model on CPU, payload)."""
+    payload = load_checkpoint(path, stage)
+    return build_model(payload, path), payload

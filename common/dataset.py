@@ -1,0 +1,129 @@
+"""A dataset root in Kaggle layout: image folders plus annotations, checked against each other.
+
+Layout: ``ROOT/train_images/``, ``ROOT/test_images/``, ``ROOT/train.csv`` (either format).
+Images present in the folder but absent from the CSV are defect-free and kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.annotations import CLASS_IDS, Annotations, labels_table, read_annotations
+from common.errors import DatasetError, ImageError
+from common.images import read_image, read_size
+from common.rle import IMAGE_SHAPE, decode
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+DEFAULT_CSV = {"train": "train.csv", "test": None}
+
+
+@dataclass(frozen=True)
+class SteelDataset:
+    """Images of one split with their (possibly empty) long-form annotations."""
+
+    image_dir: Path
+    image_ids: tuple[str, ...]
+    annotations: pd.DataFrame
+    labelled: bool
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def path(self, image_id: str) -> Path:
+        """File of one image."""
+        return self.image_dir / image_id
+
+    def image(self, image_id: str, channels: int = 3) -> np.ndarray:
+        """uint8 image (HxWx3 RGB or HxW), read by content."""
+        return read_image(self.path(image_id), channels)
+
+    @cached_property
+    def _rle_index(self) -> dict[str, dict[int, str]]:
+        index: dict[str, dict[int, str]] = {}
+        for image_id, class_id, rle in self.annotations.itertuples(index=False):
+            index.setdefault(image_id, {})[int(class_id)] = rle
+        return index
+
+    def rles(self, image_id: str) -> dict[int, str]:
+        """Class id -> RLE for the defects of one image (empty dict when clean)."""
+        return dict(self._rle_index.get(image_id, {}))
+
+    def masks(self, image_id: str) -> np.ndarray:
+        """uint8 array (4, 256, 1600): one 0/1 mask per class."""
+        out = np.zeros((len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
+        for class_id, rle in self._rle_index.get(image_id, {}).items():
+            out[class_id - 1] = decode(rle)
+        return out
+
+    @cached_property
+    def labels(self) -> pd.DataFrame:
+        """0/1 presence per image (rows) and class (columns 1..4), defect-free images included."""
+        return labels_table(self.annotations, self.image_ids)
+
+    def subset(self, image_ids: list[str] | tuple[str, ...]) -> "SteelDataset":
+        """The same dataset restricted to some images (e.g. one fold)."""
+        missing = set(image_ids) - set(self.image_ids)
+        if missing:
+            raise DatasetError(f"{self.source}: unknown image ids {sorted(missing)[:5]}")
+        rows = self.annotations[self.annotations["ImageId"].isin(set(image_ids))].reset_index(drop=True)
+        return SteelDataset(self.image_dir, tuple(image_ids), rows, self.labelled, self.source)
+
+
+def list_images(image_dir: Path) -> list[str]:
+    """Sorted image file names in a folder (jpg/jpeg/png by name; content is checked on read)."""
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir}: image folder not found")
+    return sorted(p.name for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_image_files(image_dir: Path, image_ids: list[str] | tuple[str, ...], full: bool = False) -> None:
+    """Raise ImageError for the first unreadable or wrong-size image (header only unless ``full``)."""
+    for image_id in image_ids:
+        path = image_dir / image_id
+        if full:
+            read_image(path)
+            continue
+        size = read_size(path)
+        if size != IMAGE_SHAPE:
+            raise ImageError(f"{path}: image is {size[0]}x{size[1]}, expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
+
+
+def dataset_from(image_dir: Path | str, annotations: Annotations | None, check: str = "header") -> SteelDataset:
+    """Join an image folder with annotations; rows naming missing images are an error, never dropped."""
+    image_dir = Path(image_dir)
+    on_disk = list_images(image_dir)
+    if not on_disk:
+        raise DatasetError(f"{image_dir}: no images (.jpg/.jpeg/.png) in the folder")
+    present = set(on_disk)
+    if annotations is None:
+        rows = pd.DataFrame(columns=["ImageId", "ClassId", "EncodedPixels"]).astype({"ClassId": np.int64})
+        source = str(image_dir)
+    else:
+        for image_id in annotations.image_ids:
+            if image_id not in present:
+                line = next((ln for (iid, _), ln in annotations.line_of.items() if iid == image_id), None)
+                where = f", line {line}" if line else ""
+                raise DatasetError(f"{annotations.path}{where}: image {image_id!r} is not in {image_dir}")
+        rows, source = annotations.rows, annotations.path
+    if check not in ("none", "header", "full"):
+        raise ValueError(f"check must be 'none', 'header' or 'full', got {check!r}")
+    if check != "none":
+        check_image_files(image_dir, on_disk, full=check == "full")
+    return SteelDataset(image_dir, tuple(on_disk), rows, annotations is not None, source)
+
+
+def load_split(root: Path | str, split: str = "train", csv: Path | str | None = None,
+               check: str = "header") -> SteelDataset:
+    """Load ``ROOT/{split}_images`` with ``csv`` (default ``ROOT/train.csv`` for train, none for test)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root not found")
+    if csv is None and DEFAULT_CSV.get(split):
+        csv = root / DEFAULT_CSV[split]
+    annotations = read_annotations(csv) if csv is not None else None
+    return dataset_from(root / f"{split}_images", annotations, check)

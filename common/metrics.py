@@ -1,0 +1,137 @@
+"""The Kaggle score: mean Dice over every (image, class) pair; an empty prediction on an empty truth is 1.
+
+``python -m common.metrics SUBMISSION --truth TRAIN_CSV --images DIR`` prints overall and per-class scores
+beside the all-empty baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.annotations import CLASS_IDS, read_annotations
+from common.dataset import list_images
+from common.errors import SteelsegError
+from common.rle import IMAGE_SHAPE, decode, is_empty
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks; 1.0 when both are empty."""
+    p, t = pred != 0, truth != 0
+    denom = int(p.sum()) + int(t.sum())
+    if denom == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(p, t).sum()) / denom
+
+
+def dice_rle(pred: object, truth: object, shape: tuple[int, int] = IMAGE_SHAPE) -> float:
+    """Dice of two RLE strings, decoding only when both are non-empty."""
+    pe, te = is_empty(pred), is_empty(truth)
+    if pe and te:
+        return 1.0
+    if pe or te:
+        return 0.0
+    return dice(decode(pred, shape), decode(truth, shape))
+
+
+def dice_from_counts(intersection: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
+    """Vectorised Dice from pixel counts; pairs with both areas 0 score 1."""
+    intersection, pred_area, true_area = (np.asarray(a, np.float64) for a in (intersection, pred_area, true_area))
+    denom = pred_area + true_area
+    out = np.ones(np.broadcast(intersection, denom).shape)
+    np.divide(2.0 * intersection, denom, out=out, where=denom > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """Kaggle score overall and per class, with the all-empty baseline on the same pairs."""
+
+    overall: float
+    per_class: dict[int, float]
+    baseline: float
+    baseline_per_class: dict[int, float]
+    n_images: int
+
+    def format(self) -> str:
+        """Human-readable table."""
+        lines = [f"Kaggle score over {self.n_images} images x {len(CLASS_IDS)} classes",
+                 f"  {'':8s} {'score':>8s} {'all-empty':>10s} {'gain':>8s}"]
+        rows = [(f"class {c}", self.per_class[c], self.baseline_per_class[c]) for c in CLASS_IDS]
+        rows.append(("overall", self.overall, self.baseline))
+        for name, s, b in rows:
+            lines.append(f"  {name:8s} {s:8.5f} {b:10.5f} {s - b:+8.5f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Flat dict for CSV/JSON logs."""
+        out = {"score": self.overall, "baseline": self.baseline, "n_images": self.n_images}
+        for c in CLASS_IDS:
+            out[f"score_{c}"] = self.per_class[c]
+            out[f"baseline_{c}"] = self.baseline_per_class[c]
+        return out
+
+
+def pair_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> pd.Series:
+    """RLE (or '') per (ImageId, ClassId) over every image x class; rows for other images are an error."""
+    index = pd.MultiIndex.from_product([list(image_ids), list(CLASS_IDS)], names=["ImageId", "ClassId"])
+    series = pd.Series("", index=index, dtype=object)
+    if len(rows):
+        keys = pd.MultiIndex.from_arrays([rows["ImageId"].to_numpy(), rows["ClassId"].astype(np.int64).to_numpy()])
+        unknown = ~keys.isin(index)
+        if unknown.any():
+            raise SteelsegError(f"rows for images outside the scored set, e.g. {keys[unknown][0]}")
+        series.loc[keys] = rows["EncodedPixels"].fillna("").to_numpy()
+    return series
+
+
+def score_pairs(pair_dice: np.ndarray, truth_empty: np.ndarray, n_images: int) -> ScoreReport:
+    """Build a report from per-pair Dice values laid out as (n_images, 4)."""
+    pair_dice = pair_dice.reshape(n_images, len(CLASS_IDS))
+    truth_empty = truth_empty.reshape(n_images, len(CLASS_IDS)).astype(np.float64)
+    if n_images == 0:
+        raise SteelsegError("no images to score")
+    return ScoreReport(
+        overall=float(pair_dice.mean()),
+        per_class={c: float(pair_dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+        baseline=float(truth_empty.mean()),
+        baseline_per_class={c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+        n_images=n_images,
+    )
+
+
+def kaggle_score(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> ScoreReport:
+    """Score long-form predictions against long-form truth over every image x class."""
+    truth = truth[truth["ImageId"].isin(set(image_ids))]
+    p, t = pair_table(pred, image_ids), pair_table(truth, image_ids)
+    values = np.fromiter((dice_rle(a, b) for a, b in zip(p.to_numpy(), t.to_numpy())), np.float64, count=len(p))
+    return score_pairs(values, (t == "").to_numpy(), len(image_ids))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: score a submission file against a truth CSV over the images of a folder."""
+    parser = argparse.ArgumentParser(prog="python -m common.metrics", description=__doc__.splitlines()[0])
+    parser.add_argument("submission", type=Path, help="submission CSV (either Kaggle format)")
+    parser.add_argument("--truth", type=Path, required=True, help="ground-truth CSV (either format)")
+    parser.add_argument("--images", type=Path, required=True, help="folder of the scored images")
+    args = parser.parse_args(argv)
+    try:
+        image_ids = list_images(args.images)
+        sub, truth = read_annotations(args.submission), read_annotations(args.truth)
+        missing = sorted(set(image_ids) - set(sub.image_ids))
+        if missing:
+            raise SteelsegError(f"{args.submission}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
+        report = kaggle_score(sub.rows, truth.rows, image_ids)
+    except (SteelsegError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Kaggle run-length encoding: 1-indexed ``start length`` pairs over column-major pixels.
+
+Pixels are numbered top-to-bottom, then left-to-right (Fortran order), starting at 1.
+An empty mask encodes to ``''``.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+IMAGE_SHAPE: tuple[int, int] = (256, 1600)
+
+_STRICT = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
+
+
+class RLEError(ValueError):
+    """An encoded-pixels string that is not a valid Kaggle RLE for the given shape."""
+
+
+def is_empty(rle: object) -> bool:
+    """True for the values that mean 'no mask': None, NaN and blank strings."""
+    if rle is None:
+        return True
+    if isinstance(rle, float) and math.isnan(rle):
+        return True
+    return isinstance(rle, str) and not rle.strip()
+
+
+def encode(mask: np.ndarray) -> str:
+    """Encode a 2-D mask (any dtype, nonzero = on) as a Kaggle RLE string."""
+    if mask.ndim != 2:
+        raise RLEError(f"mask must be 2-D, got shape {mask.shape}")
+    on = mask if mask.dtype == np.bool_ else mask != 0
+    cols = np.flatnonzero(on.any(axis=0))
+    if cols.size == 0:
+        return ""
+    height = on.shape[0]
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    # Only the columns between the first and the last non-empty one are transposed.
+    flat = np.ascontiguousarray(on[:, c0:c1].T).view(np.uint8).ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        change = np.concatenate(([0], change))
+    if flat[-1]:
+        change = np.concatenate((change, [flat.size]))
+    change[1::2] -= change[::2]
+    change[::2] += c0 * height + 1
+    return " ".join(map(str, change.tolist()))
+
+
+def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an RLE and return its 0-based run starts and lengths (int64 arrays)."""
+    if is_empty(rle):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if not isinstance(rle, str):
+        raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
+    tokens = rle.split()
+    if not _STRICT.fullmatch(rle):
+        bad = next((i, t) for i, t in enumerate(tokens) if not t.isdigit() or not t.isascii())
+        raise RLEError(f"token {bad[0]} ({bad[1]!r}) is not a non-negative integer")
+    if len(tokens) % 2:
+        raise RLEError(f"odd number of tokens ({len(tokens)}): RLE must be 'start length' pairs")
+    values = np.array(tokens, dtype=np.int64)
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if (starts < 0).any():
+        i = int(np.argmax(starts < 0))
+        raise RLEError(f"run {i}: start {starts[i] + 1} < 1 (starts are 1-indexed)")
+    if (lengths < 1).any():
+        i = int(np.argmax(lengths < 1))
+        raise RLEError(f"run {i}: length {lengths[i]} < 1")
+    ends = starts + lengths
+    gaps = starts[1:] - ends[:-1]
+    if (gaps < 0).any():
+        i = int(np.argmax(gaps < 0)) + 1
+        raise RLEError(
+            f"run {i}: start {starts[i] + 1} is not after the end of run {i - 1} "
+            f"({ends[i - 1]}): runs must be ascending and must not overlap"
+        )
+    total = shape[0] * shape[1]
+    if ends[-1] > total:
+        raise RLEError(f"last run ends at pixel {ends[-1]}, past the image end ({total} pixels for {shape})")
+    return starts, lengths
+
+
+def decode(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """Decode a Kaggle RLE into a uint8 0/1 mask of ``shape``; '', None and NaN give an empty mask."""
+    starts, lengths = parse(rle, shape)
+    total = shape[0] * shape[1]
+    if starts.size == 0:
+        return np.zeros(shape, np.uint8)
+    # Alternate 0-gaps and 1-runs, then one np.repeat writes the whole column-major buffer.
+    counts = np.empty(2 * starts.size + 1, np.int64)
+    counts[0] = starts[0]
+    counts[2:-1:2] = starts[1:] - (starts[:-1] + lengths[:-1])
+    counts[1::2] = lengths
+    counts[-1] = total - (starts[-1] + lengths[-1])
+    values = np.zeros(counts.size, np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, counts)
+    return flat.reshape(shape[1], shape[0]).T
+
+
+def area(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> int:
+    """Number of pixels an RLE covers, validated, without decoding the mask."""
+    return int(parse(rle, shape)[1].sum())
