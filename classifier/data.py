@@ -13,12 +13,17 @@ from common.dataset import SteelDataset
 
 
 class PresenceDataset(Dataset):
-    """Items ``{"image": (C, H, W) float, "target": (4,) float 0/1, "image_id": str}`` in ``image_ids`` order."""
+    """Items ``{"image": (C, H, W) float, "target": (4,) float 0/1, "image_id": str}`` in ``image_ids`` order.
+
+    ``cache`` keeps the decoded, resized uint8 images in memory (per loader worker): for small
+    datasets and reduced input sizes, where JPEG decoding would dominate an epoch.
+    """
 
     def __init__(self, source: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, cache: bool = False) -> None:
         self.source, self.image_ids = source, list(image_ids)
         self.preprocess, self.augment = preprocess, augment
+        self.cache: dict[str, np.ndarray] | None = {} if cache else None
         self.targets = np.array(source.labels.loc[self.image_ids], dtype=np.float32)
 
     def __len__(self) -> int:
@@ -31,8 +36,11 @@ class PresenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.image_ids[index]
-        image = self.source.image(image_id, self.preprocess.channels)
-        image, _ = self.preprocess.resize(image)
+        image = self.cache.get(image_id) if self.cache is not None else None
+        if image is None:
+            image, _ = self.preprocess.resize(self.source.image(image_id, self.preprocess.channels))
+            if self.cache is not None:
+                self.cache[image_id] = image
         if self.augment is not None:
             image, _ = self.augment(image)
         return {"image": self.preprocess.to_tensor(image), "target": torch.from_numpy(self.targets[index]),

@@ -68,8 +68,9 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
     preprocess = Preprocess.from_config(c.preprocess)
     augment = build_augment(c.get("augment"), "classifier.augment", seed=int(cfg.seed))
-    train_set = PresenceDataset(dataset, train_ids, preprocess, augment)
-    val_set = PresenceDataset(dataset, val_ids, preprocess)
+    cache = bool(c.get("cache_images", False))
+    train_set = PresenceDataset(dataset, train_ids, preprocess, augment, cache)
+    val_set = PresenceDataset(dataset, val_ids, preprocess, cache=cache)
     weights = balanced_weights(dataset.labels.loc[train_ids]) if c.get("balanced_sampling") else None
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,

@@ -94,6 +94,13 @@ def all_or_none(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running stats) to every rank, so all ranks evaluate one model."""
+    if info.distributed:
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer.data, src=0)
+
+
 def gather_rows(state: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
     """Concatenate per-rank tensors along dim 0 (ordered by rank); every rank gets the result."""
     if not info.distributed:

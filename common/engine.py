@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 
 from common.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from common.config import ConfigError
-from common.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier, gather_rows,
-                                mean_over_ranks)
+from common.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier,
+                                broadcast_buffers, gather_rows, mean_over_ranks)
 from common.errors import SteelsegError
 from common.io import atomic_write_text
 from common.optim import build_optimizer, build_scheduler, current_lrs
@@ -405,6 +405,7 @@ class Engine:
     def validate(self) -> tuple[float, dict[str, float]]:
         """(validation loss, stage metrics) of the current weights over the whole validation set."""
         model = unwrap(self.model)
+        broadcast_buffers(model, self.info)
         model.eval()
         metric = self.spec.new_metric()
         total, count = 0.0, 0
