@@ -121,7 +121,7 @@ class Dashboard:
                 f"{len(annotations.rows):,} defect masks.{scored}")
         return html.Div(text, className="alert ok", id="upload-ok"), source
 
-    def source_options(self, _version: object = None) -> tuple[list[dict], list[dict]]:
+    def source_options(self) -> tuple[list[dict], list[dict]]:
         """Options of the dataset selector (all sources) and of the run selector (prediction runs)."""
         sources = self.sources()
         return ([{"label": s, "value": s} for s in sources],
@@ -270,7 +270,6 @@ def layout(dash_obj: Dashboard) -> html.Div:
                            style={"width": "600px"}),
                   html.Button("Run prediction", id="predict-run", n_clicks=0)], className="controls"),
         dcc.Loading(html.Div(id="predict-output")),
-        dcc.Store(id="store-version", data=0),
     ], className="wrap")
 
 
@@ -287,24 +286,24 @@ def create_app(dash_obj: Dashboard) -> Dash:
     app.callback(Output("samples", "children"), *period, Input("sample-class", "value"),
                  Input("reroll", "n_clicks"))(dash_obj.update_samples)
 
-    @app.callback(Output("upload-status", "children"), Output("store-version", "data"),
-                  Output("compare-run", "value", allow_duplicate=True),
-                  Input("upload", "contents"), State("upload", "filename"), State("store-version", "data"),
-                  prevent_initial_call=True)
-    def _upload(contents, filename, version):
-        message, source = dash_obj.handle_upload(contents, filename)
-        return message, (version or 0) + 1, source or dash.no_update
+    # Upload and on-demand prediction both add a source: they refresh the selectors and select the new run.
+    sources_out = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True),
+                   Output("compare-run", "value", allow_duplicate=True)]
 
-    @app.callback(Output("predict-output", "children"), Output("store-version", "data", allow_duplicate=True),
-                  Output("compare-run", "value", allow_duplicate=True),
-                  Input("predict-run", "n_clicks"), State("predict-images", "value"), State("store-version", "data"),
-                  prevent_initial_call=True)
-    def _predict(n_clicks, image_ids, version):
-        children, source = dash_obj.run_predictions(n_clicks, image_ids)
-        return children, (version or 0) + 1, source or dash.no_update
+    def _with_sources(children, source):
+        datasets, runs = dash_obj.source_options()
+        return children, datasets, runs, source or dash.no_update
 
-    app.callback(Output("dataset", "options"), Output("compare-run", "options"),
-                 Input("store-version", "data"))(dash_obj.source_options)
+    @app.callback(Output("upload-status", "children"), *sources_out,
+                  Input("upload", "contents"), State("upload", "filename"), prevent_initial_call=True)
+    def _upload(contents, filename):
+        return _with_sources(*dash_obj.handle_upload(contents, filename))
+
+    @app.callback(Output("predict-output", "children"), *sources_out,
+                  Input("predict-run", "n_clicks"), State("predict-images", "value"), prevent_initial_call=True)
+    def _predict(n_clicks, image_ids):
+        return _with_sources(*dash_obj.run_predictions(n_clicks, image_ids))
+
     app.callback(Output("score", "children"), Output("worst", "data"), Output("compare-image", "options"),
                  Input("date-range", "start_date"), Input("date-range", "end_date"),
                  Input("compare-run", "value"))(dash_obj.update_scores)

@@ -192,6 +192,6 @@ def test_app_wires_every_callback(board):
     app = create_app(board)
     outputs = " ".join(app.callback_map)
     for target in ("card-1.children", "pie.figure", "samples.children", "upload-status.children", "worst.data",
-                   "compare-view.children", "predict-output.children", "dataset.options"):
+                   "compare-view.children", "predict-output.children", "compare-run.value"):
         assert target in outputs
     assert isinstance(app.layout(), html.Div)
