@@ -34,8 +34,9 @@ def pie_figure(counts: dict[int, int], title: str) -> go.Figure:
     """Distribution of the period's images over the classes and 'no defect'."""
     keys = [*CLASS_IDS, NO_DEFECT]
     fig = go.Figure(go.Pie(labels=[LABELS[k] for k in keys], values=[counts[k] for k in keys], sort=False,
-                           marker={"colors": [COLORS[k] for k in keys]}, textinfo="label+percent", hole=0.3))
-    fig.update_layout(title=title, margin={"l": 10, "r": 10, "t": 40, "b": 10}, height=320, showlegend=False)
+                           marker={"colors": [COLORS[k] for k in keys]}, textinfo="percent", textposition="inside",
+                           hole=0.3))
+    fig.update_layout(title=title, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=320, showlegend=True)
     return fig
 
 

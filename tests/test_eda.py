@@ -24,7 +24,7 @@ def syn_root(tmp_path_factory) -> Path:
 
 
 def test_report_on_synthetic_matches_generator_counts(syn_root, tmp_path):
-    summary = eda.main([str(syn_root), "--out", str(tmp_path / "eda")])
+    summary = eda.main([str(syn_root), "--out", str(tmp_path / "eda"), "--per-class", "1"])
     assert summary == 0
     meta = json.loads((syn_root / "dataset.json").read_text())
     got = json.loads((tmp_path / "eda" / "summary.json").read_text())["sources"]
