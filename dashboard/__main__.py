@@ -15,7 +15,7 @@ from common.inspections import connect
 from common.layout import find_root
 from dashboard.app import Dashboard, create_app
 from dashboard.importer import import_root, import_submission, load_csv
-from dashboard.predict import DEFAULT_COMMAND
+from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT
 from dashboard.upload import MAX_UPLOAD_BYTES
 
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reimport", action="store_true", help="import the root again even if the store has it")
     parser.add_argument("--predict-cmd", default=DEFAULT_COMMAND,
                         help="inference command template; placeholders {python} {images} {out} {submission}")
-    parser.add_argument("--predict-cwd", type=Path, default=None, help="working folder of the inference command")
+    parser.add_argument("--predict-cwd", type=Path, default=REPO_ROOT,
+                        help="working folder of the inference command (default: the repository root)")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size cap (MiB)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader off)")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from common.inspections import connect, query
 from common.layout import DataRoot
 from common.viz import as_rgb, contour_overlay, mask_image, png_data_uri
 from dashboard.importer import TRUTH_SOURCES, dates_for, import_submission
-from dashboard.predict import DEFAULT_COMMAND, predict_images
+from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT, predict_images
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload
 from dashboard.views import LABELS, NO_DEFECT, dice_table, masks_for, period_counts, pie_figure, sample_ids, timeline_figure
 
@@ -38,7 +38,7 @@ class Dashboard:
     images: dict[str, Path] = field(default_factory=dict)
     test_images: list[str] = field(default_factory=list)
     predict_command: str = DEFAULT_COMMAND
-    predict_cwd: Path | None = None
+    predict_cwd: Path | None = REPO_ROOT
     max_upload_bytes: int = MAX_UPLOAD_BYTES
 
     @classmethod

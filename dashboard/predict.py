@@ -3,6 +3,8 @@
 The command is a template (``--predict-cmd``) with placeholders ``{python}`` (this interpreter),
 ``{images}`` (a temp folder holding copies of the chosen images), ``{out}`` (an empty temp folder) and
 ``{submission}`` (``{out}/submission.csv``, the file the adapter reads back, either Kaggle format).
+The default runs ``infer.py`` (keys ``images`` and ``output`` of configs/infer.yaml) from the repository root;
+add the checkpoints, e.g. ``... checkpoints.classifier=[runs/cls] checkpoints.segmenter=[runs/seg] thresholds=t.json``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 from common.annotations import Annotations, read_annotations
 from common.errors import SteelsegError
 
-DEFAULT_COMMAND = "{python} infer.py data.test_dir={images} paths.output_dir={out} submission={submission}"
+DEFAULT_COMMAND = "{python} infer.py images={images} output={submission} evaluate=false"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where infer.py lives: the default working folder
 
 
 class PredictionError(SteelsegError, RuntimeError):
@@ -33,7 +36,7 @@ def build_command(template: str, images: Path, out: Path) -> list[str]:
                               f"(placeholders: {', '.join('{' + k + '}' for k in values)})") from exc
 
 
-def predict_images(image_paths: list[Path], template: str = DEFAULT_COMMAND, cwd: Path | str | None = None,
+def predict_images(image_paths: list[Path], template: str = DEFAULT_COMMAND, cwd: Path | str | None = REPO_ROOT,
                    timeout_s: float = 600.0) -> Annotations:
     """Run the command on copies of the images; return the predictions for exactly those images."""
     if not image_paths:
