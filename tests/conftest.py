@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Kaggle-layout dataset written to a temp folder."""
+"""Shared fixtures: the real data beside the repo (tests using it skip when absent) and a tiny temp dataset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,16 @@ import pytest
 
 from common.rle import IMAGE_SHAPE, encode
 
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal"
 TINY_N = 16
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real Severstal annotations and images folder; skips the test when it is absent."""
+    if not (REAL_DATA / "annotations" / "train_rle_partial.csv").is_file():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
 
 
 def write_tiny_dataset(root: Path, n: int = TINY_N, seed: int = 0) -> Path:
