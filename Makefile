@@ -24,7 +24,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m common.demo
+	$(PY) -m common.prepare
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

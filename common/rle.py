@@ -6,13 +6,19 @@ An empty mask encodes to ``''``.
 from __future__ import annotations
 
 import math
-import re
+from functools import lru_cache
+from operator import itemgetter
 
 import numpy as np
 
 IMAGE_SHAPE: tuple[int, int] = (256, 1600)
 
-_STRICT = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
+# Byte classes for validating an RLE string without a regex: digits and ASCII whitespace only.
+_DIGIT = np.zeros(256, bool)
+_DIGIT[ord("0"):ord("9") + 1] = True
+_ALLOWED = _DIGIT.copy()
+_ALLOWED[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
+_ASCII_DIGITS = np.frombuffer(b"0123456789", np.uint8)
 
 
 class RLEError(ValueError):
@@ -28,18 +34,46 @@ def is_empty(rle: object) -> bool:
     return isinstance(rle, str) and not rle.strip()
 
 
+@lru_cache(maxsize=1)
+def _int_strings(limit: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1) -> list[str]:
+    """Decimal strings of 0..limit-1, built once (~25 MB, 0.1 s): formatting becomes a lookup."""
+    return list(map(str, range(limit)))
+
+
+def format_ints(values: list[int]) -> str:
+    """Space-separated decimal text of non-negative ints, 5x faster than per-item str()."""
+    table = _int_strings()
+    if not values:
+        return ""
+    if max(values) >= len(table):
+        return " ".join(map(str, values))
+    picked = itemgetter(*values)(table)
+    return picked if len(values) == 1 else " ".join(picked)
+
+
+def _any_per_column(mask: np.ndarray) -> np.ndarray:
+    """Which columns of a 1-byte mask hold a nonzero pixel, OR-ing 8-byte words when the layout allows."""
+    h, w = mask.shape
+    if mask.itemsize == 1 and mask.flags.c_contiguous and w % 8 == 0:
+        words = mask.view(np.uint8).reshape(h, w // 8, 8).view(np.uint64)[..., 0]
+        return np.bitwise_or.reduce(words, axis=0).view(np.uint8) != 0
+    if mask.itemsize == 1 and mask.flags.f_contiguous and h % 8 == 0:
+        words = mask.T.view(np.uint8).reshape(w, h // 8, 8).view(np.uint64)[..., 0]
+        return np.bitwise_or.reduce(words, axis=1) != 0
+    return (mask != 0).any(axis=0)
+
+
 def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (any dtype, nonzero = on) as a Kaggle RLE string."""
     if mask.ndim != 2:
         raise RLEError(f"mask must be 2-D, got shape {mask.shape}")
-    on = mask if mask.dtype == np.bool_ else mask != 0
-    cols = np.flatnonzero(on.any(axis=0))
+    cols = np.flatnonzero(_any_per_column(mask))
     if cols.size == 0:
         return ""
-    height = on.shape[0]
+    height = mask.shape[0]
     c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    # Only the columns between the first and the last non-empty one are transposed.
-    flat = np.ascontiguousarray(on[:, c0:c1].T).view(np.uint8).ravel()
+    # Only the columns between the first and the last non-empty one are transposed and binarised.
+    flat = (np.ascontiguousarray(mask[:, c0:c1].T) != 0).view(np.uint8).ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     if flat[0]:
         change = np.concatenate(([0], change))
@@ -47,7 +81,7 @@ def encode(mask: np.ndarray) -> str:
         change = np.concatenate((change, [flat.size]))
     change[1::2] -= change[::2]
     change[::2] += c0 * height + 1
-    return " ".join(map(str, change.tolist()))
+    return format_ints(change.tolist())
 
 
 def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
@@ -56,13 +90,18 @@ def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
-    tokens = rle.split()
-    if not _STRICT.fullmatch(rle):
-        bad = next((i, t) for i, t in enumerate(tokens) if not t.isdigit() or not t.isascii())
+    raw = np.frombuffer(rle.encode("utf-8"), np.uint8)
+    if not _ALLOWED[raw].all():
+        bad = next((i, t) for i, t in enumerate(rle.split()) if not (t.isdigit() and t.isascii()))
         raise RLEError(f"token {bad[0]} ({bad[1]!r}) is not a non-negative integer")
-    if len(tokens) % 2:
-        raise RLEError(f"odd number of tokens ({len(tokens)}): RLE must be 'start length' pairs")
-    values = np.array(tokens, dtype=np.int64)
+    digit = _DIGIT[raw]
+    n_tokens = int(digit[0]) + int(np.count_nonzero(digit[1:] & ~digit[:-1]))
+    if n_tokens % 2:
+        raise RLEError(f"odd number of tokens ({n_tokens}): RLE must be 'start length' pairs")
+    # Only digits and whitespace are left, so the C text parser reads every token.
+    values = np.fromstring(rle, dtype=np.int64, sep=" ")
+    if values.size != n_tokens:
+        raise RLEError(f"parsed {values.size} of {n_tokens} tokens")
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any():
         i = int(np.argmax(starts < 0))
