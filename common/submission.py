@@ -85,6 +85,7 @@ def validate(path: Path | str, image_ids: Iterable[str] | None = None) -> list[s
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: cannot read ({exc})"]
+    csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))  # noisy masks give RLEs of megabytes
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     if not header:

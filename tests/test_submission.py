@@ -29,6 +29,14 @@ def test_writer_formats_validate(tmp_path, fmt):
     assert validate(path, IDS) == []
 
 
+def test_huge_rle_validates(tmp_path):
+    path = tmp_path / "sub.csv"
+    huge = " ".join(f"{2 * i + 1} 1" for i in range(100_000))  # ~1.3 MB: a speckled mask
+    with open_submission(path, IDS) as writer:
+        writer.write_rows([(i, c, huge if c == 1 else "") for i in IDS for c in (1, 2, 3, 4)])
+    assert validate(path, IDS) == []
+
+
 def test_writer_is_atomic(tmp_path):
     path = tmp_path / "sub.csv"
     with pytest.raises(KeyboardInterrupt):
