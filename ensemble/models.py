@@ -26,10 +26,11 @@ class Member:
     channels: int
     weight: float = 1.0
     fold: Any = None
+    size: tuple[int, int] | None = None  # network input (height, width); None = the image size
 
     @property
     def preprocess_key(self) -> tuple:
-        return self.channels, self.mean, self.std
+        return self.channels, self.mean, self.std, self.size
 
 
 def expand(entry: str | Path, stage: str) -> list[Path]:
@@ -45,14 +46,18 @@ def expand(entry: str | Path, stage: str) -> list[Path]:
     raise CheckpointError(f"{path}: {stage} checkpoint or output folder not found")
 
 
-def _preprocess(payload: Mapping[str, Any], path: Path) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+def _preprocess(payload: Mapping[str, Any], path: Path):
+    """(channels, mean, std, size) from ``meta.preprocess`` (the training stage's Preprocess.to_meta)."""
     pre = (payload.get("meta") or {}).get("preprocess") or {}
     channels = int(pre.get("channels", 3))
     mean = tuple(float(v) for v in pre.get("mean", (0.0,) * channels))
     std = tuple(float(v) for v in pre.get("std", (1.0,) * channels))
     if channels not in (1, 3) or len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise CheckpointError(f"{path}: bad meta.preprocess {pre} (channels 1|3, mean/std of that length, std > 0)")
-    return channels, mean, std
+    size = pre.get("size")
+    if size is not None and (len(size) != 2 or min(int(v) for v in size) <= 0):
+        raise CheckpointError(f"{path}: bad meta.preprocess.size {size} (expected [height, width] or null)")
+    return channels, mean, std, None if size is None else (int(size[0]), int(size[1]))
 
 
 def load_members(entries: Iterable[str | Path | Mapping[str, Any]], stage: str,
@@ -70,9 +75,9 @@ def load_members(entries: Iterable[str | Path | Mapping[str, Any]], stage: str,
             entry = entry["path"]
         for path in expand(entry, stage):
             model, payload = load_model(path, stage)
-            channels, mean, std = _preprocess(payload, path)
+            channels, mean, std, size = _preprocess(payload, path)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             members.append(Member(model.eval(), stage, path, mean, std, channels, weight,
-                                  (payload.get("meta") or {}).get("fold")))
+                                  (payload.get("meta") or {}).get("fold"), size))
     return members

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from common.annotations import CLASS_IDS
@@ -85,6 +86,7 @@ class Predictor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     channels_last: bool = True
     stats: Stats = field(default_factory=Stats)
+    _shape: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         if not self.segmenters:
@@ -97,13 +99,17 @@ class Predictor:
 
     def _inputs(self, images: torch.Tensor) -> dict[tuple, torch.Tensor]:
         """uint8 BxHxWx3 -> normalised float NCHW per distinct preprocessing of the members."""
-        base = images.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         out: dict[tuple, torch.Tensor] = {}
         for member in self.classifiers + self.segmenters:
             key = member.preprocess_key
             if key in out:
                 continue
-            x = base[:, : member.channels]
+            batch = images
+            if member.size is not None and tuple(images.shape[1:3]) != member.size:
+                # the training stage resizes uint8 images with area interpolation (common Preprocess.resize)
+                batch = torch.from_numpy(np.stack([cv2.resize(im, member.size[::-1], interpolation=cv2.INTER_AREA)
+                                                   for im in images.numpy()]))
+            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)[:, : member.channels]
             mean = torch.tensor(member.mean, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(member.std, device=x.device).view(1, -1, 1, 1)
             x = (x - mean) / std
@@ -118,6 +124,8 @@ class Predictor:
             for flip in flips:
                 logits = member.model(flip.augment(x))
                 prob = torch.sigmoid(logits.float())
+                if dense and prob.shape[-2:] != self._shape:  # a member run at a lower input size
+                    prob = F.interpolate(prob, size=self._shape, mode="bilinear", align_corners=False)
                 reducer.add(flip.deaugment(prob) if dense else prob, member.weight)
         return reducer.result()
 
@@ -126,6 +134,7 @@ class Predictor:
         """uint8 images (B, H, W, 3) -> (classifier probabilities (B, 4) or None, uint8 masks (B, 4, H, W))."""
         inputs = self._inputs(images)
         batch, height, width = images.shape[:3]
+        self._shape = (height, width)
         cls_prob = None
         if self.classifiers:
             cls_prob = self._run(self.classifiers, self.tta_classifier, inputs, dense=False).cpu().numpy()

@@ -18,12 +18,12 @@ SEG_CONFIG = {"_target_": "segmentation_models_pytorch.create_model", "arch": "u
               "encoder_weights": None, "classes": 4, "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
 
-def save_tiny(path: Path, stage: str, fold: int = 0, seed: int = 0) -> Path:
-    """A randomly initialised tiny model of ``stage`` saved as a steelseg checkpoint."""
+def save_tiny(path: Path, stage: str, fold: int = 0, seed: int = 0, size: list[int] | None = None) -> Path:
+    """A randomly initialised tiny model of ``stage`` saved as a steelseg checkpoint (input ``size`` or full)."""
     torch.manual_seed(seed)
     config = CLS_CONFIG if stage == "classifier" else SEG_CONFIG
     model = build(dict(config))
-    meta = {"preprocess": PRE, "fold": fold, "epoch": 1, "metrics": {}, "class_ids": [1, 2, 3, 4]}
+    meta = {"preprocess": {**PRE, "size": size}, "fold": fold, "epoch": 1, "metrics": {}, "class_ids": [1, 2, 3, 4]}
     return save_checkpoint(path, model, config, stage, meta)
 
 

@@ -119,3 +119,15 @@ def test_infer_cli_reexecs_with_fast_allocator(setup, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert validate(sub, ["img000.jpg", "img001.jpg", "img002.jpg"]) == []
+
+
+def test_members_at_lower_input_size(setup, tmp_path):
+    """Checkpoints trained on resized input get resized images; their masks come back at 256x1600."""
+    seg = save_tiny(tmp_path / "seg_small.pt", "segmenter", size=[128, 800])
+    cls = save_tiny(tmp_path / "cls_small.pt", "classifier", size=[64, 400])
+    cfg = config(setup, tmp_path, f"checkpoints.segmenter=[{seg},{setup['seg']}]", f"checkpoints.classifier=[{cls}]",
+                 "ensemble.gating.mode=none", "postprocess.min_area=[0,0,0,0]")
+    rows = predict_images([setup["images"] / "img001.jpg"], cfg)
+    assert len(rows) == 4
+    from common.rle import decode
+    assert all(decode(r).shape == (256, 1600) for r in rows["EncodedPixels"])
