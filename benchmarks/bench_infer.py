@@ -43,21 +43,28 @@ TINY = {
 }
 
 BARE = r"""
-import sys, time, torch
+import sys, time, cv2, numpy as np, torch
+from pathlib import Path
 from common.checkpoint import load_model
 torch.set_num_threads(int(sys.argv[3]))
 cls, _ = load_model(sys.argv[1], "classifier"); seg, _ = load_model(sys.argv[2], "segmenter")
 cls, seg = (m.to(memory_format=torch.channels_last) for m in (cls, seg))
-n, batch = int(sys.argv[4]), 4
-x = torch.randn(batch, 3, 256, 1600).contiguous(memory_format=torch.channels_last)
+batch = 4
+# the same image files as the infer run, decoded and normalised before the clock starts
+files = sorted(Path(sys.argv[4]).iterdir())
+images = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]).astype(np.float32) / 255
+mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+data = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2).copy())
+batches = [data[i:i + batch].contiguous(memory_format=torch.channels_last) for i in range(0, len(data), batch)]
+n = len(data)
 def step(x):
     for f in ((), (-1,)):
         xi = torch.flip(x, f) if f else x
         torch.sigmoid(cls(xi)); y = torch.sigmoid(seg(xi)); torch.flip(y, f) if f else y
 with torch.inference_mode():
-    step(x)
+    step(batches[0])
     start = time.perf_counter()
-    for _ in range(n // batch):
+    for x in batches:
         step(x)
     print(f"BARE {n / (time.perf_counter() - start):.4f}")
 """
@@ -106,6 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="images for the throughput ratio")
     parser.add_argument("--memory-images", type=int, nargs=2, default=[50, 500])
+    parser.add_argument("--trained", nargs=2, metavar=("CLASSIFIER", "SEGMENTER"),
+                        help="trained checkpoints or run folders for a meaningful gating skip share")
+    parser.add_argument("--trained-images", type=Path, help="images for --trained (default: the benchmark images)")
+    parser.add_argument("--thresholds", type=Path, help="tuned thresholds file for the --trained run")
+    parser.add_argument("--parts", default="throughput,gating,memory", help="which measurements to run")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temp folder)")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -121,38 +133,58 @@ def main() -> None:
         for name in sorted(os.listdir(images))[: args.images]:
             (few / name).exists() or os.link(images / name, few / name)
 
-        bare_out, _, _ = run_child([sys.executable, "-c", BARE, str(small["classifier"]), str(small["segmenter"]),
-                                    str(cores), str(args.images)], fast_env)
-        bare = float(re.search(r"BARE ([\d.]+)", bare_out).group(1))
-        out, wall, _ = run_child(infer_args(small, few, work / "run_plain", "tta=hflip", "ensemble.gating.mode=none"),
-                                 plain_env)
-        plain = float(re.search(r"([\d.]+) images/s", out).group(1))
-        print(f"throughput ({args.images} images 256x1600, resnet10t + Unet-resnet18, TTA none+hflip, {cores} threads):")
-        print(f"  bare forward loop (fast allocator env, channels_last): {bare:.3f} images/s")
-        print(f"  plain `python infer.py` (no env prepared):            {plain:.3f} images/s "
-              f"(whole command incl. start-up and model loading: {wall:.1f} s)")
-        print(f"  ratio infer / bare: {plain / bare:.3f}  (target >= 0.9)")
+        parts = set(args.parts.split(","))
+        if "throughput" in parts:
+            throughput(args, small, few, work, cores, fast_env, plain_env)
+        if "gating" in parts:
+            gating(args, small, few, work, plain_env)
+        if "memory" in parts:
+            memory(args, tiny, images, work, plain_env)
 
-        out, _, _ = run_child(infer_args(small, few, work / "run_veto", "tta=hflip", "ensemble.gating.mode=veto"),
-                              plain_env)
-        skipped = re.search(r"([\d.]+)% of segmenter passes skipped", out).group(1)
-        veto_rate = float(re.search(r"([\d.]+) images/s", out).group(1))
-        print(f"gating veto (random-weight classifier, threshold 0.5): {skipped}% of segmenter passes skipped, "
-              f"{veto_rate:.3f} images/s")
 
-        peaks = {}
-        for n in args.memory_images:
-            folder = work / f"mem{n}"
-            folder.mkdir(exist_ok=True)
-            for name in sorted(os.listdir(images))[:n]:
-                (folder / name).exists() or os.link(images / name, folder / name)
-            out, wall, peak = run_child(infer_args(tiny, folder, work / f"run_mem{n}", "tta=none",
-                                                   "ensemble.gating.mode=none", "postprocess.min_area=[0,0,0,0]"),
-                                        plain_env)
-            peaks[n] = peak
-            print(f"peak RSS on {n} images (tiny models, 256x1600): {peak:.0f} MiB ({wall:.0f} s)")
-        a, b = args.memory_images
-        print(f"  peak memory {b} vs {a} images: {peaks[b] / peaks[a]:.3f}x  (target within 10%)")
+def throughput(args, small, few, work, cores, fast_env, plain_env) -> None:
+    bare_out, _, _ = run_child([sys.executable, "-c", BARE, str(small["classifier"]), str(small["segmenter"]),
+                                str(cores), str(few)], fast_env)
+    bare = float(re.search(r"BARE ([\d.]+)", bare_out).group(1))
+    out, wall, _ = run_child(infer_args(small, few, work / "run_plain", "tta=hflip", "ensemble.gating.mode=none"),
+                             plain_env)
+    plain = float(re.search(r"([\d.]+) images/s", out).group(1))
+    print(f"throughput ({args.images} images 256x1600, resnet10t + Unet-resnet18, TTA none+hflip, {cores} threads):")
+    print(f"  bare forward loop (fast allocator env, channels_last): {bare:.3f} images/s")
+    print(f"  plain `python infer.py` (no env prepared):            {plain:.3f} images/s "
+          f"(whole command incl. start-up and model loading: {wall:.1f} s)")
+    print(f"  ratio infer / bare: {plain / bare:.3f}  (target >= 0.9)")
+
+
+def gating(args, small, few, work, plain_env) -> None:
+    if args.trained:
+        ck = dict(zip(("classifier", "segmenter"), args.trained))
+        extra = [f"thresholds={args.thresholds}"] if args.thresholds else ["ensemble.gating.mode=veto"]
+        label = f"trained checkpoints {args.trained}, {extra[0]}"
+        gate_images = args.trained_images or few
+    else:
+        ck, extra, gate_images = small, ["ensemble.gating.mode=veto"], few
+        label = "random-weight classifier, veto at 0.5: not meaningful, pass --trained"
+    out, _, _ = run_child(infer_args(ck, gate_images, work / "run_gated", "tta=hflip", *extra), plain_env)
+    skipped = re.search(r"([\d.]+)% of segmenter passes skipped", out).group(1)
+    gated_rate = float(re.search(r"([\d.]+) images/s", out).group(1))
+    print(f"gating ({label}): {skipped}% of segmenter passes skipped, {gated_rate:.3f} images/s")
+
+
+def memory(args, tiny, images, work, plain_env) -> None:
+    peaks = {}
+    for n in args.memory_images:
+        folder = work / f"mem{n}"
+        folder.mkdir(exist_ok=True)
+        for name in sorted(os.listdir(images))[:n]:
+            (folder / name).exists() or os.link(images / name, folder / name)
+        out, wall, peak = run_child(infer_args(tiny, folder, work / f"run_mem{n}", "tta=none",
+                                               "ensemble.gating.mode=none", "postprocess.min_area=[0,0,0,0]"),
+                                    plain_env)
+        peaks[n] = peak
+        print(f"peak RSS on {n} images (tiny models, 256x1600): {peak:.0f} MiB ({wall:.0f} s)")
+    a, b = args.memory_images
+    print(f"  peak memory {b} vs {a} images: {peaks[b] / peaks[a]:.3f}x  (target within 10%)")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 
-from common.annotations import read_annotations
+from common.annotations import CLASS_IDS, read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import DatasetError
-from common.metrics import kaggle_score
+from common.metrics import ScoreReport, dice, score_pairs
+from common.rle import decode
 from common.submission import open_submission
 from ensemble.predict import LONG_COLUMNS, build_predictor, rows_of, set_threads
 
@@ -50,22 +52,82 @@ def _image_set(cfg: Mapping[str, Any]):
     return dataset_from(images, truth, str(data.get("check_images", "header")))
 
 
+class _Scorer:
+    """Per-pair Dice as predictions stream by (N x 4 floats kept, never the masks or RLEs)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.dice = np.zeros((len(dataset), len(CLASS_IDS)))
+        self.empty = np.zeros((len(dataset), len(CLASS_IDS)), bool)
+        self.index = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+
+    def add(self, image_id: str, masks: np.ndarray) -> None:
+        i, truth = self.index[image_id], self.dataset.rles(image_id)
+        for j, c in enumerate(CLASS_IDS):
+            t = decode(truth[c]) if c in truth else None
+            self.empty[i, j] = t is None
+            self.dice[i, j] = dice(masks[j], t) if t is not None else float(not masks[j].any())
+
+    def report(self) -> ScoreReport:
+        return score_pairs(self.dice, self.empty, len(self.dataset))
+
+
+class _Store:
+    """Appends predictions to the inspections store in chunks as they stream by."""
+
+    def __init__(self, path: str, run_id: str, chunk: int = 64) -> None:
+        from common.inspections import connect
+
+        self.conn, self.run_id, self.chunk = connect(path), run_id, chunk
+        self.rows: list[tuple[str, int, str]] = []
+        self.ids: list[str] = []
+        self.count = 0
+
+    def add(self, image_id: str, rows: list[tuple[str, int, str]]) -> None:
+        self.ids.append(image_id)
+        self.rows.extend(r for r in rows if r[2])
+        if len(self.ids) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        from common.inspections import append_rows
+
+        if self.ids:
+            frame = pd.DataFrame(self.rows, columns=LONG_COLUMNS)
+            self.count += append_rows(self.conn, frame, f"pred:{self.run_id}", self.run_id, image_ids=self.ids)
+        self.rows, self.ids = [], []
+
+
 def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the submission for ``cfg.images``; return a summary (paths, counts, speed, score)."""
+    """Write the submission for ``cfg.images``; return a summary (paths, counts, speed, score).
+
+    Memory does not grow with the number of images: masks are encoded and written per image,
+    the score is accumulated per pair, inspections are appended in chunks.
+    """
     threads = set_threads(cfg.get("threads"))
     dataset = _image_set(cfg)
     predictor = build_predictor(cfg)
     paths = [dataset.path(i) for i in dataset.image_ids]
     output = Path(cfg["output"])
-    kept: list[tuple[str, int, str]] = []
+    scorer = _Scorer(dataset) if cfg.get("evaluate") else None
+    store = _Store(str(cfg["store"]), str(cfg.get("run_id") or "infer")) if cfg.get("store") else None
     start = time.perf_counter()
-    with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
-        for image_id, _, masks in predictor.iter_predictions(paths, int(cfg.get("batch_size", 4)),
-                                                             int(cfg.get("num_workers", 0)),
-                                                             bool(cfg.get("progress", True))):
-            rows = rows_of(image_id, masks)
-            writer.write_rows(rows)
-            kept.extend(r for r in rows if r[2])
+    try:
+        with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
+            for image_id, _, masks in predictor.iter_predictions(paths, int(cfg.get("batch_size", 4)),
+                                                                 int(cfg.get("num_workers", 0)),
+                                                                 bool(cfg.get("progress", True))):
+                rows = rows_of(image_id, masks)
+                writer.write_rows(rows)
+                if scorer:
+                    scorer.add(image_id, masks)
+                if store:
+                    store.add(image_id, rows)
+        if store:
+            store.flush()
+    finally:
+        if store:
+            store.conn.close()
     seconds = time.perf_counter() - start
     stats = predictor.stats
     summary: dict[str, Any] = {
@@ -75,19 +137,11 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
     print(f"submission: {output} ({len(paths)} images, {writer.masks} masks, {summary['images_per_s']:.2f} images/s, "
           f"{stats.skipped_share:.1%} of segmenter passes skipped by gating)")
-    pred = pd.DataFrame(kept, columns=LONG_COLUMNS)
-    if cfg.get("evaluate"):
-        report = kaggle_score(pred, dataset.annotations, dataset.image_ids)
+    if scorer:
+        report = scorer.report()
         print(report.format())
         summary["score"] = report.to_dict()
-    if cfg.get("store"):
-        from common.inspections import append_rows, connect
-
-        conn = connect(cfg["store"])
-        try:
-            run_id = str(cfg.get("run_id") or "infer")
-            summary["stored"] = append_rows(conn, pred, f"pred:{run_id}", run_id, image_ids=dataset.image_ids)
-        finally:
-            conn.close()
-        print(f"inspections: {summary['stored']} rows appended to {cfg['store']}")
+    if store:
+        summary["stored"] = store.count
+        print(f"inspections: {store.count} rows appended to {cfg['store']} (source pred:{store.run_id})")
     return summary

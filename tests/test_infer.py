@@ -49,6 +49,11 @@ def test_infer_end_to_end(setup, tmp_path, capsys):
     assert summary["images"] == 3 and 0 <= summary["score"]["score"] <= 1
     sub = tmp_path / "submission.csv"
     assert validate(sub, ["img000.jpg", "img001.jpg", "img002.jpg"]) == []
+    from common.annotations import read_annotations
+    from common.metrics import kaggle_score
+    ids = ["img000.jpg", "img001.jpg", "img002.jpg"]
+    whole = kaggle_score(read_annotations(sub).rows, read_annotations(setup["truth"]).rows, ids)
+    assert summary["score"]["score"] == pytest.approx(whole.overall)  # the streaming score is the file's score
     stored = query(connect(tmp_path / "store.sqlite"), source="pred:t1")
     assert set(stored["image_id"]) == {"img000.jpg", "img001.jpg", "img002.jpg"}
     # the plain function the dashboard calls gives the same masks as the file
