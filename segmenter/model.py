@@ -75,6 +75,22 @@ def load_encoder_weights(model: nn.Module, path: Path | str) -> None:
     target.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
+@torch.no_grad()
+def check_output_size(model: nn.Module, in_channels: int, classes: int, where: str) -> None:
+    """Raise unless the network maps a (1, C, 64, 96) input to (1, classes, 64, 96) logits.
+
+    Some settings silently break the size contract (e.g. smp FPN with ``encoder_depth`` < 5).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        shape = tuple(model(torch.zeros(1, in_channels, 64, 96)).shape)
+    finally:
+        model.train(was_training)
+    if shape != (1, classes, 64, 96):
+        raise ModelConfigError(f"{where}: a 64x96 input gives logits of shape {shape}, expected (1, {classes}, 64, 96)")
+
+
 def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
                      pretrained_path: str | None = None, classes: int = N_CLASSES, in_channels: int = 3,
                      input_scale: float = 1.0, **kwargs: Any) -> nn.Module:
@@ -102,6 +118,7 @@ def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder
         raise ModelConfigError(f"segmenter.model: cannot build {arch}/{encoder_name}{hint}: {exc}") from exc
     if pretrained_path:
         load_encoder_weights(model, pretrained_path)
+    check_output_size(model, in_channels, classes, f"segmenter.model ({arch}/{encoder_name}, {kwargs})")
     return Rescaled(model, input_scale) if input_scale != 1 else model
 
 

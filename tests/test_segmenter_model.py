@@ -54,6 +54,8 @@ def test_local_encoder_weights_are_loaded_and_bad_files_named(tmp_path):
         create_segmenter("Unet", "resnet18", pretrained_path=str(tmp_path / "nope.pth"), **TINY)
     with pytest.raises(ModelConfigError, match="unknown arch"):
         create_segmenter("NoSuchNet", "resnet18")
+    with pytest.raises(ModelConfigError, match="logits of shape"):
+        create_segmenter("FPN", "resnet18", encoder_depth=3)
     with pytest.raises(ModelConfigError, match="input_scale"):
         create_segmenter("Unet", "resnet18", input_scale=2.0)
 
