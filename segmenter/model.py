@@ -24,16 +24,24 @@ class ModelConfigError(SteelsegError, ValueError):
 
 
 class Rescaled(nn.Module):
-    """Runs ``net`` on the input resized by ``scale`` and resizes the logits back (cheap CPU training)."""
+    """Runs ``net`` on the input resized by ``scale`` and resizes the logits back (cheap CPU training).
 
-    def __init__(self, net: nn.Module, scale: float) -> None:
+    The resized input is padded (reflect) to a multiple of 32 for the encoder and the padding cut off again.
+    """
+
+    def __init__(self, net: nn.Module, scale: float, multiple: int = 32) -> None:
         super().__init__()
-        self.net, self.scale = net, float(scale)
+        self.net, self.scale, self.multiple = net, float(scale), multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return F.interpolate(self.net(small), size=size, mode="bilinear", align_corners=False)
+        h, w = small.shape[-2:]
+        pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        if pad_h or pad_w:
+            small = F.pad(small, (0, pad_w, 0, pad_h), mode="reflect")
+        logits = self.net(small)[..., :h, :w]
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
