@@ -1,0 +1,60 @@
+"""The classifier's view of a dataset: image -> 4-dim presence vector, plus class-balanced weights."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from common.augment import Augment, Preprocess
+from common.dataset import SteelDataset
+
+
+class PresenceDataset(Dataset):
+    """Items ``{"image": (C, H, W) float, "target": (4,) float 0/1, "image_id": str}`` in ``image_ids`` order.
+
+    ``cache`` keeps the decoded, resized uint8 images in memory (per loader worker): for small
+    datasets and reduced input sizes, where JPEG decoding would dominate an epoch.
+    """
+
+    def __init__(self, source: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
+                 augment: Augment | None = None, cache: bool = False) -> None:
+        self.source, self.image_ids = source, list(image_ids)
+        self.preprocess, self.augment = preprocess, augment
+        self.cache: dict[str, np.ndarray] | None = {} if cache else None
+        self.targets = np.array(source.labels.loc[self.image_ids], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def set_seed(self, seed: int) -> None:
+        """Re-seed the augmentation (called by the engine per epoch and loader worker)."""
+        if self.augment is not None:
+            self.augment.set_seed(seed)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.image_ids[index]
+        image = self.cache.get(image_id) if self.cache is not None else None
+        if image is None:
+            image, _ = self.preprocess.resize(self.source.image(image_id, self.preprocess.channels))
+            if self.cache is not None:
+                self.cache[image_id] = image
+        if self.augment is not None:
+            image, _ = self.augment(image)
+        return {"image": self.preprocess.to_tensor(image), "target": torch.from_numpy(self.targets[index]),
+                "image_id": image_id}
+
+
+def balanced_weights(labels: pd.DataFrame) -> np.ndarray:
+    """Per-image sampling weight 1 / (size of its group); group = rarest class present, or 'no defect'.
+
+    Every group (each class, and defect-free) is then drawn about equally often.
+    """
+    flags = labels.to_numpy(dtype=bool)
+    counts = flags.sum(axis=0)
+    rarest = np.where(flags, counts[None, :], np.iinfo(np.int64).max).argmin(axis=1)
+    groups = np.where(flags.any(axis=1), rarest, -1)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / sizes[inverse].astype(np.float64)

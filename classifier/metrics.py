@@ -1,0 +1,54 @@
+"""Classifier metrics: per-class ROC-AUC, F1 at thresholds, accuracy of 'any defect' (numpy in, floats out)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+
+from common.annotations import CLASS_IDS
+
+
+def roc_auc_per_class(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """ROC-AUC of each column; NaN where the labels hold only one value (undefined)."""
+    return [float(roc_auc_score(labels[:, k], probs[:, k])) if 0 < labels[:, k].sum() < len(labels) else float("nan")
+            for k in range(labels.shape[1])]
+
+
+def classifier_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
+    """``auc_<c>``, ``auc_mean`` (over defined classes), ``f1_<c>``, ``f1_mean``, ``any_acc`` for (N, 4) arrays."""
+    if probs.shape != labels.shape or probs.ndim != 2 or probs.shape[1] != len(thresholds):
+        raise ValueError(f"probs {probs.shape}, labels {labels.shape} and {len(thresholds)} thresholds disagree")
+    labels = labels.astype(np.int64)
+    predicted = (probs >= np.asarray(thresholds, dtype=probs.dtype)).astype(np.int64)
+    aucs = roc_auc_per_class(probs, labels)
+    f1s = [float(f1_score(labels[:, k], predicted[:, k], zero_division=0.0)) for k in range(labels.shape[1])]
+    out = {f"auc_{c}": a for c, a in zip(CLASS_IDS, aucs)}
+    defined = [a for a in aucs if not np.isnan(a)]
+    out["auc_mean"] = float(np.mean(defined)) if defined else float("nan")
+    out.update({f"f1_{c}": f for c, f in zip(CLASS_IDS, f1s)})
+    out["f1_mean"] = float(np.mean(f1s))
+    out["any_acc"] = float(np.mean(predicted.any(axis=1) == labels.any(axis=1))) if len(labels) else float("nan")
+    return out
+
+
+class ClassifierMetric:
+    """Engine EpochMetric: collects sigmoid probabilities and labels; computes ``classifier_metrics``."""
+
+    def __init__(self, thresholds: Sequence[float]) -> None:
+        self.thresholds = [float(t) for t in thresholds]
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        self.probs.append(torch.sigmoid(outputs.detach().float()).cpu())
+        self.labels.append(batch["target"].detach().float().cpu())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        n = len(self.thresholds)
+        return {"probs": torch.cat(self.probs) if self.probs else torch.empty(0, n),
+                "labels": torch.cat(self.labels) if self.labels else torch.empty(0, n)}
+
+    def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        return classifier_metrics(state["probs"].numpy(), state["labels"].numpy(), self.thresholds)

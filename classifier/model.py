@@ -1,0 +1,46 @@
+"""The classifier network: any timm model with a 4-logit head (one per defect class)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from common.config import ConfigError
+
+
+def create_classifier(name: str, num_classes: int = 4, pretrained: bool = False, pretrained_path: str | None = None,
+                      in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float | None = None) -> nn.Module:
+    """``timm.create_model(name, num_classes=4)``; weights from the hub or, offline, from ``pretrained_path``.
+
+    Output: logits (B, num_classes). Errors name the config key to fix (``name``, ``pretrained``,
+    ``pretrained_path``) and are raised before any training starts.
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ConfigError(f"classifier.model.name: unknown timm model {name!r}" + (f"; similar: {close}" if close else ""))
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if pretrained_path:
+        path = Path(pretrained_path)
+        if not path.is_file():
+            raise ConfigError(f"classifier.model.pretrained_path: weights file not found: {path}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except Exception as exc:  # hub, network and file errors come in many types
+        if not pretrained:
+            raise
+        where = f"file {pretrained_path}" if pretrained_path else "the hub"
+        raise ConfigError(f"classifier.model.pretrained: cannot load {name} weights from {where} "
+                          f"({type(exc).__name__}: {exc}); offline, set classifier.model.pretrained_path=<weights "
+                          f"file> or classifier.model.pretrained=false") from exc
+
+
+def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Pretrained ``backbone`` vs the new classification ``head`` (timm's ``get_classifier``)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    params = list(model.parameters())
+    return {"backbone": [p for p in params if id(p) not in head], "head": [p for p in params if id(p) in head]}

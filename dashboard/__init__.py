@@ -1,0 +1,1 @@
+"""Dash app over the SQLite inspections store: counts, charts, samples, uploads, scoring, predictions on demand."""

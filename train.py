@@ -1,0 +1,23 @@
+"""Train one fold of one stage: ``python train.py stage=classifier fold=0 [experiment=classifier/demo]``.
+
+Cross-validation: ``python train.py -m stage=classifier fold=0,1,2,3,4``; several GPUs:
+``torchrun --nproc_per_node=N train.py stage=classifier fold=0``. Running the same command again
+continues an interrupted run from its last checkpoint (outputs/train/<stage>/<run_name>/fold<k>/).
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from common.training import train
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns the best value of the stage's monitored metric (the objective for sweeps)."""
+    result = train(cfg)
+    return float(result.best_metrics[result.monitor])
+
+
+if __name__ == "__main__":
+    main()
