@@ -35,7 +35,7 @@ class Rescaled(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False, antialias=True)
         h, w = small.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
         if pad_h or pad_w:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from common.annotations import CLASS_IDS
 from common.augment import Preprocess
+from common.checkpoint import load_checkpoint, unwrap
 from common.config import ConfigError, build, to_plain
 from common.data_setup import load_folds, load_train
 from common.engine import StageSpec
@@ -45,6 +46,17 @@ def build_loss(node: DictConfig) -> nn.Module:
     return loss
 
 
+def init_weights(model: nn.Module, model_config: dict, path: str) -> None:
+    """Start from the weights of an earlier segmenter checkpoint (second training phase) built from the same config."""
+    payload = load_checkpoint(path, STAGE)
+    ignore = ("encoder_weights", "pretrained_path")
+    old = {k: v for k, v in payload["model"].items() if k not in ignore}
+    new = {k: v for k, v in model_config.items() if k not in ignore}
+    if old != new:
+        raise ConfigError(f"segmenter.init_from: {path} holds another model ({old}), this run builds {new}")
+    unwrap(model).load_state_dict(payload["state_dict"], strict=True)
+
+
 def make_stage(cfg: DictConfig) -> StageSpec:
     """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
     s = cfg.segmenter
@@ -55,6 +67,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     metric()  # checks threshold / min_area before any data is read
     loss = build_loss(s.loss)
     model = build(model_config, "segmenter.model")
+    if s.get("init_from"):
+        init_weights(model, model_config, str(s.init_from))
 
     dataset = load_train(cfg.data)
     train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
@@ -69,7 +83,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
         loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(s.monitor), mode=str(s.get("mode", "max")),
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
-              "crop": None if crop is None else list(crop)},
+              "crop": None if crop is None else list(crop),
+              "init_from": s.get("init_from")},
         write_oof=partial(write_segmenter_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
                           bins=int(validation.bins)))
 

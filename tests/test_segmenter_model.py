@@ -89,3 +89,18 @@ def test_loss_builds_from_the_default_config():
     logits, target = torch.randn(1, 4, 32, 32, requires_grad=True), torch.zeros(1, 4, 32, 32)
     loss(logits, target).backward()
     assert logits.grad is not None
+
+
+def test_second_phase_starts_from_a_checkpoint_of_the_same_model(tmp_path):
+    from common.config import ConfigError
+    from segmenter.stage import init_weights
+
+    config = {"_target_": FACTORY, "arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None, **TINY}
+    trained = build(config)
+    save_checkpoint(tmp_path / "best.pt", trained, config, "segmenter", {"fold": 0})
+    fresh = build(config)
+    init_weights(fresh, {**config, "encoder_weights": "imagenet"}, str(tmp_path / "best.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()))
+    with pytest.raises(ConfigError, match="init_from.*another model"):
+        init_weights(build({**config, "arch": "UnetPlusPlus"}), {**config, "arch": "UnetPlusPlus"},
+                     str(tmp_path / "best.pt"))
