@@ -1,0 +1,1 @@
+"""Everything after training: checkpoints -> TTA -> reduce -> gating -> post-processing -> submission."""

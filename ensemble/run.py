@@ -1,0 +1,147 @@
+"""The job behind ``python infer.py``: images -> ensemble -> submission (+ score, + inspections store)."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+from common.annotations import CLASS_IDS, read_annotations
+from common.data_setup import prepare_root
+from common.dataset import dataset_from
+from common.errors import DatasetError
+from common.metrics import ScoreReport, dice, score_pairs
+from common.rle import decode
+from common.submission import open_submission
+from ensemble.predict import LONG_COLUMNS, build_predictor, rows_of, set_threads
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit for the block, so cleanup (temp submission removal) runs."""
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _image_set(cfg: Mapping[str, Any]):
+    """The checked image folder (and its truth when evaluating)."""
+    data = cfg["data"]
+    images = Path(cfg["images"])
+    if str(images) == str(data["test_dir"]):
+        prepare_root(data)  # generates the synthetic dataset on first use
+    truth = None
+    if cfg.get("evaluate"):
+        if not cfg.get("truth") or not Path(cfg["truth"]).is_file():
+            raise DatasetError(f"evaluate=true needs truth= pointing to the labels of {images}; got {cfg.get('truth')!r}")
+        truth = read_annotations(cfg["truth"])
+    return dataset_from(images, truth, str(data.get("check_images", "header")))
+
+
+class _Scorer:
+    """Per-pair Dice as predictions stream by (N x 4 floats kept, never the masks or RLEs)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.dice = np.zeros((len(dataset), len(CLASS_IDS)))
+        self.empty = np.zeros((len(dataset), len(CLASS_IDS)), bool)
+        self.index = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+
+    def add(self, image_id: str, masks: np.ndarray) -> None:
+        i, truth = self.index[image_id], self.dataset.rles(image_id)
+        for j, c in enumerate(CLASS_IDS):
+            t = decode(truth[c]) if c in truth else None
+            self.empty[i, j] = t is None
+            self.dice[i, j] = dice(masks[j], t) if t is not None else float(not masks[j].any())
+
+    def report(self) -> ScoreReport:
+        return score_pairs(self.dice, self.empty, len(self.dataset))
+
+
+class _Store:
+    """Appends predictions to the inspections store in chunks as they stream by."""
+
+    def __init__(self, path: str, run_id: str, chunk: int = 64) -> None:
+        from common.inspections import connect
+
+        self.conn, self.run_id, self.chunk = connect(path), run_id, chunk
+        self.rows: list[tuple[str, int, str]] = []
+        self.ids: list[str] = []
+        self.count = 0
+
+    def add(self, image_id: str, rows: list[tuple[str, int, str]]) -> None:
+        self.ids.append(image_id)
+        self.rows.extend(r for r in rows if r[2])
+        if len(self.ids) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        from common.inspections import append_rows
+
+        if self.ids:
+            frame = pd.DataFrame(self.rows, columns=LONG_COLUMNS)
+            self.count += append_rows(self.conn, frame, f"pred:{self.run_id}", self.run_id, image_ids=self.ids)
+        self.rows, self.ids = [], []
+
+
+def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the submission for ``cfg.images``; return a summary (paths, counts, speed, score).
+
+    Memory does not grow with the number of images: masks are encoded and written per image,
+    the score is accumulated per pair, inspections are appended in chunks.
+    """
+    threads = set_threads(cfg.get("threads"))
+    dataset = _image_set(cfg)
+    predictor = build_predictor(cfg)
+    paths = [dataset.path(i) for i in dataset.image_ids]
+    output = Path(cfg["output"])
+    scorer = _Scorer(dataset) if cfg.get("evaluate") else None
+    store = _Store(str(cfg["store"]), str(cfg.get("run_id") or "infer")) if cfg.get("store") else None
+    start = time.perf_counter()
+    try:
+        with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
+            for image_id, _, masks in predictor.iter_predictions(paths, int(cfg.get("batch_size", 4)),
+                                                                 int(cfg.get("num_workers", 0)),
+                                                                 bool(cfg.get("progress", True))):
+                rows = rows_of(image_id, masks)
+                writer.write_rows(rows)
+                if scorer:
+                    scorer.add(image_id, masks)
+                if store:
+                    store.add(image_id, rows)
+        if store:
+            store.flush()
+    finally:
+        if store:
+            store.conn.close()
+    seconds = time.perf_counter() - start
+    stats = predictor.stats
+    summary: dict[str, Any] = {
+        "submission": str(output), "images": len(paths), "masks": writer.masks, "seconds": seconds,
+        "images_per_s": len(paths) / seconds if seconds else float("nan"), "threads": threads,
+        "segmenter_passes_skipped": stats.skipped_share, "rules": predictor.rules.to_dict(),
+    }
+    print(f"submission: {output} ({len(paths)} images, {writer.masks} masks, {summary['images_per_s']:.2f} images/s, "
+          f"{stats.skipped_share:.1%} of segmenter passes skipped by gating)")
+    if scorer:
+        report = scorer.report()
+        print(report.format())
+        summary["score"] = report.to_dict()
+    if store:
+        summary["stored"] = store.count
+        print(f"inspections: {store.count} rows appended to {cfg['store']} (source pred:{store.run_id})")
+    return summary

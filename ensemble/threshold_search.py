@@ -1,0 +1,398 @@
+"""Tune per-class thresholds on out-of-fold outputs, exactly and fast, from probability histograms.
+
+Inputs (plain numpy): ``hist_pos``/``hist_neg`` (N, 4, B) pixel counts by probability bin
+``min(floor(p * B), B - 1)`` for truth 1 / truth 0, ``max_prob`` (N, 4), classifier probabilities (N, 4).
+A pixel threshold ``k / B`` keeps the bins ``>= k``, so for any (k, min area, classifier threshold,
+label threshold) every image's intersection and predicted area are suffix sums over bins.
+
+How it stays fast: the Kaggle score is a mean over (image, class) pairs, so classes are independent.
+For one class and one k, each image adds ``gain = dice - truth_empty`` to the score exactly when it
+is kept, and it is kept iff area, label and classifier thresholds are all below its own values. So
+the images are bucketed by (area rank, label rank, classifier rank), one ``bincount`` sums the gains,
+and suffix sums over the three axes give the score of every grid point at once:
+O(K x (N + A x L x T)) per class and mode instead of O(K x A x L x T x N).
+
+Exact for: pixel threshold on the bin grid, total min area, classifier veto / image skip / area
+scaling, label threshold on the maximum probability. Not representable (left to the config):
+``min_component`` and overlap resolution. ``soft`` (prob x class prob) is approximate: each image's
+threshold ``k / (B q)`` is rounded up to the next bin edge.
+
+CLI: ``python -m ensemble.threshold_search RUN_DIR... --out thresholds.json`` (RUN_DIR: training output
+folders holding ``oof_segmenter.npz`` and ``oof_classifier.csv``, or the files themselves).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from common.annotations import CLASS_IDS
+from common.errors import SteelsegError
+from ensemble.rules import Rules, write_thresholds
+
+DEFAULT_POSTPROCESS = Path(__file__).resolve().parents[1] / "configs" / "postprocess" / "default.yaml"
+SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
+DEFAULT_GRID = {
+    "pixel_threshold": [round(x, 2) for x in np.arange(0.2, 0.85, 0.05)],
+    "min_area": [0, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 7000, 10000],
+    "classifier_threshold": [round(x, 2) for x in np.arange(0.1, 0.95, 0.05)],
+    "label_threshold": [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+}
+
+
+class OOFError(SteelsegError, ValueError):
+    """Out-of-fold files that are missing, inconsistent or do not cover the same images."""
+
+
+@dataclass
+class OOF:
+    """Out-of-fold arrays for N images, classes in CLASS_IDS order."""
+
+    image_ids: np.ndarray
+    fold: np.ndarray
+    hist_pos: np.ndarray
+    hist_neg: np.ndarray
+    max_prob: np.ndarray
+    cls_prob: np.ndarray | None = None
+
+    @property
+    def bins(self) -> int:
+        return self.hist_pos.shape[2]
+
+    def subset(self, mask: np.ndarray) -> "OOF":
+        return OOF(self.image_ids[mask], self.fold[mask], self.hist_pos[mask], self.hist_neg[mask],
+                   self.max_prob[mask], None if self.cls_prob is None else self.cls_prob[mask])
+
+
+@dataclass
+class ClassCounts:
+    """Per-class suffix sums: ``inter[i, k]`` / ``pred[i, k]`` = truth-1 / all pixels with bin >= k."""
+
+    inter: np.ndarray
+    pred: np.ndarray
+    truth: np.ndarray
+
+    @classmethod
+    def of(cls, oof: OOF, c: int) -> "ClassCounts":
+        pos = oof.hist_pos[:, c].astype(np.int64)
+        both = pos + oof.hist_neg[:, c]
+        suffix = lambda h: np.concatenate([np.cumsum(h[:, ::-1], axis=1)[:, ::-1], np.zeros((len(h), 1), np.int64)], 1)
+        inter, pred = suffix(pos), suffix(both)
+        return cls(inter, pred, inter[:, 0])
+
+    def at(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """(intersection, predicted area) per image at bin index k (scalar or per image)."""
+        if np.ndim(k) == 0:
+            return self.inter[:, k], self.pred[:, k]
+        rows = np.arange(len(self.truth))
+        return self.inter[rows, k], self.pred[rows, k]
+
+    def gain(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """(score gain of predicting the mask instead of nothing, predicted area) per image."""
+        inter, pred = self.at(k)
+        denom = pred + self.truth
+        dice = np.divide(2.0 * inter, denom, out=np.zeros(len(denom)), where=denom > 0)
+        return dice - (self.truth == 0), pred
+
+
+def _ranks(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Number of grid values <= each value (grid sorted ascending)."""
+    return np.searchsorted(grid, values, side="right")
+
+
+def _suffix(h: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    for axis in axes:
+        h = np.flip(np.cumsum(np.flip(h, axis), axis), axis)
+    return h
+
+
+def _bucket_sum(gain: np.ndarray, ranks: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    flat = np.ravel_multi_index(tuple(ranks), tuple(s + 1 for s in sizes))
+    return np.bincount(flat, weights=gain, minlength=int(np.prod([s + 1 for s in sizes]))).reshape(
+        [s + 1 for s in sizes])
+
+
+@dataclass
+class Grid:
+    """Search grid: pixel threshold indices k (threshold k/B), areas, classifier and label thresholds."""
+
+    k: np.ndarray
+    min_area: np.ndarray
+    classifier_threshold: np.ndarray
+    label_threshold: np.ndarray
+    area_scale: float = 2.0
+
+    @classmethod
+    def make(cls, bins: int, pixel_threshold=None, min_area=None, classifier_threshold=None,
+             label_threshold=None, area_scale: float = 2.0) -> "Grid":
+        pick = lambda v, key: np.unique(np.asarray(DEFAULT_GRID[key] if v is None else v, np.float64))
+        pixel = pick(pixel_threshold, "pixel_threshold")  # the default grid snaps to the bin edges
+        k = np.unique(np.clip(np.round(pixel * bins).astype(np.int64), 0, bins - 1))
+        if pixel_threshold is not None and not np.allclose(k / bins, np.clip(pixel, 0, (bins - 1) / bins)):
+            raise OOFError(f"pixel thresholds {pixel.tolist()} are not on the {bins}-bin grid of the OOF histograms")
+        return cls(k, pick(min_area, "min_area"), pick(classifier_threshold, "classifier_threshold"),
+                   pick(label_threshold, "label_threshold"), float(area_scale))
+
+
+def class_scores(counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, mode: str,
+                 grid: Grid, bins: int) -> np.ndarray:
+    """Sum over images of the pair score for every (k, area, label, classifier) grid point of one class.
+
+    Shape (K, A, L, T); T = 1 for modes without a classifier threshold.
+    """
+    n = len(counts.truth)
+    K, A, L = len(grid.k), len(grid.min_area), len(grid.label_threshold)
+    T = len(grid.classifier_threshold) if mode in ("veto", "image", "scale") else 1
+    base = float((counts.truth == 0).sum())
+    out = np.empty((K, A, L, T))
+    if mode in ("veto", "image", "scale"):
+        rt = _ranks(grid.classifier_threshold, cls_prob)
+    else:
+        rt = np.ones(n, np.int64)
+    gated_max = max_prob * cls_prob if mode == "soft" else max_prob
+    rl = _ranks(grid.label_threshold, gated_max)
+    for ki, k in enumerate(grid.k):
+        if mode == "soft":
+            with np.errstate(divide="ignore"):
+                kk = np.where(cls_prob > 0, np.ceil(k / np.maximum(cls_prob, 1e-12) - 1e-9), bins)
+            gain, pred = counts.gain(np.minimum(kk, bins).astype(np.int64))
+        else:
+            gain, pred = counts.gain(int(k))
+        ra = np.where(pred > 0, _ranks(grid.min_area, pred), 0)
+        kept = _suffix(_bucket_sum(gain, (ra, rl, rt), (A, L, T)), (0, 1, 2))[1:, 1:, 1:]
+        if mode == "scale":
+            # classifier below its threshold (rank <= t): the area must reach area_scale x min_area instead
+            ra2 = np.where(pred > 0, _ranks(grid.min_area * grid.area_scale, pred), 0)
+            h2 = _suffix(_bucket_sum(gain, (ra2, rl, rt), (A, L, T)), (0, 1))[1:, 1:]
+            kept = kept + np.cumsum(h2, axis=2)[:, :, :T]
+        out[ki] = base + kept
+    return out
+
+
+@dataclass
+class ModeResult:
+    """Best rules of one gating mode with the per-class scores and curves for the report."""
+
+    mode: str
+    rules: Rules
+    score: float
+    per_class: dict[int, float]
+    curves: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def _curves(s: np.ndarray, n: int) -> dict[str, list[float]]:
+    """Best mean score as a function of each searched parameter (max over the others)."""
+    return {name: (s.max(axis=tuple(a for a in range(4) if a != axis)) / n).tolist()
+            for axis, name in enumerate(("pixel_threshold", "min_area", "label_threshold", "classifier_threshold"))}
+
+
+def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
+    """Best per-class (k, area, label, classifier threshold) of one mode; image mode shares one threshold."""
+    if mode not in SEARCH_MODES:
+        raise OOFError(f"unknown search mode {mode!r}; choose from {list(SEARCH_MODES)}")
+    if mode != "none" and oof.cls_prob is None:
+        raise OOFError(f"gating mode {mode!r} needs classifier OOF probabilities")
+    n, bins = len(oof.image_ids), oof.bins
+    tables = []
+    for c in range(len(CLASS_IDS)):
+        cls = None if oof.cls_prob is None else oof.cls_prob[:, c]
+        if mode == "image":
+            cls = oof.cls_prob.max(axis=1)
+        tables.append(class_scores(ClassCounts.of(oof, c), oof.max_prob[:, c], cls, mode, grid, bins))
+    shared_t = None
+    if mode == "image":  # one image threshold for all classes: best total over classes
+        shared_t = int(np.argmax(sum(t.max(axis=(0, 1, 2)) for t in tables)))
+    picks = {key: [] for key in ("pixel_threshold", "min_area", "label_threshold", "classifier_threshold")}
+    per_class, curves = {}, {}
+    for c, table in zip(CLASS_IDS, tables):
+        view = table if shared_t is None else table[..., shared_t:shared_t + 1]
+        ki, ai, li, ti = np.unravel_index(int(np.argmax(view)), view.shape)
+        ti = ti if shared_t is None else shared_t
+        per_class[c] = float(view.max() / n)
+        curves[c] = _curves(table, n)
+        picks["pixel_threshold"].append(float(grid.k[ki] / bins))
+        picks["min_area"].append(int(grid.min_area[ai]))
+        picks["label_threshold"].append(float(grid.label_threshold[li]))
+        picks["classifier_threshold"].append(float(grid.classifier_threshold[ti]) if table.shape[3] > 1
+                                             else base.classifier_threshold[c - 1])
+    label_used = any(v > 0 for v in picks["label_threshold"])
+    gating = {"none": "label" if label_used else "none"}.get(mode, mode)
+    image_threshold = float(grid.classifier_threshold[shared_t]) if shared_t is not None else base.image_threshold
+    rules = replace(base, **{k: tuple(v) for k, v in picks.items()}, gating=gating,
+                    image_threshold=image_threshold, area_scale=grid.area_scale)
+    return ModeResult(gating, rules, float(np.mean(list(per_class.values()))), per_class, curves)
+
+
+def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
+    """Mean pair score per class of fixed rules on the OOF (the 'default thresholds' figure)."""
+    bins = oof.bins
+    out = {}
+    for i, c in enumerate(CLASS_IDS):
+        counts = ClassCounts.of(oof, i)
+        q = None if oof.cls_prob is None else oof.cls_prob[:, i]
+        k = int(np.ceil(rules.pixel_threshold[i] * bins - 1e-9))
+        min_area = np.full(len(counts.truth), float(rules.min_area[i]))
+        keep = np.ones(len(counts.truth), bool)
+        maxp = oof.max_prob[:, i]
+        if rules.needs_classifier and oof.cls_prob is None:
+            raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
+        if rules.gating == "soft":
+            kk = np.where(q > 0, np.ceil(k / np.maximum(q, 1e-12) - 1e-9), bins)
+            gain, pred = counts.gain(np.minimum(kk, bins).astype(np.int64))
+            maxp = maxp * q
+        else:
+            gain, pred = counts.gain(min(k, bins))
+        if rules.gating == "veto":
+            keep &= q >= rules.classifier_threshold[i]
+        elif rules.gating == "image":
+            keep &= oof.cls_prob.max(axis=1) >= rules.image_threshold
+        elif rules.gating == "scale":
+            min_area[q < rules.classifier_threshold[i]] *= rules.area_scale
+        keep &= (pred > 0) & (pred >= min_area) & (maxp >= rules.label_threshold[i])
+        out[c] = float(((counts.truth == 0).sum() + gain[keep].sum()) / len(keep))
+    return out
+
+
+def search(oof: OOF, grid: Grid, base: Rules, modes: Sequence[str] = SEARCH_MODES) -> dict[str, ModeResult]:
+    """Best rules per gating mode (modes needing a classifier are skipped when there is no classifier OOF)."""
+    usable = [m for m in modes if m == "none" or oof.cls_prob is not None]
+    if not usable:
+        raise OOFError(f"no searchable mode among {list(modes)} without classifier OOF")
+    return {m: search_mode(oof, m, grid, base) for m in usable}
+
+
+def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> float:
+    """Honest estimate: tune on all folds but one, score the held-out fold, average over images."""
+    folds = np.unique(oof.fold)
+    if len(folds) < 2:
+        return float("nan")
+    total = 0.0
+    for f in folds:
+        held = oof.fold == f
+        rules = search_mode(oof.subset(~held), mode, grid, base).rules
+        total += np.mean(list(score_rules(oof.subset(held), rules).values())) * held.sum()
+    return float(total / len(oof.fold))
+
+
+# ----------------------------------------------------------------------------- OOF files
+
+def _find(entries: Sequence[Path | str], name: str) -> list[Path]:
+    found: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_file() and path.name == name:
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(path.glob(f"**/{name}")))
+    return found
+
+
+def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) -> OOF:
+    """Join the segmenter OOF histograms (``oof_segmenter.npz``) and classifier OOF (``oof_classifier.csv``)."""
+    seg_files = _find(entries, "oof_segmenter.npz")
+    if not seg_files:
+        raise OOFError(f"no oof_segmenter.npz under {[str(e) for e in entries]}")
+    parts = []
+    for path in seg_files:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                part = {k: z[k] for k in ("image_ids", "fold", "hist_pos", "hist_neg", "max_prob")}
+        except (OSError, KeyError, ValueError) as exc:
+            raise OOFError(f"{path}: not a segmenter OOF file ({exc})") from exc
+        n = len(part["image_ids"])
+        if part["hist_pos"].shape != part["hist_neg"].shape or part["hist_pos"].shape[:2] != (n, len(CLASS_IDS)) \
+                or part["max_prob"].shape != (n, len(CLASS_IDS)):
+            raise OOFError(f"{path}: array shapes disagree: {({k: v.shape for k, v in part.items()})}")
+        parts.append(part)
+    bins = {p["hist_pos"].shape[2] for p in parts}
+    if len(bins) > 1:
+        raise OOFError(f"segmenter OOF files use different bin counts {sorted(bins)}")
+    seg = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    ids = seg["image_ids"].astype(str)
+    dup = pd.Index(ids)[pd.Index(ids).duplicated()]
+    if len(dup):
+        raise OOFError(f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): "
+                       "give the folds of one segmenter run only")
+    cls_prob = None
+    cls_files = _find(entries, "oof_classifier.csv")
+    if cls_files:
+        frame = pd.concat([pd.read_csv(p) for p in cls_files], ignore_index=True)
+        cols = [f"prob_{c}" for c in CLASS_IDS]
+        if "ImageId" not in frame or not set(cols) <= set(frame):
+            raise OOFError(f"{cls_files}: classifier OOF needs columns ImageId, {', '.join(cols)}")
+        if frame["ImageId"].duplicated().any():
+            raise OOFError(f"{cls_files}: image {frame['ImageId'][frame['ImageId'].duplicated()].iloc[0]!r} "
+                           "appears twice in the classifier OOF")
+        frame = frame.set_index("ImageId")
+        missing = sorted(set(ids) - set(frame.index))
+        if missing:
+            raise OOFError(f"{len(missing)} segmenter OOF images have no classifier OOF row, e.g. {missing[:3]}")
+        cls_prob = frame.loc[ids, cols].to_numpy(np.float64)
+    elif require_classifier:
+        raise OOFError(f"no oof_classifier.csv under {[str(e) for e in entries]}")
+    return OOF(ids, seg["fold"], seg["hist_pos"], seg["hist_neg"], seg["max_prob"].astype(np.float64), cls_prob)
+
+
+def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
+               cv: bool = True) -> dict[str, Any]:
+    """Search every mode, pick the best, and summarise: default vs tuned vs cross-validated scores."""
+    results = search(oof, grid, base, modes)
+    best = max(results.values(), key=lambda r: r.score)
+    usable_base = base if (not base.needs_classifier or oof.cls_prob is not None) else replace(base, gating="none")
+    default = score_rules(oof, usable_base)
+    truth_empty = np.stack([ClassCounts.of(oof, i).truth == 0 for i in range(len(CLASS_IDS))], 1)
+    summary = {
+        "n_images": int(len(oof.image_ids)), "bins": oof.bins, "best_mode": best.mode,
+        "tuned": best.score, "tuned_per_class": best.per_class,
+        "default": float(np.mean(list(default.values()))), "default_per_class": default,
+        "default_gating": usable_base.gating,
+        "baseline": float(truth_empty.mean()),
+        "baseline_per_class": {c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict()} for m, r in results.items()},
+    }
+    if cv:
+        summary["cross_validated"] = cross_validated(oof, grid, base, {"label": "none"}.get(best.mode, best.mode))
+    return {"summary": summary, "best": best, "results": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="training output folders or OOF files")
+    parser.add_argument("--out", type=Path, required=True, help="thresholds file to write (JSON)")
+    parser.add_argument("--modes", default=",".join(SEARCH_MODES), help=f"comma-separated, from {SEARCH_MODES}")
+    parser.add_argument("--area-scale", type=float, default=2.0)
+    parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
+    parser.add_argument("--postprocess", type=Path, default=DEFAULT_POSTPROCESS,
+                        help="postprocess config whose values are the 'default thresholds' baseline")
+    args = parser.parse_args(argv)
+    try:
+        from omegaconf import OmegaConf
+
+        from ensemble.rules import rules_from_config
+
+        base = rules_from_config(OmegaConf.to_container(OmegaConf.load(args.postprocess)), {"mode": "veto"})
+        oof = load_oof(args.runs)
+        grid = Grid.make(oof.bins, area_scale=args.area_scale)
+        out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
+    except (SteelsegError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = out["summary"]
+    write_thresholds(args.out, out["best"].rules, {"scores": s, "sources": [str(r) for r in args.runs]})
+    print(f"OOF: {s['n_images']} images; all-empty {s['baseline']:.5f}; default thresholds "
+          f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
+          + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))
+    for mode, r in s["modes"].items():
+        print(f"  {mode:6s} {r['score']:.5f}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
+    print(f"thresholds: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``python infer.py`` -> submission.csv from trained checkpoints (see configs/infer.yaml).
+
+Examples: ``python infer.py checkpoints.classifier=[multirun/cls] checkpoints.segmenter=[multirun/seg]
+thresholds=thresholds.json evaluate=true``. Restarts itself once with the fast glibc allocator settings
+(they only work when set before Python starts), before anything heavy is imported.
+"""
+import os
+import sys
+
+FAST_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+def _reexec_with_fast_env() -> None:
+    """Re-run this command with FAST_ENV added (values already set by the user are kept)."""
+    missing = {k: v for k, v in FAST_ENV.items() if k not in os.environ}
+    if missing and not os.environ.get("STEELSEG_NO_REEXEC"):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+
+
+if __name__ == "__main__":
+    _reexec_with_fast_env()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="infer")
+def main(cfg: DictConfig) -> float | None:
+    from common.config import to_plain
+    from ensemble.run import infer
+
+    summary = infer(to_plain(cfg))
+    return summary.get("score", {}).get("score")
+
+
+if __name__ == "__main__":
+    main()
