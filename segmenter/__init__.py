@@ -1,0 +1,1 @@
+"""Stage 2: smp segmenters (U-Net, FPN, U-Net++) that outline each of the four defect classes."""

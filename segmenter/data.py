@@ -1,0 +1,110 @@
+"""Segmenter view of a SteelDataset: image tensors with 4-channel masks, random crops for training.
+
+Training items are random crops (``crop: [height, width]``, multiples of 32) taken by albumentations
+together with the mask, then the configured augmentations; validation items are the full 256x1600 image.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from common.augment import Augment, Preprocess, build_augment
+from common.config import ConfigError
+from common.dataset import SteelDataset
+from common.rle import IMAGE_SHAPE
+
+
+def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop") -> tuple[int, int] | None:
+    """(height, width) of the training crop, checked against the image and the encoder stride; None = full image."""
+    if crop is None:
+        return None
+    if len(crop) != 2:
+        raise ConfigError(f"{key}: expected [height, width], got {list(crop)}")
+    height, width = int(crop[0]), int(crop[1])
+    if height > IMAGE_SHAPE[0] or width > IMAGE_SHAPE[1] or height <= 0 or width <= 0:
+        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} images")
+    if height % 32 or width % 32:
+        raise ConfigError(f"{key}: crop {height}x{width} must be multiples of 32 for the encoder")
+    return height, width
+
+
+def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None,
+                        seed: int) -> list[str]:
+    """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per defect one.
+
+    ``clean_ratio=0`` trains on defect images only. The clean images are a fixed random draw (seeded); asking
+    for more than the fold has is an error, so nothing changes silently.
+    """
+    ids = list(image_ids)
+    if clean_ratio is None:
+        return ids
+    if clean_ratio < 0:
+        raise ConfigError(f"segmenter.clean_ratio: must be >= 0 or null, got {clean_ratio}")
+    has_defect = labels.loc[ids].to_numpy().any(axis=1)
+    defect = [i for i, d in zip(ids, has_defect) if d]
+    clean = [i for i, d in zip(ids, has_defect) if not d]
+    n_clean = int(round(clean_ratio * len(defect)))
+    if n_clean > len(clean):
+        raise ConfigError(f"segmenter.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
+                          f"defect ones, the fold has {len(clean)}; lower it or use null for all images")
+    if not defect:
+        raise ConfigError("segmenter.clean_ratio: the training fold has no defect images")
+    rng = np.random.default_rng(seed)
+    picked = set(rng.choice(len(clean), size=n_clean, replace=False).tolist()) if n_clean else set()
+    chosen = set(defect) | {clean[i] for i in picked}
+    return [i for i in ids if i in chosen]
+
+
+CROP_MODES = {"random": "albumentations.RandomCrop", "defect": "albumentations.CropNonEmptyMaskIfExists"}
+
+
+def build_train_augment(crop: tuple[int, int] | None, nodes: Sequence[Any] | None, seed: int,
+                        crop_mode: str = "random", key: str = "segmenter.augment") -> Augment:
+    """Crop (when set) followed by the configured albumentations, applied to image and mask together.
+
+    ``crop_mode``: ``random`` (uniform position) or ``defect`` (a crop that contains defect pixels whenever
+    the image has any, albumentations' CropNonEmptyMaskIfExists; faster learning on small data).
+    """
+    if crop_mode not in CROP_MODES:
+        raise ConfigError(f"segmenter.crop_mode: expected one of {sorted(CROP_MODES)}, got {crop_mode!r}")
+    crop_node = [] if crop is None else [{"_target_": CROP_MODES[crop_mode], "height": crop[0], "width": crop[1]}]
+    return build_augment(crop_node + list(nodes or []), key, seed=seed)
+
+
+class SegmentationDataset(Dataset):
+    """Items ``{"image": float (3, H, W), "target": float (4, H, W) 0/1, "image_id": str}``."""
+
+    def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
+                 augment: Augment | None = None) -> None:
+        if preprocess.size is not None:
+            raise ConfigError("segmenter.preprocess.size: must be null (masks are scored at 256x1600); "
+                              "use segmenter.model.input_scale to run the network at a lower resolution")
+        if not dataset.labelled:
+            raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
+        self.dataset, self.image_ids = dataset, list(image_ids)
+        self.preprocess, self.augment = preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def set_seed(self, seed: int) -> None:
+        """Re-seed augmentation draws (called by the engine per epoch and loader worker)."""
+        if self.augment is not None:
+            self.augment.set_seed(seed)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Augmented uint8 image (H, W, 3) and mask (4, H, W) of one item, before normalisation."""
+        image_id = self.image_ids[index]
+        image, mask = self.dataset.image(image_id, self.preprocess.channels), self.dataset.masks(image_id)
+        if self.augment is not None:
+            image, mask = self.augment(image, mask)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.sample(index)
+        return {"image": self.preprocess.to_tensor(image), "target": torch.from_numpy(mask.astype(np.float32)),
+                "image_id": self.image_ids[index]}

@@ -1,0 +1,102 @@
+"""Segmenter validation: the Kaggle score at the configured pixel threshold and minimum areas, from histograms.
+
+Each validation image is reduced to per-class probability histograms over its positive and negative pixels
+(``common.oof``), so the score, the all-empty baseline and the best score over the threshold/min-area
+grid come from the same exact counts as the out-of-fold file.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from common.annotations import CLASS_IDS
+from common.config import ConfigError
+from common.oof import DEFAULT_BINS, SegmenterOOF, score, score_grid
+
+# Minimum-area grid for the "best reachable" score reported beside the configured one.
+AREA_GRID = (0, 100, 300, 600, 1000, 2000, 3000, 5000)
+
+
+def batch_histograms(probs: torch.Tensor, truth: torch.Tensor, bins: int = DEFAULT_BINS
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hist_pos, hist_neg) int32 (B, C, bins) and max_prob (B, C) of a batch; same bins as ``common.oof.bin_index``."""
+    b, c = probs.shape[:2]
+    idx = torch.clamp(torch.floor(probs * bins), max=bins - 1).long()
+    offset = (torch.arange(b * c, device=probs.device) * (2 * bins)).view(b, c, 1, 1)
+    key = idx + bins * (truth > 0.5).long() + offset
+    counts = torch.bincount(key.flatten(), minlength=b * c * 2 * bins).view(b, c, 2, bins).to(torch.int32)
+    return counts[:, :, 1], counts[:, :, 0], probs.flatten(2).amax(-1)
+
+
+def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
+                  key: str = "segmenter.validation.threshold") -> list[int]:
+    """Per-class threshold bins k with k / bins == threshold (thresholds must lie on the histogram grid)."""
+    values = list(threshold) if isinstance(threshold, Sequence) else [threshold] * len(CLASS_IDS)
+    if len(values) != len(CLASS_IDS):
+        raise ConfigError(f"{key}: need 1 or {len(CLASS_IDS)} values, got {values}")
+    out = []
+    for t in values:
+        k = int(round(float(t) * bins))
+        if not 0 < k < bins or abs(k / bins - float(t)) > 1e-9:
+            raise ConfigError(f"{key}: {t} is not a multiple of 1/{bins} strictly between 0 and 1")
+        out.append(k)
+    return out
+
+
+def per_class(value: float | Sequence[float], key: str) -> list[float]:
+    """A scalar or a 4-list from config as a 4-list."""
+    values = list(value) if isinstance(value, Sequence) else [value] * len(CLASS_IDS)
+    if len(values) != len(CLASS_IDS) or any(float(v) < 0 for v in values):
+        raise ConfigError(f"{key}: need 1 or {len(CLASS_IDS)} non-negative values, got {values}")
+    return [float(v) for v in values]
+
+
+def as_oof(hist_pos: np.ndarray, hist_neg: np.ndarray, max_prob: np.ndarray,
+           image_ids: Sequence[str] | None = None, fold: int = -1) -> SegmenterOOF:
+    """Wrap histogram arrays as a SegmenterOOF (placeholder ids when none are given)."""
+    n, bins = hist_pos.shape[0], hist_pos.shape[-1]
+    ids = np.array(list(image_ids) if image_ids is not None else [str(i) for i in range(n)], dtype=str)
+    return SegmenterOOF(ids, np.full(n, fold, np.int64), np.linspace(0.0, 1.0, bins + 1),
+                        hist_pos.astype(np.int32), hist_neg.astype(np.int32), max_prob.astype(np.float32))
+
+
+def oof_metrics(oof: SegmenterOOF, k: Sequence[int], min_area: Sequence[float]) -> dict[str, float]:
+    """Kaggle score at (k, min_area) per class and overall, the all-empty baseline, and the best grid score."""
+    report = score(oof, k, min_area)
+    grid = score_grid(oof, AREA_GRID)
+    best = grid.reshape(len(CLASS_IDS), -1).max(axis=1)
+    out = {"kaggle": report.overall, "kaggle_baseline": report.baseline,
+           "kaggle_gain": report.overall - report.baseline, "kaggle_best_grid": float(best.mean())}
+    for i, c in enumerate(CLASS_IDS):
+        out[f"kaggle_{c}"] = report.per_class[c]
+    return out
+
+
+class SegmenterMetric:
+    """Engine ``EpochMetric``: accumulates per-image histograms, computes ``oof_metrics``."""
+
+    def __init__(self, threshold: float | Sequence[float], min_area: float | Sequence[float],
+                 bins: int = DEFAULT_BINS) -> None:
+        self.bins = bins
+        self.k = threshold_bin(threshold, bins)
+        self.min_area = per_class(min_area, "segmenter.validation.min_area")
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        truth = batch["target"].to(outputs.device)
+        pos, neg, top = batch_histograms(torch.sigmoid(outputs.float()), truth, self.bins)
+        self._parts.append((pos.cpu(), neg.cpu(), top.cpu()))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if not self._parts:
+            return {"hist_pos": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
+                    "hist_neg": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
+                    "max_prob": torch.zeros(0, len(CLASS_IDS))}
+        pos, neg, top = (torch.cat(parts) for parts in zip(*self._parts))
+        return {"hist_pos": pos, "hist_neg": neg, "max_prob": top}
+
+    def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        oof = as_oof(state["hist_pos"].numpy(), state["hist_neg"].numpy(), state["max_prob"].numpy())
+        return oof_metrics(oof, self.k, self.min_area)

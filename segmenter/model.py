@@ -1,0 +1,138 @@
+"""Segmenter model factory: ``smp.create_model`` (Unet, FPN, Unet++, ... any smp or ``tu-`` timm encoder).
+
+The network maps (B, 3, H, W) images to (B, 4, H, W) logits, one sigmoid channel per defect class;
+H and W must be multiples of 32 (256x1600 and crops such as 256x512 are).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.errors import SteelsegError
+
+N_CLASSES = 4
+FACTORY = "segmenter.model.create_segmenter"
+
+
+class ModelConfigError(SteelsegError, ValueError):
+    """A segmenter config naming an unknown architecture/encoder or an unusable weights file."""
+
+
+class Rescaled(nn.Module):
+    """Runs ``net`` on the input resized by ``scale`` and resizes the logits back (cheap CPU training).
+
+    The resized input is padded (reflect) to a multiple of 32 for the encoder and the padding cut off again.
+    """
+
+    def __init__(self, net: nn.Module, scale: float, multiple: int = 32) -> None:
+        super().__init__()
+        self.net, self.scale, self.multiple = net, float(scale), multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False, antialias=True)
+        h, w = small.shape[-2:]
+        pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        if pad_h or pad_w:
+            small = F.pad(small, (0, pad_w, 0, pad_h), mode="reflect")
+        logits = self.net(small)[..., :h, :w]
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelConfigError(f"segmenter.model.pretrained_path: weights file {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ModelConfigError(f"segmenter.model.pretrained_path: cannot load {path}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise ModelConfigError(f"segmenter.model.pretrained_path: {path} holds no state dict")
+    return state
+
+
+def load_encoder_weights(model: nn.Module, path: Path | str) -> None:
+    """Load a local encoder state dict (smp-encoder, timm or torchvision keys) into ``model.encoder``.
+
+    Keys the encoder does not have (e.g. a classifier head ``fc.*``) are ignored; encoder tensors the file
+    lacks or whose shapes differ are an error naming the file.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    encoder = model.encoder
+    # A tu- encoder wraps the timm network as ``encoder.model``; accept bare timm keys for it.
+    target = encoder.model if hasattr(encoder, "model") and not any(k.startswith("model.") for k in state) else encoder
+    for prefix in ("module.", "encoder."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ModelConfigError(
+            f"segmenter.model.pretrained_path: {path} does not fit encoder {type(encoder).__name__}: "
+            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(wrong)} of other shape (e.g. {wrong[:3]})")
+    target.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+@torch.no_grad()
+def check_output_size(model: nn.Module, in_channels: int, classes: int, where: str) -> None:
+    """Raise unless the network maps a (1, C, 64, 96) input to (1, classes, 64, 96) logits.
+
+    Some settings silently break the size contract (e.g. smp FPN with ``encoder_depth`` < 5).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        shape = tuple(model(torch.zeros(1, in_channels, 64, 96)).shape)
+    finally:
+        model.train(was_training)
+    if shape != (1, classes, 64, 96):
+        raise ModelConfigError(f"{where}: a 64x96 input gives logits of shape {shape}, expected (1, {classes}, 64, 96)")
+
+
+def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
+                     pretrained_path: str | None = None, classes: int = N_CLASSES, in_channels: int = 3,
+                     input_scale: float = 1.0, **kwargs: Any) -> nn.Module:
+    """Build an smp segmentation model returning logits.
+
+    Args:
+        arch: smp architecture name (``Unet``, ``FPN``, ``UnetPlusPlus``, ...).
+        encoder_name: smp encoder or ``tu-<timm name>``.
+        encoder_weights: smp/hub weights name (``imagenet``) when online; None for random init.
+        pretrained_path: local encoder state dict for offline machines (overrides ``encoder_weights``).
+        input_scale: run the network at this fraction of the input size (1.0 = native), logits resized back.
+        kwargs: passed to the architecture (``decoder_channels``, ``decoder_attention_type``, ...).
+    """
+    if not 0 < input_scale <= 1:
+        raise ModelConfigError(f"segmenter.model.input_scale must be in (0, 1], got {input_scale}")
+    weights = None if pretrained_path else encoder_weights
+    try:
+        model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,
+                                 in_channels=in_channels, classes=classes, **kwargs)
+    except KeyError as exc:
+        raise ModelConfigError(f"segmenter.model: unknown arch or encoder ({arch!r}, {encoder_name!r}): {exc}") from exc
+    except (RuntimeError, OSError, ValueError) as exc:
+        hint = " (offline? set segmenter.model.pretrained_path to a local file or encoder_weights=null)" \
+            if weights else ""
+        raise ModelConfigError(f"segmenter.model: cannot build {arch}/{encoder_name}{hint}: {exc}") from exc
+    if pretrained_path:
+        load_encoder_weights(model, pretrained_path)
+    check_output_size(model, in_channels, classes, f"segmenter.model ({arch}/{encoder_name}, {kwargs})")
+    return Rescaled(model, input_scale) if input_scale != 1 else model
+
+
+def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Encoder (``backbone``, possibly pretrained) vs decoder and heads (``head``), for separate learning rates."""
+    net = model.net if isinstance(model, Rescaled) else model
+    encoder = {id(p) for p in net.encoder.parameters()}
+    params = list(model.parameters())
+    return {"backbone": [p for p in params if id(p) in encoder], "head": [p for p in params if id(p) not in encoder]}

@@ -1,0 +1,90 @@
+"""The segmenter stage for the engine: ``make_stage(cfg)`` (the ``stage`` config's ``_target_``) and its OOF file."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.annotations import CLASS_IDS
+from common.augment import Preprocess
+from common.checkpoint import load_checkpoint, unwrap
+from common.config import ConfigError, build, to_plain
+from common.data_setup import load_folds, load_train
+from common.engine import StageSpec
+from common.folds import split_ids
+from common.oof import OOF_FILENAME, OOFAccumulator, write_oof
+from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
+from segmenter.metrics import SegmenterMetric, batch_histograms
+from segmenter.model import param_groups
+
+STAGE = "segmenter"
+
+
+@torch.no_grad()
+def write_segmenter_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
+                        fold: int, batch_size: int, bins: int) -> Path:
+    """``oof_segmenter.npz`` (see ``common.oof``) of the fold's validation images, streamed batch by batch."""
+    model.eval()
+    acc = OOFAccumulator(fold, bins)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        probs = torch.sigmoid(model(batch["image"].to(device)).float())
+        pos, neg, top = batch_histograms(probs, batch["target"].to(device), bins)
+        for i, image_id in enumerate(batch["image_id"]):
+            acc.add(image_id, pos[i].cpu().numpy(), neg[i].cpu().numpy(), top[i].cpu().numpy())
+    return write_oof(Path(run_dir) / OOF_FILENAME, acc.result())
+
+
+def build_loss(node: DictConfig) -> nn.Module:
+    """The configured loss (a CombinedLoss node, or any loss module ``(logits, target) -> scalar``)."""
+    loss = build(node, "segmenter.loss")
+    if not isinstance(loss, nn.Module):
+        raise ConfigError(f"segmenter.loss: {node._target_} did not build a torch module")
+    return loss
+
+
+def init_weights(model: nn.Module, model_config: dict, path: str) -> None:
+    """Start from the weights of an earlier segmenter checkpoint (second training phase) built from the same config."""
+    payload = load_checkpoint(path, STAGE)
+    ignore = ("encoder_weights", "pretrained_path")
+    old = {k: v for k, v in payload["model"].items() if k not in ignore}
+    new = {k: v for k, v in model_config.items() if k not in ignore}
+    if old != new:
+        raise ConfigError(f"segmenter.init_from: {path} holds another model ({old}), this run builds {new}")
+    unwrap(model).load_state_dict(payload["state_dict"], strict=True)
+
+
+def make_stage(cfg: DictConfig) -> StageSpec:
+    """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
+    s = cfg.segmenter
+    model_config = to_plain(s.model)
+    crop = check_crop(s.get("crop"))
+    validation = s.validation
+    metric = partial(SegmenterMetric, validation.threshold, validation.min_area, int(validation.bins))
+    metric()  # checks threshold / min_area before any data is read
+    loss = build_loss(s.loss)
+    model = build(model_config, "segmenter.model")
+    if s.get("init_from"):
+        init_weights(model, model_config, str(s.init_from))
+
+    dataset = load_train(cfg.data)
+    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
+    train_ids = select_training_ids(dataset.labels, train_ids, s.get("clean_ratio"), int(cfg.seed))
+    preprocess = Preprocess.from_config(s.preprocess)
+    augment = build_train_augment(crop, s.get("augment"), int(cfg.seed), str(s.get("crop_mode", "random")))
+    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess)
+    val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
+    return StageSpec(
+        name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
+        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(s.monitor), mode=str(s.get("mode", "max")),
+        meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
+              "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
+              "crop": None if crop is None else list(crop),
+              "init_from": s.get("init_from")},
+        write_oof=partial(write_segmenter_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
+                          bins=int(validation.bins)))
+
