@@ -15,6 +15,14 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-slow bench venv clean
 
+# The demo: synthetic data -> classifier and segmenter (2 folds each) -> threshold search on the
+# out-of-fold predictions -> infer.py on the synthetic test set -> validated submission + CV report.
+DEMO_ARGS := data.folds.n_splits=2
+DEMO_DATA := data/synthetic/seed0_train200_test40
+DEMO_OUT := outputs/demo
+CLS_RUN := outputs/train/classifier/demo
+SEG_RUN := outputs/train/segmenter/demo
+
 venv: $(STAMP)
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -24,7 +32,22 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m common.prepare
+	@start=$$(date +%s); set -e; \
+	$(PY) -m common.prepare $(DEMO_ARGS); \
+	$(PY) train.py -m experiment=classifier/demo fold=0,1 $(DEMO_ARGS); \
+	$(PY) train.py -m experiment=segmenter/demo fold=0,1 $(DEMO_ARGS); \
+	$(PY) -m ensemble.threshold_search $(CLS_RUN) $(SEG_RUN) --out $(DEMO_OUT)/thresholds.json; \
+	$(PY) infer.py checkpoints.classifier=[$(CLS_RUN)] checkpoints.segmenter=[$(SEG_RUN)] \
+	    thresholds=$(DEMO_OUT)/thresholds.json evaluate=true output=$(DEMO_OUT)/submission.csv \
+	    hydra.run.dir=$(DEMO_OUT)/infer; \
+	$(PY) -m common.submission validate $(DEMO_OUT)/submission.csv --images $(DEMO_DATA)/test_images; \
+	$(PY) -m ensemble.report $(CLS_RUN) $(SEG_RUN) --out $(DEMO_OUT)/report \
+	    --images $(DEMO_DATA)/test_images --truth $(DEMO_DATA)/test_truth.csv; \
+	echo; echo "demo finished in $$(( $$(date +%s) - start )) s"; \
+	echo "  submission: $(DEMO_OUT)/submission.csv (validated)"; \
+	echo "  thresholds: $(DEMO_OUT)/thresholds.json"; \
+	echo "  CV report:  $(DEMO_OUT)/report/report.html (summary: $(DEMO_OUT)/report/report.md)"; \
+	echo "  training runs: $(CLS_RUN)/fold{0,1}, $(SEG_RUN)/fold{0,1}"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -34,6 +57,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rle.py
+	$(PY) benchmarks/bench_threshold.py
+	$(PY) benchmarks/bench_infer.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache data/synthetic
