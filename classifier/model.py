@@ -10,10 +10,12 @@ from common.config import ConfigError
 
 
 def create_classifier(name: str, num_classes: int = 4, pretrained: bool = False, pretrained_path: str | None = None,
-                      in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float | None = None) -> nn.Module:
+                      in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float | None = None,
+                      global_pool: str | None = None) -> nn.Module:
     """``timm.create_model(name, num_classes=4)``; weights from the hub or, offline, from ``pretrained_path``.
 
-    Output: logits (B, num_classes). Errors name the config key to fix (``name``, ``pretrained``,
+    Output: logits (B, num_classes). ``global_pool`` (e.g. ``max``; None keeps the model's own) suits
+    small, local defects. Errors name the config key to fix (``name``, ``pretrained``,
     ``pretrained_path``) and are raised before any training starts.
     """
     if not timm.is_model(name):
@@ -22,6 +24,8 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool = False,
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():

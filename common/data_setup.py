@@ -14,14 +14,15 @@ from common.folds import make_folds, read_folds, write_folds
 
 def ensure_synthetic(data_cfg: DictConfig) -> Path:
     """Generate the synthetic dataset into ``data.root`` unless a matching one is already cached."""
-    from common.synthetic import generate_dataset
+    from common.synthetic import VERSION, generate_dataset
 
     root = Path(data_cfg.root)
     syn = data_cfg.synthetic
     marker = root / "dataset.json"
     if marker.is_file():
         meta = json.loads(marker.read_text())
-        if (meta.get("seed"), meta.get("n_train"), meta.get("n_test")) == (syn.seed, syn.n_train, syn.n_test):
+        wanted = (VERSION, syn.seed, syn.n_train, syn.n_test)
+        if (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test")) == wanted:
             return root
     shapes = Path(syn.shapes_from) if syn.get("shapes_from") else None
     return generate_dataset(root, syn.n_train, syn.n_test, syn.seed, shapes_from=shapes)
