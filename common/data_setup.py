@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from common.annotations import read_annotations
 from common.dataset import SteelDataset, dataset_from
@@ -28,29 +28,38 @@ def ensure_synthetic(data_cfg: DictConfig) -> Path:
     return generate_dataset(root, syn.n_train, syn.n_test, syn.seed, shapes_from=shapes)
 
 
-def prepare_root(data_cfg: DictConfig) -> Path:
+def _node(data_cfg: DictConfig | dict) -> DictConfig:
+    """Accept the ``data`` node as a DictConfig or as its plain-dict copy."""
+    return data_cfg if isinstance(data_cfg, DictConfig) else OmegaConf.create(data_cfg)
+
+
+def prepare_root(data_cfg: DictConfig | dict) -> Path:
     """The dataset root, generated first when ``data.kind`` is synthetic."""
+    data_cfg = _node(data_cfg)
     if data_cfg.kind == "synthetic":
         return ensure_synthetic(data_cfg)
     return Path(data_cfg.root)
 
 
-def load_train(data_cfg: DictConfig) -> SteelDataset:
+def load_train(data_cfg: DictConfig | dict) -> SteelDataset:
     """The labelled training split, checked against its annotations."""
+    data_cfg = _node(data_cfg)
     root = prepare_root(data_cfg)
     return dataset_from(root / "train_images", read_annotations(data_cfg.train_csv), data_cfg.check_images)
 
 
-def load_test(data_cfg: DictConfig) -> SteelDataset:
+def load_test(data_cfg: DictConfig | dict) -> SteelDataset:
     """The test split; labelled when ``data.test_truth_csv`` names an existing file."""
+    data_cfg = _node(data_cfg)
     prepare_root(data_cfg)
     truth = data_cfg.get("test_truth_csv")
     annotations = read_annotations(truth) if truth and Path(truth).is_file() else None
     return dataset_from(Path(data_cfg.test_dir), annotations, data_cfg.check_images)
 
 
-def load_folds(data_cfg: DictConfig, dataset: SteelDataset) -> pd.DataFrame:
+def load_folds(data_cfg: DictConfig | dict, dataset: SteelDataset) -> pd.DataFrame:
     """Folds for the dataset: read from ``data.folds.path`` or made (and written) when absent."""
+    data_cfg = _node(data_cfg)
     path = Path(data_cfg.folds.path)
     if path.is_file():
         return read_folds(path, dataset.image_ids)
