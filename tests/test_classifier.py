@@ -192,5 +192,5 @@ def test_demo_recipe_builds_its_stage_on_the_tiny_dataset(tiny_dataset: Path):
     assert spec.name == "classifier" and spec.monitor == "auc_mean" and spec.mode == "max"
     assert len(spec.train_set) + len(spec.val_set) == 16
     item = spec.train_set[0]
-    assert item["image"].shape == (3, 64, 400) and item["target"].shape == (4,)
-    assert spec.meta["preprocess"]["size"] == [64, 400]
+    assert item["image"].shape == (3, 96, 600) and item["target"].shape == (4,)
+    assert spec.meta["preprocess"]["size"] == [96, 600]
