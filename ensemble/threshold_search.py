@@ -34,6 +34,7 @@ import pandas as pd
 
 from common.annotations import CLASS_IDS
 from common.errors import SteelsegError
+from common.oof import OOFError, SegmenterOOF, read_oof
 from ensemble.rules import Rules, write_thresholds
 
 DEFAULT_POSTPROCESS = Path(__file__).resolve().parents[1] / "configs" / "postprocess" / "default.yaml"
@@ -44,10 +45,6 @@ DEFAULT_GRID = {
     "classifier_threshold": [round(x, 2) for x in np.arange(0.1, 0.95, 0.05)],
     "label_threshold": [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
 }
-
-
-class OOFError(SteelsegError, ValueError):
-    """Out-of-fold files that are missing, inconsistent or do not cover the same images."""
 
 
 @dataclass
@@ -298,27 +295,16 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
     seg_files = _find(entries, "oof_segmenter.npz")
     if not seg_files:
         raise OOFError(f"no oof_segmenter.npz under {[str(e) for e in entries]}")
-    parts = []
-    for path in seg_files:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                part = {k: z[k] for k in ("image_ids", "fold", "hist_pos", "hist_neg", "max_prob")}
-        except (OSError, KeyError, ValueError) as exc:
-            raise OOFError(f"{path}: not a segmenter OOF file ({exc})") from exc
-        n = len(part["image_ids"])
-        if part["hist_pos"].shape != part["hist_neg"].shape or part["hist_pos"].shape[:2] != (n, len(CLASS_IDS)) \
-                or part["max_prob"].shape != (n, len(CLASS_IDS)):
-            raise OOFError(f"{path}: array shapes disagree: {({k: v.shape for k, v in part.items()})}")
-        parts.append(part)
-    bins = {p["hist_pos"].shape[2] for p in parts}
+    parts = [read_oof(path) for path in seg_files]  # each file checked by common.oof
+    bins = {p.bins for p in parts}
     if len(bins) > 1:
         raise OOFError(f"segmenter OOF files use different bin counts {sorted(bins)}")
-    seg = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    ids = seg["image_ids"].astype(str)
+    ids = np.concatenate([p.image_ids for p in parts])
     dup = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(dup):
         raise OOFError(f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): "
                        "give the folds of one segmenter run only")
+    seg = SegmenterOOF.concat(parts)
     cls_prob = None
     cls_files = _find(entries, "oof_classifier.csv")
     if cls_files:
@@ -336,7 +322,7 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
         cls_prob = frame.loc[ids, cols].to_numpy(np.float64)
     elif require_classifier:
         raise OOFError(f"no oof_classifier.csv under {[str(e) for e in entries]}")
-    return OOF(ids, seg["fold"], seg["hist_pos"], seg["hist_neg"], seg["max_prob"].astype(np.float64), cls_prob)
+    return OOF(ids, seg.fold, seg.hist_pos, seg.hist_neg, seg.max_prob.astype(np.float64), cls_prob)
 
 
 def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
