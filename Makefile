@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 # The demo: synthetic data -> classifier and segmenter (2 folds each) -> threshold search on the
 # out-of-fold predictions -> infer.py on the synthetic test set -> validated submission + CV report.
 DEMO_ARGS := data.folds.n_splits=2
-DEMO_DATA := data/synthetic/seed0_train200_test40
+DEMO_DATA := data/synthetic/drawn_seed0_train200_test40
 DEMO_OUT := outputs/demo
 CLS_RUN := outputs/train/classifier/demo
 SEG_RUN := outputs/train/segmenter/demo
@@ -33,7 +33,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	@start=$$(date +%s); set -e; \
-	$(PY) -m common.prepare $(DEMO_ARGS); \
+	$(PY) prepare.py $(DEMO_ARGS); \
 	$(PY) train.py -m experiment=classifier/demo fold=0,1 $(DEMO_ARGS); \
 	$(PY) train.py -m experiment=segmenter/demo fold=0,1 $(DEMO_ARGS); \
 	$(PY) -m ensemble.threshold_search $(CLS_RUN) $(SEG_RUN) --out $(DEMO_OUT)/thresholds.json; \
@@ -41,7 +41,7 @@ demo: $(STAMP)
 	    thresholds=$(DEMO_OUT)/thresholds.json evaluate=true output=$(DEMO_OUT)/submission.csv \
 	    hydra.run.dir=$(DEMO_OUT)/infer; \
 	$(PY) -m common.submission validate $(DEMO_OUT)/submission.csv --images $(DEMO_DATA)/test_images; \
-	$(PY) -m ensemble.report $(CLS_RUN) $(SEG_RUN) --out $(DEMO_OUT)/report \
+	$(PY) -m analysis.report $(CLS_RUN) $(SEG_RUN) --out $(DEMO_OUT)/report \
 	    --images $(DEMO_DATA)/test_images --truth $(DEMO_DATA)/test_truth.csv; \
 	echo; echo "demo finished in $$(( $$(date +%s) - start )) s"; \
 	echo "  submission: $(DEMO_OUT)/submission.csv (validated)"; \

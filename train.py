@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from common.training import train
+from engine.run import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

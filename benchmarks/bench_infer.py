@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from common.checkpoint import save_checkpoint
+from engine.checkpoint import save_checkpoint
 from common.config import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ TINY = {
 BARE = r"""
 import sys, time, cv2, numpy as np, torch
 from pathlib import Path
-from common.checkpoint import load_model
+from engine.checkpoint import load_model
 torch.set_num_threads(int(sys.argv[3]))
 cls, _ = load_model(sys.argv[1], "classifier"); seg, _ = load_model(sys.argv[2], "segmenter")
 cls, seg = (m.to(memory_format=torch.channels_last) for m in (cls, seg))

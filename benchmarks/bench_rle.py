@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.rle import IMAGE_SHAPE, decode, encode  # noqa: E402
+from common.constants import IMAGE_SHAPE
+from common.rle import decode, encode  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal" / "annotations" / "train_rle_partial.csv"
 
@@ -45,7 +46,7 @@ def load_rles(limit: int | None) -> tuple[list[str], str]:
     if REAL.is_file():
         rles = pd.read_csv(REAL)["EncodedPixels"].tolist()
         return rles[:limit] if limit else rles, f"real masks ({REAL})"
-    from common.synthetic import make_sample
+    from synthetic.generator import make_sample
 
     rng, rles = np.random.default_rng(0), []
     while len(rles) < (limit or 500):

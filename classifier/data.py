@@ -8,14 +8,17 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from common.augment import Augment, Preprocess
 from common.dataset import SteelDataset
+from common.preprocess import Preprocess
+from engine.augment import Augment
+
+__all__ = ["PresenceDataset", "balanced_weights"]
 
 
 class PresenceDataset(Dataset):
     """Items ``{"image": (C, H, W) float, "target": (4,) float 0/1, "image_id": str}`` in ``image_ids`` order.
 
-    ``cache`` keeps the decoded, resized uint8 images in memory (per loader worker): for small
+    ``cache`` keeps the decoded, prepared uint8 images in memory (per loader worker): for small
     datasets and reduced input sizes, where JPEG decoding would dominate an epoch.
     """
 
@@ -38,13 +41,13 @@ class PresenceDataset(Dataset):
         image_id = self.image_ids[index]
         image = self.cache.get(image_id) if self.cache is not None else None
         if image is None:
-            image, _ = self.preprocess.resize(self.source.image(image_id, self.preprocess.channels))
+            image = self.preprocess.prepare(self.source.image(image_id))
             if self.cache is not None:
                 self.cache[image_id] = image
         if self.augment is not None:
             image, _ = self.augment(image)
-        return {"image": self.preprocess.to_tensor(image), "target": torch.from_numpy(self.targets[index]),
-                "image_id": image_id}
+        return {"image": torch.from_numpy(self.preprocess.normalize(image)),
+                "target": torch.from_numpy(self.targets[index]), "image_id": image_id}
 
 
 def balanced_weights(labels: pd.DataFrame) -> np.ndarray:

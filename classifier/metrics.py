@@ -5,15 +5,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, roc_auc_score
 
-from common.annotations import CLASS_IDS
+from common.constants import CLASS_IDS
+from common.metrics import f1_per_class, roc_auc_per_class
 
-
-def roc_auc_per_class(probs: np.ndarray, labels: np.ndarray) -> list[float]:
-    """ROC-AUC of each column; NaN where the labels hold only one value (undefined)."""
-    return [float(roc_auc_score(labels[:, k], probs[:, k])) if 0 < labels[:, k].sum() < len(labels) else float("nan")
-            for k in range(labels.shape[1])]
+__all__ = ["classifier_metrics", "ClassifierMetric"]
 
 
 def classifier_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
@@ -23,7 +19,7 @@ def classifier_metrics(probs: np.ndarray, labels: np.ndarray, thresholds: Sequen
     labels = labels.astype(np.int64)
     predicted = (probs >= np.asarray(thresholds, dtype=probs.dtype)).astype(np.int64)
     aucs = roc_auc_per_class(probs, labels)
-    f1s = [float(f1_score(labels[:, k], predicted[:, k], zero_division=0.0)) for k in range(labels.shape[1])]
+    f1s = f1_per_class(probs, labels, thresholds)
     out = {f"auc_{c}": a for c, a in zip(CLASS_IDS, aucs)}
     defined = [a for a in aucs if not np.isnan(a)]
     out["auc_mean"] = float(np.mean(defined)) if defined else float("nan")

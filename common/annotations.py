@@ -12,12 +12,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from common.errors import AnnotationError
-from common.rle import IMAGE_SHAPE, RLEError, is_empty, parse
+from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS, NEW_FORMAT, OLD_FORMAT
+from common.errors import AnnotationError, RLEError
+from common.io import CsvError, read_csv
+from common.rle import is_empty, parse
 
-CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
-LONG_COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
-NEW_FORMAT, OLD_FORMAT = "new", "old"
+__all__ = ["Annotations", "check_image_id", "detect_format", "check_row", "iter_rows", "parse_frame",
+           "read_annotations", "labels_table"]
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,22 @@ def check_row(fmt: str, key: object, cls: object, rle: object, where: str,
     return image_id, class_id, str(rle).strip()
 
 
-def iter_rows(frame: pd.DataFrame, fmt: str):
-    """Yield (line number, key, class, rle) of a raw frame; line 1 is the header."""
+def iter_rows(frame: pd.DataFrame, fmt: str, lines: list[int] | None = None):
+    """Yield (line number, key, class, rle) of a raw frame; ``lines`` are the file's line numbers
+    of the rows (default: row i is on line i + 2, after the header)."""
     id_col = "ImageId" if fmt == NEW_FORMAT else "ImageId_ClassId"
     classes = frame["ClassId"] if fmt == NEW_FORMAT else frame[id_col]
-    for i, (key, cls, rle) in enumerate(zip(frame[id_col], classes, frame["EncodedPixels"])):
-        yield i + 2, key, cls, rle
+    numbers = lines if lines is not None else range(2, len(frame) + 2)
+    yield from zip(numbers, frame[id_col], classes, frame["EncodedPixels"])
 
 
 def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool = True,
-                shape: tuple[int, int] = IMAGE_SHAPE) -> Annotations:
+                shape: tuple[int, int] = IMAGE_SHAPE, lines: list[int] | None = None) -> Annotations:
     """Turn a raw CSV frame (all columns as text) of either format into validated long form."""
     fmt = detect_format(list(frame.columns), path)
     ids, classes, rles, seen = [], [], [], {}
     mentioned: dict[str, None] = {}
-    for line, key, cls, rle in iter_rows(frame, fmt):
+    for line, key, cls, rle in iter_rows(frame, fmt, lines):
         where = f"{path}, line {line}"
         image_id, class_id, rle = check_row(fmt, key, cls, rle, where, validate_rle, shape)
         if (image_id, class_id) in seen:
@@ -116,17 +118,19 @@ def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool =
     return Annotations(rows=rows, image_ids=tuple(mentioned), format=fmt, path=path, line_of=seen)
 
 
-def read_annotations(path: Path | str, validate_rle: bool = True,
-                     shape: tuple[int, int] = IMAGE_SHAPE) -> Annotations:
-    """Read an annotation or submission CSV of either format (auto-detected) into long form."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: annotation file not found")
+def read_annotations(source: Path | str | bytes, validate_rle: bool = True,
+                     shape: tuple[int, int] = IMAGE_SHAPE, name: str | None = None) -> Annotations:
+    """Read an annotation or submission CSV of either format (auto-detected) into long form.
+
+    ``source`` is a path or the file's bytes (an upload, named by ``name``).
+    """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not a readable CSV ({exc})") from exc
-    return parse_frame(frame, str(path), validate_rle, shape)
+        table = read_csv(source, name)
+        detect_format(table.header, table.name)
+        frame = table.frame()
+    except CsvError as exc:
+        raise AnnotationError(str(exc)) from exc
+    return parse_frame(frame, table.name, validate_rle, shape, lines=table.lines)
 
 
 def labels_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> pd.DataFrame:

@@ -1,33 +1,72 @@
-"""The one place objects are built from ``_target_`` configs, with errors that name the key."""
+"""The one place objects are built from ``_target_`` configs, with errors that name the key.
+
+Configs written by the user (Hydra) may name any importable callable. Anything rebuilt from a *file*
+(a checkpoint, a bundle) is built with ``allow=``: every ``_target_`` in the node, nested ones included,
+must be on that allowlist, checked before any import or call.
+Hydra and OmegaConf are imported on first use, so importing this module stays light.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection, Iterator, Mapping
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from common.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config node that cannot be turned into an object; the message names the key."""
+__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed"]
 
 
-def build(node: DictConfig | dict | None, key: str = "<config>", **kwargs: Any) -> Any:
-    """Instantiate ``node`` (which must hold ``_target_``); extra kwargs override config values."""
-    if node is None:
-        raise ConfigError(f"{key}: missing config node")
-    if isinstance(node, dict):
-        node = OmegaConf.create(node)
-    if "_target_" not in node:
-        raise ConfigError(f"{key}: no _target_ in {OmegaConf.to_container(node, resolve=False)}")
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        raise ConfigError(f"{key}: cannot build {node._target_}: {exc}") from exc
+def _is_config(node: Any) -> bool:
+    cls = type(node)
+    return cls.__module__.startswith("omegaconf")
 
 
 def to_plain(node: Any) -> Any:
     """A resolved, plain-python copy of a config node (for checkpoints and reports)."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+    if _is_config(node):
+        from omegaconf import OmegaConf
+
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def targets(node: Any, key: str = "<config>") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every ``_target_`` in a plain nested dict/list."""
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            if name == "_target_":
+                yield key, value
+            else:
+                yield from targets(value, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from targets(value, f"{key}[{i}]")
+
+
+def check_allowed(node: Any, allow: Collection[str], key: str = "<config>") -> None:
+    """Raise ConfigError unless every ``_target_`` in ``node`` is a string on the allowlist."""
+    for where, target in targets(to_plain(node), key):
+        if not isinstance(target, str) or target not in allow:
+            raise ConfigError(f"{where}: _target_ {target!r} is not allowed here (allowed: {sorted(allow)})")
+
+
+def build(node: Any, key: str = "<config>", allow: Collection[str] | None = None, **kwargs: Any) -> Any:
+    """Instantiate ``node`` (which must hold ``_target_``); extra kwargs override config values.
+
+    ``allow``: the only targets that may be built (for configs read from files); checked before any call.
+    """
+    if node is None:
+        raise ConfigError(f"{key}: missing config node")
+    plain = to_plain(node)
+    if not isinstance(plain, Mapping) or "_target_" not in plain:
+        raise ConfigError(f"{key}: no _target_ in {plain!r}")
+    if allow is not None:
+        check_allowed(plain, allow, key)
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if not _is_config(node):
+        node = OmegaConf.create(dict(plain))
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        raise ConfigError(f"{key}: cannot build {plain['_target_']}: {exc}") from exc

@@ -1,68 +1,101 @@
-"""Turn the ``data`` config into a checked dataset and its folds (generating synthetic data on first use)."""
+"""Turn the ``data`` config node into a checked dataset and its folds, and describe them.
+
+The node (``configs/data/*.yaml``; a DictConfig or a plain dict) names the root, the train CSV, the test
+folder, the folds file and, for generated data, ``generate``: a ``_target_`` node called once before
+the root is read (the synthetic generator's ``ensure_dataset``), so this module knows no generator.
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
 from common.annotations import read_annotations
+from common.config import build
+from common.constants import CLASS_IDS
 from common.dataset import SteelDataset, dataset_from
-from common.folds import make_folds, read_folds, write_folds
+from common.folds import check_folds, make_folds, read_folds, write_folds
+from common.metrics import kaggle_score
+from common.rle import area
+
+__all__ = ["prepare_root", "load_train", "load_test", "load_folds", "summary_table", "describe", "summarize"]
+
+DataNode = Mapping[str, Any]
 
 
-def ensure_synthetic(data_cfg: DictConfig) -> Path:
-    """Generate the synthetic dataset into ``data.root`` unless a matching one is already cached."""
-    from common.synthetic import VERSION, generate_dataset
-
-    root = Path(data_cfg.root)
-    syn = data_cfg.synthetic
-    marker = root / "dataset.json"
-    if marker.is_file():
-        meta = json.loads(marker.read_text())
-        wanted = (VERSION, syn.seed, syn.n_train, syn.n_test)
-        if (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test")) == wanted:
-            return root
-    shapes = Path(syn.shapes_from) if syn.get("shapes_from") else None
-    return generate_dataset(root, syn.n_train, syn.n_test, syn.seed, shapes_from=shapes)
+def prepare_root(data: DataNode) -> Path:
+    """The dataset root, made first by ``data.generate`` when the node has one."""
+    if data.get("generate"):
+        build(data["generate"], "data.generate")
+    return Path(str(data["root"]))
 
 
-def _node(data_cfg: DictConfig | dict) -> DictConfig:
-    """Accept the ``data`` node as a DictConfig or as its plain-dict copy."""
-    return data_cfg if isinstance(data_cfg, DictConfig) else OmegaConf.create(data_cfg)
-
-
-def prepare_root(data_cfg: DictConfig | dict) -> Path:
-    """The dataset root, generated first when ``data.kind`` is synthetic."""
-    data_cfg = _node(data_cfg)
-    if data_cfg.kind == "synthetic":
-        return ensure_synthetic(data_cfg)
-    return Path(data_cfg.root)
-
-
-def load_train(data_cfg: DictConfig | dict) -> SteelDataset:
+def load_train(data: DataNode) -> SteelDataset:
     """The labelled training split, checked against its annotations."""
-    data_cfg = _node(data_cfg)
-    root = prepare_root(data_cfg)
-    return dataset_from(root / "train_images", read_annotations(data_cfg.train_csv), data_cfg.check_images)
+    root = prepare_root(data)
+    csv = data.get("train_csv") or root / "train.csv"
+    return dataset_from(root / "train_images", read_annotations(csv), str(data.get("check_images", "header")))
 
 
-def load_test(data_cfg: DictConfig | dict) -> SteelDataset:
+def load_test(data: DataNode) -> SteelDataset:
     """The test split; labelled when ``data.test_truth_csv`` names an existing file."""
-    data_cfg = _node(data_cfg)
-    prepare_root(data_cfg)
-    truth = data_cfg.get("test_truth_csv")
-    annotations = read_annotations(truth) if truth and Path(truth).is_file() else None
-    return dataset_from(Path(data_cfg.test_dir), annotations, data_cfg.check_images)
+    prepare_root(data)
+    truth = data.get("test_truth_csv")
+    annotations = read_annotations(truth) if truth and Path(str(truth)).is_file() else None
+    return dataset_from(Path(str(data["test_dir"])), annotations, str(data.get("check_images", "header")))
 
 
-def load_folds(data_cfg: DictConfig | dict, dataset: SteelDataset) -> pd.DataFrame:
-    """Folds for the dataset: read from ``data.folds.path`` or made (and written) when absent."""
-    data_cfg = _node(data_cfg)
-    path = Path(data_cfg.folds.path)
+def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
+    """Folds for the dataset: read from ``data.folds.path`` or made (and written) when absent; checked."""
+    folds_cfg = data["folds"]
+    path = Path(str(folds_cfg["path"]))
     if path.is_file():
-        return read_folds(path, dataset.image_ids)
-    folds = make_folds(dataset.labels, data_cfg.folds.n_splits, data_cfg.folds.seed)
-    write_folds(folds, path)
+        folds = read_folds(path, dataset.image_ids)
+    else:
+        folds = make_folds(dataset.labels, int(folds_cfg["n_splits"]), int(folds_cfg["seed"]))
+        write_folds(folds, path)
+    check_folds(folds, dataset.labels, f"{path} (data.folds.path)")
     return folds
+
+
+def summary_table(dataset: SteelDataset) -> pd.DataFrame:
+    """Per class: images with the class, share of images, median and max mask area in pixels."""
+    rows = dataset.annotations
+    areas = rows["EncodedPixels"].map(area) if len(rows) else pd.Series(dtype=np.int64)
+    out = []
+    for c in CLASS_IDS:
+        a = areas[rows["ClassId"] == c] if len(rows) else areas
+        out.append({"class": c, "images": int(len(a)), "share": len(a) / len(dataset),
+                    "median_area": float(a.median()) if len(a) else 0.0, "max_area": int(a.max()) if len(a) else 0})
+    return pd.DataFrame(out).set_index("class")
+
+
+def describe(dataset: SteelDataset, name: str) -> str:
+    """Readable summary of a labelled split, with its all-empty Kaggle score."""
+    labels = dataset.labels
+    per_image = labels.sum(axis=1).value_counts().sort_index()
+    baseline = kaggle_score(dataset.annotations.iloc[0:0], dataset.annotations, dataset.image_ids)
+    lines = [f"{name}: {len(dataset)} images in {dataset.image_dir}, {len(dataset.annotations)} defect masks",
+             f"  defect-free images: {int((labels.sum(axis=1) == 0).sum())} "
+             f"({(labels.sum(axis=1) == 0).mean():.1%})",
+             "  classes per image: " + ", ".join(f"{k}: {v}" for k, v in per_image.items()),
+             summary_table(dataset).to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n  ").join(["  ", ""]),
+             f"  all-empty submission scores {baseline.overall:.5f} (per class "
+             + ", ".join(f"{c}: {baseline.baseline_per_class[c]:.4f}" for c in CLASS_IDS) + ")"]
+    return "\n".join(lines)
+
+
+def summarize(data: DataNode) -> str:
+    """Make the data ready for training (generate, check, folds) and return a readable summary."""
+    train = load_train(data)
+    folds = load_folds(data, train)
+    per_fold = check_folds(folds, train.labels)
+    text = [describe(train, "train"),
+            f"  folds ({data['folds']['path']}): " + ", ".join(
+                f"{k}: {v}" for k, v in folds["fold"].value_counts().sort_index().items()),
+            "  positives per fold and class:\n    " + per_fold.to_string().replace("\n", "\n    ")]
+    test = load_test(data)
+    text.append(describe(test, "test") if test.labelled else f"test: {len(test)} images in {test.image_dir} (unlabelled)")
+    return "\n".join(text)

@@ -12,13 +12,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.annotations import CLASS_IDS, Annotations, labels_table, read_annotations
+from common.annotations import Annotations, labels_table, read_annotations
+from common.constants import CLASS_IDS, IMAGE_SHAPE, IMAGE_SUFFIXES, LONG_COLUMNS
 from common.errors import DatasetError, ImageError
 from common.images import read_image, read_size
-from common.rle import IMAGE_SHAPE, decode
+from common.rle import decode
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+__all__ = ["SteelDataset", "class_masks", "mask_stack", "rles_by_image", "list_images", "check_image_files",
+           "dataset_from", "load_split"]
+
 DEFAULT_CSV = {"train": "train.csv", "test": None}
+
+
+def rles_by_image(rows: pd.DataFrame) -> dict[str, dict[int, str]]:
+    """ImageId -> {class id: RLE} of long-form rows (columns ImageId, ClassId, EncodedPixels)."""
+    index: dict[str, dict[int, str]] = {}
+    for image_id, class_id, rle in rows[LONG_COLUMNS].itertuples(index=False):
+        if isinstance(rle, str) and rle.strip():
+            index.setdefault(image_id, {})[int(class_id)] = rle
+    return index
+
+
+def class_masks(rles: dict[int, str], shape: tuple[int, int] = IMAGE_SHAPE) -> dict[int, np.ndarray]:
+    """{class id: 0/1 uint8 mask} of one image's non-empty RLEs."""
+    return {int(c): decode(rle, shape) for c, rle in sorted(rles.items()) if isinstance(rle, str) and rle.strip()}
+
+
+def mask_stack(rles: dict[int, str], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """uint8 array (4, H, W): one 0/1 mask per class of CLASS_IDS (zeros where the image has none)."""
+    out = np.zeros((len(CLASS_IDS), *shape), np.uint8)
+    for class_id, mask in class_masks(rles, shape).items():
+        out[CLASS_IDS.index(class_id)] = mask
+    return out
 
 
 @dataclass(frozen=True)
@@ -44,10 +69,7 @@ class SteelDataset:
 
     @cached_property
     def _rle_index(self) -> dict[str, dict[int, str]]:
-        index: dict[str, dict[int, str]] = {}
-        for image_id, class_id, rle in self.annotations.itertuples(index=False):
-            index.setdefault(image_id, {})[int(class_id)] = rle
-        return index
+        return rles_by_image(self.annotations)
 
     def rles(self, image_id: str) -> dict[int, str]:
         """Class id -> RLE for the defects of one image (empty dict when clean)."""
@@ -55,10 +77,7 @@ class SteelDataset:
 
     def masks(self, image_id: str) -> np.ndarray:
         """uint8 array (4, 256, 1600): one 0/1 mask per class."""
-        out = np.zeros((len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
-        for class_id, rle in self._rle_index.get(image_id, {}).items():
-            out[class_id - 1] = decode(rle)
-        return out
+        return mask_stack(self._rle_index.get(image_id, {}))
 
     @cached_property
     def labels(self) -> pd.DataFrame:
@@ -101,7 +120,7 @@ def dataset_from(image_dir: Path | str, annotations: Annotations | None, check: 
         raise DatasetError(f"{image_dir}: no images (.jpg/.jpeg/.png) in the folder")
     present = set(on_disk)
     if annotations is None:
-        rows = pd.DataFrame(columns=["ImageId", "ClassId", "EncodedPixels"]).astype({"ClassId": np.int64})
+        rows = pd.DataFrame(columns=LONG_COLUMNS).astype({"ClassId": np.int64})
         source = str(image_dir)
     else:
         for image_id in annotations.image_ids:

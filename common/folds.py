@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from common.errors import DatasetError
-from common.io import atomic_write_text
+from common.io import CsvError, atomic_write_text, read_csv
+
+__all__ = ["make_folds", "check_folds", "write_folds", "read_folds", "split_ids"]
 
 
 def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -17,6 +18,8 @@ def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.Da
         raise ValueError(f"n_splits must be >= 2, got {n_splits}")
     if len(labels) < n_splits:
         raise DatasetError(f"cannot make {n_splits} folds from {len(labels)} images")
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     flags = labels.to_numpy(dtype=np.int64)
     targets = np.concatenate([flags, (flags.sum(axis=1) == 0)[:, None].astype(np.int64)], axis=1)
     folds = np.full(len(labels), -1, np.int64)
@@ -24,6 +27,21 @@ def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.Da
     for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), targets)):
         folds[val_idx] = fold
     return pd.DataFrame({"ImageId": labels.index.to_numpy(), "fold": folds})
+
+
+def check_folds(folds: pd.DataFrame, labels: pd.DataFrame, where: str = "folds") -> pd.DataFrame:
+    """Positives per (fold, class); raise DatasetError when a fold has none of a class that has at least
+    one positive per fold overall (rare classes must be in every validation fold to be scored)."""
+    table = labels.loc[folds["ImageId"].to_numpy()].groupby(folds["fold"].to_numpy()).sum()
+    table.index.name = "fold"
+    total = table.sum(axis=0)
+    n_folds = len(table)
+    for class_id in table.columns:
+        empty = table.index[table[class_id] == 0].tolist()
+        if empty and total[class_id] >= n_folds:
+            raise DatasetError(f"{where}: fold(s) {empty} hold no image of class {class_id} although "
+                               f"{int(total[class_id])} exist; delete the folds file to remake it")
+    return table
 
 
 def write_folds(folds: pd.DataFrame, path: Path | str) -> Path:
@@ -34,14 +52,22 @@ def write_folds(folds: pd.DataFrame, path: Path | str) -> Path:
 def read_folds(path: Path | str, image_ids: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
     """Read a folds CSV; when ``image_ids`` is given every image must have exactly one fold."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: folds file not found")
-    folds = pd.read_csv(path, dtype={"ImageId": str})
-    if list(folds.columns) != ["ImageId", "fold"]:
-        raise DatasetError(f"{path}: expected header 'ImageId,fold', got {list(folds.columns)}")
-    dup = folds["ImageId"].duplicated()
-    if dup.any():
-        raise DatasetError(f"{path}, line {int(np.argmax(dup.to_numpy())) + 2}: duplicate ImageId")
+    try:
+        table = read_csv(path)
+        table.check_widths()
+    except CsvError as exc:
+        raise DatasetError(f"{exc} (data.folds.path)") from exc
+    if table.header != ["ImageId", "fold"]:
+        raise DatasetError(f"{path}: expected header 'ImageId,fold', got {table.header}")
+    seen: dict[str, int] = {}
+    for line, (image_id, fold) in zip(table.lines, table.rows):
+        if image_id in seen:
+            raise DatasetError(f"{path}, line {line}: duplicate ImageId {image_id!r} (first at line {seen[image_id]})")
+        if not fold.strip().isdigit():
+            raise DatasetError(f"{path}, line {line}: fold {fold!r} is not a non-negative integer")
+        seen[image_id] = line
+    folds = pd.DataFrame({"ImageId": [r[0] for r in table.rows],
+                          "fold": np.array([int(r[1]) for r in table.rows], np.int64)})
     if image_ids is not None:
         missing = sorted(set(image_ids) - set(folds["ImageId"]))
         if missing:

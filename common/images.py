@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 
 from common.errors import ImageError
-from common.rle import IMAGE_SHAPE
+from common.constants import IMAGE_SHAPE
+
+__all__ = ['sniff_format', 'check_complete', 'decode_image', 'read_image', 'read_size']
 
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"

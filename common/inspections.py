@@ -17,6 +17,8 @@ import pandas as pd
 from common.errors import SteelsegError
 from common.rle import area, is_empty
 
+__all__ = ["COLUMNS", "InspectionStoreError", "connect", "records", "append_rows", "query"]
+
 COLUMNS = ["id", "image_id", "inspected_at", "source", "class_id", "area", "rle", "run_id"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inspections (
@@ -97,10 +99,11 @@ def records(rows: pd.DataFrame, image_ids: Iterable[str] | None = None) -> list[
 
 def append_rows(conn: sqlite3.Connection, rows: pd.DataFrame, source: str, run_id: str | None = None,
                 dates: Mapping[str, object] | str | date | None = None,
-                image_ids: Iterable[str] | None = None) -> int:
+                image_ids: Iterable[str] | None = None, replace: bool = False) -> int:
     """Append long-form rows as inspections in one transaction; return the number of rows stored.
 
-    ``dates``: one date for all, a mapping image -> date, or None for now (UTC).
+    ``dates``: one date for all, a mapping image -> date, or None for now (UTC). ``replace``: delete the
+    source's earlier rows in the same transaction (a failure keeps the old rows).
     """
     if not (source in ("train", "test") or source.startswith("pred:")):
         raise InspectionStoreError(f"source {source!r} must be 'train', 'test' or 'pred:<run_id>'")
@@ -108,6 +111,8 @@ def append_rows(conn: sqlite3.Connection, rows: pd.DataFrame, source: str, run_i
     values = [(image_id, _date_for(image_id, dates, now), source, class_id, px, rle, run_id)
               for image_id, class_id, px, rle in records(rows, image_ids)]
     with conn:
+        if replace:
+            conn.execute("DELETE FROM inspections WHERE source = ?", (source,))
         conn.executemany(
             "INSERT INTO inspections (image_id, inspected_at, source, class_id, area, rle, run_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", values)

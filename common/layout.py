@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pandas as pd
-
 from common.errors import DatasetError
+from common.io import CsvError, read_csv
+
+__all__ = ["ID_COLUMNS", "DataRoot", "find_root", "with_overrides", "read_id_list"]
 
 ID_COLUMNS = ("ImageId", "image_id")
 
@@ -74,15 +75,21 @@ def with_overrides(data: DataRoot, **parts: Path | str | None) -> DataRoot:
 
 def read_id_list(path: Path | str) -> list[str]:
     """Image ids from a one-column CSV (header ImageId or image_id); duplicates are an error."""
-    path = Path(path)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    column = next((c for c in ID_COLUMNS if c in frame.columns), None)
+    try:
+        table = read_csv(path)
+        table.check_widths()
+    except CsvError as exc:
+        raise DatasetError(str(exc)) from exc
+    column = next((c for c in ID_COLUMNS if c in table.header), None)
     if column is None:
-        raise DatasetError(f"{path}: no id column (expected one of {list(ID_COLUMNS)}, got {list(frame.columns)})")
-    ids = frame[column].str.strip()
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise DatasetError(f"{path}, line {int(dup.index[0]) + 2}: duplicate image id {dup.iloc[0]!r}")
-    if (ids == "").any():
-        raise DatasetError(f"{path}, line {int((ids == '').idxmax()) + 2}: empty image id")
-    return ids.tolist()
+        raise DatasetError(f"{path}: no id column (expected one of {list(ID_COLUMNS)}, got {table.header})")
+    k = table.header.index(column)
+    seen: dict[str, int] = {}
+    for line, row in zip(table.lines, table.rows):
+        image_id = row[k].strip()
+        if not image_id:
+            raise DatasetError(f"{path}, line {line}: empty image id")
+        if image_id in seen:
+            raise DatasetError(f"{path}, line {line}: duplicate image id {image_id!r} (first at line {seen[image_id]})")
+        seen[image_id] = line
+    return list(seen)

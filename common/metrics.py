@@ -9,14 +9,19 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from common.annotations import CLASS_IDS, read_annotations
+from common.annotations import read_annotations
+from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.dataset import list_images
 from common.errors import SteelsegError
-from common.rle import IMAGE_SHAPE, decode, is_empty
+from common.rle import decode, is_empty
+
+__all__ = ["dice", "dice_rle", "dice_from_counts", "ScoreReport", "pair_table", "pair_dice", "score_pairs",
+           "kaggle_score", "roc_auc_per_class", "f1_per_class", "main"]
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -104,12 +109,38 @@ def score_pairs(pair_dice: np.ndarray, truth_empty: np.ndarray, n_images: int) -
     )
 
 
-def kaggle_score(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> ScoreReport:
-    """Score long-form predictions against long-form truth over every image x class."""
+def pair_dice(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(Dice, truth-empty flags), each (n_images, 4), of long-form predictions against long-form truth."""
     truth = truth[truth["ImageId"].isin(set(image_ids))]
     p, t = pair_table(pred, image_ids), pair_table(truth, image_ids)
     values = np.fromiter((dice_rle(a, b) for a, b in zip(p.to_numpy(), t.to_numpy())), np.float64, count=len(p))
-    return score_pairs(values, (t == "").to_numpy(), len(image_ids))
+    shape = (len(image_ids), len(CLASS_IDS))
+    return values.reshape(shape), (t == "").to_numpy().reshape(shape)
+
+
+def kaggle_score(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> ScoreReport:
+    """Score long-form predictions against long-form truth over every image x class."""
+    values, empty = pair_dice(pred, truth, image_ids)
+    return score_pairs(values, empty, len(image_ids))
+
+
+def roc_auc_per_class(probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    """ROC-AUC of each column of (N, C) scores against 0/1 labels; NaN where a column holds one label only."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(np.int64)
+    return [float(roc_auc_score(labels[:, k], probs[:, k])) if 0 < labels[:, k].sum() < len(labels) else float("nan")
+            for k in range(labels.shape[1])]
+
+
+def f1_per_class(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float]) -> list[float]:
+    """F1 of each column at its threshold (``prob >= threshold`` is a positive)."""
+    from sklearn.metrics import f1_score
+
+    labels = np.asarray(labels).astype(np.int64)
+    predicted = np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)
+    return [float(f1_score(labels[:, k], predicted[:, k], zero_division=0.0)) for k in range(labels.shape[1])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,11 @@ from operator import itemgetter
 
 import numpy as np
 
-IMAGE_SHAPE: tuple[int, int] = (256, 1600)
+from common.constants import IMAGE_SHAPE
+from common.errors import RLEError
+
+__all__ = ["RLEError", "is_empty", "format_ints", "encode", "parse", "decode", "area"]
+
 
 # Byte classes for validating an RLE string without a regex: digits and ASCII whitespace only.
 _DIGIT = np.zeros(256, bool)
@@ -19,10 +23,6 @@ _DIGIT[ord("0"):ord("9") + 1] = True
 _ALLOWED = _DIGIT.copy()
 _ALLOWED[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
 _ASCII_DIGITS = np.frombuffer(b"0123456789", np.uint8)
-
-
-class RLEError(ValueError):
-    """An encoded-pixels string that is not a valid Kaggle RLE for the given shape."""
 
 
 def is_empty(rle: object) -> bool:

@@ -16,15 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from common.annotations import CLASS_IDS, NEW_FORMAT, OLD_FORMAT, check_row, detect_format
-from common.errors import AnnotationError, SteelsegError
-from common.io import atomic_open
+from common.annotations import check_row, detect_format
+from common.constants import CLASS_IDS, NEW_FORMAT, SUBMISSION_HEADERS
+from common.errors import AnnotationError, SteelsegError, SubmissionError
+from common.io import CsvError, atomic_open, read_csv
 
-HEADERS = {NEW_FORMAT: ["ImageId", "EncodedPixels", "ClassId"], OLD_FORMAT: ["ImageId_ClassId", "EncodedPixels"]}
+__all__ = ["HEADERS", "SubmissionError", "SubmissionWriter", "open_submission", "validate", "main"]
 
-
-class SubmissionError(SteelsegError, ValueError):
-    """A submission that is incomplete, has duplicates or rows for unknown images."""
+HEADERS = SUBMISSION_HEADERS
 
 
 class SubmissionWriter:
@@ -82,14 +81,10 @@ def validate(path: Path | str, image_ids: Iterable[str] | None = None) -> list[s
     """Every problem of a submission file (empty list = valid); ``image_ids`` = the images it must cover."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}: cannot read ({exc})"]
-    csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))  # noisy masks give RLEs of megabytes
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
-    if not header:
-        return [f"{path}: empty file (no header)"]
+        table = read_csv(path)
+    except CsvError as exc:
+        return [str(exc)]
+    header = table.header
     try:
         fmt = detect_format(header, str(path))
     except AnnotationError as exc:
@@ -101,7 +96,7 @@ def validate(path: Path | str, image_ids: Iterable[str] | None = None) -> list[s
     col = {name: header.index(name) for name in HEADERS[fmt]}
     expected = None if image_ids is None else set(image_ids)
     seen: dict[tuple[str, int], int] = {}
-    for line, fields in enumerate(reader, start=2):
+    for line, fields in zip(table.lines, table.rows):
         where = f"{path}, line {line}"
         if len(fields) != len(header):
             problems.append(f"{where}: {len(fields)} fields, header has {len(header)}")

@@ -14,13 +14,13 @@ import dash
 import pandas as pd
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 
-from common.annotations import CLASS_IDS
+from common.constants import CLASS_IDS
 from common.dataset import list_images
 from common.errors import SteelsegError
 from common.images import read_image
 from common.inspections import connect, query
 from common.layout import DataRoot
-from common.viz import as_rgb, contour_overlay, mask_image, png_data_uri
+from analysis.viz import as_rgb, contour_overlay, mask_image, png_data_uri
 from dashboard.importer import TRUTH_SOURCES, dates_for, import_submission
 from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT, predict_images
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload

@@ -14,7 +14,6 @@ import re
 import sqlite3
 import sys
 from datetime import datetime, timedelta
-from io import StringIO
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +22,7 @@ from common.annotations import Annotations, parse_frame
 from common.dataset import list_images
 from common.errors import AnnotationError, SteelsegError
 from common.inspections import append_rows, connect
+from common.io import CsvError, CsvTable, parse_csv_text, read_csv
 from common.layout import DataRoot, find_root, read_id_list
 
 DATE_COLUMNS = ("inspected_at", "timestamp", "date")
@@ -36,22 +36,23 @@ def synthetic_date(image_id: str) -> str:
     return (EPOCH + timedelta(seconds=offset)).isoformat(timespec="seconds")
 
 
-def read_frame(text: str, name: str) -> pd.DataFrame:
-    """A CSV text as an all-text frame; unreadable CSV is an AnnotationError naming ``name``."""
+def _frame(table: CsvTable) -> pd.DataFrame:
+    """The table as an all-text frame; CSV problems are AnnotationErrors naming the file and line."""
     try:
-        return pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, na_values=[])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise AnnotationError(f"{name}: not a readable CSV ({exc})") from exc
+        return table.frame()
+    except CsvError as exc:
+        raise AnnotationError(str(exc)) from exc
 
 
-def frame_dates(frame: pd.DataFrame, name: str) -> dict[str, str]:
+def frame_dates(frame: pd.DataFrame, name: str, lines: list[int] | None = None) -> dict[str, str]:
     """ImageId -> ISO time from the frame's date column (empty when it has none); bad values name the line."""
     column = next((c for c in DATE_COLUMNS if c in frame.columns), None)
     if column is None:
         return {}
     ids = frame["ImageId"] if "ImageId" in frame.columns else frame["ImageId_ClassId"].str.rsplit("_", n=1).str[0]
     out: dict[str, str] = {}
-    for line, (image_id, value) in enumerate(zip(ids, frame[column]), start=2):
+    numbers = lines if lines is not None else range(2, len(frame) + 2)
+    for line, image_id, value in zip(numbers, ids, frame[column]):
         try:
             stamp = datetime.fromisoformat(str(value).strip())
         except ValueError as exc:
@@ -67,33 +68,35 @@ def dates_for(image_ids, given: dict[str, str]) -> dict[str, str]:
     return {i: given.get(i) or synthetic_date(i) for i in image_ids}
 
 
-def load_csv_text(text: str, name: str) -> tuple[Annotations, dict[str, str]]:
+def load_table(table: CsvTable) -> tuple[Annotations, dict[str, str]]:
     """Validated annotations (either format) and the dates a date column provides."""
-    frame = read_frame(text, name)
-    annotations = parse_frame(frame, name)
-    return annotations, frame_dates(frame, name)
+    frame = _frame(table)
+    annotations = parse_frame(frame, table.name, lines=table.lines)
+    return annotations, frame_dates(frame, table.name, table.lines)
+
+
+def load_csv_text(text: str, name: str) -> tuple[Annotations, dict[str, str]]:
+    """``load_table`` of CSV text (an upload)."""
+    try:
+        return load_table(parse_csv_text(text, name))
+    except CsvError as exc:
+        raise AnnotationError(str(exc)) from exc
 
 
 def load_csv(path: Path | str) -> tuple[Annotations, dict[str, str]]:
-    """``load_csv_text`` of a file."""
-    path = Path(path)
+    """``load_table`` of a file."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise AnnotationError(f"{path}: file not found") from exc
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text") from exc
-    return load_csv_text(text, str(path))
+        return load_table(read_csv(path))
+    except CsvError as exc:
+        raise AnnotationError(str(exc)) from exc
 
 
 def replace_source(conn: sqlite3.Connection, annotations: Annotations, source: str, image_ids,
                    dates: dict[str, str], run_id: str | None = None) -> int:
     """Delete the rows of ``source`` and store the new ones in one transaction; return rows stored."""
     image_ids = list(dict.fromkeys(list(image_ids) + list(annotations.image_ids)))
-    with conn:
-        conn.execute("DELETE FROM inspections WHERE source = ?", (source,))
     return append_rows(conn, annotations.rows, source, run_id=run_id, dates=dates_for(image_ids, dates),
-                       image_ids=image_ids)
+                       image_ids=image_ids, replace=True)
 
 
 def import_root(conn: sqlite3.Connection, data: DataRoot) -> dict[str, int]:

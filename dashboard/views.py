@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from common.annotations import CLASS_IDS
-from common.metrics import ScoreReport, dice_rle, pair_table, score_pairs
-from common.rle import decode
-from common.viz import CLASS_HEX
+from analysis.viz import CLASS_HEX
+from common.constants import CLASS_IDS, LONG_COLUMNS
+from common.dataset import class_masks
+from common.metrics import ScoreReport, pair_dice as kaggle_pair_dice, score_pairs
 
 NO_DEFECT = 0
 LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect"}
@@ -18,8 +18,9 @@ COLORS = {**CLASS_HEX, NO_DEFECT: "#9e9e9e"}
 def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Store rows (class 0 = clean) -> long-form defect rows ImageId, ClassId, EncodedPixels."""
     defects = rows[rows["class_id"] > 0]
-    return pd.DataFrame({"ImageId": defects["image_id"].to_numpy(), "ClassId": defects["class_id"].astype(np.int64).to_numpy(),
-                         "EncodedPixels": defects["rle"].to_numpy()})
+    return pd.DataFrame(dict(zip(LONG_COLUMNS, (defects["image_id"].to_numpy(),
+                                                 defects["class_id"].astype(np.int64).to_numpy(),
+                                                 defects["rle"].to_numpy()))))
 
 
 def period_counts(rows: pd.DataFrame) -> dict[int, int]:
@@ -70,16 +71,15 @@ def sample_ids(rows: pd.DataFrame, class_id: int, available: set[str], seed: int
 def masks_for(rows: pd.DataFrame, image_id: str) -> dict[int, np.ndarray]:
     """Decoded masks of one image's defect rows."""
     sel = rows[(rows["image_id"] == image_id) & (rows["class_id"] > 0)]
-    return {int(c): decode(r) for c, r in zip(sel["class_id"], sel["rle"])}
+    return class_masks({int(c): r for c, r in zip(sel["class_id"], sel["rle"])})
 
 
 def pair_dice(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Images that have both a prediction and a truth, their (n, 4) Dice and (n, 4) truth-empty flags."""
     ids = sorted(set(pred["image_id"]) & set(truth["image_id"]))
-    p, t = pair_table(long_rows(pred[pred["image_id"].isin(ids)]), ids), pair_table(long_rows(truth[truth["image_id"].isin(ids)]), ids)
-    values = np.fromiter((dice_rle(a, b) for a, b in zip(p.to_numpy(), t.to_numpy())), np.float64, count=len(p))
-    n = len(ids)
-    return ids, values.reshape(n, len(CLASS_IDS)), (t == "").to_numpy().reshape(n, len(CLASS_IDS))
+    values, empty = kaggle_pair_dice(long_rows(pred[pred["image_id"].isin(ids)]),
+                                     long_rows(truth[truth["image_id"].isin(ids)]), ids)
+    return ids, values, empty
 
 
 def dice_table(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, ScoreReport | None]:

@@ -1,44 +1,29 @@
-"""Probabilities -> binary masks: gating by the classifier, then per-class threshold, components, area.
+"""Probabilities -> binary masks, in the order the threshold search models:
 
-Pure numpy/OpenCV on one image at a time (4, H, W); the order matches what the threshold search models:
-label threshold on the (gated) maximum probability, pixel threshold, optional overlap resolution,
-removal of components smaller than ``min_component``, then the total ``min_area`` test.
+gating and label threshold (``ensemble.gating.pair_rules``), pixel threshold on the bin grid
+(``common.oof.bin_index``: the very rule the OOF histograms count), optional overlap resolution, removal of
+components smaller than ``min_component``, then the total ``min_area`` test.
+
+``postprocess`` takes a NumPy batch or a torch batch on any device: thresholding and overlap resolution run
+where the probabilities are (the GPU, in GPU inference) and only 1-byte masks travel to the CPU for the
+connected components. No module-level torch import (the ONNX runtime uses this file).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import cv2
 import numpy as np
 
+from common.oof import bin_index
+from ensemble.gating import PairRules, pair_rules
 from ensemble.rules import Rules
 
-
-def segment_needed(cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray | None:
-    """Bool (B,): images the segmenters must see; None = all (no classifier or a non-skipping mode)."""
-    if cls_prob is None or rules.gating not in ("image", "veto"):
-        return None
-    if rules.gating == "image":
-        return cls_prob.max(axis=1) >= rules.image_threshold
-    return (cls_prob >= np.asarray(rules.classifier_threshold)).any(axis=1)
+__all__ = ["remove_small_components", "threshold_masks", "finish_masks", "postprocess"]
 
 
-def gate(seg_prob: np.ndarray, cls_prob: np.ndarray | None, rules: Rules) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the classifier to (B, 4, H, W) probabilities in place; return them and min areas (B, 4)."""
-    batch = seg_prob.shape[0]
-    min_area = np.broadcast_to(np.asarray(rules.min_area, np.float64), (batch, len(rules.min_area))).copy()
-    if not rules.needs_classifier:
-        return seg_prob, min_area
-    if cls_prob is None:
-        raise ValueError(f"gating mode {rules.gating!r} needs classifier probabilities")
-    below = cls_prob < np.asarray(rules.classifier_threshold)
-    if rules.gating == "image":
-        seg_prob[cls_prob.max(axis=1) < rules.image_threshold] = 0
-    elif rules.gating == "veto":
-        seg_prob[below] = 0
-    elif rules.gating == "soft":
-        seg_prob *= cls_prob[:, :, None, None].astype(seg_prob.dtype)
-    elif rules.gating == "scale":
-        min_area[below] *= rules.area_scale
-    return seg_prob, min_area
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
 
 
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -53,22 +38,50 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     return keep[labels].astype(np.uint8)
 
 
-def to_masks(prob: np.ndarray, rules: Rules, min_area: np.ndarray | None = None) -> np.ndarray:
-    """One image's gated probabilities (4, H, W) -> uint8 0/1 masks (4, H, W)."""
-    min_area = np.asarray(rules.min_area if min_area is None else min_area)
-    masks = (prob >= np.asarray(rules.pixel_threshold, prob.dtype)[:, None, None]).view(np.uint8)
-    masks = masks.copy()
-    for i, label in enumerate(rules.label_threshold):
-        if label > 0 and prob[i].max() < label:
-            masks[i] = 0
-    if rules.resolve_overlap:
-        crowded = masks.sum(axis=0) > 1
-        if crowded.any():
-            winner = np.where(masks.astype(bool), prob, -1.0).argmax(axis=0)
-            for i in range(masks.shape[0]):
-                masks[i][crowded & (winner != i)] = 0
+def threshold_masks(prob: Any, pairs: PairRules, bins: int, resolve_overlap: bool = False) -> np.ndarray:
+    """(B, 4, H, W) probabilities -> uint8 0/1 masks (NumPy, on the CPU) after pixel threshold, keep flags and
+    (optionally) overlap resolution: a pixel claimed by several classes goes to the most probable one."""
+    if _is_torch(prob):
+        import torch
+
+        k = torch.as_tensor(pairs.k, device=prob.device)[:, :, None, None]
+        keep = torch.as_tensor(pairs.keep, device=prob.device)[:, :, None, None]
+        masks = (bin_index(prob, bins) >= k) & keep
+        if resolve_overlap:
+            winner = torch.where(masks, prob, torch.full_like(prob, -1.0)).argmax(dim=1, keepdim=True)
+            crowded = masks.sum(dim=1, keepdim=True) > 1
+            own = torch.arange(prob.shape[1], device=prob.device).view(1, -1, 1, 1) == winner
+            masks &= ~crowded | own
+        return masks.to(torch.uint8).cpu().numpy()
+    prob = np.asarray(prob)
+    masks = (bin_index(prob, bins) >= pairs.k[:, :, None, None]) & pairs.keep[:, :, None, None]
+    if resolve_overlap:
+        winner = np.where(masks, prob, -1.0).argmax(axis=1)[:, None]
+        crowded = masks.sum(axis=1, keepdims=True) > 1
+        masks &= ~crowded | (np.arange(prob.shape[1]).reshape(1, -1, 1, 1) == winner)
+    return masks.astype(np.uint8)
+
+
+def finish_masks(masks: np.ndarray, min_area: np.ndarray, rules: Rules) -> np.ndarray:
+    """One image's (4, H, W) masks: remove small components, then drop masks below their min area (in place)."""
     for i in range(masks.shape[0]):
+        if not masks[i].any():
+            continue
         masks[i] = remove_small_components(masks[i], rules.min_component[i])
-        if int(masks[i].sum()) < min_area[i]:
+        if int(np.count_nonzero(masks[i])) < min_area[i]:
             masks[i] = 0
+    return masks
+
+
+def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray:
+    """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
+    -> uint8 0/1 masks (B, 4, H, W) on the CPU."""
+    if _is_torch(prob):
+        max_prob = prob.flatten(2).amax(-1).float().cpu().numpy()
+    else:
+        max_prob = np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+    pairs = pair_rules(rules, max_prob, cls_prob)
+    masks = threshold_masks(prob, pairs, rules.bins, rules.resolve_overlap)
+    for j in range(len(masks)):
+        finish_masks(masks[j], pairs.min_area[j], rules)
     return masks

@@ -1,8 +1,10 @@
-"""Streaming predictor: DataLoader batches -> classifier -> gated segmenters x TTA -> reduce -> masks.
+"""Streaming predictor: DataLoader batches -> classifier/joint members -> gated segmenters x TTA -> reduce -> masks.
 
-Nothing grows with the number of images: each batch is predicted, post-processed and handed on
-(``iter_predictions``) before the next is read. ``predict_images`` is the plain-function entry for
-callers such as the dashboard.
+The loader reads each image once and applies every member's ``Preprocess`` (the object training used,
+rebuilt from checkpoint meta) in its workers, so the network input is bit-identical to training's
+validation input. Nothing grows with the number of images: each batch is predicted, post-processed and
+handed on (``iter_predictions``) before the next is read. ``predict_images`` is the plain-function entry
+for callers such as the dashboard.
 """
 from __future__ import annotations
 
@@ -11,42 +13,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from common.annotations import CLASS_IDS
+from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS
 from common.images import read_image
+from common.preprocess import Preprocess
 from common.rle import encode
-from ensemble.models import Member, load_members
-from ensemble.postprocess import gate, segment_needed, to_masks
+from ensemble.gating import get_gate, segment_needed
+from ensemble.members import Member, load_members
+from ensemble.postprocess import postprocess
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.tta import Flip, transforms
 
-LONG_COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
+__all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_rules", "build_predictor",
+           "predict_images"]
 
 
 class ImageFiles(Dataset):
-    """uint8 HxWx3 RGB tensors of image files, read by content; errors name the file."""
+    """Items ``{"index": i, "inputs": [float32 tensor per preprocessing]}`` of image files read by content."""
 
-    def __init__(self, paths: Sequence[Path | str]) -> None:
+    def __init__(self, paths: Sequence[Path | str], preprocesses: Sequence[Preprocess]) -> None:
         self.paths = [Path(p) for p in paths]
+        self.preprocesses = list(preprocesses)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        return index, torch.from_numpy(read_image(self.paths[index], channels=3))
-
-
-def make_loader(paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0) -> DataLoader:
-    """Batches of (indices, uint8 images B x H x W x 3) in file order."""
-    return DataLoader(ImageFiles(paths), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      persistent_workers=False)
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rgb = read_image(self.paths[index], channels=3)
+        return {"index": index, "inputs": [torch.from_numpy(p(rgb)) for p in self.preprocesses]}
 
 
 def set_threads(threads: int | None) -> int:
@@ -73,9 +73,16 @@ class Stats:
         return self.seg_passes_skipped / total if total else 0.0
 
 
+def _split(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask logits, label logits) of a joint member's output."""
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        raise RulesError(f"a joint member must return (mask_logits, label_logits), got {type(output).__name__}")
+    return output[0], output[1]
+
+
 @dataclass
 class Predictor:
-    """Ensemble of classifier and segmenter members with TTA, a reducer and post-processing rules."""
+    """Ensemble of classifier, segmenter and joint members with TTA, a reducer and post-processing rules."""
 
     classifiers: list[Member]
     segmenters: list[Member]
@@ -85,88 +92,109 @@ class Predictor:
     reducer: str = "mean"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     channels_last: bool = True
+    joints: list[Member] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
-    _shape: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
-        if not self.segmenters:
-            raise RulesError("checkpoints.segmenter: no segmenter checkpoint given; a submission needs at least one")
-        if self.rules.needs_classifier and not self.classifiers:
-            raise RulesError(f"gating mode {self.rules.gating!r} needs classifier checkpoints "
-                             "(checkpoints.classifier); use ensemble.gating.mode=none or label without them")
-        for member in self.classifiers + self.segmenters:
+        if not self.segmenters and not self.joints:
+            raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
+                             "a submission needs at least one")
+        get_gate(self.rules.gating)
+        if self.rules.needs_classifier and not (self.classifiers or self.joints):
+            raise RulesError(f"gating mode {self.rules.gating!r} needs classifier or joint checkpoints "
+                             "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+        make_reducer(self.reducer)
+        self.preprocesses: list[Preprocess] = []
+        self._slot: dict[int, int] = {}
+        for member in self.members:
             member.model.to(self.device)
+            key = member.preprocess.key
+            slots = [p.key for p in self.preprocesses]
+            if key not in slots:
+                self.preprocesses.append(member.preprocess)
+                slots.append(key)
+            self._slot[id(member)] = slots.index(key)
 
-    def _inputs(self, images: torch.Tensor) -> dict[tuple, torch.Tensor]:
-        """uint8 BxHxWx3 -> normalised float NCHW per distinct preprocessing of the members."""
-        out: dict[tuple, torch.Tensor] = {}
-        for member in self.classifiers + self.segmenters:
-            key = member.preprocess_key
-            if key in out:
-                continue
-            batch = images
-            if member.size is not None and tuple(images.shape[1:3]) != member.size:
-                # the training stage resizes uint8 images with area interpolation (common Preprocess.resize)
-                batch = torch.from_numpy(np.stack([cv2.resize(im, member.size[::-1], interpolation=cv2.INTER_AREA)
-                                                   for im in images.numpy()]))
-            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)[:, : member.channels]
-            mean = torch.tensor(member.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(member.std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-            out[key] = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
-        return out
+    @property
+    def members(self) -> list[Member]:
+        return self.classifiers + self.joints + self.segmenters
 
-    def _run(self, members: list[Member], flips: list[Flip], inputs: dict[tuple, torch.Tensor],
-             dense: bool) -> torch.Tensor:
-        reducer = make_reducer(self.reducer)
-        for member in members:
-            x = inputs[member.preprocess_key]
-            for flip in flips:
-                logits = member.model(flip.augment(x))
-                prob = torch.sigmoid(logits.float())
-                if dense and prob.shape[-2:] != self._shape:  # a member run at a lower input size
-                    prob = F.interpolate(prob, size=self._shape, mode="bilinear", align_corners=False)
-                reducer.add(flip.deaugment(prob) if dense else prob, member.weight)
-        return reducer.result()
+    def loader(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0) -> DataLoader:
+        """Batches ``{"index": (B,), "inputs": [(B, C, h, w) per preprocessing]}`` in file order."""
+        return DataLoader(ImageFiles(paths, self.preprocesses), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _input(self, member: Member, inputs: Sequence[torch.Tensor], keep: torch.Tensor | None) -> torch.Tensor:
+        x = inputs[self._slot[id(member)]]
+        if keep is not None:
+            x = x[keep]
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _dense(self, prob: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a member run at another input size, resized to the image size."""
+        if prob.shape[-2:] != IMAGE_SHAPE:
+            prob = F.interpolate(prob, size=IMAGE_SHAPE, mode="bilinear", align_corners=False)
+        return prob
 
     @torch.inference_mode()
-    def predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray]:
-        """uint8 images (B, H, W, 3) -> (classifier probabilities (B, 4) or None, uint8 masks (B, 4, H, W))."""
-        inputs = self._inputs(images)
-        batch, height, width = images.shape[:3]
-        self._shape = (height, width)
-        cls_prob = None
-        if self.classifiers:
-            cls_prob = self._run(self.classifiers, self.tta_classifier, inputs, dense=False).cpu().numpy()
-        needed = segment_needed(cls_prob, self.rules)
+    def probabilities(self, inputs: Sequence[torch.Tensor], gate: bool = True
+                      ) -> tuple[np.ndarray | None, torch.Tensor | None, np.ndarray]:
+        """(classifier probabilities (B, 4) or None, segmentation probabilities (K, 4, H, W) of the K images the
+        gate lets through (all of them with ``gate=False``) on the device, their indices (K,))."""
+        batch = len(inputs[0])
+        labels, masks = make_reducer(self.reducer), make_reducer(self.reducer)
+        for member in self.joints:  # one pass gives both heads, with the segmenter TTA
+            x = self._input(member, inputs, None)
+            for flip in self.tta_segmenter:
+                mask_logits, label_logits = _split(member.model(flip.augment(x)))
+                masks.add(flip.deaugment(self._dense(torch.sigmoid(mask_logits.float()))), member.weight)
+                labels.add(torch.sigmoid(label_logits.float()), member.weight)
+        for member in self.classifiers:
+            x = self._input(member, inputs, None)
+            for flip in self.tta_classifier:
+                labels.add(torch.sigmoid(member.model(flip.augment(x)).float()), member.weight)
+        cls_prob = labels.result().cpu().numpy().astype(np.float64) if labels.count else None
+        needed = segment_needed(cls_prob, self.rules) if gate else None
         keep = np.arange(batch) if needed is None else np.flatnonzero(needed)
         passes = len(self.segmenters) * len(self.tta_segmenter)
         self.stats.images += batch
         self.stats.segmented += len(keep)
         self.stats.seg_passes += passes * len(keep)
         self.stats.seg_passes_skipped += passes * (batch - len(keep))
-        masks = np.zeros((batch, len(CLASS_IDS), height, width), np.uint8)
-        if len(keep):
-            sub = {k: v[torch.as_tensor(keep, device=v.device)] if len(keep) < batch else v for k, v in inputs.items()}
-            seg = self._run(self.segmenters, self.tta_segmenter, sub, dense=True).cpu().numpy()
-            if seg.shape[1:] != masks.shape[1:]:
-                raise ValueError(f"segmenter output {tuple(seg.shape[1:])} does not match (4, {height}, {width})")
-            seg, min_area = gate(seg, None if cls_prob is None else cls_prob[keep], self.rules)
-            for j, i in enumerate(keep):
-                masks[i] = to_masks(seg[j], self.rules, min_area[j])
+        if not len(keep):
+            return cls_prob, None, keep
+        index = None if len(keep) == batch else torch.as_tensor(keep)
+        if index is not None and masks.count:
+            masks.select(index.to(self.device))
+        for member in self.segmenters:
+            x = self._input(member, inputs, index)
+            for flip in self.tta_segmenter:
+                prob = torch.sigmoid(member.model(flip.augment(x)).float())
+                masks.add(flip.deaugment(self._dense(prob)), member.weight)
+        return cls_prob, masks.result(), keep
+
+    def predict_batch(self, inputs: Sequence[torch.Tensor]) -> tuple[np.ndarray | None, np.ndarray]:
+        """Loader inputs -> (classifier probabilities (B, 4) or None, uint8 masks (B, 4, H, W))."""
+        batch = len(inputs[0])
+        cls_prob, seg, keep = self.probabilities(inputs)
+        masks = np.zeros((batch, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
+        if seg is not None:
+            masks[keep] = postprocess(seg, None if cls_prob is None else cls_prob[keep], self.rules)
         return cls_prob, masks
 
     def iter_predictions(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
                          progress: bool = False) -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
         """Yield (image name, classifier probabilities or None, masks (4, H, W)) per image, in order."""
-        loader = make_loader(paths, batch_size, num_workers)
+        loader = self.loader(paths, batch_size, num_workers)
         if progress:
             from tqdm import tqdm
 
             loader = tqdm(loader, total=len(loader), unit="batch", desc="predict", dynamic_ncols=True)
-        for indices, images in loader:
-            cls_prob, masks = self.predict_batch(images)
-            for j, index in enumerate(indices.tolist()):
+        for batch in loader:
+            cls_prob, masks = self.predict_batch(batch["inputs"])
+            for j, index in enumerate(batch["index"].tolist()):
                 yield Path(paths[index]).name, None if cls_prob is None else cls_prob[j], masks[j]
 
 
@@ -176,7 +204,11 @@ def rows_of(image_id: str, masks: np.ndarray) -> list[tuple[str, int, str]]:
 
 
 def load_rules(cfg: Mapping[str, Any]) -> Rules:
-    """Rules from ``postprocess`` + ``ensemble.gating``, overridden by ``thresholds`` when it names a file."""
+    """Rules from ``postprocess`` + ``ensemble.gating``, overridden by ``thresholds`` when it names a file.
+
+    The one definition of "the rules infer.py applies"; the threshold search and the CV report call it
+    on the same composed config for their "default thresholds" figure.
+    """
     rules = rules_from_config(cfg["postprocess"], cfg["ensemble"]["gating"])
     if cfg.get("thresholds"):
         rules = read_thresholds(cfg["thresholds"], rules)
@@ -188,11 +220,14 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     device = str(cfg.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
     channels_last = bool(cfg.get("channels_last", True))
     ckpt = cfg["checkpoints"]
     return Predictor(
-        classifiers=load_members(ckpt.get("classifier") or [], "classifier", channels_last),
-        segmenters=load_members(ckpt.get("segmenter") or [], "segmenter", channels_last),
+        classifiers=load_members(ckpt.get("classifier"), "classifier", channels_last),
+        segmenters=load_members(ckpt.get("segmenter"), "segmenter", channels_last),
+        joints=load_members(ckpt.get("joint"), "joint", channels_last),
         rules=load_rules(cfg),
         tta_classifier=transforms(list(cfg["tta"]["classifier"])),
         tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
+
 _EPS = 1e-6
 
 
@@ -13,6 +15,7 @@ class Reducer:
     def __init__(self) -> None:
         self.acc: torch.Tensor | None = None
         self.total = 0.0
+        self.count = 0
 
     def add(self, prob: torch.Tensor, weight: float = 1.0) -> None:
         if weight < 0:
@@ -20,6 +23,12 @@ class Reducer:
         value = self._map(prob) * weight if self._weighted else self._map(prob)
         self.acc = value.clone() if self.acc is None else self._combine(self.acc, value)
         self.total += weight
+        self.count += 1
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the batch items ``index`` (dim 0) of what was added so far (gated-off images)."""
+        if self.acc is not None:
+            self.acc = self.acc[index]
 
     def result(self) -> torch.Tensor:
         if self.acc is None:

@@ -11,7 +11,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from common.annotations import CLASS_IDS, read_annotations
+from common.constants import CLASS_IDS
+
+from common.annotations import read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import DatasetError

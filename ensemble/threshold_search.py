@@ -17,27 +17,30 @@ scaling, label threshold on the maximum probability. Not representable (left to 
 ``min_component`` and overlap resolution. ``soft`` (prob x class prob) is approximate: each image's
 threshold ``k / (B q)`` is rounded up to the next bin edge.
 
-CLI: ``python -m ensemble.threshold_search RUN_DIR... --out thresholds.json`` (RUN_DIR: training output
-folders holding ``oof_segmenter.npz`` and ``oof_classifier.csv``, or the files themselves).
+CLI: ``python -m ensemble.threshold_search RUN_DIR... --out thresholds.json [OVERRIDES]`` (RUN_DIR: training
+output folders holding ``oof_segmenter.npz`` and ``oof_classifier.csv``, or the files themselves; OVERRIDES:
+Hydra overrides of the infer config, whose rules are the "default thresholds").
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
-from common.annotations import CLASS_IDS
-from common.errors import SteelsegError
-from common.oof import OOFError, SegmenterOOF, read_oof
+from common.constants import CLASS_IDS
+from common.errors import OOFError, SteelsegError
+from common.oof import OOF, load_oof
+from ensemble.gating import Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
+from ensemble.settings import split_overrides
 
-DEFAULT_POSTPROCESS = Path(__file__).resolve().parents[1] / "configs" / "postprocess" / "default.yaml"
+__all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores", "ModeResult", "search_mode",
+           "score_rules", "search", "cross_validated", "run_search", "main"]
+
 SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
 DEFAULT_GRID = {
     "pixel_threshold": [round(x, 2) for x in np.arange(0.2, 0.85, 0.05)],
@@ -48,28 +51,9 @@ DEFAULT_GRID = {
 
 
 @dataclass
-class OOF:
-    """Out-of-fold arrays for N images, classes in CLASS_IDS order."""
-
-    image_ids: np.ndarray
-    fold: np.ndarray
-    hist_pos: np.ndarray
-    hist_neg: np.ndarray
-    max_prob: np.ndarray
-    cls_prob: np.ndarray | None = None
-
-    @property
-    def bins(self) -> int:
-        return self.hist_pos.shape[2]
-
-    def subset(self, mask: np.ndarray) -> "OOF":
-        return OOF(self.image_ids[mask], self.fold[mask], self.hist_pos[mask], self.hist_neg[mask],
-                   self.max_prob[mask], None if self.cls_prob is None else self.cls_prob[mask])
-
-
-@dataclass
 class ClassCounts:
-    """Per-class suffix sums: ``inter[i, k]`` / ``pred[i, k]`` = truth-1 / all pixels with bin >= k."""
+    """One class's suffix sums: ``inter[i, k]`` / ``pred[i, k]`` = truth-1 / all pixels of image i with bin >= k
+    (k = B: none), and the true area ``truth[i]`` (``common.oof.OOF.tails``)."""
 
     inter: np.ndarray
     pred: np.ndarray
@@ -77,11 +61,7 @@ class ClassCounts:
 
     @classmethod
     def of(cls, oof: OOF, c: int) -> "ClassCounts":
-        pos = oof.hist_pos[:, c].astype(np.int64)
-        both = pos + oof.hist_neg[:, c]
-        suffix = lambda h: np.concatenate([np.cumsum(h[:, ::-1], axis=1)[:, ::-1], np.zeros((len(h), 1), np.int64)], 1)
-        inter, pred = suffix(pos), suffix(both)
-        return cls(inter, pred, inter[:, 0])
+        return cls(*oof.tails(c))
 
     def at(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """(intersection, predicted area) per image at bin index k (scalar or per image)."""
@@ -130,40 +110,33 @@ class Grid:
              label_threshold=None, area_scale: float = 2.0) -> "Grid":
         pick = lambda v, key: np.unique(np.asarray(DEFAULT_GRID[key] if v is None else v, np.float64))
         pixel = pick(pixel_threshold, "pixel_threshold")  # the default grid snaps to the bin edges
-        k = np.unique(np.clip(np.round(pixel * bins).astype(np.int64), 0, bins - 1))
-        if pixel_threshold is not None and not np.allclose(k / bins, np.clip(pixel, 0, (bins - 1) / bins)):
+        k = np.unique(np.clip(np.round(pixel * bins).astype(np.int64), 1, bins - 1))
+        if pixel_threshold is not None and not np.allclose(k / bins, np.clip(pixel, 1 / bins, (bins - 1) / bins)):
             raise OOFError(f"pixel thresholds {pixel.tolist()} are not on the {bins}-bin grid of the OOF histograms")
         return cls(k, pick(min_area, "min_area"), pick(classifier_threshold, "classifier_threshold"),
                    pick(label_threshold, "label_threshold"), float(area_scale))
 
 
-def class_scores(counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, mode: str,
+def class_scores(counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, gate: Gate, c: int,
                  grid: Grid, bins: int) -> np.ndarray:
-    """Sum over images of the pair score for every (k, area, label, classifier) grid point of one class.
+    """Sum over images of the pair score of class index ``c`` for every (k, area, label, classifier threshold)
+    grid point under ``gate`` (the rule inference applies, from ``ensemble.gating``).
 
     Shape (K, A, L, T); T = 1 for modes without a classifier threshold.
     """
     n = len(counts.truth)
     K, A, L = len(grid.k), len(grid.min_area), len(grid.label_threshold)
-    T = len(grid.classifier_threshold) if mode in ("veto", "image", "scale") else 1
+    value = gate.classifier_value(cls_prob, c)
+    T = len(grid.classifier_threshold) if value is not None else 1
+    rt = _ranks(grid.classifier_threshold, value) if value is not None else np.ones(n, np.int64)
+    rl = _ranks(grid.label_threshold, gate.label_value(max_prob, cls_prob, c))
     base = float((counts.truth == 0).sum())
     out = np.empty((K, A, L, T))
-    if mode in ("veto", "image", "scale"):
-        rt = _ranks(grid.classifier_threshold, cls_prob)
-    else:
-        rt = np.ones(n, np.int64)
-    gated_max = max_prob * cls_prob if mode == "soft" else max_prob
-    rl = _ranks(grid.label_threshold, gated_max)
     for ki, k in enumerate(grid.k):
-        if mode == "soft":
-            with np.errstate(divide="ignore"):
-                kk = np.where(cls_prob > 0, np.ceil(k / np.maximum(cls_prob, 1e-12) - 1e-9), bins)
-            gain, pred = counts.gain(np.minimum(kk, bins).astype(np.int64))
-        else:
-            gain, pred = counts.gain(int(k))
+        gain, pred = counts.gain(gate.pixel_bin(int(k), cls_prob, c, bins))
         ra = np.where(pred > 0, _ranks(grid.min_area, pred), 0)
         kept = _suffix(_bucket_sum(gain, (ra, rl, rt), (A, L, T)), (0, 1, 2))[1:, 1:, 1:]
-        if mode == "scale":
+        if gate.on_low == "scale":
             # classifier below its threshold (rank <= t): the area must reach area_scale x min_area instead
             ra2 = np.where(pred > 0, _ranks(grid.min_area * grid.area_scale, pred), 0)
             h2 = _suffix(_bucket_sum(gain, (ra2, rl, rt), (A, L, T)), (0, 1))[1:, 1:]
@@ -193,15 +166,13 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
     """Best per-class (k, area, label, classifier threshold) of one mode; image mode shares one threshold."""
     if mode not in SEARCH_MODES:
         raise OOFError(f"unknown search mode {mode!r}; choose from {list(SEARCH_MODES)}")
-    if mode != "none" and oof.cls_prob is None:
+    gate = get_gate(mode)
+    if gate.needs_classifier and oof.cls_prob is None:
         raise OOFError(f"gating mode {mode!r} needs classifier OOF probabilities")
     n, bins = len(oof.image_ids), oof.bins
-    tables = []
-    for c in range(len(CLASS_IDS)):
-        cls = None if oof.cls_prob is None else oof.cls_prob[:, c]
-        if mode == "image":
-            cls = oof.cls_prob.max(axis=1)
-        tables.append(class_scores(ClassCounts.of(oof, c), oof.max_prob[:, c], cls, mode, grid, bins))
+    cls_prob = oof.cls_prob if gate.needs_classifier else None
+    tables = [class_scores(ClassCounts.of(oof, c), oof.max_prob, cls_prob, gate, c, grid, bins)
+              for c in range(len(CLASS_IDS))]
     shared_t = None
     if mode == "image":  # one image threshold for all classes: best total over classes
         shared_t = int(np.argmax(sum(t.max(axis=(0, 1, 2)) for t in tables)))
@@ -222,36 +193,25 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
     gating = {"none": "label" if label_used else "none"}.get(mode, mode)
     image_threshold = float(grid.classifier_threshold[shared_t]) if shared_t is not None else base.image_threshold
     rules = replace(base, **{k: tuple(v) for k, v in picks.items()}, gating=gating,
-                    image_threshold=image_threshold, area_scale=grid.area_scale)
+                    image_threshold=image_threshold, area_scale=grid.area_scale, bins=bins)
     return ModeResult(gating, rules, float(np.mean(list(per_class.values()))), per_class, curves)
 
 
 def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
-    """Mean pair score per class of fixed rules on the OOF (the 'default thresholds' figure)."""
-    bins = oof.bins
+    """Mean pair score per class of fixed rules on the OOF (e.g. the 'default thresholds' figure): the very
+    per-pair rules inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
+    if rules.bins != oof.bins:
+        raise OOFError(f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
+                       f"{oof.bins} bins; set postprocess.bins={oof.bins}")
+    gate = get_gate(rules.gating)
+    if gate.needs_classifier and oof.cls_prob is None:
+        raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
+    pairs = pair_rules(rules, oof.max_prob, oof.cls_prob if gate.needs_classifier else None)
     out = {}
     for i, c in enumerate(CLASS_IDS):
         counts = ClassCounts.of(oof, i)
-        q = None if oof.cls_prob is None else oof.cls_prob[:, i]
-        k = int(np.ceil(rules.pixel_threshold[i] * bins - 1e-9))
-        min_area = np.full(len(counts.truth), float(rules.min_area[i]))
-        keep = np.ones(len(counts.truth), bool)
-        maxp = oof.max_prob[:, i]
-        if rules.needs_classifier and oof.cls_prob is None:
-            raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
-        if rules.gating == "soft":
-            kk = np.where(q > 0, np.ceil(k / np.maximum(q, 1e-12) - 1e-9), bins)
-            gain, pred = counts.gain(np.minimum(kk, bins).astype(np.int64))
-            maxp = maxp * q
-        else:
-            gain, pred = counts.gain(min(k, bins))
-        if rules.gating == "veto":
-            keep &= q >= rules.classifier_threshold[i]
-        elif rules.gating == "image":
-            keep &= oof.cls_prob.max(axis=1) >= rules.image_threshold
-        elif rules.gating == "scale":
-            min_area[q < rules.classifier_threshold[i]] *= rules.area_scale
-        keep &= (pred > 0) & (pred >= min_area) & (maxp >= rules.label_threshold[i])
+        gain, pred = counts.gain(pairs.k[:, i])
+        keep = pairs.keep[:, i] & (pred > 0) & (pred >= pairs.min_area[:, i])
         out[c] = float(((counts.truth == 0).sum() + gain[keep].sum()) / len(keep))
     return out
 
@@ -277,59 +237,12 @@ def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> float:
     return float(total / len(oof.fold))
 
 
-# ----------------------------------------------------------------------------- OOF files
-
-def _find(entries: Sequence[Path | str], name: str) -> list[Path]:
-    found: list[Path] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_file() and path.name == name:
-            found.append(path)
-        elif path.is_dir():
-            found.extend(sorted(path.glob(f"**/{name}")))
-    return found
-
-
-def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) -> OOF:
-    """Join the segmenter OOF histograms (``oof_segmenter.npz``) and classifier OOF (``oof_classifier.csv``)."""
-    seg_files = _find(entries, "oof_segmenter.npz")
-    if not seg_files:
-        raise OOFError(f"no oof_segmenter.npz under {[str(e) for e in entries]}")
-    parts = [read_oof(path) for path in seg_files]  # each file checked by common.oof
-    bins = {p.bins for p in parts}
-    if len(bins) > 1:
-        raise OOFError(f"segmenter OOF files use different bin counts {sorted(bins)}")
-    ids = np.concatenate([p.image_ids for p in parts])
-    dup = pd.Index(ids)[pd.Index(ids).duplicated()]
-    if len(dup):
-        raise OOFError(f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): "
-                       "give the folds of one segmenter run only")
-    seg = SegmenterOOF.concat(parts)
-    cls_prob = None
-    cls_files = _find(entries, "oof_classifier.csv")
-    if cls_files:
-        frame = pd.concat([pd.read_csv(p) for p in cls_files], ignore_index=True)
-        cols = [f"prob_{c}" for c in CLASS_IDS]
-        if "ImageId" not in frame or not set(cols) <= set(frame):
-            raise OOFError(f"{cls_files}: classifier OOF needs columns ImageId, {', '.join(cols)}")
-        if frame["ImageId"].duplicated().any():
-            raise OOFError(f"{cls_files}: image {frame['ImageId'][frame['ImageId'].duplicated()].iloc[0]!r} "
-                           "appears twice in the classifier OOF")
-        frame = frame.set_index("ImageId")
-        missing = sorted(set(ids) - set(frame.index))
-        if missing:
-            raise OOFError(f"{len(missing)} segmenter OOF images have no classifier OOF row, e.g. {missing[:3]}")
-        cls_prob = frame.loc[ids, cols].to_numpy(np.float64)
-    elif require_classifier:
-        raise OOFError(f"no oof_classifier.csv under {[str(e) for e in entries]}")
-    return OOF(ids, seg.fold, seg.hist_pos, seg.hist_neg, seg.max_prob.astype(np.float64), cls_prob)
-
-
 def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
                cv: bool = True) -> dict[str, Any]:
     """Search every mode, pick the best, and summarise: default vs tuned vs cross-validated scores."""
     results = search(oof, grid, base, modes)
     best = max(results.values(), key=lambda r: r.score)
+    # Without classifier OOF a classifier-gated default cannot be scored: it is scored ungated, and says so.
     usable_base = base if (not base.needs_classifier or oof.cls_prob is not None) else replace(base, gating="none")
     default = score_rules(oof, usable_base)
     truth_empty = np.stack([ClassCounts.of(oof, i).truth == 0 for i in range(len(CLASS_IDS))], 1)
@@ -347,30 +260,41 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
     return {"summary": summary, "best": best, "results": results}
 
 
+def default_rules(overrides: Sequence[str] = ()) -> Rules:
+    """The rules ``python infer.py <overrides>`` applies (postprocess + gating [+ thresholds file])."""
+    from ensemble.predict import load_rules
+    from ensemble.settings import compose_infer, section
+
+    cfg = compose_infer(overrides)
+    plain = section(cfg, "postprocess", "ensemble")
+    plain["thresholds"] = cfg.get("thresholds")
+    return load_rules(plain)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="training output folders or OOF files")
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0],
+        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place "
+               "ensemble.gating.mode=soft): the default thresholds are what infer.py applies with them.")
+    parser.add_argument("runs", nargs="+", help="training output folders, OOF folders or OOF files; then overrides")
     parser.add_argument("--out", type=Path, required=True, help="thresholds file to write (JSON)")
     parser.add_argument("--modes", default=",".join(SEARCH_MODES), help=f"comma-separated, from {SEARCH_MODES}")
-    parser.add_argument("--area-scale", type=float, default=2.0)
     parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
-    parser.add_argument("--postprocess", type=Path, default=DEFAULT_POSTPROCESS,
-                        help="postprocess config whose values are the 'default thresholds' baseline")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    runs, overrides = split_overrides(args.runs)
     try:
-        from omegaconf import OmegaConf
-
-        from ensemble.rules import rules_from_config
-
-        base = rules_from_config(OmegaConf.to_container(OmegaConf.load(args.postprocess)), {"mode": "veto"})
-        oof = load_oof(args.runs)
-        grid = Grid.make(oof.bins, area_scale=args.area_scale)
+        if not runs:
+            raise OOFError("give at least one training output folder or OOF file")
+        base = default_rules(overrides)
+        oof = load_oof(runs)
+        grid = Grid.make(oof.bins, area_scale=base.area_scale)
         out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
-    except (SteelsegError, ValueError) as exc:
+        s = out["summary"]
+        write_thresholds(args.out, out["best"].rules, {"scores": s, "sources": [str(r) for r in runs],
+                                                       "overrides": overrides})
+    except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    s = out["summary"]
-    write_thresholds(args.out, out["best"].rules, {"scores": s, "sources": [str(r) for r in args.runs]})
     print(f"OOF: {s['n_images']} images; all-empty {s['baseline']:.5f}; default thresholds "
           f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
           + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))

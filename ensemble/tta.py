@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["Flip", "transforms"]
+
 _DIMS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,), "both": (-2, -1)}
 
 

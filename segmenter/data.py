@@ -12,10 +12,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from common.augment import Augment, Preprocess, build_augment
 from common.config import ConfigError
+from common.constants import IMAGE_SHAPE
 from common.dataset import SteelDataset
-from common.rle import IMAGE_SHAPE
+from common.preprocess import Preprocess
+from engine.augment import Augment, build_augment
+
+__all__ = ["check_crop", "select_training_ids", "CROP_MODES", "build_train_augment", "SegmentationDataset"]
 
 
 def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop") -> tuple[int, int] | None:
@@ -99,12 +102,13 @@ class SegmentationDataset(Dataset):
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Augmented uint8 image (H, W, 3) and mask (4, H, W) of one item, before normalisation."""
         image_id = self.image_ids[index]
-        image, mask = self.dataset.image(image_id, self.preprocess.channels), self.dataset.masks(image_id)
+        image, mask = self.preprocess.prepare(self.dataset.image(image_id)), self.dataset.masks(image_id)
         if self.augment is not None:
             image, mask = self.augment(image, mask)
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.sample(index)
-        return {"image": self.preprocess.to_tensor(image), "target": torch.from_numpy(mask.astype(np.float32)),
+        return {"image": torch.from_numpy(self.preprocess.normalize(image)),
+                "target": torch.from_numpy(mask.astype(np.float32)),
                 "image_id": self.image_ids[index]}

@@ -17,6 +17,8 @@ from torch import nn
 
 from common.errors import SteelsegError
 
+__all__ = ["LossConfigError", "ClassBCE", "CombinedLoss"]
+
 
 class LossConfigError(SteelsegError, ValueError):
     """A loss config without terms, with a negative weight or a term that is not a module."""

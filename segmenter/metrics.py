@@ -11,23 +11,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from common.annotations import CLASS_IDS
 from common.config import ConfigError
-from common.oof import DEFAULT_BINS, SegmenterOOF, score, score_grid
+from common.constants import CLASS_IDS
+from common.oof import DEFAULT_BINS, SegmenterOOF, histograms, score, score_grid
+
+__all__ = ["AREA_GRID", "threshold_bin", "per_class", "as_oof", "oof_metrics", "SegmenterMetric"]
 
 # Minimum-area grid for the "best reachable" score reported beside the configured one.
 AREA_GRID = (0, 100, 300, 600, 1000, 2000, 3000, 5000)
-
-
-def batch_histograms(probs: torch.Tensor, truth: torch.Tensor, bins: int = DEFAULT_BINS
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hist_pos, hist_neg) int32 (B, C, bins) and max_prob (B, C) of a batch; same bins as ``common.oof.bin_index``."""
-    b, c = probs.shape[:2]
-    idx = torch.clamp(torch.floor(probs * bins), max=bins - 1).long()
-    offset = (torch.arange(b * c, device=probs.device) * (2 * bins)).view(b, c, 1, 1)
-    key = idx + bins * (truth > 0.5).long() + offset
-    counts = torch.bincount(key.flatten(), minlength=b * c * 2 * bins).view(b, c, 2, bins).to(torch.int32)
-    return counts[:, :, 1], counts[:, :, 0], probs.flatten(2).amax(-1)
 
 
 def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
@@ -86,7 +77,7 @@ class SegmenterMetric:
 
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
         truth = batch["target"].to(outputs.device)
-        pos, neg, top = batch_histograms(torch.sigmoid(outputs.float()), truth, self.bins)
+        pos, neg, top = histograms(torch.sigmoid(outputs.float()), truth, self.bins)
         self._parts.append((pos.cpu(), neg.cpu(), top.cpu()))
 
     def state(self) -> dict[str, torch.Tensor]:

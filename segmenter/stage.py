@@ -9,33 +9,33 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.annotations import CLASS_IDS
-from common.augment import Preprocess
-from common.checkpoint import load_checkpoint, unwrap
 from common.config import ConfigError, build, to_plain
+from common.constants import CLASS_IDS
 from common.data_setup import load_folds, load_train
-from common.engine import StageSpec
 from common.folds import split_ids
-from common.oof import OOF_FILENAME, OOFAccumulator, write_oof
+from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
+from common.preprocess import Preprocess
+from engine.checkpoint import load_checkpoint, unwrap
+from engine.loop import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
-from segmenter.metrics import SegmenterMetric, batch_histograms
+from segmenter.metrics import SegmenterMetric
 from segmenter.model import param_groups
+
+__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "make_stage"]
 
 STAGE = "segmenter"
 
 
 @torch.no_grad()
-def write_segmenter_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
-                        fold: int, batch_size: int, bins: int) -> Path:
+def write_segmenter_oof_file(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
+                             fold: int, batch_size: int, bins: int) -> Path:
     """``oof_segmenter.npz`` (see ``common.oof``) of the fold's validation images, streamed batch by batch."""
     model.eval()
     acc = OOFAccumulator(fold, bins)
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         probs = torch.sigmoid(model(batch["image"].to(device)).float())
-        pos, neg, top = batch_histograms(probs, batch["target"].to(device), bins)
-        for i, image_id in enumerate(batch["image_id"]):
-            acc.add(image_id, pos[i].cpu().numpy(), neg[i].cpu().numpy(), top[i].cpu().numpy())
-    return write_oof(Path(run_dir) / OOF_FILENAME, acc.result())
+        acc.add_batch(batch["image_id"], probs, batch["target"].to(device))
+    return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
 
 
 def build_loss(node: DictConfig) -> nn.Module:
@@ -85,6 +85,6 @@ def make_stage(cfg: DictConfig) -> StageSpec:
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
               "crop": None if crop is None else list(crop),
               "init_from": s.get("init_from")},
-        write_oof=partial(write_segmenter_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
+        write_oof=partial(write_segmenter_oof_file, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
                           bins=int(validation.bins)))
 

@@ -7,7 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from common.rle import IMAGE_SHAPE, encode
+from common.constants import IMAGE_SHAPE
+
+from common.rle import encode
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal"
 TINY_N = 16

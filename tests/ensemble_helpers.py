@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.checkpoint import save_checkpoint
+from engine.checkpoint import save_checkpoint
 from common.config import build
 from common.rle import encode
 

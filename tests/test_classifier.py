@@ -13,10 +13,11 @@ from omegaconf import OmegaConf
 from classifier.data import balanced_weights
 from classifier.metrics import ClassifierMetric, classifier_metrics
 from classifier.model import create_classifier, param_groups
-from common.augment import Augment, Preprocess, build_augment
+from common.preprocess import Preprocess
+from engine.augment import Augment, build_augment
 from common.config import ConfigError, build
 from common.errors import DatasetError, ImageError
-from common.training import make_stage, train
+from engine.run import make_stage, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -77,8 +78,8 @@ def test_preprocess_round_trip_and_normalisation():
     p = Preprocess(size=(32, 200))
     assert Preprocess.from_meta(p.to_meta()) == p
     image = np.full((256, 1600, 3), 255, np.uint8)
-    x = p.to_tensor(p.resize(image)[0])
-    assert x.shape == (3, 32, 200)
+    x = torch.from_numpy(p(image))
+    assert x.shape == (3, 32, 200) and x.dtype == torch.float32
     assert torch.allclose(x[:, 0, 0], (1 - torch.tensor(p.mean)) / torch.tensor(p.std))
     with pytest.raises(ConfigError, match="preprocess.mean"):
         Preprocess(mean=(0.5,))

@@ -38,12 +38,12 @@ def test_root_configs_compose_with_every_group_option(root: str):
 
 
 def test_prepare_writes_folds_and_reports_the_all_empty_score(tmp_path: Path):
-    from common.prepare import prepare
+    from common.data_setup import summarize
 
     cfg = compose_root("prepare", [f"paths.data_dir={tmp_path}", "data.synthetic.n_train=30",
                                    "data.synthetic.n_test=6", "data.folds.n_splits=3"])
-    text = prepare(cfg)
+    text = summarize(cfg.data)
     assert "train: 30 images" in text and "test: 6 images" in text
     assert "all-empty submission scores 0." in text
     assert Path(cfg.data.folds.path).is_file()
-    assert prepare(cfg) == text                      # cached data and folds are reused unchanged
+    assert summarize(cfg.data) == text                      # cached data and folds are reused unchanged

@@ -16,7 +16,7 @@ from common.annotations import read_annotations
 from common.errors import AnnotationError
 from common.inspections import connect, query
 from common.layout import find_root
-from common.synthetic import generate_dataset
+from synthetic.generator import generate_dataset
 from dashboard import importer
 from dashboard.app import Dashboard, create_app
 from dashboard.predict import PredictionError, build_command, predict_images

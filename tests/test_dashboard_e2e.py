@@ -22,7 +22,7 @@ import pytest
 from common.annotations import read_annotations
 from common.inspections import connect
 from common.layout import find_root
-from common.synthetic import generate_dataset
+from synthetic.generator import generate_dataset
 from dashboard import importer
 from dashboard.app import Dashboard
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from common import eda
+from analysis import eda
 from common.errors import DatasetError
 from common.layout import find_root, with_overrides
-from common.synthetic import generate_dataset
+from synthetic.generator import generate_dataset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal"
 if not REAL.is_dir():

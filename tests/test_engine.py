@@ -16,12 +16,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from classifier.metrics import classifier_metrics
-from common.checkpoint import load_checkpoint, load_model
+from engine.checkpoint import load_checkpoint, load_model
 from common.config import ConfigError
-from common.distributed import DistInfo, ShardSampler, WeightedShardSampler
-from common.engine import config_differences
-from common.optim import cosine_with_warmup, one_cycle
-from common.training import train
+from engine.distributed import DistInfo, ShardSampler, WeightedShardSampler
+from engine.loop import config_differences
+from engine.optim import cosine_with_warmup, one_cycle
+from engine.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -75,16 +75,16 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_alone(tiny_datase
     assert payload["model"]["_target_"] == "classifier.model.create_classifier"
 
     # The OOF probabilities are the rebuilt model's outputs on raw images pre-processed from the meta alone.
-    from common.augment import Preprocess
+    from common.preprocess import Preprocess
     from common.images import read_image
 
-    oof = pd.read_csv(run_dir / "oof_classifier.csv")
+    oof = pd.read_csv(run_dir / "oof_classifier.csv", comment="#")
     assert list(oof.columns) == ["ImageId", "fold", "prob_1", "prob_2", "prob_3", "prob_4"]
     assert (oof["fold"] == 0).all() and len(oof) == 8
     preprocess = Preprocess.from_meta(meta["preprocess"])
     images = [read_image(tiny_dataset / "train_images" / image_id) for image_id in oof["ImageId"]]
     with torch.no_grad():
-        probs = torch.sigmoid(model(preprocess.batch_to_tensor(images))).numpy()
+        probs = torch.sigmoid(model(torch.stack([torch.from_numpy(preprocess(i)) for i in images]))).numpy()
     np.testing.assert_allclose(probs, oof[["prob_1", "prob_2", "prob_3", "prob_4"]].to_numpy(), atol=2e-5)
 
     # Started again when finished: nothing is retrained.
@@ -149,7 +149,7 @@ def test_two_process_gloo_run_reduces_metrics_over_ranks(tiny_dataset: Path, tmp
     assert done.stdout.count("epoch 1: train_loss") == 1           # only rank 0 reports and writes
     table = epoch_table(run_dir)
     assert table["epoch"].tolist() == [0, 1]
-    oof = pd.read_csv(run_dir / "oof_classifier.csv")
+    oof = pd.read_csv(run_dir / "oof_classifier.csv", comment="#")
     folds = pd.read_csv(tiny_dataset / "folds_k2_seed42.csv")
     assert sorted(oof["ImageId"]) == sorted(folds.loc[folds["fold"] == 0, "ImageId"])
 

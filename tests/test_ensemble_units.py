@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ensemble import postprocess as pp
+from ensemble.gating import pair_rules, segment_needed
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config, write_thresholds
 from ensemble.tta import transforms
@@ -54,51 +55,52 @@ def _probs() -> tuple[np.ndarray, np.ndarray]:
     return seg, cls
 
 
+def _areas(masks: np.ndarray) -> list[list[int]]:
+    return masks.sum(axis=(2, 3)).tolist()
+
+
 def test_gating_modes():
     seg, cls = _probs()
     base = dict(pixel_threshold=0.5, min_area=10, classifier_threshold=0.5)
     # image: image 1's top probability 0.4 < 0.5 -> skipped; image 0 keeps every class
     rules = Rules(**base, gating="image")
-    assert pp.segment_needed(cls, rules).tolist() == [True, False]
-    out, _ = pp.gate(seg.copy(), cls, rules)
-    assert out[0].max() == pytest.approx(0.8) and out[1].max() == 0
+    assert segment_needed(cls, rules).tolist() == [True, False]
+    assert _areas(pp.postprocess(seg, cls, rules)) == [[24] * 4, [0] * 4]
     # veto: per class
     rules = Rules(**base, gating="veto")
-    assert pp.segment_needed(cls, rules).tolist() == [True, False]
-    out, _ = pp.gate(seg.copy(), cls, rules)
-    assert (out.max(axis=(2, 3)) > 0).tolist() == [[True, False, True, False], [False] * 4]
+    assert segment_needed(cls, rules).tolist() == [True, False]
+    assert _areas(pp.postprocess(seg, cls, rules)) == [[24, 0, 24, 0], [0] * 4]
     # soft: probability x class probability; with pixel threshold 0.5 only p_c > 0.625 survive
     rules = Rules(**base, gating="soft")
-    assert pp.segment_needed(cls, rules) is None
-    out, _ = pp.gate(seg.copy(), cls, rules)
-    np.testing.assert_allclose(out.max(axis=(2, 3)), 0.8 * cls, rtol=1e-6)
-    masks = pp.to_masks(out[0], rules)
-    assert masks.sum(axis=(1, 2)).tolist() == [24, 0, 0, 0]
+    assert segment_needed(cls, rules) is None
+    assert _areas(pp.postprocess(seg, cls, rules)) == [[24, 0, 0, 0], [0] * 4]
     # scale: absent classes need area_scale x min_area (24 px >= 10 but < 30)
     rules = Rules(**base, gating="scale", area_scale=3.0)
-    out, min_area = pp.gate(seg.copy(), cls, rules)
-    assert min_area.tolist() == [[10, 30, 10, 30], [30, 30, 30, 30]]
-    assert pp.to_masks(out[0], rules, min_area[0]).sum(axis=(1, 2)).tolist() == [24, 0, 24, 0]
+    assert pair_rules(rules, seg.max(axis=(2, 3)), cls).min_area.tolist() == [[10, 30, 10, 30], [30, 30, 30, 30]]
+    assert _areas(pp.postprocess(seg, cls, rules)) == [[24, 0, 24, 0], [0] * 4]
     # label: maximum segmentation probability must reach the label threshold (no classifier needed)
     rules = Rules(**base, gating="label", label_threshold=(0.7, 0.9, 0.0, 0.85))
-    out, _ = pp.gate(seg.copy(), None, rules)
-    assert pp.to_masks(out[0], rules).sum(axis=(1, 2)).tolist() == [24, 0, 24, 0]
-    with pytest.raises(ValueError, match="classifier"):
-        pp.gate(seg.copy(), None, Rules(gating="veto"))
+    assert _areas(pp.postprocess(seg, None, rules)) == [[24, 0, 24, 0]] * 2
+    with pytest.raises(RulesError, match="classifier"):
+        pp.postprocess(seg, None, Rules(gating="veto"))
+    # the same rules on a torch batch (GPU-side thresholding) give the same masks
+    for mode in ("image", "veto", "soft", "scale"):
+        rules = Rules(**base, gating=mode, resolve_overlap=True)
+        np.testing.assert_array_equal(pp.postprocess(torch.from_numpy(seg), cls, rules), pp.postprocess(seg, cls, rules))
 
 
 def test_postprocess_components_area_overlap():
-    prob = np.zeros((4, 20, 30), np.float32)
-    prob[0, 1:4, 1:4] = 0.9       # 9 px component
-    prob[0, 10:18, 10:20] = 0.7   # 80 px component
-    prob[1, 10:18, 15:25] = 0.8   # overlaps class 0 on 8 x 5
-    prob[2, 0:2, 0:2] = 0.6       # 4 px, below min_area
-    rules = Rules(pixel_threshold=0.5, min_area=(0, 0, 5, 0), min_component=(10, 0, 0, 0))
-    masks = pp.to_masks(prob, rules)
-    assert masks.sum(axis=(1, 2)).tolist() == [80, 80, 0, 0]
-    resolved = pp.to_masks(prob, Rules(pixel_threshold=0.5, min_component=(10, 0, 0, 0), resolve_overlap=True))
-    assert resolved.sum(axis=(1, 2)).tolist() == [40, 80, 3, 0]  # class 3 loses (1,1) to class 1
-    assert (resolved.sum(axis=0) <= 1).all()
+    prob = np.zeros((1, 4, 20, 30), np.float32)
+    prob[0, 0, 1:4, 1:4] = 0.9       # 9 px component
+    prob[0, 0, 10:18, 10:20] = 0.7   # 80 px component
+    prob[0, 1, 10:18, 15:25] = 0.8   # overlaps class 0 on 8 x 5
+    prob[0, 2, 0:2, 0:2] = 0.6       # 4 px, below min_area
+    rules = Rules(pixel_threshold=0.5, min_area=(0, 0, 5, 0), min_component=(10, 0, 0, 0), gating="none")
+    assert _areas(pp.postprocess(prob, None, rules)) == [[80, 80, 0, 0]]
+    resolved = pp.postprocess(prob, None, Rules(pixel_threshold=0.5, min_component=(10, 0, 0, 0), resolve_overlap=True,
+                                                gating="none"))
+    assert _areas(resolved) == [[40, 80, 3, 0]]  # class 3 loses (1,1) to class 1
+    assert (resolved.sum(axis=1) <= 1).all()
     assert pp.remove_small_components(np.zeros((5, 5), np.uint8), 3).sum() == 0
 
 

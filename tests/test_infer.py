@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from common.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError
 from common.config import to_plain
 from common.errors import DatasetError, ImageError
 from common.inspections import connect, query

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ensemble.report import main
+from analysis.report import main
 from ensemble_helpers import image_folder, save_tiny
 from test_threshold_search import B, _data
 
@@ -27,7 +27,8 @@ def test_report_end_to_end(tmp_path):
     images, truth = image_folder(tmp_path / "holdout", 2)
     truth.to_csv(tmp_path / "truth.csv", index=False)
     out = tmp_path / "report"
-    assert main([str(run), "--out", str(out), "--images", str(images), "--truth", str(tmp_path / "truth.csv")]) == 0
+    assert main([str(run), "--out", str(out), "--images", str(images), "--truth", str(tmp_path / "truth.csv"),
+                 "postprocess.bins=10"]) == 0
     md = (out / "report.md").read_text()
     for needle in ("all-empty baseline", "segmenter alone", "tuned: veto", "roc_auc", "Holdout", "no TTA", "one fold"):
         assert needle in md, needle

@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from common.rle import RLEError, area, decode, encode
+from common.errors import RLEError
+
+from common.rle import area, decode, encode
 
 
 def reference_encode(mask: np.ndarray) -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from segmentation_models_pytorch.losses import DiceLoss
 
-from common.checkpoint import load_model, save_checkpoint
+from engine.checkpoint import load_model, save_checkpoint
 from common.config import build
 from segmenter.losses import ClassBCE, CombinedLoss, LossConfigError
 from segmenter.model import FACTORY, ModelConfigError, Rescaled, create_segmenter, param_groups

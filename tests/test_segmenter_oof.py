@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from common.metrics import kaggle_score
-from common.oof import (OOFAccumulator, OOFError, SegmenterOOF, binarize, image_histograms, read_oof, score,
-                        score_grid, write_oof)
-from common.rle import IMAGE_SHAPE, encode
-from segmenter.metrics import SegmenterMetric, batch_histograms, threshold_bin
+from common.oof import (OOFAccumulator, OOFError, SegmenterOOF, binarize, histograms, image_histograms, score,
+                        score_grid)
+from common.oof import read_segmenter_oof as read_oof
+from common.oof import write_segmenter_oof as write_oof
+from common.constants import IMAGE_SHAPE
+from common.rle import encode
+from segmenter.metrics import SegmenterMetric, threshold_bin
 
 BINS = 100
 
@@ -84,7 +87,7 @@ def test_score_grid_matches_score_at_every_point(predictions):
 
 def test_torch_batch_histograms_equal_numpy(predictions):
     ids, probs, truth, oof = predictions
-    pos, neg, top = batch_histograms(torch.from_numpy(probs[:2]), torch.from_numpy(truth[:2]).float(), BINS)
+    pos, neg, top = histograms(torch.from_numpy(probs[:2]), torch.from_numpy(truth[:2]).float(), BINS)
     np.testing.assert_array_equal(pos.numpy(), oof.hist_pos[:2])
     np.testing.assert_array_equal(neg.numpy(), oof.hist_neg[:2])
     np.testing.assert_array_equal(top.numpy(), oof.max_prob[:2])

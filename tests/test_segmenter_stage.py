@@ -9,13 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from common.augment import Preprocess
-from common.checkpoint import load_model
+from common.preprocess import Preprocess
+from engine.checkpoint import load_model
 from common.config import ConfigError
 from common.dataset import load_split
 from common.errors import AnnotationError
-from common.oof import read_oof, score
-from common.training import train
+from common.oof import read_segmenter_oof as read_oof, score
+from engine.run import train
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -125,7 +125,7 @@ def test_one_fold_through_the_engine_writes_checkpoint_and_oof(tiny_dataset: Pat
     # the best epoch's validation score.
     dataset = load_split(tiny_dataset, "train")
     image_id = str(oof.image_ids[0])
-    x = Preprocess.from_meta(meta["preprocess"]).batch_to_tensor([dataset.image(image_id)])
+    x = torch.from_numpy(Preprocess.from_meta(meta["preprocess"])(dataset.image(image_id)))[None]
     with torch.no_grad():
         probs = torch.sigmoid(model(x))[0]
     assert abs(float(probs.flatten(1).amax(1)[0]) - float(oof.max_prob[0, 0])) < 1e-5

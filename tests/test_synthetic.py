@@ -12,9 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from common import synthetic as S
+from synthetic import __main__ as synthetic_cli
+from synthetic import generator as S
 from common.errors import AnnotationError
-from common.rle import IMAGE_SHAPE, decode, encode
+from common.constants import IMAGE_SHAPE
+from common.rle import decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared/data/severstal"
@@ -255,9 +257,9 @@ def test_shapes_from_without_a_needed_class_names_file_and_class(tmp_path: Path)
 
 @pytest.mark.parametrize("content, match", [
     ("ImageId,EncodedPixels\na.jpg,1 2\n", "header"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,7,1 5\n", r"row 3 \(b\.jpg\).*ClassId"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,2,10 5 12 3\n", r"row 3 \(b\.jpg\).*EncodedPixels"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,409600 5\n", r"row 2 \(a\.jpg\)"),
+    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,7,1 5\n", r"line 3: unknown ClassId"),
+    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,2,10 5 12 3\n", r"line 3: bad EncodedPixels for 'b\.jpg'"),
+    ("ImageId,ClassId,EncodedPixels\na.jpg,3,409600 5\n", r"line 2: bad EncodedPixels for 'a\.jpg'"),
 ])
 def test_invalid_shapes_file_names_file_and_row(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "bad.csv"
@@ -288,7 +290,7 @@ def test_shapes_from_real_annotations() -> None:
 
 def test_command_line_writes_dataset_and_prints_summary(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "common.synthetic", "--out", str(out), "--train", "3",
+    proc = subprocess.run([sys.executable, "-m", "synthetic", "--out", str(out), "--train", "3",
                            "--test", "2", "--seed", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -298,7 +300,7 @@ def test_command_line_writes_dataset_and_prints_summary(tmp_path: Path) -> None:
 
 
 def test_command_line_reports_bad_shapes_file(tmp_path: Path, capsys) -> None:
-    status = S.main(["--out", str(tmp_path / "o"), "--train", "1", "--test", "0",
+    status = synthetic_cli.main(["--out", str(tmp_path / "o"), "--train", "1", "--test", "0",
                      "--shapes-from", str(tmp_path / "nope.csv")])
     assert status == 2
     assert "nope.csv" in capsys.readouterr().err

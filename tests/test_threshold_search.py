@@ -8,21 +8,24 @@ import pandas as pd
 import pytest
 
 from common.metrics import dice
+from common.oof import OOF, load_oof
 from ensemble import postprocess as pp
+from ensemble.gating import get_gate
 from ensemble.rules import Rules, read_thresholds
-from ensemble.threshold_search import OOF, ClassCounts, Grid, OOFError, class_scores, load_oof, main, score_rules, search_mode
+from ensemble.threshold_search import (SEARCH_MODES, ClassCounts, Grid, OOFError, class_scores, main, score_rules,
+                                       search_mode)
 
 B, N, H, W = 10, 14, 6, 8
 
 
-def _data(seed=0, soft=False):
+def _data(seed=0):
     rng = np.random.default_rng(seed)
     bins = rng.integers(0, B, (N, 4, H, W))
     bins[rng.random((N, 4)) < 0.3] = 0  # some images with low probabilities everywhere
     prob = ((bins + 0.5) / B).astype(np.float64)
     truth = (rng.random((N, 4, H, W)) < prob * 0.8).astype(np.uint8)
     truth[rng.random((N, 4)) < 0.4] = 0  # many clean pairs
-    cls = rng.choice([0.5, 1.0] if soft else [0.05, 0.25, 0.45, 0.65, 0.85], (N, 4))
+    cls = rng.choice([0.05, 0.25, 0.45, 0.65, 0.85, 0.33, 0.71], (N, 4))
     onehot = np.eye(B, dtype=np.int32)[bins]  # N,4,H,W,B
     hist_pos = (onehot * truth[..., None]).sum(axis=(2, 3)).astype(np.int32)
     hist_neg = (onehot * (1 - truth[..., None])).sum(axis=(2, 3)).astype(np.int32)
@@ -32,10 +35,10 @@ def _data(seed=0, soft=False):
 
 
 def _brute(prob, truth, cls, rules, c):
+    """Sum over images of the class-c Dice of the real inference post-processing (image by image)."""
     total = 0.0
     for i in range(N):
-        gated, min_area = pp.gate(prob[i:i + 1].copy(), cls[i:i + 1], rules)
-        mask = pp.to_masks(gated[0], rules, min_area[0])[c]
+        mask = pp.postprocess(prob[i:i + 1], None if cls is None else cls[i:i + 1], rules)[0, c]
         total += dice(mask, truth[i, c])
     return total
 
@@ -44,31 +47,41 @@ GRID = dict(pixel_threshold=[0.2, 0.5, 0.7], min_area=[0, 3, 6, 10], classifier_
             label_threshold=[0.0, 0.5, 0.8])
 
 
-@pytest.mark.parametrize("mode", ["none", "veto", "image", "scale", "soft"])
+@pytest.mark.parametrize("mode", SEARCH_MODES)
 def test_search_table_equals_brute_force(mode):
-    oof, prob, truth = _data(seed=1, soft=mode == "soft")
+    oof, prob, truth = _data(seed=1)
     grid = Grid.make(B, **GRID, area_scale=2.0)
+    gate = get_gate(mode)
     for c in range(4):
-        q = oof.cls_prob.max(axis=1) if mode == "image" else oof.cls_prob[:, c]
-        table = class_scores(ClassCounts.of(oof, c), oof.max_prob[:, c], q, mode, grid, B)
+        table = class_scores(ClassCounts.of(oof, c), oof.max_prob, oof.cls_prob, gate, c, grid, B)
         ts = GRID["classifier_threshold"] if table.shape[3] > 1 else [0.5]
         for (ki, k), (ai, a), (li, lab), (ti, t) in itertools.product(
                 enumerate(grid.k), enumerate(grid.min_area), enumerate(grid.label_threshold), enumerate(ts)):
             rules = Rules(pixel_threshold=k / B, min_area=int(a), label_threshold=lab, classifier_threshold=t,
-                          gating={"none": "label"}.get(mode, mode), image_threshold=t, area_scale=2.0)
+                          gating={"none": "label"}.get(mode, mode), image_threshold=t, area_scale=2.0, bins=B)
             expected = _brute(prob, truth, oof.cls_prob, rules, c)
             assert table[ki, ai, li, ti] == pytest.approx(expected), (mode, c, k, a, lab, t)
             if (ai, li) == (1, 1):
                 assert score_rules(oof, rules)[c + 1] * N == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("mode", SEARCH_MODES)
+def test_search_prediction_equals_real_postprocessing(mode):
+    """The score the search promises for its best rules is what inference's post-processing achieves."""
+    oof, prob, truth = _data(seed=3)
+    result = search_mode(oof, mode, Grid.make(B, **GRID), Rules(bins=B))
+    real = sum(_brute(prob, truth, oof.cls_prob, result.rules, c) for c in range(4)) / (4 * N)
+    assert result.score == pytest.approx(real, abs=1e-12)
+    assert result.score == pytest.approx(np.mean(list(score_rules(oof, result.rules).values())), abs=1e-12)
+
+
 def test_search_picks_best_and_round_trips(tmp_path):
     oof, prob, truth = _data(seed=2)
     grid = Grid.make(B, **GRID)
-    result = search_mode(oof, "veto", grid, Rules())
+    result = search_mode(oof, "veto", grid, Rules(bins=B))
     assert result.score == pytest.approx(np.mean(list(score_rules(oof, result.rules).values())))
-    assert result.score >= np.mean(list(score_rules(oof, Rules(pixel_threshold=0.5, min_area=3)).values()))
-    image = search_mode(oof, "image", grid, Rules())
+    assert result.score >= np.mean(list(score_rules(oof, Rules(pixel_threshold=0.5, min_area=3, bins=B)).values()))
+    image = search_mode(oof, "image", grid, Rules(bins=B))
     assert image.rules.gating == "image" and image.rules.image_threshold in GRID["classifier_threshold"]
     with pytest.raises(OOFError, match="bin grid"):
         Grid.make(B, pixel_threshold=[0.55])
@@ -86,8 +99,9 @@ def test_search_picks_best_and_round_trips(tmp_path):
     loaded = load_oof([tmp_path])
     assert len(loaded.image_ids) == N and loaded.cls_prob.shape == (N, 4)
     out = tmp_path / "t.json"
-    assert main([str(tmp_path), "--out", str(out), "--no-cv"]) == 0
+    assert main([str(tmp_path), "--out", str(out), "--no-cv", "postprocess.bins=10"]) == 0
     rules = read_thresholds(out, Rules())
+    assert rules.bins == B
     assert rules.gating in ("none", "label", "veto", "image", "scale", "soft")
     with pytest.raises(OOFError, match="several segmenter OOF"):
         load_oof([tmp_path, tmp_path / "fold0"])

@@ -4,6 +4,10 @@ File format (a plain dict saved with ``torch.save``):
 ``{"format": 1, "stage": str, "model": {"_target_": ..., **kwargs}, "state_dict": {...},
 "meta": {...}}`` where ``model`` rebuilds the network through ``common.config.build`` and ``meta``
 holds plain values (epoch, metrics, preprocessing, fold, run config).
+
+A checkpoint is data, never code: it loads with ``weights_only=True`` and its ``model._target_`` (and every
+nested ``_target_``) must be one of the model factories on ``MODEL_FACTORIES``, checked before anything is
+imported or called. A factory of your own is added with ``allow_model_factory("pkg.module.function")``.
 """
 from __future__ import annotations
 
@@ -14,14 +18,33 @@ import torch
 from torch import nn
 
 from common.config import build
-from common.errors import SteelsegError
+from common.errors import ConfigError, SteelsegError
 from common.io import atomic_open
 
 FORMAT_VERSION = 1
+# The project's model factories and the timm / smp ones behind them: the only callables a checkpoint may name.
+MODEL_FACTORIES: set[str] = {"classifier.model.create_classifier", "segmenter.model.create_segmenter",
+                             "segmenter.model.create_joint", "timm.create_model",
+                             "segmentation_models_pytorch.create_model"}
+
+__all__ = ["FORMAT_VERSION", "MODEL_FACTORIES", "CheckpointError", "allow_model_factory", "model_allowlist", "unwrap",
+           "save_checkpoint", "load_checkpoint", "build_model", "load_model"]
 
 
 class CheckpointError(SteelsegError, ValueError):
     """A checkpoint file that is missing, unreadable, of another stage or format."""
+
+
+def allow_model_factory(target: str) -> None:
+    """Let checkpoints name another model factory (a dotted path to a function of your own package)."""
+    if not isinstance(target, str) or target.count(".") < 1:
+        raise ValueError(f"expected a dotted path such as 'mypkg.models.create', got {target!r}")
+    MODEL_FACTORIES.add(target)
+
+
+def model_allowlist() -> frozenset[str]:
+    """The model factories a checkpoint may name."""
+    return frozenset(MODEL_FACTORIES)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,12 +89,18 @@ def load_checkpoint(path: Path | str, stage: str | None = None) -> dict[str, Any
 
 def build_model(payload: dict[str, Any], path: Path | str = "<checkpoint>") -> nn.Module:
     """Rebuild the network from the config stored in a checkpoint and load its weights strictly."""
+    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: the checkpoint's 'model' and 'state_dict' entries must be mappings")
     config = dict(payload["model"])
     # Weights come from the checkpoint, never from a hub or a local pretrained file.
-    for key in ("pretrained", "encoder_weights", "pretrained_path", "weights_path"):
+    for key in ("pretrained", "encoder_weights", "pretrained_path", "weights_path", "checkpoint_path",
+                "pretrained_cfg_overlay"):
         if key in config:
             config[key] = None if key != "pretrained" else False
-    model = build(config, key=f"{path}: model")
+    try:
+        model = build(config, key=f"{path}: model", allow=model_allowlist())
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

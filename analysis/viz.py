@@ -6,7 +6,7 @@ import base64
 import cv2
 import numpy as np
 
-from common.annotations import CLASS_IDS
+from common.constants import CLASS_IDS
 
 # RGB per class, as in the seed's notebook: yellow = 1, green = 2, blue = 3, magenta = 4.
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (255, 220, 0), 2: (0, 200, 70), 3: (40, 110, 255), 4: (230, 0, 230)}

@@ -12,8 +12,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from common.config import ConfigError, build, to_plain
-from common.distributed import barrier, setup, teardown
-from common.engine import FitResult, RunContext, StageSpec, fit, seed_everything
+from engine.distributed import barrier, setup, teardown
+from engine.loop import FitResult, RunContext, StageSpec, fit, seed_everything
 
 
 def run_dir_from_hydra() -> Path:

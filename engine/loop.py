@@ -4,12 +4,13 @@ Stage interface (all a stage writes; the loop, devices, DDP, AMP, checkpoints, r
 
 * ``StageSpec.model`` is an ``nn.Module`` built from ``model_config`` (a plain dict with ``_target_``)
   through ``common.config.build``; the config is stored in every checkpoint so that
-  ``common.checkpoint.load_model`` rebuilds the network from the file alone.
+  ``engine.checkpoint.load_model`` rebuilds the network from the file alone.
 * ``train_set`` / ``val_set`` are torch Datasets whose items are dicts
   ``{"image": float tensor (C, H, W), "target": tensor, "image_id": str}``; the default collate makes
   batches of them. A dataset may define ``set_seed(seed: int)``: the engine calls it at each epoch
   (and in each loader worker) so augmentation draws are a function of (seed, epoch, rank).
-* ``loss(outputs, targets) -> scalar tensor``; ``outputs = model(batch["image"])``.
+* ``loss(outputs, targets) -> scalar tensor``; ``outputs = model(batch["image"])``. A loss that is an
+  ``nn.Module`` is moved to the engine's device with the model (its buffers, e.g. ``pos_weight``, follow).
 * ``new_metric()`` returns a fresh ``EpochMetric`` per validation pass: ``update(outputs, batch)``
   per batch, ``state()`` -> dict of per-sample tensors concatenated over ranks along dim 0, then
   ``compute(state)`` -> ``{name: float}`` on every rank. ``monitor`` names the metric that picks
@@ -48,13 +49,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from tqdm.auto import tqdm
 
-from common.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from common.config import ConfigError
-from common.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier,
-                                broadcast_buffers, gather_rows, mean_over_ranks)
 from common.errors import SteelsegError
 from common.io import atomic_write_text
-from common.optim import build_optimizer, build_scheduler, current_lrs
+from engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from engine.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier,
+                                broadcast_buffers, gather_rows, mean_over_ranks)
+from engine.optim import build_optimizer, build_scheduler, current_lrs
 
 BEST, LAST = "checkpoints/best.pt", "checkpoints/last.pt"
 METRICS_CSV, TENSORBOARD_DIR = "metrics.csv", "tensorboard"
@@ -296,6 +297,8 @@ class Engine:
         model = spec.model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if isinstance(spec.loss, nn.Module):  # loss buffers (pos_weight, ...) follow the model
+            spec.loss.to(self.device)
         groups = spec.param_groups(model) if spec.param_groups else {"head": list(model.parameters())}
         groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
         self.optimizer = build_optimizer(groups, optimizer_cfg)

@@ -1,6 +1,6 @@
 """Cross-validation report of a training multirun: HTML page + markdown summary + PNG plots.
 
-``python -m ensemble.report RUN_DIR... [--out DIR] [--images DIR --truth CSV]``
+``python -m analysis.report RUN_DIR... [--out DIR] [--images DIR --truth CSV]``
 
 From the OOF files under RUN_DIR: Kaggle score per fold and class beside the all-empty baseline,
 classifier ROC-AUC and F1, segmenter alone vs each gating mode, default vs tuned vs tuned-on-other-
@@ -21,12 +21,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from common.annotations import CLASS_IDS
+from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
-from ensemble.rules import Rules, rules_from_config, write_thresholds
-from ensemble.threshold_search import (DEFAULT_POSTPROCESS, OOF, ClassCounts, Grid, load_oof, run_search,
-                                       score_rules)
+from common.metrics import f1_per_class, roc_auc_per_class
+from common.oof import OOF, load_oof
+from ensemble.rules import Rules, write_thresholds
+from ensemble.settings import split_overrides
+from ensemble.threshold_search import Grid, default_rules, run_search, score_rules
+
+__all__ = ["per_fold_table", "classifier_table", "holdout_table", "build_report", "main"]
 
 CLASSES = [f"class {c}" for c in CLASS_IDS]
 
@@ -35,15 +39,10 @@ def _mean(scores: dict[int, float]) -> float:
     return float(np.mean(list(scores.values())))
 
 
-def truth_present(oof: OOF) -> np.ndarray:
-    """(N, 4) 0/1: the class has at least one true pixel (from the segmenter OOF histograms)."""
-    return np.stack([ClassCounts.of(oof, i).truth > 0 for i in range(len(CLASS_IDS))], 1).astype(int)
-
-
 def per_fold_table(oof: OOF, named_rules: dict[str, Rules]) -> pd.DataFrame:
     """Rows (fold or 'all', setting); columns per class + overall; the all-empty baseline included."""
     rows = []
-    present = truth_present(oof)
+    present = oof.truth_present()
     for fold in [*np.unique(oof.fold).tolist(), "all"]:
         mask = np.ones(len(oof.fold), bool) if fold == "all" else oof.fold == fold
         part = oof.subset(mask)
@@ -59,18 +58,15 @@ def per_fold_table(oof: OOF, named_rules: dict[str, Rules]) -> pd.DataFrame:
 
 def classifier_table(oof: OOF, thresholds: Sequence[float]) -> pd.DataFrame:
     """ROC-AUC and F1 (at the tuned classifier thresholds) per fold and class."""
-    from sklearn.metrics import f1_score, roc_auc_score
-
-    present = truth_present(oof)
+    present = oof.truth_present()
     rows = []
     for fold in [*np.unique(oof.fold).tolist(), "all"]:
         mask = np.ones(len(oof.fold), bool) if fold == "all" else oof.fold == fold
+        aucs = roc_auc_per_class(oof.cls_prob[mask], present[mask])
+        f1s = f1_per_class(oof.cls_prob[mask], present[mask], thresholds)
         for i, name in enumerate(CLASSES):
-            y, p = present[mask, i], oof.cls_prob[mask, i]
-            auc = roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
-            rows.append({"fold": fold, "class": name, "positives": int(y.sum()), "images": int(mask.sum()),
-                         "roc_auc": auc, "threshold": thresholds[i],
-                         "f1": f1_score(y, p >= thresholds[i], zero_division=0.0)})
+            rows.append({"fold": fold, "class": name, "positives": int(present[mask, i].sum()),
+                         "images": int(mask.sum()), "roc_auc": aucs[i], "threshold": thresholds[i], "f1": f1s[i]})
     return pd.DataFrame(rows)
 
 
@@ -114,7 +110,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], folds: pd.DataFrame, run
     if oof.cls_prob is not None:
         from sklearn.metrics import roc_curve
 
-        present = truth_present(oof)
+        present = oof.truth_present()
         fig, ax = plt.subplots(figsize=(5, 5))
         for i, name in enumerate(CLASSES):
             if 0 < present[:, i].sum() < len(present):
@@ -154,26 +150,30 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
     from common.annotations import read_annotations
     from common.dataset import dataset_from
     from common.metrics import kaggle_score
-    from ensemble.predict import LONG_COLUMNS, Predictor, rows_of
+    from ensemble.members import discover, load_members
+    from ensemble.predict import Predictor, rows_of
     from ensemble.tta import transforms
 
     dataset = dataset_from(images, read_annotations(truth))
     ids = dataset.image_ids[:limit]
-    segs = [m for r in runs for m in _try_members(r, "segmenter")]
-    classifiers = [m for r in runs for m in _try_members(r, "classifier")]
-    if not segs:
-        raise SteelsegError(f"no segmenter checkpoints under {[str(r) for r in runs]}")
-    gated = rules if classifiers or not rules.needs_classifier else replace(rules, gating="none")
+    found = discover(runs)
+    segs, classifiers = load_members(found["segmenter"], "segmenter"), load_members(found["classifier"], "classifier")
+    joints = load_members(found["joint"], "joint")
+    if not segs and not joints:
+        raise SteelsegError(f"no segmenter or joint checkpoints under {[str(r) for r in runs]}")
+    gated = rules if classifiers or joints or not rules.needs_classifier else replace(rules, gating="none")
     flips, none = transforms(["none", "hflip"]), transforms(["none"])
+    one = (segs or joints)[0]
     variants = {
-        "ensemble, TTA none+hflip, tuned gating": (classifiers, segs, flips, gated),
-        "ensemble, no TTA, tuned gating": (classifiers, segs, none, gated),
-        f"one fold ({segs[0].path.parent.parent.name}), TTA, tuned gating": (classifiers[:1], segs[:1], flips, gated),
-        "segmenter ensemble alone, TTA": ([], segs, flips, replace(gated, gating="none")),
+        "ensemble, TTA none+hflip, tuned gating": (classifiers, segs, joints, flips, gated),
+        "ensemble, no TTA, tuned gating": (classifiers, segs, joints, none, gated),
+        f"one fold ({one.path.parent.parent.name}), TTA, tuned gating": (classifiers[:1], segs[:1], joints[:1], flips,
+                                                                         gated),
+        "segmenters alone, TTA": ([], segs, joints, flips, replace(gated, gating="none")),
     }
     rows = []
-    for name, (cls, seg, tta, r) in variants.items():
-        predictor = Predictor(cls, seg, r, tta, tta)
+    for name, (cls, seg, joint, tta, r) in variants.items():
+        predictor = Predictor(cls, seg, r, tta, tta, joints=joint)
         pred = [row for image_id, _, masks in predictor.iter_predictions([dataset.path(i) for i in ids])
                 for row in rows_of(image_id, masks) if row[2]]
         report = kaggle_score(pd.DataFrame(pred, columns=LONG_COLUMNS), dataset.annotations, ids)
@@ -181,18 +181,6 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
                      "overall": report.overall, "all-empty": report.baseline,
                      "segmenter passes skipped": predictor.stats.skipped_share})
     return pd.DataFrame(rows)
-
-
-def _try_members(run: Path, stage: str):
-    from ensemble.models import load_members
-
-    found = []
-    for path in sorted(Path(run).glob("**/checkpoints/best.pt")):
-        try:
-            found.extend(load_members([path], stage))
-        except SteelsegError:
-            continue  # a checkpoint of the other stage
-    return found
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -258,21 +246,22 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="training (multi)run output folders")
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.report", description=__doc__.splitlines()[0],
+        epilog="Arguments with '=' are Hydra overrides of the infer config (the default thresholds).")
+    parser.add_argument("runs", nargs="+", help="training (multi)run output folders or OOF folders; then overrides")
     parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
     parser.add_argument("--images", type=Path, help="labelled holdout images (optional)")
     parser.add_argument("--truth", type=Path, help="truth CSV of --images")
     parser.add_argument("--limit", type=int, default=40, help="at most this many holdout images")
-    parser.add_argument("--postprocess", type=Path, default=DEFAULT_POSTPROCESS)
-    args = parser.parse_args(argv)
-    out = args.out or args.runs[0] / "report"
+    args = parser.parse_intermixed_args(argv)
+    runs, overrides = split_overrides(args.runs)
     try:
-        from omegaconf import OmegaConf
-
-        base = rules_from_config(OmegaConf.to_container(OmegaConf.load(args.postprocess)), {"mode": "veto"})
-        s = build_report(args.runs, out, base, args.images, args.truth, args.limit)
-    except (SteelsegError, ValueError) as exc:
+        if not runs:
+            raise SteelsegError("give at least one training output folder")
+        out = args.out or Path(runs[0]) / "report"
+        s = build_report([Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit)
+    except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"all-empty {s['baseline']:.4f}  default {s['default']:.4f}  tuned ({s['best_mode']}) {s['tuned']:.4f}"

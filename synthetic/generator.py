@@ -4,13 +4,11 @@ Images imitate the real 256x1600 grey steel photos (vertical rolling streaks, st
 lighting, grain, sometimes a dark off-strip margin); defects of the four classes have real-like
 frequencies, co-occurrences and areas, and masks are polygon-like regions as in the real labels.
 
-Usage: ``python -m common.synthetic --out DIR --train N --test M --seed S [--shapes-from CSV]``.
+Usage: ``python -m synthetic --out DIR --train N --test M --seed S [--shapes-from CSV]``.
 Everything is a pure function of the seed: the same seed gives byte-identical CSVs and pixels.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import hashlib
 import json
 import shutil
@@ -22,15 +20,20 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from common.errors import AnnotationError, DatasetError, SteelsegError
+from common.annotations import read_annotations
+from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS, NEW_FORMAT, SUBMISSION_HEADERS
+from common.errors import DatasetError
 from common.io import atomic_write_text
-from common.rle import IMAGE_SHAPE, RLEError, decode, encode, parse
+from common.rle import decode, encode
+
+__all__ = ["VERSION", "SyntheticDataError", "MaskBank", "sample_classes", "draw_mask", "make_background",
+           "render_defect", "make_sample", "sample_rng", "make_image_ids", "generate_dataset", "ensure_dataset",
+           "read_metadata"]
 
 VERSION = 2
 JPEG_QUALITY = 95
-CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
-TRAIN_HEADER = ("ImageId", "ClassId", "EncodedPixels")
-SUBMISSION_HEADER = ("ImageId", "EncodedPixels", "ClassId")
+TRAIN_HEADER = tuple(LONG_COLUMNS)
+SUBMISSION_HEADER = tuple(SUBMISSION_HEADERS[NEW_FORMAT])
 
 # Sets of defect classes per image, counted on the 8379 real train images of image_labels.csv
 # (46.9 % defect-free; class frequencies 7.1 / 2.1 / 40.9 / 6.5 %). The two real 3-class images
@@ -111,14 +114,21 @@ def sample_classes(rng: np.random.Generator) -> tuple[int, ...]:
     return _COMBOS[int(rng.choice(len(_COMBOS), p=_COMBO_P))]
 
 
+def _blob_cluster(rng: np.random.Generator, shape: tuple[int, int], lam: float, n_max: int, margin: float,
+                  spread: float, y_margin: float, rx: tuple[float, float], ry: tuple[float, float],
+                  vertices: tuple[int, int], jitter: float) -> np.ndarray:
+    """1 + Poisson(lam) (at most n_max) irregular blobs scattered by ``spread`` around one column."""
+    h, w = shape
+    n = int(min(1 + rng.poisson(lam), n_max))
+    cx0 = rng.uniform(margin, w - margin)
+    polys = [_polygon(rng, cx0 + rng.normal(0, spread), rng.uniform(y_margin, h - y_margin), rng.uniform(*rx),
+                      rng.uniform(*ry), int(rng.integers(*vertices)), jitter) for _ in range(n)]
+    return _fill(polys, shape)
+
+
 def _mask_class1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Class 1 (pitting): a vertical chain of 1-10 small blobs around one column."""
-    h, w = shape
-    n = int(min(1 + rng.poisson(1.8), 10))
-    cx0 = rng.uniform(40, w - 40)
-    polys = [_polygon(rng, cx0 + rng.normal(0, 20), rng.uniform(10, h - 10), rng.uniform(9, 26),
-                      rng.uniform(18, 50), int(rng.integers(6, 11)), 0.25) for _ in range(n)]
-    return _fill(polys, shape)
+    return _blob_cluster(rng, shape, 1.8, 10, 40, 20, 10, (9, 26), (18, 50), (6, 11), 0.25)
 
 
 def _mask_class2(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -156,12 +166,7 @@ def _mask_class3(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
 
 def _mask_class4(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Class 4 (holes / large dark blotches): 1-5 big irregular blobs close to each other."""
-    h, w = shape
-    n = int(min(1 + rng.poisson(0.8), 5))
-    cx0 = rng.uniform(100, w - 100)
-    polys = [_polygon(rng, cx0 + rng.normal(0, 130), rng.uniform(40, h - 40), rng.uniform(45, 150),
-                      rng.uniform(40, 110), int(rng.integers(10, 20)), 0.3) for _ in range(n)]
-    return _fill(polys, shape)
+    return _blob_cluster(rng, shape, 0.8, 5, 100, 130, 40, (45, 150), (40, 110), (10, 20), 0.3)
 
 
 _MASK_DRAWERS: dict[int, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
@@ -187,32 +192,9 @@ class MaskBank:
 
     @classmethod
     def from_csv(cls, path: Path | str, shape: tuple[int, int] = IMAGE_SHAPE) -> "MaskBank":
-        """Read and validate every row (header, ClassId 1..4, RLE within ``shape``); empty RLEs are skipped."""
-        path = Path(path)
-        try:
-            handle = path.open(newline="")
-        except OSError as exc:
-            raise AnnotationError(f"{path}: cannot read the --shapes-from file ({exc.strerror or exc})") from exc
-        rles: dict[int, list[str]] = {k: [] for k in CLASS_IDS}
-        with handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or [c.strip() for c in header] != list(TRAIN_HEADER):
-                raise AnnotationError(f"{path}: header must be {','.join(TRAIN_HEADER)}, got {header!r}")
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != 3:
-                    raise AnnotationError(f"{path} row {line}: expected 3 fields, got {len(row)}: {row!r}")
-                image_id, class_text, rle = row
-                if class_text.strip() not in {"1", "2", "3", "4"}:
-                    raise AnnotationError(f"{path} row {line} ({image_id}): ClassId must be 1..4, got {class_text!r}")
-                try:
-                    starts, _ = parse(rle, shape)
-                except RLEError as exc:
-                    raise AnnotationError(f"{path} row {line} ({image_id}): invalid EncodedPixels: {exc}") from exc
-                if starts.size:
-                    rles[int(class_text)].append(rle)
+        """Read and validate every row (either Kaggle format, through ``common.annotations``)."""
+        rows = read_annotations(path, shape=shape).rows
+        rles = {k: rows.loc[rows["ClassId"] == k, "EncodedPixels"].tolist() for k in CLASS_IDS}
         return cls(path, rles, shape)
 
     def sample(self, class_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -474,7 +456,7 @@ def generate_dataset(out: Path | str, n_train: int, n_test: int, seed: int,
     submission = [(image_id, "1 409600", 0) for image_id in sorted(ids[n_train:])]
     atomic_write_text(out / "sample_submission.csv", _csv_text(SUBMISSION_HEADER, submission))
     meta = {
-        "generator": "common.synthetic", "version": VERSION, "seed": seed,
+        "generator": "synthetic.generator", "version": VERSION, "seed": seed,
         "n_train": n_train, "n_test": n_test, "image_shape": list(IMAGE_SHAPE), "jpeg_quality": JPEG_QUALITY,
         "shapes_from": str(shapes_from) if shapes_from is not None else None,
         "shapes_from_sha256": _file_sha256(Path(shapes_from)) if shapes_from is not None else None,
@@ -494,29 +476,14 @@ def read_metadata(out: Path | str) -> dict | None:
         return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: generate a dataset, print a one-line summary; input errors exit with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m common.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder (created; a previous synthetic dataset there is replaced)")
-    parser.add_argument("--train", type=int, default=200, help="number of train images (default 200)")
-    parser.add_argument("--test", type=int, default=50, help="number of test images (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--shapes-from", type=Path, default=None,
-                        help="Kaggle train CSV (ImageId,ClassId,EncodedPixels) whose real masks replace drawn shapes")
-    args = parser.parse_args(argv)
-    try:
-        out = generate_dataset(args.out, args.train, args.test, args.seed, args.shapes_from)
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    per = read_metadata(out)["images_per_class"]
-    train = " ".join(f"c{k}={per['train'][str(k)]}" for k in CLASS_IDS)
-    test = " ".join(f"c{k}={per['test'][str(k)]}" for k in CLASS_IDS)
-    print(f"synthetic dataset: {args.train} train ({train} clean={per['train']['none']}), "
-          f"{args.test} test ({test} clean={per['test']['none']}), seed {args.seed} -> {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def ensure_dataset(root: Path | str, n_train: int, n_test: int, seed: int,
+                   shapes_from: Path | str | None = None) -> Path:
+    """Generate the dataset into ``root`` unless the one there was made with the same parameters (and the
+    same ``--shapes-from`` file, by checksum); the ``data.generate`` hook of ``configs/data/synthetic*.yaml``."""
+    root = Path(root)
+    meta = read_metadata(root)
+    sha = _file_sha256(Path(shapes_from)) if shapes_from else None
+    if meta is not None and (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test"),
+                             meta.get("shapes_from_sha256")) == (VERSION, seed, n_train, n_test, sha):
+        return root
+    return generate_dataset(root, n_train, n_test, seed, shapes_from=shapes_from or None)

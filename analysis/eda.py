@@ -1,6 +1,6 @@
 """EDA report of a data root: HTML page with PNG plots and the numbers as tables (plus CSV and JSON).
 
-``python -m common.eda DATA_ROOT --out DIR [--annotations CSV] [--image-ids CSV] [--labels CSV] [--images DIR]``
+``python -m analysis.eda DATA_ROOT --out DIR [--annotations CSV] [--image-ids CSV] [--labels CSV] [--images DIR]``
 Sections per label source (train annotations, test truth, a per-image labels table): images per class,
 labels per image, class combinations, mask area per class, the largest masks; then sample images per
 class with mask contours and the largest masks drawn, from the images on disk; and, when both an RLE file
@@ -22,14 +22,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.annotations import CLASS_IDS, read_annotations  # noqa: E402
-from common.dataset import list_images  # noqa: E402
+from analysis.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
+from common.annotations import read_annotations  # noqa: E402
+from common.constants import CLASS_IDS  # noqa: E402
+from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402
 from common.errors import DatasetError, SteelsegError  # noqa: E402
 from common.images import read_image  # noqa: E402
-from common.io import atomic_write_text  # noqa: E402
+from common.io import CsvError, atomic_write_text, read_csv  # noqa: E402
 from common.layout import DataRoot, find_root, read_id_list, with_overrides  # noqa: E402
-from common.rle import area, decode  # noqa: E402
-from common.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
+from common.rle import area  # noqa: E402
+
+__all__ = ["LabelSource", "image_table", "read_labels_table", "class_counts", "labels_per_image",
+           "class_combinations", "area_stats", "largest_masks", "cross_check", "load_sources", "build_report",
+           "main"]
 
 HAS = [f"has_{c}" for c in CLASS_IDS]
 AREA = [f"area_{c}" for c in CLASS_IDS]
@@ -61,7 +66,10 @@ def image_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> p
 def read_labels_table(path: Path | str) -> pd.DataFrame:
     """A per-image labels CSV (``image_id``, ``has_class_1..4``, ``area_class_1..4``) as has/area columns."""
     path = Path(path)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = read_csv(path).frame()
+    except CsvError as exc:
+        raise DatasetError(str(exc)) from exc
     id_col = "image_id" if "image_id" in frame.columns else "ImageId"
     need = [id_col] + [f"has_class_{c}" for c in CLASS_IDS] + [f"area_class_{c}" for c in CLASS_IDS]
     missing = [c for c in need if c not in frame.columns]
@@ -233,8 +241,7 @@ def plot_examples(items: list[tuple[str, int, Path, dict[int, np.ndarray]]], tit
 
 def masks_of(rows: pd.DataFrame, image_id: str) -> dict[int, np.ndarray]:
     """Decoded class masks of one image from long-form rows."""
-    sel = rows[rows["ImageId"] == image_id]
-    return {int(c): decode(r) for c, r in zip(sel["ClassId"], sel["EncodedPixels"])}
+    return class_masks(rles_by_image(rows[rows["ImageId"] == image_id]).get(image_id, {}))
 
 
 def pick_examples(source: LabelSource, files: dict[str, Path], per_class: int, seed: int) -> dict[int, list[str]]:
@@ -320,7 +327,7 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the report; input errors exit with status 2 and a message naming the file."""
-    parser = argparse.ArgumentParser(prog="python -m common.eda", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.eda", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="data root (Kaggle layout or annotations/ + images/)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for index.html, PNGs and tables")
     parser.add_argument("--annotations", type=Path, help="train annotations CSV (either format) instead of the root's")
@@ -334,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         data = with_overrides(find_root(args.root), train_csv=args.annotations, train_ids_csv=args.image_ids,
                               labels_csv=args.labels, train_images=args.images)
         summary = build_report(data, args.out, per_class=args.per_class, seed=args.seed)
-    except (SteelsegError, ValueError) as exc:
+    except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, s in summary["sources"].items():

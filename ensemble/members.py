@@ -1,0 +1,98 @@
+"""Find and load ensemble members: checkpoint files or training output folders, any number per kind.
+
+Kinds: ``classifier`` (image-level class logits), ``segmenter`` (per-pixel class logits) and ``joint`` (one
+two-headed network giving both, as ``(mask_logits, label_logits)``). Each member carries the
+``Preprocess`` its checkpoint was trained with (``meta.preprocess``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from common.errors import ConfigError
+from common.preprocess import Preprocess
+from engine.checkpoint import CheckpointError, load_model
+
+__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "discover"]
+
+KINDS = ("classifier", "segmenter", "joint")
+CHECKPOINT_GLOB = "**/checkpoints/best.pt"
+
+
+@dataclass
+class Member:
+    """One loaded model with its preprocessing, ensemble weight and provenance."""
+
+    model: nn.Module
+    kind: str
+    path: Path
+    preprocess: Preprocess
+    weight: float = 1.0
+    fold: Any = None
+
+    @property
+    def gives_masks(self) -> bool:
+        return self.kind in ("segmenter", "joint")
+
+    @property
+    def gives_labels(self) -> bool:
+        return self.kind in ("classifier", "joint")
+
+
+def expand(entry: str | Path, kind: str) -> list[Path]:
+    """A checkpoint file as is; a folder -> its ``**/checkpoints/best.pt`` files (sorted); else an error."""
+    path = Path(entry)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(path.glob(CHECKPOINT_GLOB))
+        if not found:
+            raise CheckpointError(f"{path}: no {CHECKPOINT_GLOB} in this {kind} output folder (checkpoints.{kind})")
+        return found
+    raise CheckpointError(f"{path}: {kind} checkpoint or output folder not found (checkpoints.{kind})")
+
+
+def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind: str,
+                 channels_last: bool = True) -> list[Member]:
+    """Load every checkpoint an entry names; entries are paths or ``{path: ..., weight: ...}`` mappings."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown member kind {kind!r}")
+    members: list[Member] = []
+    for entry in entries or []:
+        weight = 1.0
+        if isinstance(entry, Mapping):
+            if "path" not in entry:
+                raise CheckpointError(f"checkpoints.{kind}: entry {dict(entry)} has no 'path'")
+            weight = float(entry.get("weight", 1.0))
+            if not weight >= 0:
+                raise CheckpointError(f"checkpoints.{kind}: weight {entry.get('weight')!r} must be >= 0")
+            entry = entry["path"]
+        for path in expand(entry, kind):
+            model, payload = load_model(path, kind)
+            meta = payload.get("meta") or {}
+            try:
+                preprocess = Preprocess.from_meta(meta.get("preprocess"))
+            except ConfigError as exc:
+                raise CheckpointError(f"{path}: bad meta.preprocess: {exc}") from exc
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            members.append(Member(model.eval(), kind, path, preprocess, weight, meta.get("fold")))
+    return members
+
+
+def discover(runs: Iterable[str | Path]) -> dict[str, list[Path]]:
+    """Checkpoints (``**/checkpoints/best.pt``) under training folders, grouped by the kind each file records."""
+    from engine.checkpoint import load_checkpoint
+
+    found: dict[str, list[Path]] = {kind: [] for kind in KINDS}
+    for run in runs:
+        for path in expand(run, "run"):
+            stage = load_checkpoint(path).get("stage")
+            if stage not in found:
+                raise CheckpointError(f"{path}: checkpoint of unknown kind {stage!r} (expected one of {list(KINDS)})")
+            found[stage].append(path)
+    return found
