@@ -260,6 +260,13 @@ def _amp_settings(settings: TrainerSettings, device: torch.device) -> tuple[bool
     return enabled, getattr(torch, settings.amp_dtype)
 
 
+def as_float(outputs: Any) -> Any:
+    """Model outputs in float32: a tensor, or a tuple/list of tensors (a two-headed model's (masks, labels))."""
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(o.float() for o in outputs)
+    return outputs.float()
+
+
 def _inputs(batch: Mapping[str, Any], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images = batch["image"].to(device, non_blocking=True)
     if channels_last and images.ndim == 4:
@@ -417,7 +424,7 @@ class Engine:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 outputs = model(images)
                 loss = self.spec.loss(outputs, targets)
-            metric.update(outputs.float(), batch)
+            metric.update(as_float(outputs), batch)
             total += loss.item() * len(images)
             count += len(images)
         metrics = metric.compute(gather_rows(metric.state(), self.info))

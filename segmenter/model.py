@@ -1,7 +1,9 @@
-"""Segmenter model factory: ``smp.create_model`` (Unet, FPN, Unet++, ... any smp or ``tu-`` timm encoder).
+"""Segmenter model factories: ``smp.create_model`` (Unet, FPN, Unet++, ... any smp or ``tu-`` timm encoder).
 
-The network maps (B, 3, H, W) images to (B, 4, H, W) logits, one sigmoid channel per defect class;
-H and W must be multiples of 32 (256x1600 and crops such as 256x512 are).
+``create_segmenter``: (B, 3, H, W) images -> (B, 4, H, W) logits, one sigmoid channel per defect class.
+``create_joint``: the same network with smp's classification head on the encoder (``aux_params``), giving
+``(mask_logits (B, 4, H, W), label_logits (B, 4))`` from one pass (the 4th-place two-headed model).
+H and W must be multiples of 32 (256x1600 and crops such as 256x512 are), or use ``input_scale``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from common.errors import SteelsegError
 
 N_CLASSES = 4
 FACTORY = "segmenter.model.create_segmenter"
+JOINT_FACTORY = "segmenter.model.create_joint"
+
+__all__ = ["N_CLASSES", "FACTORY", "JOINT_FACTORY", "ModelConfigError", "Rescaled", "load_encoder_weights",
+           "check_output_size", "create_segmenter", "create_joint", "param_groups"]
 
 
 class ModelConfigError(SteelsegError, ValueError):
@@ -33,15 +39,17 @@ class Rescaled(nn.Module):
         super().__init__()
         self.net, self.scale, self.multiple = net, float(scale), multiple
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False, antialias=True)
         h, w = small.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
         if pad_h or pad_w:
             small = F.pad(small, (0, pad_w, 0, pad_h), mode="reflect")
-        logits = self.net(small)[..., :h, :w]
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out = self.net(small)
+        masks = out[0] if isinstance(out, tuple) else out
+        masks = F.interpolate(masks[..., :h, :w], size=size, mode="bilinear", align_corners=False)
+        return (masks, out[1]) if isinstance(out, tuple) else masks
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -92,11 +100,34 @@ def check_output_size(model: nn.Module, in_channels: int, classes: int, where: s
     was_training = model.training
     model.eval()
     try:
-        shape = tuple(model(torch.zeros(1, in_channels, 64, 96)).shape)
+        out = model(torch.zeros(1, in_channels, 64, 96))
     finally:
         model.train(was_training)
+    shape = tuple((out[0] if isinstance(out, tuple) else out).shape)
     if shape != (1, classes, 64, 96):
         raise ModelConfigError(f"{where}: a 64x96 input gives logits of shape {shape}, expected (1, {classes}, 64, 96)")
+    if isinstance(out, tuple) and tuple(out[1].shape) != (1, classes):
+        raise ModelConfigError(f"{where}: the class head gives shape {tuple(out[1].shape)}, expected (1, {classes})")
+
+
+def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained_path: str | None, classes: int,
+           in_channels: int, input_scale: float, key: str, **kwargs: Any) -> nn.Module:
+    """smp.create_model with errors that name the config key; optional local encoder weights and input scale."""
+    if not 0 < input_scale <= 1:
+        raise ModelConfigError(f"{key}.input_scale must be in (0, 1], got {input_scale}")
+    weights = None if pretrained_path else encoder_weights
+    try:
+        model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,
+                                 in_channels=in_channels, classes=classes, **kwargs)
+    except KeyError as exc:
+        raise ModelConfigError(f"{key}: unknown arch or encoder ({arch!r}, {encoder_name!r}): {exc}") from exc
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:
+        hint = f" (offline? set {key}.pretrained_path to a local file or encoder_weights=null)" if weights else ""
+        raise ModelConfigError(f"{key}: cannot build {arch}/{encoder_name}{hint}: {exc}") from exc
+    if pretrained_path:
+        load_encoder_weights(model, pretrained_path)
+    check_output_size(model, in_channels, classes, f"{key} ({arch}/{encoder_name}, {kwargs})")
+    return Rescaled(model, input_scale) if input_scale != 1 else model
 
 
 def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
@@ -112,26 +143,29 @@ def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder
         input_scale: run the network at this fraction of the input size (1.0 = native), logits resized back.
         kwargs: passed to the architecture (``decoder_channels``, ``decoder_attention_type``, ...).
     """
-    if not 0 < input_scale <= 1:
-        raise ModelConfigError(f"segmenter.model.input_scale must be in (0, 1], got {input_scale}")
-    weights = None if pretrained_path else encoder_weights
-    try:
-        model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,
-                                 in_channels=in_channels, classes=classes, **kwargs)
-    except KeyError as exc:
-        raise ModelConfigError(f"segmenter.model: unknown arch or encoder ({arch!r}, {encoder_name!r}): {exc}") from exc
-    except (RuntimeError, OSError, ValueError) as exc:
-        hint = " (offline? set segmenter.model.pretrained_path to a local file or encoder_weights=null)" \
-            if weights else ""
-        raise ModelConfigError(f"segmenter.model: cannot build {arch}/{encoder_name}{hint}: {exc}") from exc
-    if pretrained_path:
-        load_encoder_weights(model, pretrained_path)
-    check_output_size(model, in_channels, classes, f"segmenter.model ({arch}/{encoder_name}, {kwargs})")
-    return Rescaled(model, input_scale) if input_scale != 1 else model
+    return _build(arch, encoder_name, encoder_weights, pretrained_path, classes, in_channels, input_scale,
+                  "segmenter.model", **kwargs)
+
+
+def create_joint(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
+                 pretrained_path: str | None = None, classes: int = N_CLASSES, in_channels: int = 3,
+                 input_scale: float = 1.0, label_pooling: str = "max", label_dropout: float = 0.0,
+                 **kwargs: Any) -> nn.Module:
+    """A two-headed smp model: ``(mask_logits (B, 4, H, W), label_logits (B, 4))`` from one encoder pass.
+
+    ``label_pooling`` (``max`` or ``avg``) and ``label_dropout`` configure smp's classification head
+    (``aux_params``) on the deepest encoder features; the other arguments are ``create_segmenter``'s.
+    """
+    if label_pooling not in ("max", "avg"):
+        raise ModelConfigError(f"joint.model.label_pooling: expected max or avg, got {label_pooling!r}")
+    aux = {"classes": classes, "pooling": label_pooling, "dropout": float(label_dropout) or None}
+    return _build(arch, encoder_name, encoder_weights, pretrained_path, classes, in_channels, input_scale,
+                  "joint.model", aux_params=aux, **kwargs)
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Encoder (``backbone``, possibly pretrained) vs decoder and heads (``head``), for separate learning rates."""
+    """Encoder (``backbone``, possibly pretrained) vs decoder and heads (``head``), for separate learning rates
+    (segmenters and joint models alike)."""
     net = model.net if isinstance(model, Rescaled) else model
     encoder = {id(p) for p in net.encoder.parameters()}
     params = list(model.parameters())
