@@ -399,18 +399,20 @@ def score(oof: SegmenterOOF, k: int | Sequence[int], min_area: float | Sequence[
     return score_pairs(dice_from_counts(inter, pred, true), true == 0, len(oof))
 
 
-def score_grid(oof: SegmenterOOF, min_areas: Sequence[float]) -> np.ndarray:
+def score_grid(oof: SegmenterOOF, min_areas: Sequence[float], gate: np.ndarray | None = None) -> np.ndarray:
     """Mean Dice per class for every threshold bin and minimum area: array (4, B, len(min_areas)).
 
     ``argmax`` over the last two axes per class gives the best exact (k, min_area) pair; classes are
-    independent, so the best overall score is the mean of the per-class maxima.
+    independent, so the best overall score is the mean of the per-class maxima. ``gate``: (N, 4) bool,
+    False pairs predict nothing (e.g. a classifier veto).
     """
     tail_pos = suffix_sums(oof.hist_pos)[..., :-1]
     tail_all = tail_pos + suffix_sums(oof.hist_neg)[..., :-1]
+    allowed = np.ones((len(oof), N_CLASSES, 1), bool) if gate is None else np.asarray(gate, bool)[..., None]
     true = oof.true_area()[..., None]
     out = np.empty((N_CLASSES, oof.bins, len(min_areas)))
     for j, m in enumerate(min_areas):
-        keep = tail_all >= m
+        keep = (tail_all >= m) & allowed
         d = dice_from_counts(np.where(keep, tail_pos, 0), np.where(keep, tail_all, 0), true)
         out[:, :, j] = d.mean(axis=0) if len(oof) else np.nan
     return out

@@ -224,40 +224,67 @@ def search(oof: OOF, grid: Grid, base: Rules, modes: Sequence[str] = SEARCH_MODE
     return {m: search_mode(oof, m, grid, base) for m in usable}
 
 
-def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> float:
-    """Honest estimate: tune on all folds but one, score the held-out fold, average over images."""
+def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> dict[int, float]:
+    """Honest estimate per class: tune on all folds but one, score the held-out fold, average over images
+    (empty when the OOF holds a single fold)."""
     folds = np.unique(oof.fold)
     if len(folds) < 2:
-        return float("nan")
-    total = 0.0
+        return {}
+    total = {c: 0.0 for c in CLASS_IDS}
     for f in folds:
         held = oof.fold == f
         rules = search_mode(oof.subset(~held), mode, grid, base).rules
-        total += np.mean(list(score_rules(oof.subset(held), rules).values())) * held.sum()
-    return float(total / len(oof.fold))
+        for c, value in score_rules(oof.subset(held), rules).items():
+            total[c] += value * held.sum()
+    return {c: float(v / len(oof.fold)) for c, v in total.items()}
 
 
 def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
                cv: bool = True) -> dict[str, Any]:
-    """Search every mode, pick the best, and summarise: default vs tuned vs cross-validated scores."""
+    """Search every mode and choose what to write without over-fitting.
+
+    Each mode is tuned on all folds (``tuned``) and, with ``cv``, tuned on the other folds and scored on the
+    held-out one (``cross_validated``, the honest figure). The mode with the best cross-validated score wins;
+    if even that does not beat the untuned default rules on the same OOF, the defaults are kept (``decision``
+    says which, and why). Without ``cv`` the best in-sample mode is taken.
+    """
     results = search(oof, grid, base, modes)
-    best = max(results.values(), key=lambda r: r.score)
     # Without classifier OOF a classifier-gated default cannot be scored: it is scored ungated, and says so.
     usable_base = base if (not base.needs_classifier or oof.cls_prob is not None) else replace(base, gating="none")
+    usable_base = replace(usable_base, bins=oof.bins)
     default = score_rules(oof, usable_base)
-    truth_empty = np.stack([ClassCounts.of(oof, i).truth == 0 for i in range(len(CLASS_IDS))], 1)
+    default_mean = float(np.mean(list(default.values())))
+    honest = {m: cross_validated(oof, grid, base, m) for m in results} if cv else {}
+    honest = {m: v for m, v in honest.items() if v}
+    if honest:
+        key = max(honest, key=lambda m: np.mean(list(honest[m].values())))
+        best_cv = float(np.mean(list(honest[key].values())))
+        keep_default = best_cv <= default_mean
+        decision = (f"defaults kept: the best tuned mode ({results[key].mode}) scores {best_cv:.5f} on held-out folds, "
+                    f"not above the defaults' {default_mean:.5f}" if keep_default else
+                    f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the defaults")
+    else:
+        key = max(results, key=lambda m: results[m].score)
+        keep_default, decision = False, f"tuned ({results[key].mode}): best in-sample score (no cross-validation)"
+    best = results[key]
+    truth_empty = oof.truth_present() == 0
     summary = {
         "n_images": int(len(oof.image_ids)), "bins": oof.bins, "best_mode": best.mode,
         "tuned": best.score, "tuned_per_class": best.per_class,
-        "default": float(np.mean(list(default.values()))), "default_per_class": default,
-        "default_gating": usable_base.gating,
+        "default": default_mean, "default_per_class": default, "default_gating": usable_base.gating,
         "baseline": float(truth_empty.mean()),
         "baseline_per_class": {c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
-        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict()} for m, r in results.items()},
+        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict(),
+                      **({"cross_validated": float(np.mean(list(honest[m].values()))),
+                          "cross_validated_per_class": honest[m]} if m in honest else {})}
+                  for m, r in results.items()},
+        "decision": decision, "written": "default" if keep_default else "tuned",
     }
-    if cv:
-        summary["cross_validated"] = cross_validated(oof, grid, base, {"label": "none"}.get(best.mode, best.mode))
-    return {"summary": summary, "best": best, "results": results}
+    if key in honest:
+        summary["cross_validated"] = float(np.mean(list(honest[key].values())))
+        summary["cross_validated_per_class"] = honest[key]
+    chosen = usable_base if keep_default else best.rules
+    return {"summary": summary, "best": best, "results": results, "chosen": chosen}
 
 
 def default_rules(overrides: Sequence[str] = ()) -> Rules:
@@ -290,8 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid = Grid.make(oof.bins, area_scale=base.area_scale)
         out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
         s = out["summary"]
-        write_thresholds(args.out, out["best"].rules, {"scores": s, "sources": [str(r) for r in runs],
-                                                       "overrides": overrides})
+        write_thresholds(args.out, out["chosen"], {"scores": s, "sources": [str(r) for r in runs],
+                                                   "overrides": overrides})
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -299,8 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
           + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))
     for mode, r in s["modes"].items():
-        print(f"  {mode:6s} {r['score']:.5f}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
-    print(f"thresholds: {args.out}")
+        cv = f" (other folds {r['cross_validated']:.5f})" if "cross_validated" in r else ""
+        print(f"  {mode:6s} {r['score']:.5f}{cv}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
+    print(f"{s['decision']}\nthresholds: {args.out}")
     return 0
 
 

@@ -36,7 +36,7 @@ def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop") -> tuple
 
 
 def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None,
-                        seed: int) -> list[str]:
+                        seed: int, stage: str = "segmenter") -> list[str]:
     """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per defect one.
 
     ``clean_ratio=0`` trains on defect images only. The clean images are a fixed random draw (seeded); asking
@@ -46,16 +46,16 @@ def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ra
     if clean_ratio is None:
         return ids
     if clean_ratio < 0:
-        raise ConfigError(f"segmenter.clean_ratio: must be >= 0 or null, got {clean_ratio}")
+        raise ConfigError(f"{stage}.clean_ratio: must be >= 0 or null, got {clean_ratio}")
     has_defect = labels.loc[ids].to_numpy().any(axis=1)
     defect = [i for i, d in zip(ids, has_defect) if d]
     clean = [i for i, d in zip(ids, has_defect) if not d]
     n_clean = int(round(clean_ratio * len(defect)))
     if n_clean > len(clean):
-        raise ConfigError(f"segmenter.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
+        raise ConfigError(f"{stage}.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
                           f"defect ones, the fold has {len(clean)}; lower it or use null for all images")
     if not defect:
-        raise ConfigError("segmenter.clean_ratio: the training fold has no defect images")
+        raise ConfigError(f"{stage}.clean_ratio: the training fold has no defect images")
     rng = np.random.default_rng(seed)
     picked = set(rng.choice(len(clean), size=n_clean, replace=False).tolist()) if n_clean else set()
     chosen = set(defect) | {clean[i] for i in picked}
@@ -73,23 +73,29 @@ def build_train_augment(crop: tuple[int, int] | None, nodes: Sequence[Any] | Non
     the image has any, albumentations' CropNonEmptyMaskIfExists; faster learning on small data).
     """
     if crop_mode not in CROP_MODES:
-        raise ConfigError(f"segmenter.crop_mode: expected one of {sorted(CROP_MODES)}, got {crop_mode!r}")
+        stage = key.split(".")[0]
+        raise ConfigError(f"{stage}.crop_mode: expected one of {sorted(CROP_MODES)}, got {crop_mode!r}")
     crop_node = [] if crop is None else [{"_target_": CROP_MODES[crop_mode], "height": crop[0], "width": crop[1]}]
     return build_augment(crop_node + list(nodes or []), key, seed=seed)
 
 
 class SegmentationDataset(Dataset):
-    """Items ``{"image": float (3, H, W), "target": float (4, H, W) 0/1, "image_id": str}``."""
+    """Items ``{"image": float (3, H, W), "target": float (4, H, W) 0/1, "image_id": str}``.
+
+    ``cache`` keeps each decoded, prepared uint8 image in memory (per loader worker; ~1.2 MB an image): for
+    small datasets, where JPEG decoding would dominate an epoch. Masks are decoded from RLE each time (fast).
+    """
 
     def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, cache: bool = False, stage: str = "segmenter") -> None:
         if preprocess.size is not None:
-            raise ConfigError("segmenter.preprocess.size: must be null (masks are scored at 256x1600); "
-                              "use segmenter.model.input_scale to run the network at a lower resolution")
+            raise ConfigError(f"{stage}.preprocess.size: must be null (masks are scored at 256x1600); "
+                              f"use {stage}.model.input_scale to run the network at a lower resolution")
         if not dataset.labelled:
             raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
         self.dataset, self.image_ids = dataset, list(image_ids)
         self.preprocess, self.augment = preprocess, augment
+        self.cache: dict[str, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -102,7 +108,12 @@ class SegmentationDataset(Dataset):
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Augmented uint8 image (H, W, 3) and mask (4, H, W) of one item, before normalisation."""
         image_id = self.image_ids[index]
-        image, mask = self.preprocess.prepare(self.dataset.image(image_id)), self.dataset.masks(image_id)
+        image = self.cache.get(image_id) if self.cache is not None else None
+        if image is None:
+            image = self.preprocess.prepare(self.dataset.image(image_id))
+            if self.cache is not None:
+                self.cache[image_id] = image
+        mask = self.dataset.masks(image_id)
         if self.augment is not None:
             image, mask = self.augment(image, mask)
         return image, mask
