@@ -111,6 +111,7 @@ class TrainerSettings:
     epochs: int = 10
     batch_size: int = 16
     val_batch_size: int | None = None
+    val_every: int = 1
     num_workers: int = 0
     accumulate: int = 1
     grad_clip: float | None = None
@@ -131,7 +132,7 @@ class TrainerSettings:
         if unknown:
             raise ConfigError(f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}")
         settings = cls(**node, patience=stop.get("patience"), min_delta=float(stop.get("min_delta", 0.0)))
-        for key in ("epochs", "batch_size", "accumulate"):
+        for key in ("epochs", "batch_size", "accumulate", "val_every"):
             if int(getattr(settings, key)) < 1:
                 raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(settings, key)}")
         if settings.amp_dtype not in ("float16", "bfloat16"):
@@ -328,6 +329,7 @@ class Engine:
         self.bad_epochs = 0
         self.start_epoch = 0
         self.finished = False
+        self._seen = 0
 
     # -- data
 
@@ -385,6 +387,7 @@ class Engine:
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count, n = 0.0, 0, len(self.train_loader)
+        self._seen = 0
         bar = tqdm(self.train_loader, desc=f"{self.spec.name} fold {self.ctx.fold} epoch {epoch}", leave=False,
                    disable=not (s.progress and self.info.is_main), dynamic_ncols=True)
         for i, batch in enumerate(bar):
@@ -408,6 +411,7 @@ class Engine:
                 self.scheduler.step()
             total += loss.item() * len(images)
             count += len(images)
+            self._seen = count
             bar.set_postfix(loss=f"{total / count:.4f}")
         return mean_over_ranks(total, count, self.info)
 
@@ -469,17 +473,24 @@ class Engine:
                 started = time.perf_counter()
                 self._start_epoch(epoch)
                 train_loss = self._train_epoch(epoch)
-                val_loss, metrics = self.validate()
-                value = float(metrics[self.spec.monitor])
-                improved = self._improved(value)
-                if improved:
-                    self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
-                else:
-                    self.bad_epochs += 1
+                train_s = time.perf_counter() - started
+                last = epoch + 1 == s.epochs
+                validated = last or (epoch + 1) % int(s.val_every) == 0
+                val_loss, metrics, value, improved = float("nan"), {}, float("nan"), False
+                if validated:
+                    val_loss, metrics = self.validate()
+                    value = float(metrics[self.spec.monitor])
+                    improved = self._improved(value)
+                    if improved:
+                        self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+                    else:
+                        self.bad_epochs += 1
                 stopped_early = bool(s.patience) and self.bad_epochs >= int(s.patience)
-                self.finished = all_or_none(stopped_early or epoch + 1 == s.epochs, info)
+                self.finished = all_or_none(stopped_early or last, info)
                 row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                       **current_lrs(self.optimizer), "time_s": time.perf_counter() - started}
+                       **current_lrs(self.optimizer), "train_s": train_s,
+                       "train_images_per_s": self._seen / train_s if train_s > 0 else float("nan"),
+                       "time_s": time.perf_counter() - started}
                 self.history.append(row)
                 if info.is_main:
                     meta = self._meta(epoch, {"val_loss": val_loss, **metrics})
@@ -489,8 +500,9 @@ class Engine:
                                     extra={"train_state": self._train_state(epoch)})
                     self._write_logs(writer, row)
                     print(f"[{self.spec.name}] fold {self.ctx.fold} epoch {epoch}: train_loss {train_loss:.4f} "
-                          f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}"
-                          + (" *" if improved else ""), flush=True)
+                          + (f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}" if validated else
+                             "(not validated)") + (" *" if improved else "")
+                          + f" [{row['train_images_per_s']:.1f} img/s]", flush=True)
                 barrier(info)
         finally:
             if writer is not None:

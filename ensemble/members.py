@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.preprocess import Preprocess
 from engine.checkpoint import CheckpointError, load_model
 
-__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "discover"]
+__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "expand_runs", "discover"]
 
 KINDS = ("classifier", "segmenter", "joint")
 CHECKPOINT_GLOB = "**/checkpoints/best.pt"
@@ -82,6 +82,23 @@ def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind:
                 model = model.to(memory_format=torch.channels_last)
             members.append(Member(model.eval(), kind, path, preprocess, weight, meta.get("fold")))
     return members
+
+
+def expand_runs(patterns: Iterable[str | Path], key: str = "checkpoints.runs") -> list[Path]:
+    """Training folders from paths or glob patterns (``outputs/train/*/demo``); a pattern matching nothing is an
+    error naming ``key``."""
+    import glob
+
+    out: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        matches = [m for m in matches if Path(m).exists()]
+        if not matches:
+            raise CheckpointError(f"{key}: {text!r} matches no training folder or checkpoint (train first, or set "
+                                  f"{key}=[...] / checkpoints.classifier|segmenter|joint=[...])")
+        out.extend(Path(m) for m in matches)
+    return out
 
 
 def discover(runs: Iterable[str | Path]) -> dict[str, list[Path]]:

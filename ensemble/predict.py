@@ -24,13 +24,13 @@ from common.images import read_image
 from common.preprocess import Preprocess
 from common.rle import encode
 from ensemble.gating import get_gate, segment_needed
-from ensemble.members import Member, load_members
+from ensemble.members import KINDS, Member, discover, expand_runs, load_members
 from ensemble.postprocess import postprocess
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.tta import Flip, transforms
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_rules", "build_predictor",
+__all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_rules", "member_entries", "build_predictor",
            "predict_images"]
 
 
@@ -215,6 +215,19 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
     return rules
 
 
+def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Checkpoint entries per kind: ``checkpoints.classifier|segmenter|joint`` as given, plus every checkpoint
+    under ``checkpoints.runs`` (training folders or glob patterns) by the kind its file records."""
+    unknown = set(ckpt) - {"runs", *KINDS}
+    if unknown:
+        raise RulesError(f"checkpoints: unknown key(s) {sorted(unknown)}; known: runs, {', '.join(KINDS)}")
+    entries = {kind: list(ckpt.get(kind) or []) for kind in KINDS}
+    if ckpt.get("runs"):
+        for kind, paths in discover(expand_runs(ckpt["runs"])).items():
+            entries[kind].extend(paths)
+    return entries
+
+
 def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ...)."""
     device = str(cfg.get("device", "cpu"))
@@ -223,11 +236,11 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
     channels_last = bool(cfg.get("channels_last", True))
-    ckpt = cfg["checkpoints"]
+    entries = member_entries(cfg["checkpoints"])
     return Predictor(
-        classifiers=load_members(ckpt.get("classifier"), "classifier", channels_last),
-        segmenters=load_members(ckpt.get("segmenter"), "segmenter", channels_last),
-        joints=load_members(ckpt.get("joint"), "joint", channels_last),
+        classifiers=load_members(entries["classifier"], "classifier", channels_last),
+        segmenters=load_members(entries["segmenter"], "segmenter", channels_last),
+        joints=load_members(entries["joint"], "joint", channels_last),
         rules=load_rules(cfg),
         tta_classifier=transforms(list(cfg["tta"]["classifier"])),
         tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),

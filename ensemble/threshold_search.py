@@ -33,13 +33,14 @@ import numpy as np
 
 from common.constants import CLASS_IDS
 from common.errors import OOFError, SteelsegError
+from common.metrics import dice_from_counts
 from common.oof import OOF, load_oof
 from ensemble.gating import Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
 __all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores", "ModeResult", "search_mode",
-           "score_rules", "search", "cross_validated", "run_search", "main"]
+           "pair_outcomes", "score_rules", "search", "cross_validated", "run_search", "main"]
 
 SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
 DEFAULT_GRID = {
@@ -197,9 +198,9 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
     return ModeResult(gating, rules, float(np.mean(list(per_class.values()))), per_class, curves)
 
 
-def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
-    """Mean pair score per class of fixed rules on the OOF (e.g. the 'default thresholds' figure): the very
-    per-pair rules inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
+def pair_outcomes(oof: OOF, rules: Rules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection, predicted area, true area), each (N, 4), of fixed rules on the OOF: the very per-pair rules
+    inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
     if rules.bins != oof.bins:
         raise OOFError(f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
                        f"{oof.bins} bins; set postprocess.bins={oof.bins}")
@@ -207,13 +208,19 @@ def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
     if gate.needs_classifier and oof.cls_prob is None:
         raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
     pairs = pair_rules(rules, oof.max_prob, oof.cls_prob if gate.needs_classifier else None)
-    out = {}
-    for i, c in enumerate(CLASS_IDS):
+    inter, pred, truth = (np.zeros((len(oof), len(CLASS_IDS)), np.int64) for _ in range(3))
+    for i in range(len(CLASS_IDS)):
         counts = ClassCounts.of(oof, i)
-        gain, pred = counts.gain(pairs.k[:, i])
-        keep = pairs.keep[:, i] & (pred > 0) & (pred >= pairs.min_area[:, i])
-        out[c] = float(((counts.truth == 0).sum() + gain[keep].sum()) / len(keep))
-    return out
+        a, p = counts.at(pairs.k[:, i])
+        keep = pairs.keep[:, i] & (p >= pairs.min_area[:, i])
+        inter[:, i], pred[:, i], truth[:, i] = np.where(keep, a, 0), np.where(keep, p, 0), counts.truth
+    return inter, pred, truth
+
+
+def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
+    """Mean pair score per class of fixed rules on the OOF (e.g. the 'default thresholds' figure)."""
+    dice = dice_from_counts(*pair_outcomes(oof, rules))
+    return {c: float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
 
 
 def search(oof: OOF, grid: Grid, base: Rules, modes: Sequence[str] = SEARCH_MODES) -> dict[str, ModeResult]:
@@ -298,13 +305,24 @@ def default_rules(overrides: Sequence[str] = ()) -> Rules:
     return load_rules(plain)
 
 
+def has_checkpoints(entries: Sequence[str | Path]) -> bool:
+    """True when an entry is a training folder holding checkpoints (not only OOF files)."""
+    return any(Path(e).is_dir() and next(Path(e).glob("**/checkpoints/best.pt"), None) is not None for e in entries)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place "
-               "ensemble.gating.mode=soft): the default thresholds are what infer.py applies with them.")
+        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place tta=flips "
+               "ensemble.gating.mode=soft): the OOF is predicted, and the default thresholds are, what infer.py "
+               "does with them.")
     parser.add_argument("runs", nargs="+", help="training output folders, OOF folders or OOF files; then overrides")
     parser.add_argument("--out", type=Path, required=True, help="thresholds file to write (JSON)")
+    parser.add_argument("--oof-dir", type=Path, help="where training folders' ensemble OOF is written "
+                        "(default: next to --out, <name>_oof/)")
+    parser.add_argument("--from-files", action="store_true",
+                        help="score the runs' own OOF files (written at training, no TTA) instead of predicting the "
+                             "ensemble OOF the way infer.py predicts")
     parser.add_argument("--modes", default=",".join(SEARCH_MODES), help=f"comma-separated, from {SEARCH_MODES}")
     parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
     args = parser.parse_intermixed_args(argv)
@@ -313,12 +331,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             raise OOFError("give at least one training output folder or OOF file")
         base = default_rules(overrides)
-        oof = load_oof(runs)
+        entries = runs
+        if has_checkpoints(runs) and not args.from_files:
+            from ensemble.oof import ensemble_oof
+            from ensemble.predict import set_threads
+            from ensemble.settings import compose_infer, section
+
+            cfg = compose_infer(overrides)
+            plain = {**section(cfg, "tta", "ensemble"),
+                     **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
+            set_threads(cfg.get("threads"))
+            oof_dir = args.oof_dir or args.out.parent / f"{args.out.stem}_oof"
+            made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
+            print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
+                  f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")
+            entries = [oof_dir]
+        oof = load_oof(entries)
         grid = Grid.make(oof.bins, area_scale=base.area_scale)
         out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
         s = out["summary"]
         write_thresholds(args.out, out["chosen"], {"scores": s, "sources": [str(r) for r in runs],
-                                                   "overrides": overrides})
+                                                   "oof": [str(e) for e in entries], "overrides": overrides})
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
