@@ -26,13 +26,13 @@ import pandas as pd
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
-from common.metrics import dice_from_counts, f1_per_class, roc_auc_per_class
+from common.metrics import dice_from_counts, f1_per_class, gap_closed, roc_auc_per_class
 from common.oof import CLASSIFIER_FILE, SEGMENTER_FILE, OOF, find_files, load_oof
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 from ensemble.threshold_search import Grid, default_rules, pair_outcomes, run_search, score_rules
 
-__all__ = ["gap_closed", "per_fold_table", "pair_table", "classifier_table", "members_table", "holdout_table",
+__all__ = ["per_fold_table", "pair_table", "classifier_table", "members_table", "holdout_table",
            "build_report", "main"]
 
 CLASSES = [f"class {c}" for c in CLASS_IDS]
@@ -40,11 +40,6 @@ CLASSES = [f"class {c}" for c in CLASS_IDS]
 
 def _mean(scores: dict[int, float]) -> float:
     return float(np.mean(list(scores.values())))
-
-
-def gap_closed(score: float, baseline: float) -> float:
-    """Share of the gap between the all-empty score and a perfect 1.0 that ``score`` closes."""
-    return (score - baseline) / (1 - baseline) if baseline < 1 else float("nan")
 
 
 def _row(name: str, per_class: dict[int, float], baseline: float, **extra: Any) -> dict[str, Any]:

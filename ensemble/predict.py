@@ -16,7 +16,6 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS
@@ -29,6 +28,7 @@ from ensemble.postprocess import postprocess
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.tta import Flip, transforms
+from segmenter.metrics import to_full_size
 
 __all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_rules", "member_entries", "build_predictor",
            "predict_images"]
@@ -132,11 +132,11 @@ class Predictor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _dense(self, prob: torch.Tensor) -> torch.Tensor:
-        """Probabilities of a member run at another input size, resized to the image size."""
-        if prob.shape[-2:] != IMAGE_SHAPE:
-            prob = F.interpolate(prob, size=IMAGE_SHAPE, mode="bilinear", align_corners=False)
-        return prob
+    @staticmethod
+    def _dense(prob: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a member run at another input size, resized to the image size (the rule validation
+        and the stage OOF use too)."""
+        return to_full_size(prob, IMAGE_SHAPE)
 
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[torch.Tensor], gate: bool = True

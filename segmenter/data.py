@@ -1,7 +1,10 @@
 """Segmenter view of a SteelDataset: image tensors with 4-channel masks, random crops for training.
 
-Training items are random crops (``crop: [height, width]``, multiples of 32) taken by albumentations
-together with the mask, then the configured augmentations; validation items are the full 256x1600 image.
+Images are first prepared at the network input size (``preprocess.size``, e.g. [64, 416]: a quarter of
+256x1600; None keeps the full size) and masks resized with them (nearest neighbour). Training items are then
+random crops (``crop: [height, width]`` in network-input pixels, multiples of 32) taken by albumentations
+together with the mask, and the configured augmentations; validation items are whole images whose items also
+carry the full-size ``truth`` masks, against which the upsampled predictions are scored (as inference does).
 """
 from __future__ import annotations
 
@@ -21,15 +24,19 @@ from engine.augment import Augment, build_augment
 __all__ = ["check_crop", "select_training_ids", "CROP_MODES", "build_train_augment", "SegmentationDataset"]
 
 
-def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop") -> tuple[int, int] | None:
-    """(height, width) of the training crop, checked against the image and the encoder stride; None = full image."""
+def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
+               size: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """(height, width) of the training crop, checked against the network input size (``size``, default the
+    full image) and the encoder stride; None = whole images."""
     if crop is None:
         return None
     if len(crop) != 2:
         raise ConfigError(f"{key}: expected [height, width], got {list(crop)}")
     height, width = int(crop[0]), int(crop[1])
-    if height > IMAGE_SHAPE[0] or width > IMAGE_SHAPE[1] or height <= 0 or width <= 0:
-        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} images")
+    full = tuple(size) if size is not None else IMAGE_SHAPE
+    if height > full[0] or width > full[1] or height <= 0 or width <= 0:
+        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {full[0]}x{full[1]} network input "
+                          "(the crop is in network-input pixels, after preprocess.size)")
     if height % 32 or width % 32:
         raise ConfigError(f"{key}: crop {height}x{width} must be multiples of 32 for the encoder")
     return height, width
@@ -80,21 +87,23 @@ def build_train_augment(crop: tuple[int, int] | None, nodes: Sequence[Any] | Non
 
 
 class SegmentationDataset(Dataset):
-    """Items ``{"image": float (3, H, W), "target": float (4, H, W) 0/1, "image_id": str}``.
+    """Items ``{"image": float (3, h, w), "target": float (4, h, w) 0/1, "image_id": str}`` at the network input
+    size, plus ``"truth"``: uint8 (4, 256, 1600) full-size masks when ``full_truth`` (validation).
 
-    ``cache`` keeps each decoded, prepared uint8 image in memory (per loader worker; ~1.2 MB an image): for
-    small datasets, where JPEG decoding would dominate an epoch. Masks are decoded from RLE each time (fast).
+    ``cache`` keeps each decoded, prepared uint8 image in memory (per loader worker): for small datasets, where
+    JPEG decoding would dominate an epoch. Masks are decoded from RLE each time (fast).
     """
 
     def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None, cache: bool = False, stage: str = "segmenter") -> None:
-        if preprocess.size is not None:
-            raise ConfigError(f"{stage}.preprocess.size: must be null (masks are scored at 256x1600); "
-                              f"use {stage}.model.input_scale to run the network at a lower resolution")
+                 augment: Augment | None = None, cache: bool = False, stage: str = "segmenter",
+                 full_truth: bool = False) -> None:
+        if preprocess.size is not None and any(v % 32 for v in preprocess.size):
+            raise ConfigError(f"{stage}.preprocess.size: {list(preprocess.size)} must be multiples of 32 for the "
+                              "encoder (e.g. [64, 416] or [128, 800])")
         if not dataset.labelled:
             raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
         self.dataset, self.image_ids = dataset, list(image_ids)
-        self.preprocess, self.augment = preprocess, augment
+        self.preprocess, self.augment, self.full_truth = preprocess, augment, full_truth
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -105,21 +114,25 @@ class SegmentationDataset(Dataset):
         if self.augment is not None:
             self.augment.set_seed(seed)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Augmented uint8 image (H, W, 3) and mask (4, H, W) of one item, before normalisation."""
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented uint8 image (h, w, 3) and mask (4, h, w) at the network input size, before normalisation,
+        and the full-size masks (4, 256, 1600) of the image."""
         image_id = self.image_ids[index]
         image = self.cache.get(image_id) if self.cache is not None else None
         if image is None:
             image = self.preprocess.prepare(self.dataset.image(image_id))
             if self.cache is not None:
                 self.cache[image_id] = image
-        mask = self.dataset.masks(image_id)
+        full = self.dataset.masks(image_id)
+        mask = self.preprocess.prepare_mask(full)
         if self.augment is not None:
             image, mask = self.augment(image, mask)
-        return image, mask
+        return image, mask, full
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.sample(index)
-        return {"image": torch.from_numpy(self.preprocess.normalize(image)),
-                "target": torch.from_numpy(mask.astype(np.float32)),
-                "image_id": self.image_ids[index]}
+        image, mask, full = self.sample(index)
+        item = {"image": torch.from_numpy(self.preprocess.normalize(image)),
+                "target": torch.from_numpy(mask.astype(np.float32)), "image_id": self.image_ids[index]}
+        if self.full_truth:
+            item["truth"] = torch.from_numpy(full)
+        return item

@@ -27,7 +27,7 @@ from common.oof import (CLASSIFIER_FILE, SEGMENTER_FILE, ClassifierOOF, OOFAccum
 from common.preprocess import Preprocess
 from engine.loop import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
-from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof
+from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
 from segmenter.model import param_groups
 from segmenter.stage import build_loss, init_weights, sample_weights
 
@@ -101,7 +101,8 @@ def write_joint_oof(model: nn.Module, run_dir: Path, device: torch.device, *, da
     ids, probs = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         mask_logits, label_logits = model(batch["image"].to(device))
-        acc.add_batch(batch["image_id"], torch.sigmoid(mask_logits.float()), batch["target"].to(device))
+        truth = truth_of(batch, device)
+        acc.add_batch(batch["image_id"], to_full_size(torch.sigmoid(mask_logits.float()), truth.shape[-2:]), truth)
         ids.extend(batch["image_id"])
         probs.append(torch.sigmoid(label_logits.float()).cpu().numpy())
     write_classifier_oof(Path(run_dir) / CLASSIFIER_FILE,
@@ -115,7 +116,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     ``cfg.data``; bad settings stop here, before any data is read."""
     j = cfg.joint
     model_config = to_plain(j.model)
-    crop = check_crop(j.get("crop"), "joint.crop")
+    preprocess = Preprocess.from_config(j.preprocess)
+    crop = check_crop(j.get("crop"), "joint.crop", preprocess.size)
     validation = j.validation
     metric = partial(JointMetric, validation.threshold, validation.min_area, int(validation.bins))
     metric()
@@ -129,12 +131,12 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     dataset = load_train(cfg.data)
     train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
     train_ids = select_training_ids(dataset.labels, train_ids, j.get("clean_ratio"), int(cfg.seed), STAGE)
-    preprocess = Preprocess.from_config(j.preprocess)
     augment = build_train_augment(crop, j.get("augment"), int(cfg.seed), str(j.get("crop_mode", "random")),
                                   key="joint.augment")
     cache = bool(j.get("cache_images", False))
     train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache, STAGE)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=STAGE)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=STAGE,
+                                  full_truth=preprocess.size is not None)
     val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,

@@ -19,7 +19,7 @@ from common.sampling import sample_weights
 from engine.checkpoint import load_checkpoint, unwrap
 from engine.loop import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
-from segmenter.metrics import SegmenterMetric
+from segmenter.metrics import SegmenterMetric, to_full_size, truth_of
 from segmenter.model import param_groups
 
 __all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "sample_weights", "make_stage"]
@@ -34,8 +34,9 @@ def write_segmenter_oof_file(model: nn.Module, run_dir: Path, device: torch.devi
     model.eval()
     acc = OOFAccumulator(fold, bins)
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs = torch.sigmoid(model(batch["image"].to(device)).float())
-        acc.add_batch(batch["image_id"], probs, batch["target"].to(device))
+        truth = truth_of(batch, device)
+        probs = to_full_size(torch.sigmoid(model(batch["image"].to(device)).float()), truth.shape[-2:])
+        acc.add_batch(batch["image_id"], probs, truth)
     return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
 
 
@@ -62,7 +63,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
     s = cfg.segmenter
     model_config = to_plain(s.model)
-    crop = check_crop(s.get("crop"))
+    preprocess = Preprocess.from_config(s.preprocess)
+    crop = check_crop(s.get("crop"), "segmenter.crop", preprocess.size)
     validation = s.validation
     metric = partial(SegmenterMetric, validation.threshold, validation.min_area, int(validation.bins))
     metric()  # checks threshold / min_area before any data is read
@@ -74,11 +76,10 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     dataset = load_train(cfg.data)
     train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
     train_ids = select_training_ids(dataset.labels, train_ids, s.get("clean_ratio"), int(cfg.seed))
-    preprocess = Preprocess.from_config(s.preprocess)
     augment = build_train_augment(crop, s.get("augment"), int(cfg.seed), str(s.get("crop_mode", "random")))
     cache = bool(s.get("cache_images", False))
     train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, full_truth=preprocess.size is not None)
     val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
