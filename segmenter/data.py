@@ -90,8 +90,8 @@ class SegmentationDataset(Dataset):
     """Items ``{"image": float (3, h, w), "target": float (4, h, w) 0/1, "image_id": str}`` at the network input
     size, plus ``"truth"``: uint8 (4, 256, 1600) full-size masks when ``full_truth`` (validation).
 
-    ``cache`` keeps each decoded, prepared uint8 image in memory (per loader worker): for small datasets, where
-    JPEG decoding would dominate an epoch. Masks are decoded from RLE each time (fast).
+    ``cache`` keeps each decoded, prepared uint8 image and its masks at the network input size in memory (per
+    loader worker): for small datasets, where decoding would dominate an epoch.
     """
 
     def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
@@ -104,7 +104,7 @@ class SegmentationDataset(Dataset):
             raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
         self.dataset, self.image_ids = dataset, list(image_ids)
         self.preprocess, self.augment, self.full_truth = preprocess, augment, full_truth
-        self.cache: dict[str, np.ndarray] | None = {} if cache else None
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -114,17 +114,17 @@ class SegmentationDataset(Dataset):
         if self.augment is not None:
             self.augment.set_seed(seed)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Augmented uint8 image (h, w, 3) and mask (4, h, w) at the network input size, before normalisation,
-        and the full-size masks (4, 256, 1600) of the image."""
+        and the full-size masks (4, 256, 1600) of the image (None for cached training items)."""
         image_id = self.image_ids[index]
-        image = self.cache.get(image_id) if self.cache is not None else None
-        if image is None:
-            image = self.preprocess.prepare(self.dataset.image(image_id))
+        cached = self.cache.get(image_id) if self.cache is not None else None
+        full = self.dataset.masks(image_id) if cached is None or self.full_truth else None
+        if cached is None:
+            cached = self.preprocess.prepare(self.dataset.image(image_id)), self.preprocess.prepare_mask(full)
             if self.cache is not None:
-                self.cache[image_id] = image
-        full = self.dataset.masks(image_id)
-        mask = self.preprocess.prepare_mask(full)
+                self.cache[image_id] = cached
+        image, mask = cached
         if self.augment is not None:
             image, mask = self.augment(image, mask)
         return image, mask, full
