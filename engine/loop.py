@@ -112,6 +112,7 @@ class TrainerSettings:
     batch_size: int = 16
     val_batch_size: int | None = None
     val_every: int = 1
+    samples_per_epoch: int | None = None
     num_workers: int = 0
     accumulate: int = 1
     grad_clip: float | None = None
@@ -132,6 +133,8 @@ class TrainerSettings:
         if unknown:
             raise ConfigError(f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}")
         settings = cls(**node, patience=stop.get("patience"), min_delta=float(stop.get("min_delta", 0.0)))
+        if settings.samples_per_epoch is not None and int(settings.samples_per_epoch) < 1:
+            raise ConfigError(f"trainer.samples_per_epoch: must be >= 1 or null, got {settings.samples_per_epoch}")
         for key in ("epochs", "batch_size", "accumulate", "val_every"):
             if int(getattr(settings, key)) < 1:
                 raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(settings, key)}")
@@ -335,8 +338,10 @@ class Engine:
 
     def _train_loader(self) -> tuple[DataLoader, Any, torch.Generator]:
         spec, s, info = self.spec, self.settings, self.info
-        if spec.sample_weights is not None:
-            sampler: Any = WeightedShardSampler(spec.sample_weights, info, self.ctx.seed)
+        if spec.sample_weights is not None or s.samples_per_epoch:
+            # A fixed number of draws per epoch makes the training length independent of the dataset's size.
+            weights = spec.sample_weights if spec.sample_weights is not None else [1.0] * len(spec.train_set)
+            sampler: Any = WeightedShardSampler(weights, info, self.ctx.seed, s.samples_per_epoch)
         else:
             sampler = DistributedSampler(spec.train_set, num_replicas=info.world_size, rank=info.rank,
                                          shuffle=True, seed=self.ctx.seed, drop_last=False)
