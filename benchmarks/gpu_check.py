@@ -240,21 +240,21 @@ def main() -> int:
     def ensemble():
         members = make_ensemble(work / "ensemble", trained)
         out = work / "infer"
-        infer = [sys.executable, "infer.py", *members, f"images={big / 'test_images'}", "tta=hflip",
-                 "ensemble.gating.mode=none", f"batch_size={args.batch}", f"num_workers={workers}", "progress=false",
-                 f"device={args.device}", f"hydra.run.dir={out}", "data=kaggle", f"data.root={big}",
-                 "data.check_images=none"] + (["amp=bfloat16" if bf16 else "amp=float16"] if cuda else [])
+        infer = [sys.executable, "infer.py", *members, "tta=hflip", "ensemble.gating.mode=none",
+                 f"batch_size={args.batch}", f"num_workers={workers}", "progress=false", f"device={args.device}",
+                 f"hydra.run.dir={out}", "data=kaggle", f"data.root={big}", "data.check_images=none",
+                 *(["amp=bfloat16" if bf16 else "amp=float16"] if cuda else [])]
         with GpuBusy(cuda and _has_nvidia_smi()) as busy:
-            output, seconds = run([*infer, f"output={out}/submission.csv"], out / "log.txt")
+            output, seconds = run([*infer, f"images={big / 'test_images'}", f"output={out}/submission.csv"],
+                                  out / "log.txt")
         rate = float(re.search(r"([\d.]+) images/s", output).group(1))
         verdict = "ok" if rate >= TARGET_IMAGES_PER_S or not cuda else "below target"
         check.rows.append(("infer.py: classifier + 3 segmenters, hflip TTA", verdict,
                            f"{n_infer} images: {rate:.1f} images/s end to end (target >= {TARGET_IMAGES_PER_S:.0f} "
                            f"on one H100), GPU busy {busy.share}; whole command {seconds:.0f} s"))
-        profiled = work / "data" / "profile"
-        replicate(base, profiled, 0, n_profile)
-        output, _ = run([*infer[:-4], f"images={profiled / 'test_images'}", "profile=true",
-                         f"output={out}/profiled.csv"], out / "log_profile.txt")
+        profiled = replicate(base, work / "data" / "profile", 0, n_profile)
+        output, _ = run([*infer, f"images={profiled / 'test_images'}", f"output={out}/profiled.csv", "profile=true"],
+                        out / "log_profile.txt")
         line = re.search(r"time per image \(ms, device synchronised per section\): (.*)", output).group(1)
         return "ok", f"{n_profile} images, ms per image: {line}", None
     check.step("infer.py: time per image by section", ensemble)

@@ -100,7 +100,8 @@ class Predictor:
     joints: list[Member] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     amp_dtype: torch.dtype | None = None  # autocast the networks (CUDA) in this dtype; None: float32
-    timer: Timer = field(default_factory=Timer)  # sections: host_to_device, forward, postprocess, waiting_for_data
+    timer: Timer = field(default_factory=Timer)  # waiting_for_data, decode_in_workers, host_to_device, forward,
+                                                 # postprocess (+ rle, write in ensemble.run)
 
     def __post_init__(self) -> None:
         if not self.segmenters and not self.joints:
@@ -208,14 +209,16 @@ class Predictor:
             from tqdm import tqdm
 
             loader = tqdm(loader, total=len(loader), unit="batch", desc="predict", dynamic_ncols=True)
-        waited = time.perf_counter()
-        for batch in loader:
-            self.timer.add("waiting_for_data", time.perf_counter() - waited)
-            self.timer.add("decode (loader, summed over workers)", float(batch["decode_s"].sum()))
+        batches = iter(loader)
+        while True:
+            with self.timer.section("waiting_for_data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            self.timer.add("decode_in_workers", float(batch["decode_s"].sum()))
             cls_prob, masks = self.predict_batch(batch["inputs"])
             for j, index in enumerate(batch["index"].tolist()):
                 yield Path(paths[index]).name, None if cls_prob is None else cls_prob[j], masks[j]
-            waited = time.perf_counter()
 
 
 def rows_of(image_id: str, masks: np.ndarray) -> list[tuple[str, int, str]]:

@@ -1,9 +1,10 @@
 """Where inference time goes: wall seconds per named section, for ``infer.py profile=true`` and the GPU check.
 
 Sections nest; each one is charged its exclusive time (a section inside another is subtracted from the outer
-one), per thread. With ``sync`` (e.g. ``torch.cuda.synchronize``) the device is synchronised when a section
-starts and ends, so asynchronous GPU work is charged to the section that queued it; that costs speed, so the
-end-to-end figure comes from a run without it. A disabled timer (the default) does nothing.
+one), per thread. With ``sync`` (e.g. ``torch.cuda.synchronize``) the device is synchronised when a section of
+the thread that made the timer starts and ends, so asynchronous GPU work is charged to the section that queued
+it (other threads, e.g. the writer, never wait for the device); that costs speed, so the end-to-end figure comes
+from a run without it. A disabled timer (the default) does nothing.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ __all__ = ["Timer"]
 class Timer:
     """Exclusive wall seconds per section name, from any thread; ``add`` records time measured elsewhere."""
 
-    def __init__(self, enabled: bool = False, sync: Callable[[], None] | None = None) -> None:
-        self.enabled, self.sync = enabled, sync
+    def __init__(self, enabled: bool = False, sync: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.enabled, self.sync, self.clock = enabled, sync, clock
+        self._sync_thread = threading.get_ident()
         self.seconds: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -36,16 +39,17 @@ class Timer:
             yield
             return
         stack = self._local.__dict__.setdefault("stack", [])
-        if self.sync:
-            self.sync()
-        start = time.perf_counter()
+        sync = self.sync if threading.get_ident() == self._sync_thread else None
+        if sync:
+            sync()
+        start = self.clock()
         stack.append(0.0)  # time spent in sections nested in this one
         try:
             yield
         finally:
-            if self.sync:
-                self.sync()
-            elapsed = time.perf_counter() - start
+            if sync:
+                sync()
+            elapsed = self.clock() - start
             inner = stack.pop()
             if stack:
                 stack[-1] += elapsed

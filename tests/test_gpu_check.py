@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -57,15 +56,27 @@ def test_a_producer_error_stops_the_writer_thread():
 
 
 def test_the_timer_charges_nested_sections_exclusively():
-    timer = Timer(enabled=True)
+    ticks = iter([0.0, 2.0, 7.0, 8.0])  # outer starts, inner starts, inner ends, outer ends
+    timer = Timer(enabled=True, clock=lambda: next(ticks))
     with timer.section("outer"):
-        time.sleep(0.02)
         with timer.section("inner"):
-            time.sleep(0.05)
-    assert 0.045 <= timer.seconds["inner"] < 0.2
-    assert 0.015 <= timer.seconds["outer"] < 0.045  # the inner 50 ms are not counted twice
-    assert set(timer.per_item(2)) == {"outer", "inner"}
-    off = Timer()
+            pass
+    assert dict(timer.seconds) == {"inner": 5.0, "outer": 3.0}  # the inner 5 s are not counted twice
+    assert timer.per_item(2) == {"inner": 2500.0, "outer": 1500.0}
+    synced = []
+    timer = Timer(enabled=True, sync=lambda: synced.append(threading.current_thread().name))
+    with timer.section("main"):
+        pass
+
+    def write():
+        with timer.section("writer"):
+            pass
+
+    worker = threading.Thread(target=write, name="writer")
+    worker.start()
+    worker.join()
+    assert synced == ["MainThread", "MainThread"]  # the writer thread never waits for the device
+    off = Timer(clock=lambda: pytest.fail("a disabled timer reads no clock"))
     with off.section("x"):
         pass
     assert dict(off.seconds) == {}
@@ -88,6 +99,25 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert "| ok |" in rows["torchrun, 1 process"] and "| skipped |" in rows["torchrun, 2 processes"]
     assert "images/s end to end" in rows["infer.py: classifier + 3 segmenters, hflip TTA"]
     sections = rows["infer.py: time per image by section"]
-    for name in ("decode", "waiting_for_data", "host_to_device", "forward", "postprocess", "rle", "write"):
+    for name in ("decode_in_workers", "waiting_for_data", "host_to_device", "forward", "postprocess", "rle", "write"):
         assert name in sections
     print(table)
+
+
+@pytest.mark.parametrize("search", sorted(p.stem for p in (ROOT / "configs" / "hparams_search").glob("*.yaml")))
+def test_the_cluster_launcher_and_the_optuna_searches_compose(search):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    stage = search  # one search per stage, named after it
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", f"hparams_search={search}", f"stage={stage}",
+                                          "fold=0"], return_hydra_config=True)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert hydra["launcher"]["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert hydra["launcher"]["gpus_per_node"] == 1 and hydra["launcher"]["max_num_timeout"] > 0
+    assert hydra["sweeper"]["_target_"].endswith("optuna_sweeper.OptunaSweeper")
+    assert hydra["sweeper"]["direction"] == "maximize" and hydra["sweep"]["subdir"] == "trial${hydra.job.num}"
+    for key in hydra["sweeper"]["params"]:  # every searched knob exists in the stage's config
+        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, key
+    assert cfg.resume is False
