@@ -36,8 +36,9 @@ def env() -> dict[str, str]:
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def run(args: list[str], timeout: float = 600) -> tuple[str, float]:
-    """(output, seconds) of a command run in the repository root; a failure shows the command's output."""
+def run(args: list[str], timeout: float = 3600) -> tuple[str, float]:
+    """(output, seconds) of a command run in the repository root; a failure shows the command's output.
+    The timeout only guards against a hang: on a loaded shared machine one recipe took 514 s of wall time."""
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
