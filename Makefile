@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo quality test test-slow bench venv clean
+.PHONY: demo quality test test-slow test-e2e bench venv clean
 
 # The demo: synthetic data -> joint two-headed models (2 folds) -> ensemble OOF predicted as infer.py predicts ->
 # threshold search (kept honest by the held-out-fold estimate) -> infer.py on the held-out synthetic test set ->
@@ -71,10 +71,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# End to end (slow, a few minutes on 2 cores): every configs/experiment recipe trains with debug=smoke, then the
+# threshold search and infer.py run on the outputs; the GPU check's CPU dry run. .ci/run runs it after `make test`.
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -s tests/test_recipes.py tests/test_gpu_check.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rle.py
 	$(PY) benchmarks/bench_threshold.py
 	$(PY) benchmarks/bench_infer.py
+	$(PY) benchmarks/bench_postprocess.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache data/synthetic

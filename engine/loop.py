@@ -25,7 +25,9 @@ Stage interface (all a stage writes; the loop, devices, DDP, AMP, checkpoints, r
 
 Run folder (``RunContext.run_dir``, the Hydra output dir): ``checkpoints/best.pt`` (best by monitor),
 ``checkpoints/last.pt`` (latest epoch; also carries the resume state under ``train_state``, in the same
-atomic write), ``metrics.csv`` (one row per epoch), ``tensorboard/`` event files, and the OOF file.
+atomic write), ``metrics.csv`` (one row per epoch: losses, metrics, learning rates, ``time_s``, and the training
+phase's ``train_time_s``, ``train_images_per_s`` and, on CUDA, ``gpu_peak_gib``), ``tensorboard/`` event
+files, and the OOF file.
 Resume: when ``last.pt`` exists and ``resume`` is on, model, optimiser, scheduler, AMP scaler, epoch,
 early-stopping state, history and torch/numpy/python RNG states are restored and training continues
 with the next epoch. Data order and augmentation are re-derived from (seed, epoch, rank) at every epoch,
@@ -332,7 +334,6 @@ class Engine:
         self.bad_epochs = 0
         self.start_epoch = 0
         self.finished = False
-        self._seen = 0
 
     # -- data
 
@@ -387,12 +388,12 @@ class Engine:
 
     # -- loops
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        """(mean training loss over all ranks, images trained on over all ranks) of one epoch."""
         s, model = self.settings, self.model
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count, n = 0.0, 0, len(self.train_loader)
-        self._seen = 0
         bar = tqdm(self.train_loader, desc=f"{self.spec.name} fold {self.ctx.fold} epoch {epoch}", leave=False,
                    disable=not (s.progress and self.info.is_main), dynamic_ncols=True)
         for i, batch in enumerate(bar):
@@ -416,9 +417,16 @@ class Engine:
                 self.scheduler.step()
             total += loss.item() * len(images)
             count += len(images)
-            self._seen = count
             bar.set_postfix(loss=f"{total / count:.4f}")
-        return mean_over_ranks(total, count, self.info)
+        return mean_over_ranks(total, count, self.info), count * self.info.world_size
+
+    def _speed(self, seconds: float, images: int) -> dict[str, float]:
+        """Training-phase figures of an epoch for metrics.csv: wall seconds, images/s over all ranks and, on
+        CUDA, the peak memory this rank allocated (GiB)."""
+        out = {"train_time_s": seconds, "train_images_per_s": images / seconds if seconds > 0 else float("nan")}
+        if self.device.type == "cuda":
+            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        return out
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
@@ -477,8 +485,10 @@ class Engine:
                     break
                 started = time.perf_counter()
                 self._start_epoch(epoch)
-                train_loss = self._train_epoch(epoch)
-                train_s = time.perf_counter() - started
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                train_loss, train_images = self._train_epoch(epoch)
+                speed = self._speed(time.perf_counter() - started, train_images)
                 last = epoch + 1 == s.epochs
                 validated = last or (epoch + 1) % int(s.val_every) == 0
                 val_loss, metrics, value, improved = float("nan"), {}, float("nan"), False
@@ -493,9 +503,7 @@ class Engine:
                 stopped_early = bool(s.patience) and self.bad_epochs >= int(s.patience)
                 self.finished = all_or_none(stopped_early or last, info)
                 row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                       **current_lrs(self.optimizer), "train_s": train_s,
-                       "train_images_per_s": self._seen / train_s if train_s > 0 else float("nan"),
-                       "time_s": time.perf_counter() - started}
+                       **current_lrs(self.optimizer), "time_s": time.perf_counter() - started, **speed}
                 self.history.append(row)
                 if info.is_main:
                     meta = self._meta(epoch, {"val_loss": val_loss, **metrics})

@@ -9,6 +9,7 @@ for callers such as the dashboard.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from ensemble.members import KINDS, Member, discover, expand_runs, load_members
 from ensemble.postprocess import postprocess
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
+from ensemble.timing import Timer
 from ensemble.tta import Flip, transforms
 from segmenter.metrics import to_full_size
 
@@ -35,7 +37,8 @@ __all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_r
 
 
 class ImageFiles(Dataset):
-    """Items ``{"index": i, "inputs": [float32 tensor per preprocessing]}`` of image files read by content."""
+    """Items ``{"index": i, "inputs": [float32 tensor per preprocessing], "decode_s": seconds}`` of image files read
+    by content (``decode_s``: reading, decoding and preprocessing, in the loader worker)."""
 
     def __init__(self, paths: Sequence[Path | str], preprocesses: Sequence[Preprocess]) -> None:
         self.paths = [Path(p) for p in paths]
@@ -45,8 +48,10 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        start = time.perf_counter()
         rgb = read_image(self.paths[index], channels=3)
-        return {"index": index, "inputs": [torch.from_numpy(p(rgb)) for p in self.preprocesses]}
+        inputs = [torch.from_numpy(p(rgb)) for p in self.preprocesses]
+        return {"index": index, "inputs": inputs, "decode_s": time.perf_counter() - start}
 
 
 def set_threads(threads: int | None) -> int:
@@ -94,6 +99,9 @@ class Predictor:
     channels_last: bool = True
     joints: list[Member] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    amp_dtype: torch.dtype | None = None  # autocast the networks (CUDA) in this dtype; None: float32
+    timer: Timer = field(default_factory=Timer)  # waiting_for_data, decode_in_workers, host_to_device, forward,
+                                                 # postprocess (+ rle, write in ensemble.run)
 
     def __post_init__(self) -> None:
         if not self.segmenters and not self.joints:
@@ -126,11 +134,17 @@ class Predictor:
                           persistent_workers=False)
 
     def _input(self, member: Member, inputs: Sequence[torch.Tensor], keep: torch.Tensor | None) -> torch.Tensor:
-        x = inputs[self._slot[id(member)]]
-        if keep is not None:
-            x = x[keep]
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        with self.timer.section("host_to_device"):
+            x = inputs[self._slot[id(member)]]
+            if keep is not None:
+                x = x[keep]
+            x = x.to(self.device, non_blocking=True)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA); a no-op elsewhere (for ``Timer(sync=...)``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @staticmethod
     def _dense(prob: torch.Tensor) -> torch.Tensor:
@@ -178,10 +192,13 @@ class Predictor:
     def predict_batch(self, inputs: Sequence[torch.Tensor]) -> tuple[np.ndarray | None, np.ndarray]:
         """Loader inputs -> (classifier probabilities (B, 4) or None, uint8 masks (B, 4, H, W))."""
         batch = len(inputs[0])
-        cls_prob, seg, keep = self.probabilities(inputs)
+        with self.timer.section("forward"), torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                                           enabled=self.amp_dtype is not None):
+            cls_prob, seg, keep = self.probabilities(inputs)
         masks = np.zeros((batch, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
         if seg is not None:
-            masks[keep] = postprocess(seg, None if cls_prob is None else cls_prob[keep], self.rules)
+            with self.timer.section("postprocess"):
+                masks[keep] = postprocess(seg, None if cls_prob is None else cls_prob[keep], self.rules)
         return cls_prob, masks
 
     def iter_predictions(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
@@ -192,7 +209,13 @@ class Predictor:
             from tqdm import tqdm
 
             loader = tqdm(loader, total=len(loader), unit="batch", desc="predict", dynamic_ncols=True)
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            with self.timer.section("waiting_for_data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            self.timer.add("decode_in_workers", float(batch["decode_s"].sum()))
             cls_prob, masks = self.predict_batch(batch["inputs"])
             for j, index in enumerate(batch["index"].tolist()):
                 yield Path(paths[index]).name, None if cls_prob is None else cls_prob[j], masks[j]
@@ -236,8 +259,15 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
     channels_last = bool(cfg.get("channels_last", True))
+    amp = cfg.get("amp")
+    if amp not in (None, "bfloat16", "float16"):
+        raise RulesError(f"amp: expected null, bfloat16 or float16, got {amp!r}")
+    if amp and not device.startswith("cuda"):
+        raise RulesError(f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); set amp=null")
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     entries = member_entries(cfg["checkpoints"])
-    return Predictor(
+    predictor = Predictor(
         classifiers=load_members(entries["classifier"], "classifier", channels_last),
         segmenters=load_members(entries["segmenter"], "segmenter", channels_last),
         joints=load_members(entries["joint"], "joint", channels_last),
@@ -247,7 +277,11 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
         reducer=str(cfg["ensemble"].get("reducer", "mean")),
         device=torch.device(device),
         channels_last=channels_last,
+        amp_dtype=getattr(torch, amp) if amp else None,
     )
+    if cfg.get("profile"):  # synchronised sections: where the time goes (slower than a plain run)
+        predictor.timer = Timer(enabled=True, sync=predictor.synchronize)
+    return predictor
 
 
 def predict_images(image_paths: Sequence[Path | str], config: Mapping[str, Any] | Predictor,

@@ -91,17 +91,19 @@ class SegmenterMetric:
         self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """Histograms computed and kept on the outputs' device (no copy to the CPU, no sync per batch); a network
+        run below the image size is scored on its upsampled probabilities against the full-size truth."""
         truth = truth_of(batch, outputs.device)
         probs = to_full_size(torch.sigmoid(outputs.float()), truth.shape[-2:])
-        pos, neg, top = histograms(probs, truth, self.bins)
-        self._parts.append((pos.cpu(), neg.cpu(), top.cpu()))
+        self._parts.append(histograms(probs, truth, self.bins))
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Everything collected, on the CPU (one copy per validation pass)."""
         if not self._parts:
             return {"hist_pos": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
                     "hist_neg": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
                     "max_prob": torch.zeros(0, len(CLASS_IDS))}
-        pos, neg, top = (torch.cat(parts) for parts in zip(*self._parts))
+        pos, neg, top = (torch.cat(parts).cpu() for parts in zip(*self._parts))
         return {"hist_pos": pos, "hist_neg": neg, "max_prob": top}
 
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -25,7 +25,7 @@ from engine.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-EPOCH_COLUMNS_IGNORED = ["time_s"]
+EPOCH_COLUMNS_IGNORED = ["time_s", "train_time_s", "train_images_per_s"]
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
