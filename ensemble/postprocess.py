@@ -16,14 +16,11 @@ import cv2
 import numpy as np
 
 from common.oof import bin_index
+from ensemble.arrays import is_torch as _is_torch
 from ensemble.gating import PairRules, pair_rules
 from ensemble.rules import Rules
 
-__all__ = ["remove_small_components", "threshold_masks", "finish_masks", "postprocess"]
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
+__all__ = ["remove_small_components", "threshold_masks", "finish_masks", "max_probability", "postprocess"]
 
 
 def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -73,13 +70,18 @@ def finish_masks(masks: np.ndarray, min_area: np.ndarray, rules: Rules) -> np.nd
     return masks
 
 
-def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray:
-    """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
-    -> uint8 0/1 masks (B, 4, H, W) on the CPU."""
+def max_probability(prob: Any) -> np.ndarray:
+    """(B, 4) per-class maximum of (B, 4, H, W) probabilities (NumPy or torch), as NumPy on the CPU."""
     if _is_torch(prob):
-        max_prob = prob.flatten(2).amax(-1).float().cpu().numpy()
-    else:
-        max_prob = np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+        return prob.flatten(2).amax(-1).float().cpu().numpy()
+    return np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+
+
+def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules, max_prob: np.ndarray | None = None
+                ) -> np.ndarray:
+    """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
+    -> uint8 0/1 masks (B, 4, H, W) on the CPU. ``max_prob``: ``max_probability(prob)`` when already known."""
+    max_prob = max_probability(prob) if max_prob is None else max_prob
     pairs = pair_rules(rules, max_prob, cls_prob)
     masks = threshold_masks(prob, pairs, rules.bins, rules.resolve_overlap)
     for j in range(len(masks)):
