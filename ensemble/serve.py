@@ -35,6 +35,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.errors import ImageError, SteelsegError
@@ -164,13 +168,8 @@ def _image_id(requested: str | None, filename: str | None, data: bytes) -> str:
 
 
 def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float = 20.0, max_bytes: int = 8 * MiB,
-               store: str | None = None, run_id: str = "serve") -> Any:
+               store: str | None = None, run_id: str = "serve") -> FastAPI:
     """The FastAPI application serving ``predictor`` (see the module docstring for the endpoints)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import Response
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     batcher = MicroBatcher(predictor, max_batch, max_wait_ms / 1000.0, store, run_id)
 
     @asynccontextmanager

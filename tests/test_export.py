@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -191,16 +190,15 @@ def test_runtime_without_torch(setup, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "runtime onnx: bundle" in done.stdout and "overall" in done.stdout and "inspections:" in done.stdout
     assert validate(sub, IDS) == []
-    api = textwrap.dedent(f"""
-        import json, sys
-        from ensemble.onnx_runtime import load_bundle
-        from common.images import read_image
-from common.metrics import dice_rle
-        predictor = load_bundle({str(setup['bundle'])!r}, threads=1)
-        results = predictor.predict_images([read_image({str(setup['images'] / IDS[0])!r})], ["x.jpg"])
-        print(json.dumps({{"torch": "torch" in sys.modules and sys.modules["torch"] is not None,
-                          "result": results[0].to_dict()}}))
-    """)
+    api = "\n".join([
+        "import json, sys",
+        "from common.images import read_image",
+        "from ensemble.onnx_runtime import load_bundle",
+        f"predictor = load_bundle({str(setup['bundle'])!r}, threads=1)",
+        f"results = predictor.predict_images([read_image({str(setup['images'] / IDS[0])!r})], ['x.jpg'])",
+        "loaded = sys.modules.get('torch') is not None",
+        "print(json.dumps({'torch': loaded, 'result': results[0].to_dict()}))",
+    ])
     out = subprocess.run([sys.executable, "-c", api], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     payload = json.loads(out.stdout.strip().splitlines()[-1])
