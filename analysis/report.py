@@ -190,7 +190,7 @@ def _draw_holdout(out: Path, dataset, masks_of: dict[str, np.ndarray]) -> str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.viz import CLASS_HEX, contour_overlay, stack_masks
+    from common.viz import CLASS_HEX, contour_overlay, stack_masks
     from common.metrics import dice
 
     fig, axes = plt.subplots(len(masks_of), 2, figsize=(16, 1.6 * len(masks_of) + 0.6), squeeze=False)

@@ -86,9 +86,10 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
         if not (kinds["segmenter"] or kinds["joint"]):
             raise OOFError(f"fold {fold}: no segmenter or joint member")
         predictor = Predictor(kinds["classifier"], kinds["segmenter"], Rules(gating="none", bins=bins),
-                              transforms(list(cfg["tta"]["classifier"])), transforms(list(cfg["tta"]["segmenter"])),
-                              str(cfg["ensemble"].get("reducer", "mean")), device,
-                              bool(cfg.get("channels_last", True)), joints=kinds["joint"])
+                              tta_classifier=transforms(list(cfg["tta"]["classifier"])),
+                              tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),
+                              reducer=str(cfg["ensemble"].get("reducer", "mean")), joints=kinds["joint"],
+                              device=device, channels_last=bool(cfg.get("channels_last", True)))
         val_ids = [i for i in dataset.image_ids if fold_of[i] == fold]
         acc = OOFAccumulator(fold, bins)
         loader = predictor.loader([dataset.path(i) for i in val_ids], int(cfg.get("batch_size", 4)),

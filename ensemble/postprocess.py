@@ -23,17 +23,14 @@ import cv2
 import numpy as np
 
 from common.oof import bin_index
+from ensemble.arrays import is_torch as _is_torch
 from ensemble.gating import PairRules, pair_rules
 from ensemble.rules import Rules
 
-__all__ = ["remove_small_components", "bin_cut", "threshold_masks", "finish_mask", "postprocess"]
+__all__ = ["remove_small_components", "bin_cut", "threshold_masks", "finish_mask", "max_probability", "postprocess"]
 
 # Probability dtypes whose bin cut is computed exactly (NumPy dtype names; torch dtypes map by name).
 _CUT_DTYPES = ("float16", "float32", "float64")
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
 
 
 def _dtype_name(prob: Any) -> str:
@@ -148,13 +145,18 @@ def _threshold_pairs(prob: Any, cuts: np.ndarray, active: np.ndarray, masks: np.
         np.greater_equal(source[i], source.dtype.type(cuts.flat[i]), out=flat[i].view(np.bool_))
 
 
-def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray:
-    """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
-    -> uint8 0/1 masks (B, 4, H, W) on the CPU."""
+def max_probability(prob: Any) -> np.ndarray:
+    """(B, 4) per-class maximum of (B, 4, H, W) probabilities (NumPy or torch), as NumPy on the CPU."""
     if _is_torch(prob):
-        max_prob = prob.flatten(2).amax(-1).float().cpu().numpy()
-    else:
-        max_prob = np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+        return prob.flatten(2).amax(-1).float().cpu().numpy()
+    return np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+
+
+def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules, max_prob: np.ndarray | None = None
+                ) -> np.ndarray:
+    """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
+    -> uint8 0/1 masks (B, 4, H, W) on the CPU. ``max_prob``: ``max_probability(prob)`` when already known."""
+    max_prob = max_probability(prob) if max_prob is None else max_prob
     pairs = pair_rules(rules, max_prob, cls_prob)
     dtype = _dtype_name(prob)
     if rules.resolve_overlap or dtype not in _CUT_DTYPES:  # every class of an image at once

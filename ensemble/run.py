@@ -11,17 +11,19 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from common.constants import CLASS_IDS
+from common.constants import CLASS_IDS, LONG_COLUMNS
 
 from common.annotations import read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 from common.metrics import ScoreReport, dice, score_pairs
 from common.rle import decode
 from common.submission import open_submission
+from ensemble.core import rows_of
 from ensemble.pipeline import drain_in_background
-from ensemble.predict import LONG_COLUMNS, build_predictor, rows_of, set_threads
+
+RUNTIMES = ("torch", "onnx")
 
 
 @contextmanager
@@ -101,6 +103,23 @@ class _Store:
         self.rows, self.ids = [], []
 
 
+def build_runtime(cfg: Mapping[str, Any]) -> tuple[Any, int]:
+    """(predictor, threads) of ``cfg.runtime``, imported only when chosen: ``torch`` (checkpoints through
+    PyTorch) or ``onnx`` (an exported bundle through ONNX Runtime; torch is never imported)."""
+    runtime = str(cfg.get("runtime", "torch"))
+    if runtime == "onnx":
+        from ensemble.onnx_runtime import predictor_from_config
+
+        predictor = predictor_from_config(cfg)
+        return predictor, predictor.threads
+    if runtime == "torch":
+        from ensemble.predict import build_predictor, set_threads
+
+        threads = set_threads(cfg.get("threads"))
+        return build_predictor(cfg), threads
+    raise ConfigError(f"runtime: unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+
+
 def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Write the submission for ``cfg.images``; return a summary (paths, counts, speed, score).
 
@@ -108,9 +127,8 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     thread, so the device loop does not wait for it), the score is accumulated per pair, inspections are
     appended in chunks. ``profile=true`` adds where the time goes per image (``time_ms_per_image``).
     """
-    threads = set_threads(cfg.get("threads"))
     dataset = _image_set(cfg)
-    predictor = build_predictor(cfg)
+    predictor, threads = build_runtime(cfg)
     paths = [dataset.path(i) for i in dataset.image_ids]
     output = Path(cfg["output"])
     scorer = _Scorer(dataset) if cfg.get("evaluate") else None
@@ -142,7 +160,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     stats = predictor.stats
     summary: dict[str, Any] = {
-        "submission": str(output), "images": len(paths), "masks": writer.masks, "seconds": seconds,
+        "submission": str(output), "runtime": str(cfg.get("runtime", "torch")), "images": len(paths), "masks": writer.masks, "seconds": seconds,
         "images_per_s": len(paths) / seconds if seconds else float("nan"), "threads": threads,
         "segmenter_passes_skipped": stats.skipped_share, "rules": predictor.rules.to_dict(),
     }
