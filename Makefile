@@ -29,6 +29,7 @@ RUN_NAME ?= demo
 QUALITY_OUT ?= outputs/quality
 QUALITY_ARGS := data.folds.n_splits=2 data.synthetic.n_train=3000 data.synthetic.n_test=100 $(DATA)
 QUALITY_RECIPES := experiment=joint/quality
+QUALITY_RUN_NAME ?= quality
 
 # pipeline(recipes, data args, out folder, run name): the project's own commands, in order.
 define pipeline
@@ -63,7 +64,7 @@ demo: $(STAMP)
 	$(call pipeline,$(DEMO_RECIPES),$(DEMO_ARGS),$(OUT),$(RUN_NAME))
 
 quality: $(STAMP)
-	$(call pipeline,$(QUALITY_RECIPES),$(QUALITY_ARGS),$(QUALITY_OUT),quality)
+	$(call pipeline,$(QUALITY_RECIPES),$(QUALITY_ARGS),$(QUALITY_OUT),$(QUALITY_RUN_NAME))
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
