@@ -82,6 +82,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_threshold.py
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_postprocess.py
+	$(PY) benchmarks/bench_onnx.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache data/synthetic

@@ -41,7 +41,8 @@ RECIPES = sorted(p.relative_to(ROOT / "configs" / "experiment").with_suffix("").
                  for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml"))
 # No downloads: what each stage needs to start from random weights (a new stage adds its line).
 OFFLINE = {"classifier": ["classifier.model.pretrained=false", "classifier.model.pretrained_path=null"],
-           "segmenter": ["segmenter.model.encoder_weights=null", "segmenter.model.pretrained_path=null"]}
+           "segmenter": ["segmenter.model.encoder_weights=null", "segmenter.model.pretrained_path=null"],
+           "joint": ["joint.model.encoder_weights=null", "joint.model.pretrained_path=null"]}
 TARGET_IMAGES_PER_S = 300.0
 
 
