@@ -28,7 +28,7 @@ from common.constants import CLASS_IDS  # noqa: E402
 from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402
 from common.errors import DatasetError, SteelsegError  # noqa: E402
 from common.images import read_image  # noqa: E402
-from common.io import CsvError, atomic_write_text, read_csv  # noqa: E402
+from common.io import CsvError, atomic_write_text, check_writable, read_csv  # noqa: E402
 from common.layout import DataRoot, find_root, read_id_list, with_overrides  # noqa: E402
 from common.rle import area  # noqa: E402
 
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = with_overrides(find_root(args.root), train_csv=args.annotations, train_ids_csv=args.image_ids,
                               labels_csv=args.labels, train_images=args.images)
+        check_writable(args.out, "--out", directory=True)
         summary = build_report(data, args.out, per_class=args.per_class, seed=args.seed)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import SteelsegError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, check_writable
 from common.metrics import f1_per_class, roc_auc_per_class
 from common.oof import OOF, load_oof
 from ensemble.rules import Rules, write_thresholds
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not runs:
             raise SteelsegError("give at least one training output folder")
-        out = args.out or Path(runs[0]) / "report"
+        out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
         s = build_report([Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from common.config import build
 from common.constants import CLASS_IDS
 from common.dataset import SteelDataset, dataset_from
 from common.folds import check_folds, make_folds, read_folds, write_folds
+from common.io import check_writable
 from common.metrics import kaggle_score
 from common.rle import area
 
@@ -54,8 +55,9 @@ def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
     if path.is_file():
         folds = read_folds(path, dataset.image_ids)
     else:
+        check_writable(path, "data.folds.path")  # e.g. a read-only data root: say which setting to change
         folds = make_folds(dataset.labels, int(folds_cfg["n_splits"]), int(folds_cfg["seed"]))
-        write_folds(folds, path)
+        write_folds(folds, path, key="data.folds.path")
     check_folds(folds, dataset.labels, f"{path} (data.folds.path)")
     return folds
 

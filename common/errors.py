@@ -1,9 +1,13 @@
 """Exceptions that name the file, row or key that caused them.
 
 A ``SteelsegError`` is a user error: command-line tools print its one-line message and exit 2, with no
-traceback. Anything else is a bug and keeps its traceback.
+traceback (``exit_on_user_error``). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class SteelsegError(Exception):
@@ -38,5 +42,16 @@ class SubmissionError(SteelsegError, ValueError):
     """A submission that is incomplete, has duplicates or rows for unknown images."""
 
 
-__all__ = ["SteelsegError", "AnnotationError", "ImageError", "DatasetError", "ConfigError", "RLEError", "OOFError",
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For command-line entry points (Hydra apps included): a SteelsegError in the block becomes
+    ``error: <message>`` on stderr and exit status 2, without a traceback; other exceptions pass unchanged."""
+    try:
+        yield
+    except SteelsegError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+__all__ = ["exit_on_user_error", "SteelsegError", "AnnotationError", "ImageError", "DatasetError", "ConfigError", "RLEError", "OOFError",
            "SubmissionError"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import ConfigError
+
 __all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
 
 _EPS = 1e-6
@@ -81,5 +83,5 @@ REDUCERS: dict[str, type[Reducer]] = {"mean": MeanReducer, "geometric": Geometri
 def make_reducer(name: str) -> Reducer:
     """A fresh reducer by config name (``ensemble.reducer``)."""
     if name not in REDUCERS:
-        raise ValueError(f"ensemble.reducer: unknown reducer {name!r}; choose from {sorted(REDUCERS)}")
+        raise ConfigError(f"ensemble.reducer: unknown reducer {name!r}; choose from {sorted(REDUCERS)}")
     return REDUCERS[name]()

@@ -17,6 +17,7 @@ from common.annotations import read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import DatasetError
+from common.io import check_writable
 from common.metrics import ScoreReport, dice, score_pairs
 from common.rle import decode
 from common.submission import open_submission
@@ -106,6 +107,9 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Memory does not grow with the number of images: masks are encoded and written per image,
     the score is accumulated per pair, inspections are appended in chunks.
     """
+    check_writable(cfg["output"], "output")  # fail before the prediction, not after it
+    if cfg.get("store"):
+        check_writable(cfg["store"], "store")
     threads = set_threads(cfg.get("threads"))
     dataset = _image_set(cfg)
     predictor = build_predictor(cfg)

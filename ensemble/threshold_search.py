@@ -33,6 +33,7 @@ import numpy as np
 
 from common.constants import CLASS_IDS
 from common.errors import OOFError, SteelsegError
+from common.io import check_writable
 from common.oof import OOF, load_oof
 from ensemble.gating import Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
@@ -285,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not runs:
             raise OOFError("give at least one training output folder or OOF file")
+        check_writable(args.out, "--out")
         base = default_rules(overrides)
         oof = load_oof(runs)
         grid = Grid.make(oof.bins, area_scale=base.area_scale)
