@@ -5,7 +5,7 @@ C-ordered uint8 arrays (the layout post-processing produces). Baselines: encode 
 diff, join (the Kaggle kernel code); decode = split, int array, one ``np.repeat`` of alternating 0/1 runs
 (a vectorised decode), and the per-run slice-assignment loop of the Kaggle kernels for reference.
 Targets: encode >= 5x, decode >= 2x the vectorised decode. Baseline and steelseg are timed alternately,
-best of ``--repeat``, so that load from other processes hits both alike.
+best of ``--repeat``, in CPU time of this process, so that load from other processes hits both alike.
 """
 from __future__ import annotations
 
@@ -75,11 +75,12 @@ def load_rles(limit: int | None) -> tuple[list[str], str]:
 
 
 def once(fn, items) -> float:
-    """Seconds per item of one pass."""
-    t0 = time.perf_counter()
+    """CPU seconds of this process per item of one pass (CPU time, not wall time: on a shared machine other
+    processes' load does not count; both sides run single-threaded)."""
+    t0 = time.process_time()
     for item in items:
         fn(item)
-    return (time.perf_counter() - t0) / len(items)
+    return (time.process_time() - t0) / len(items)
 
 
 def compare(base, ours, items, repeat: int) -> tuple[float, float]:
@@ -108,7 +109,7 @@ def main() -> None:
         ("decode", "per-run loop", *compare(loop_decode, decode, rles, args.repeat), None),
         ("encode (empty masks)", "transpose+diff+join", *compare(baseline_encode, encode, empty, args.repeat), None),
     ]
-    print(f"{len(rles)} {source}, best of {args.repeat}, baseline and steelseg timed alternately")
+    print(f"{len(rles)} {source}, best of {args.repeat}, CPU time, baseline and steelseg timed alternately")
     print(f"{'':21s} {'baseline':20s} {'baseline ms':>11s} {'steelseg ms':>11s} {'speed-up':>9s} {'target':>10s}")
     for name, base_name, base, ours, target in rows:
         mark = "" if target is None else (f">={target:.0f}x " + ("ok" if base / ours >= target else "MISSED"))

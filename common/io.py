@@ -193,23 +193,25 @@ def atomic_write_text(path: Path | str, text: str, key: str | None = None) -> Pa
 
 
 def check_writable(path: Path | str, key: str, directory: bool = False) -> Path:
-    """Fail now, naming ``key``, when ``path`` cannot be written later (a directory in the way, a read-only or
-    full place, no permission): commands call it at start-up for every file or folder they will write."""
+    """Fail now, naming ``key``, when ``path`` cannot be written later (a directory or a file in the way, a
+    read-only or full place, no permission): commands call it at start-up for every file or folder they will
+    write. Nothing is created: a probe file is made and removed in the nearest existing folder."""
     path = Path(path)
     if not directory and path.is_dir():
         raise WriteError(f"{key}: {path} is a directory: name a file (in it or elsewhere)")
     if directory and path.exists() and not path.is_dir():
         raise WriteError(f"{key}: {path} is a file: name a folder")
     folder = path if directory else path.parent
-    probe = folder / ".steelseg-write-check"
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise WriteError(f"{key}: {path}: {existing} is a file, not a folder: write elsewhere")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{probe.name}.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
-                                   dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".steelseg-write-check.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
+                                   dir=existing)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise _write_error(folder if directory else path, exc, key) from exc
+        raise _write_error(path, exc, key) from exc
     return path
 
 

@@ -67,14 +67,21 @@ def format_ints(values) -> str:
     values = np.asarray(values, dtype=np.int64)
     if values.size == 0:
         return ""
-    table = _decimal_table()
-    if values.max() >= table.size or values.min() < 0:
+    if values.max() >= _TABLE_LIMIT or values.min() < 0:
         return " ".join(map(str, values.tolist()))
-    text = table[values].view(np.uint8)
+    return _format(values)
+
+
+def _format(values: np.ndarray) -> str:
+    """``format_ints`` of a non-empty int array known to lie in [0, _TABLE_LIMIT)."""
+    text = _decimal_table()[values].view(np.uint8)
     return text[text != 0].tobytes()[:-1].decode("ascii")
 
 
 # ----------------------------------------------------------------------------- encoding
+
+_EMPTY = np.zeros(0, np.int64)
+
 
 def _changes_column_major(mask: np.ndarray) -> np.ndarray:
     """0-based column-major positions where the on/off state changes (any layout, any dtype)."""
@@ -90,19 +97,22 @@ def _changes_by_words(mask: np.ndarray) -> np.ndarray:
     rows are compared with the next row 8 pixels at a time, and only the differing words are looked at."""
     h, w = mask.shape
     words = mask.view(np.uint64)
-    flat = words.reshape(-1)
-    n_words = w // 8
     differ = np.flatnonzero(words[1:] != words[:-1])  # word i of row r vs the same word of row r + 1
-    above = flat[differ].view(np.uint8) != 0
-    below = flat[differ + n_words].view(np.uint8) != 0
-    byte = np.flatnonzero(above != below)  # values 1 and 255 are both 'on': compare states, not bytes
-    row, word = np.divmod(differ[byte >> 3], n_words)
-    vertical = (word * 8 + (byte & 7)) * h + row + 1
+    parts = [_EMPTY]
+    if differ.size:
+        flat = words.reshape(-1)
+        above = flat[differ].view(np.uint8) != 0
+        below = flat[differ + w // 8].view(np.uint8) != 0
+        byte = np.flatnonzero(above != below)  # values 1 and 255 are both 'on': compare states, not bytes
+        row, col = np.divmod(differ[byte >> 3] * 8 + (byte & 7), w)  # of the upper pixel of each change
+        parts[0] = col * h + row + 1
     top, bottom = mask[0] != 0, mask[h - 1] != 0
-    across = (np.flatnonzero(bottom[:-1] != top[1:]) + 1) * h  # last pixel of column c vs first of c + 1
-    head = [0] if top[0] else []
-    tail = [h * w] if bottom[-1] else []
-    changes = np.concatenate((vertical, across, head, tail)).astype(np.int64)
+    parts.append((np.flatnonzero(bottom[:-1] != top[1:]) + 1) * h)  # last pixel of column c vs first of c + 1
+    if top[0]:
+        parts.append(np.zeros(1, np.int64))
+    if bottom[-1]:
+        parts.append(np.full(1, h * w, np.int64))
+    changes = np.concatenate(parts)
     changes.sort()
     return changes
 
@@ -114,18 +124,16 @@ def encode(mask: np.ndarray) -> str:
         raise RLEError(f"mask must be 2-D, got shape {mask.shape}")
     if mask.size == 0:
         return ""
-    if mask.itemsize == 1 and mask.flags.c_contiguous and mask.shape[1] % 8 == 0 and mask.shape[0] > 1:
-        raw = mask.view(np.uint8)
-        if not raw.max():
-            return ""
-        changes = _changes_by_words(raw)
+    h, w = mask.shape
+    if mask.itemsize == 1 and mask.flags.c_contiguous and w % 8 == 0 and h > 1:
+        changes = _changes_by_words(mask.view(np.uint8))
     else:
         changes = _changes_column_major(mask)
     if changes.size == 0:
         return ""
     changes[1::2] -= changes[::2]
     changes[::2] += 1
-    return format_ints(changes)
+    return _format(changes) if h * w < _TABLE_LIMIT else format_ints(changes)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -204,10 +212,11 @@ def _lowest(size: int) -> np.ndarray:
 
 def _counts(rle: object, shape: tuple[int, int]) -> np.ndarray:
     """Validated alternating gap / run lengths (int64, 2 * runs + 1 values, summing to H * W); empty RLE: []."""
-    if is_empty(rle):
-        return np.zeros(0, np.int64)
-    if not isinstance(rle, str):
-        raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
+    if type(rle) is not str or not rle.strip():  # noqa: E721 - the fast path is for exact str
+        if is_empty(rle):
+            return np.zeros(0, np.int64)
+        if not isinstance(rle, str):
+            raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
     try:
         foreign = rle.encode("ascii").translate(None, _ALLOWED)
     except UnicodeEncodeError:
@@ -224,16 +233,23 @@ def _counts(rle: object, shape: tuple[int, int]) -> np.ndarray:
         n = values.size
     if n > total + 1:
         raise RLEError(f"{n} numbers: more than any RLE of a {shape[0]}x{shape[1]} image holds ({total + 1})")
-    if n % 2 or values.max() > total:  # every value <= H * W: no overflow below
-        raise _explain(rle, shape, values)
-    values[0::2] -= 1
-    values[1::2] += values[0::2]  # 0-based run boundaries: start, end, start, end, ...
-    counts = np.empty(n + 1, np.int64)
-    counts[0], counts[n] = values[0], total - values[-1]
-    np.subtract(values[1:], values[:-1], out=counts[1:n])
-    if np.less(counts, _lowest(n + 1)).any():  # gaps >= 0, runs >= 1
-        raise _explain(rle, shape, np.fromstring(rle, dtype=np.int64, sep=" "))
-    return counts
+    if n % 2 or values.min() == 0:  # a 0 is a start < 1 or a run of length 0
+        raise _explain(rle, shape)
+    # Gaps and runs, computed in uint64: exact for any values (each < 2**63), and a value out of order or out
+    # of range wraps to or stays a count > H * W. So when every count is <= H * W, the run boundaries (their
+    # partial sums) are exact and ascending, and the RLE is valid.
+    raw = values.view(np.uint64)
+    counts = np.empty(n + 1, np.uint64)
+    counts[1:n:2] = raw[1::2]
+    gaps = counts[2:n:2]
+    np.subtract(raw[2::2], raw[:-2:2], out=gaps)
+    gaps -= raw[1:-1:2]
+    counts[0] = int(raw[0]) - 1
+    tail = total - (int(raw[-2]) - 1 + int(raw[-1]))
+    if tail < 0 or counts[:n].max() > total:
+        raise _explain(rle, shape)
+    counts[n] = tail
+    return counts.view(np.int64)
 
 
 def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
@@ -249,11 +265,12 @@ def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray
 def decode(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
     """Decode a Kaggle RLE into a uint8 0/1 mask of ``shape``; '', None and NaN give an empty mask."""
     counts = _counts(rle, shape)
-    if counts.size == 0:
+    n = counts.size
+    if n == 0:
         return np.zeros(shape, np.uint8)
-    # One np.repeat of alternating 0-gaps and 1-runs writes the whole column-major buffer.
-    flat = np.repeat(_lowest(counts.size), counts)
-    return flat.reshape(shape[1], shape[0]).T
+    # One repeat of alternating 0-gaps and 1-runs writes the whole column-major buffer.
+    values = _alternating()[:n] if n <= _TABLE_LIMIT + 1 else _lowest(n)
+    return values.repeat(counts).reshape(shape[1], shape[0]).T
 
 
 def area(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> int:
