@@ -20,7 +20,7 @@ from common.errors import SteelsegError
 from common.images import read_image
 from common.inspections import connect, query
 from common.layout import DataRoot
-from analysis.viz import as_rgb, contour_overlay, mask_image, png_data_uri
+from common.viz import as_rgb, contour_overlay, mask_image, png_data_uri
 from dashboard.importer import TRUTH_SOURCES, dates_for, import_submission
 from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT, predict_images
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload

@@ -361,7 +361,7 @@ def test_output_naming_a_directory_fails_before_the_prediction(models, tmp_path,
     def never(*args, **kwargs):
         raise AssertionError("the prediction started")
 
-    monkeypatch.setattr(run, "build_predictor", never)
+    monkeypatch.setattr(run, "build_runtime", never)
     (tmp_path / "out").mkdir()
     with pytest.raises(WriteError, match=rf"^output: {tmp_path / 'out'} is a directory: name a file"):
         run.infer(infer_config(models, tmp_path, f"output={tmp_path / 'out'}"))
