@@ -343,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain = {**section(cfg, "tta", "ensemble"),
                      **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
             set_threads(cfg.get("threads"))
-            oof_dir = args.oof_dir or args.out.parent / f"{args.out.stem}_oof"
+            oof_dir = check_writable(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
+                                     directory=True)
             made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
             print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
                   f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")

@@ -153,6 +153,62 @@ def test_files_rebuilt_with_an_allowlist_check_before_import():
         build({"_target_": "no_such_module.f"}, "model", allow={"timm.create_model"})
 
 
+def crafted_run(tmp_path: Path, victim: Path) -> tuple[Path, Path]:
+    """A training folder whose checkpoint loads with weights_only=True but whose meta.config.data names code."""
+    run = tmp_path / "run"
+    path = save_tiny(run / "0_fold=0" / "checkpoints" / "best.pt", "segmenter")
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["config"] = {"data": {
+        "root": str(tmp_path), "generate": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
+        "folds": {"path": str(tmp_path / "folds.csv"), "n_splits": 2, "seed": 0}}}
+    torch.save(payload, path)
+    return run, path
+
+
+@pytest.mark.parametrize("tool", ["ensemble.oof", "ensemble.threshold_search"])
+def test_data_config_in_a_checkpoint_names_no_code(tmp_path, capsys, tool):
+    """The ensemble OOF (ensemble.oof, threshold search and CV report on training folders) reads the data config
+    stored in a checkpoint: a generator not on DATA_GENERATORS is refused before any import or call."""
+    import importlib
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run, path = crafted_run(tmp_path, victim)
+    out = ["--out", str(tmp_path / "oof")] if tool == "ensemble.oof" else ["--out", str(tmp_path / "t.json")]
+    assert importlib.import_module(tool).main([str(run), *out, "progress=false", "tta=none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: meta.config.data.generate: _target_ 'builtins.open' is not allowed"), err
+    assert victim.read_text() == "precious"
+
+
+def test_data_generators_allowlist():
+    from common.data_setup import check_data_node
+
+    node = {"root": "r", "generate": {"_target_": "synthetic.ensure_dataset", "root": "r", "n_train": 4}}
+    assert check_data_node(node, "d") is node
+    with pytest.raises(ConfigError, match=r"^d\.generate\.root: interpolation"):
+        check_data_node({"generate": {"_target_": "synthetic.ensure_dataset", "root": "${oc.env:HOME}"}}, "d")
+
+
+def load_gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_rebuilds_checkpoint_models_through_the_allowlist(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    evil = crafted_checkpoint(tmp_path / "seg.pt", {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
+                              victim, stage="segmenter")
+    with pytest.raises(ConfigError, match=rf"^{evil}: model: _target_ 'builtins.open' is not allowed"):
+        load_gpu_check().make_ensemble(tmp_path, {"classifier/a": evil, "segmenter/a": evil})
+    assert victim.read_text() == "precious"
+
+
 # ============================================================================ 2. RLE validation is exact
 
 BAD_RLES = {
@@ -460,6 +516,88 @@ def test_full_disk_at_fsync_names_the_file(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "x.csv", "a,b\n")
 
 
+def test_deploy_and_oof_tools_check_their_outputs_before_any_work(models, tmp_path, capsys):
+    from ensemble.export import main as export_main
+    from ensemble.oof import main as oof_main
+    from ensemble.threshold_search import main as search_main
+    from ensemble_helpers import run_folder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "existing").mkdir()
+    members = [f"checkpoints.classifier=[{models['cls']}]", f"checkpoints.segmenter=[{models['seg']}]", "tta=none"]
+    run = run_folder(tmp_path / "seg_run", "segmenter")
+    cases = [
+        (oof_main, [str(tmp_path / "run"), "--out", str(blocker)], f"--out: {blocker} is a file: name a folder"),
+        (search_main, [str(run), "--out", str(tmp_path / "t.json"), "--oof-dir", str(blocker)],
+         f"--oof-dir: {blocker} is a file: name a folder"),
+        (export_main, [*members, "--out", str(blocker / "bundle")], f"--out: {blocker / 'bundle'}: {blocker} is a file"),
+        (export_main, [*members, "--out", str(tmp_path / "existing")], "exists; choose another --out or pass --force"),
+        (export_main, [*members, "--out", str(tmp_path / "b"), "--parity", "--parity-limit", "0"],
+         "--parity-limit 0: give at least 1 image"),
+    ]
+    for main, argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "t_oof").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_serve_checks_store_and_port_before_loading(tmp_path, capsys):
+    import socket
+
+    from ensemble.serve import main as serve_main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    missing = str(tmp_path / "no_bundle")
+    cases = [([missing, "--store", str(tmp_path)], f"--store: {tmp_path} is a directory"),
+             ([missing, "--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
+             ([missing, "--port", "70000"], "--port 70000: not a port number"),
+             ([missing, "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
+             ([missing, "--load-test", "3", "--concurrency", "0", "--images", str(tmp_path)], "--concurrency >= 1"),
+             ([missing, "--port", "0"], f"{missing}: not a bundle folder (no bundle.json)")]
+    try:
+        for argv, message in cases:
+            assert serve_main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    finally:
+        taken.close()
+
+
+def test_a_member_file_onnx_runtime_cannot_load_names_the_file(tmp_path, capsys):
+    from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_of
+    from ensemble.serve import main as serve_main
+    from ensemble_helpers import PRE
+
+    (tmp_path / "segmenter_0.onnx").write_bytes(b"not an onnx graph")
+    member = {"kind": "segmenter", "name": "segmenter_0", "file": "segmenter_0.onnx", "preprocess": PRE,
+              "sha256": sha256_of(tmp_path / "segmenter_0.onnx"), "weight": 1.0}
+    (tmp_path / MANIFEST).write_text(json.dumps({
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
+        "members": [member], "rules": Rules().to_dict()}))
+    assert serve_main([str(tmp_path), "--threads", "1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'segmenter_0.onnx'}: ONNX Runtime cannot load it") and \
+        err.count("\n") == 1, err
+
+
+def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
+    gpu_check = load_gpu_check()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv, message in ((["--device", "cpu", "--tiny", "--work", str(blocker)], f"--work: {blocker} is a file"),
+                          (["--device", "cpu", "--train-images", "0", "--work", str(tmp_path)],
+                           "--train-images 0: counts must be >= 1")):
+        assert gpu_check.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 # ============================================================================ 6. data loss: one transaction
 
 def stored_rows(n: int, first: int = 0) -> pd.DataFrame:
@@ -633,10 +771,17 @@ def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
     (["infer.py", "images=/nonexistent-images", "checkpoints.classifier=[]", "checkpoints.segmenter=[]"],
      ["/nonexistent-images: image folder not found"]),
     (["prepare.py", "data=kaggle", "data.root=/nonexistent-root"], ["/nonexistent-root/train.csv: file not found"]),
+    (["infer.py", "runtime=onnx", "bundle=/nonexistent-bundle"], ["/nonexistent-bundle: not a bundle folder"]),
 ])
 def test_hydra_apps_print_error_and_exit_2(tmp_path, args, fragments):
     done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
     assert_user_error(done, *fragments)
+
+
+def test_gpu_check_cli_prints_error_and_exits_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    done = run_cli("benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--work", str(tmp_path / "file"))
+    assert_user_error(done, f"--work: {tmp_path / 'file'} is a file: name a folder")
 
 
 def python_m_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
@@ -650,10 +795,14 @@ def python_m_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("analysis.report", [missing, "--out", str(tmp / "r")], f"{missing}: run folder"),
         ("analysis.eda", [missing, "--out", str(tmp / "e")], f"{missing}: data root not found"),
         ("synthetic.__main__", ["--out", str(tmp / "syn"), "--train", "-1"], "image counts must be >= 0"),
+        ("ensemble.oof", [missing, "--out", str(tmp / "oof")], f"{missing}: run checkpoint or output folder not found"),
+        ("ensemble.export", ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{missing}]", "--out",
+                             str(tmp / "bundle")], f"{missing}: segmenter checkpoint or output folder not found"),
+        ("ensemble.serve", [missing, "--port", "0"], f"{missing}: not a bundle folder"),
     ]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(11))
 def test_python_m_tools_print_error_and_exit_2(tmp_path, capsys, index):
     import importlib
 
