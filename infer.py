@@ -38,4 +38,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import hydra_command_line_errors
+
+    with hydra_command_line_errors():
+        main()

@@ -23,4 +23,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import hydra_command_line_errors
+
+    with hydra_command_line_errors():
+        main()

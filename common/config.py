@@ -11,7 +11,19 @@ from typing import Any, Collection, Iterator, Mapping
 
 from common.errors import ConfigError
 
-__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed"]
+__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed", "whole_number"]
+
+
+def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = None, note: str = "") -> int | None:
+    """A whole-number setting (e.g. ``threads``, ``batch_size``): ``value`` as an int >= ``minimum``, ``default``
+    when it is None; text, fractions and booleans are a ConfigError naming ``key`` (``note`` says what null means)."""
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: expected a whole number >= {minimum}{note}, got {value!r}")
+    return value
 
 
 def _is_config(node: Any) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from common.config import whole_number
 from common.constants import CLASS_IDS, LONG_COLUMNS
 
 from common.annotations import read_annotations
@@ -128,6 +129,8 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     thread, so the device loop does not wait for it), the score is accumulated per pair, inspections are
     appended in chunks. ``profile=true`` adds where the time goes per image (``time_ms_per_image``).
     """
+    batch_size = whole_number(cfg.get("batch_size"), "batch_size", minimum=1, default=4)
+    num_workers = whole_number(cfg.get("num_workers"), "num_workers", default=0)
     check_writable(cfg["output"], "output")  # fail before the prediction, not after it
     if cfg.get("store"):
         check_writable(cfg["store"], "store")
@@ -153,8 +156,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
-            drain_in_background(predictor.iter_predictions(paths, int(cfg.get("batch_size", 4)),
-                                                           int(cfg.get("num_workers", 0)),
+            drain_in_background(predictor.iter_predictions(paths, batch_size, num_workers,
                                                            bool(cfg.get("progress", True))), handle)
         if store:
             store.flush()

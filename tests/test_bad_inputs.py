@@ -598,6 +598,29 @@ def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size: expected a whole number >= 1, got 0"),
+    ("num_workers=-1", "num_workers: expected a whole number >= 0, got -1"),
+    ("threads=1.5", "threads: expected a whole number >= 0 (0 or null: every core), got 1.5"),
+    ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),
+])
+def test_bad_counts_stop_infer_before_any_output(models, tmp_path, override, message):
+    from ensemble.run import infer
+
+    with pytest.raises(ConfigError) as err:
+        infer(infer_config(models, tmp_path, override))
+    assert str(err.value) == message
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_onnx_session_threads_are_checked():
+    from ensemble.onnx_runtime import session_options
+
+    with pytest.raises(ConfigError, match=r"^threads: expected a whole number >= 0"):
+        session_options("four")
+    assert session_options("2").intra_op_num_threads == 2
+
+
 # ============================================================================ 6. data loss: one transaction
 
 def stored_rows(n: int, first: int = 0) -> pd.DataFrame:
@@ -772,6 +795,10 @@ def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
      ["/nonexistent-images: image folder not found"]),
     (["prepare.py", "data=kaggle", "data.root=/nonexistent-root"], ["/nonexistent-root/train.csv: file not found"]),
     (["infer.py", "runtime=onnx", "bundle=/nonexistent-bundle"], ["/nonexistent-bundle: not a bundle folder"]),
+    (["infer.py", "nosuchkey=1"], ["command line: Could not override 'nosuchkey'", "use +nosuchkey=1"]),
+    (["train.py", "fold=0", "experiment=nosuch/x"], ["command line: In 'train': Could not find 'experiment/nosuch/x'"]),
+    (["prepare.py", "data.root=["], ["command line: no viable alternative at input '['"]),
+    (["infer.py", "threads=abc"], ["threads: expected a whole number >= 0 (0 or null: every core), got 'abc'"]),
 ])
 def test_hydra_apps_print_error_and_exit_2(tmp_path, args, fragments):
     done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
