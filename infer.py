@@ -27,12 +27,18 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")
 def main(cfg: DictConfig) -> float | None:
+    """A user error (SteelsegError) prints ``error: <message>`` and exits 2; a bug keeps its traceback."""
     from common.config import to_plain
+    from common.errors import exit_on_user_error
     from ensemble.run import infer
 
-    summary = infer(to_plain(cfg))
+    with exit_on_user_error():
+        summary = infer(to_plain(cfg))
     return summary.get("score", {}).get("score")
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import hydra_command_line_errors
+
+    with hydra_command_line_errors():
+        main()

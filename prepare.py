@@ -10,9 +10,14 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     from common.data_setup import summarize
+    from common.errors import exit_on_user_error
 
-    print(summarize(cfg.data))
+    with exit_on_user_error():
+        print(summarize(cfg.data))
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import hydra_command_line_errors
+
+    with hydra_command_line_errors():
+        main()

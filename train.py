@@ -9,15 +9,21 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from common.errors import exit_on_user_error
 from engine.run import train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Returns the best value of the stage's monitored metric (the objective for sweeps)."""
-    result = train(cfg)
+    """Returns the best value of the stage's monitored metric (the objective for sweeps).
+    A user error (SteelsegError) prints ``error: <message>`` and exits 2; a bug keeps its traceback."""
+    with exit_on_user_error():
+        result = train(cfg)
     return float(result.best_metrics[result.monitor])
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import hydra_command_line_errors
+
+    with hydra_command_line_errors():
+        main()

@@ -25,7 +25,7 @@ import pandas as pd
 
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import SteelsegError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, check_writable, read_csv
 from common.metrics import dice_from_counts, f1_per_class, gap_closed, roc_auc_per_class
 from common.oof import CLASSIFIER_FILE, SEGMENTER_FILE, OOF, find_files, load_oof
 from ensemble.rules import Rules, write_thresholds
@@ -274,7 +274,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
             continue
         fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(13, 3.6))
         for path in curves:
-            frame = pd.read_csv(path)
+            frame = read_csv(path).frame().apply(pd.to_numeric, errors="coerce")  # the one CSV reader
             fold = path.parent.name
             loss_ax.plot(frame["epoch"], frame["train_loss"], marker=".", label=f"{fold} train")
             if "val_loss" in frame and frame["val_loss"].notna().any():
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SteelsegError("--images and --truth go together (a labelled holdout)")
         from ensemble.settings import compose_infer, section
 
-        out = args.out or Path(runs[0]) / "report"
+        out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
         tta = list(section(compose_infer(overrides), "tta")["tta"]["segmenter"])
         s = build_report([Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit,
                          args.oof, tta)

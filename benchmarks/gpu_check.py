@@ -35,7 +35,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common.config import build  # noqa: E402
-from engine.checkpoint import save_checkpoint  # noqa: E402
+from common.errors import SteelsegError, exit_on_user_error  # noqa: E402
+from common.io import atomic_write_text, check_writable, read_csv  # noqa: E402
+from engine.checkpoint import model_allowlist, save_checkpoint  # noqa: E402
 
 RECIPES = sorted(p.relative_to(ROOT / "configs" / "experiment").with_suffix("").as_posix()
                  for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml"))
@@ -52,6 +54,11 @@ def env() -> dict[str, str]:
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv through the project's one CSV reader, numbers as numbers."""
+    return read_csv(path).frame().apply(pd.to_numeric, errors="coerce")
+
+
 def run(args: list[str], log: Path, timeout: float = 900) -> tuple[str, float]:
     """(output, seconds) of a command in the repository root; its output also goes to ``log``."""
     start = time.perf_counter()
@@ -59,7 +66,7 @@ def run(args: list[str], log: Path, timeout: float = 900) -> tuple[str, float]:
     seconds = time.perf_counter() - start
     output = proc.stdout + proc.stderr
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(" ".join(args) + "\n\n" + output)
+    atomic_write_text(log, " ".join(args) + "\n\n" + output)
     if proc.returncode:
         raise RuntimeError(f"exit {proc.returncode}, see {log}: {output.strip().splitlines()[-1:]}")
     return output, seconds
@@ -80,9 +87,9 @@ def replicate(base: Path, out: Path, n_train: int, n_test: int) -> Path:
             if split == "train":
                 links.append((target.name, original.name))
     names = pd.DataFrame(links, columns=["ImageId", "Original"])
-    train = pd.read_csv(base / "train.csv").rename(columns={"ImageId": "Original"})
+    train = read_csv(base / "train.csv").frame().rename(columns={"ImageId": "Original"})
     rows = names.merge(train, on="Original")[["ImageId", "ClassId", "EncodedPixels"]]
-    rows.to_csv(out / "train.csv", index=False)
+    atomic_write_text(out / "train.csv", rows.to_csv(index=False))
     return out
 
 
@@ -138,7 +145,7 @@ class Check:
         return all(status != "FAILED" for _, status, _ in self.rows)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny networks and data (debug=smoke): a CPU dry run")
@@ -149,7 +156,23 @@ def main() -> int:
     parser.add_argument("--distinct", type=int, help="distinct synthetic images per split (default 100; tiny 16)")
     parser.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))), help="loader workers")
     parser.add_argument("--batch", type=int, default=16, help="infer.py batch size")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    counts = {"--train-images": args.train_images, "--infer-images": args.infer_images,
+              "--profile-images": args.profile_images, "--distinct": args.distinct, "--batch": args.batch}
+    bad = [f"{k} {v}" for k, v in counts.items() if v is not None and v < 1]
+    try:
+        if bad or args.workers < 0:
+            what = ", ".join(bad) or f"--workers {args.workers}"
+            raise SteelsegError(f"{what}: counts must be >= 1 (--workers >= 0)")
+        check_writable(args.work, "--work", directory=True)  # before any training starts
+    except SteelsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with exit_on_user_error():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     import torch
 
     tiny, cuda = args.tiny, args.device == "cuda"
@@ -191,7 +214,7 @@ def main() -> int:
         def one_epoch(recipe=recipe):
             out = work / "train" / recipe
             _, seconds = run([sys.executable, *train_args(recipe, big, 5, out, "trainer.epochs=1")], out / "log.txt")
-            row = pd.read_csv(out / "metrics.csv").iloc[-1]
+            row = read_metrics(out / "metrics.csv").iloc[-1]
             trained[recipe] = out / "checkpoints" / "best.pt"
             memory = f", peak GPU memory {row['gpu_peak_gib']:.1f} GiB" if "gpu_peak_gib" in row else ""
             return "ok", (f"{n_train} images{' (tiny)' if tiny else ''}: {row['train_images_per_s']:.1f} images/s "
@@ -219,7 +242,7 @@ def main() -> int:
         output, seconds = run(cmd, out / "log_resumed.txt")
         if "resuming" not in output:
             raise RuntimeError("the second command did not resume")
-        done = pd.read_csv(metrics)["epoch"].tolist()
+        done = read_metrics(metrics)["epoch"].tolist()
         if done != [0, 1]:
             raise RuntimeError(f"after resuming, metrics.csv has epochs {done}")
         return "ok", f"SIGKILL after epoch 0 of {segmenter_recipe}; the same command resumed at epoch 1 and " \
@@ -264,7 +287,7 @@ def main() -> int:
 
     table = check.table()
     header = f"GPU check on {device_name} (torch {torch.__version__}, {gpus} GPU(s){', tiny' if tiny else ''})"
-    (work / "gpu_check.md").write_text(header + "\n\n" + table + "\n")
+    atomic_write_text(work / "gpu_check.md", header + "\n\n" + table + "\n")
     print("\n" + header + "\n\n" + table)
     return 0 if check.ok else 1
 
@@ -292,7 +315,8 @@ def make_ensemble(folder: Path, trained: dict[str, Path]) -> list[str]:
         config = {**payload["model"], "arch": arch}
         if arch == "FPN":
             config.pop("decoder_channels", None)
-        paths.append(save_checkpoint(folder / f"segmenter_{arch}_{i}.pt", build(config, "segmenter.model"), config,
+        model = build(config, f"{segmenter}: model", allow=model_allowlist())  # a config read from a file
+        paths.append(save_checkpoint(folder / f"segmenter_{arch}_{i}.pt", model, config,
                                      "segmenter", payload["meta"]))
     return [f"checkpoints.classifier=[{classifier}]", f"checkpoints.segmenter=[{','.join(map(str, paths))}]"]
 

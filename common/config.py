@@ -11,7 +11,19 @@ from typing import Any, Collection, Iterator, Mapping
 
 from common.errors import ConfigError
 
-__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed"]
+__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed", "whole_number"]
+
+
+def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = None, note: str = "") -> int | None:
+    """A whole-number setting (e.g. ``threads``, ``batch_size``): ``value`` as an int >= ``minimum``, ``default``
+    when it is None; text, fractions and booleans are a ConfigError naming ``key`` (``note`` says what null means)."""
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: expected a whole number >= {minimum}{note}, got {value!r}")
+    return value
 
 
 def _is_config(node: Any) -> bool:
@@ -41,11 +53,29 @@ def targets(node: Any, key: str = "<config>") -> Iterator[tuple[str, Any]]:
             yield from targets(value, f"{key}[{i}]")
 
 
+def _special(node: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(dotted key, problem) of every interpolation and every Hydra key other than ``_target_`` in a plain node."""
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            if isinstance(name, str) and name.startswith("_") and name.endswith("_") and name != "_target_":
+                yield f"{key}.{name}", "Hydra instantiation key"
+            yield from _special(value, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _special(value, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield key, f"interpolation {node[:60]!r}"
+
+
 def check_allowed(node: Any, allow: Collection[str], key: str = "<config>") -> None:
-    """Raise ConfigError unless every ``_target_`` in ``node`` is a string on the allowlist."""
-    for where, target in targets(to_plain(node), key):
+    """Raise ConfigError unless every ``_target_`` in ``node`` is a string on the allowlist, and the node holds
+    no interpolation (``${...}``) and no other Hydra key (``_args_``, ``_partial_``...): a file is data."""
+    plain = to_plain(node)
+    for where, target in targets(plain, key):
         if not isinstance(target, str) or target not in allow:
             raise ConfigError(f"{where}: _target_ {target!r} is not allowed here (allowed: {sorted(allow)})")
+    for where, problem in _special(plain, key):
+        raise ConfigError(f"{where}: {problem} is not allowed in a config read from a file")
 
 
 def build(node: Any, key: str = "<config>", allow: Collection[str] | None = None, **kwargs: Any) -> Any:
@@ -63,10 +93,11 @@ def build(node: Any, key: str = "<config>", allow: Collection[str] | None = None
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    if not _is_config(node):
-        node = OmegaConf.create(dict(plain))
     try:
+        if not _is_config(node):
+            node = OmegaConf.create(dict(plain))
         return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        raise ConfigError(f"{key}: cannot build {plain['_target_']}: {exc}") from exc
+    except (InstantiationException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{key}: cannot build {plain['_target_']}: {exc}".replace("\n", " ")) from exc

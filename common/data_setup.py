@@ -3,6 +3,8 @@
 The node (``configs/data/*.yaml``; a DictConfig or a plain dict) names the root, the train CSV, the test
 folder, the folds file and, for generated data, ``generate``: a ``_target_`` node called once before
 the root is read (the synthetic generator's ``ensure_dataset``), so this module knows no generator.
+A data node read from a file (a checkpoint's ``meta.config.data``) is data, never code: ``check_data_node``
+allows only the generators on ``DATA_GENERATORS`` (checked before any import or call).
 """
 from __future__ import annotations
 
@@ -13,16 +15,26 @@ import numpy as np
 import pandas as pd
 
 from common.annotations import read_annotations
-from common.config import build
+from common.config import build, check_allowed
 from common.constants import CLASS_IDS
 from common.dataset import SteelDataset, dataset_from
 from common.folds import check_folds, make_folds, read_folds, write_folds
+from common.io import check_writable
 from common.metrics import kaggle_score
 from common.rle import area
 
-__all__ = ["prepare_root", "load_train", "load_test", "load_folds", "summary_table", "describe", "summarize"]
+__all__ = ["DATA_GENERATORS", "check_data_node", "prepare_root", "load_train", "load_test", "load_folds",
+           "summary_table", "describe", "summarize"]
 
 DataNode = Mapping[str, Any]
+DATA_GENERATORS = frozenset({"synthetic.ensure_dataset"})  # the only targets a data node read from a file may name
+
+
+def check_data_node(data: DataNode, where: str) -> DataNode:
+    """Raise ConfigError (naming ``where``) unless every ``_target_`` in a data node read from a file is on
+    ``DATA_GENERATORS`` and it holds no interpolation or other Hydra key; return the node."""
+    check_allowed(data, DATA_GENERATORS, where)
+    return data
 
 
 def prepare_root(data: DataNode) -> Path:
@@ -54,8 +66,9 @@ def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
     if path.is_file():
         folds = read_folds(path, dataset.image_ids)
     else:
+        check_writable(path, "data.folds.path")  # e.g. a read-only data root: say which setting to change
         folds = make_folds(dataset.labels, int(folds_cfg["n_splits"]), int(folds_cfg["seed"]))
-        write_folds(folds, path)
+        write_folds(folds, path, key="data.folds.path")
     check_folds(folds, dataset.labels, f"{path} (data.folds.path)")
     return folds
 

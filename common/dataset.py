@@ -14,7 +14,7 @@ import pandas as pd
 
 from common.annotations import Annotations, labels_table, read_annotations
 from common.constants import CLASS_IDS, IMAGE_SHAPE, IMAGE_SUFFIXES, LONG_COLUMNS
-from common.errors import DatasetError, ImageError
+from common.errors import ConfigError, DatasetError, ImageError
 from common.images import read_image, read_size
 from common.rle import decode
 
@@ -93,11 +93,25 @@ class SteelDataset:
         return SteelDataset(self.image_dir, tuple(image_ids), rows, self.labelled, self.source)
 
 
-def list_images(image_dir: Path) -> list[str]:
-    """Sorted image file names in a folder (jpg/jpeg/png by name; content is checked on read)."""
+def list_images(image_dir: Path | str) -> list[str]:
+    """Sorted image file names in a folder (jpg/jpeg/png by name; content is checked on read).
+
+    An entry with an image name that is not a readable file (a dangling symlink, a folder) is an error
+    naming it, never skipped: a prediction or a submission check would otherwise miss that image.
+    """
+    image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: image folder not found")
-    return sorted(p.name for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    names = []
+    for entry in image_dir.iterdir():
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not entry.is_file():
+            what = "a symlink to a missing file" if entry.is_symlink() and not entry.exists() else \
+                "not a regular file"
+            raise ImageError(f"{entry}: {what}; fix or remove it (every image in {image_dir} is used)")
+        names.append(entry.name)
+    return sorted(names)
 
 
 def check_image_files(image_dir: Path, image_ids: list[str] | tuple[str, ...], full: bool = False) -> None:
@@ -130,7 +144,7 @@ def dataset_from(image_dir: Path | str, annotations: Annotations | None, check: 
                 raise DatasetError(f"{annotations.path}{where}: image {image_id!r} is not in {image_dir}")
         rows, source = annotations.rows, annotations.path
     if check not in ("none", "header", "full"):
-        raise ValueError(f"check must be 'none', 'header' or 'full', got {check!r}")
+        raise ConfigError(f"data.check_images: must be 'none', 'header' or 'full', got {check!r}")
     if check != "none":
         check_image_files(image_dir, on_disk, full=check == "full")
     return SteelDataset(image_dir, tuple(on_disk), rows, annotations is not None, source)

@@ -1,9 +1,13 @@
 """Exceptions that name the file, row or key that caused them.
 
 A ``SteelsegError`` is a user error: command-line tools print its one-line message and exit 2, with no
-traceback. Anything else is a bug and keeps its traceback.
+traceback (``exit_on_user_error``). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class SteelsegError(Exception):
@@ -38,5 +42,60 @@ class SubmissionError(SteelsegError, ValueError):
     """A submission that is incomplete, has duplicates or rows for unknown images."""
 
 
-__all__ = ["SteelsegError", "AnnotationError", "ImageError", "DatasetError", "ConfigError", "RLEError", "OOFError",
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For command-line entry points (Hydra apps included): a SteelsegError in the block becomes
+    ``error: <message>`` on stderr and exit status 2, without a traceback; other exceptions pass unchanged."""
+    try:
+        yield
+    except SteelsegError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message (and its cause's) on one line, without OmegaConf's full_key/object_type lines."""
+    parts = [str(exc)] + ([str(exc.__cause__)] if exc.__cause__ is not None and str(exc.__cause__) not in str(exc)
+                          else [])
+    text = "\n".join(parts).split("Config search path:")[0]  # Hydra's search path list says nothing to a user
+    lines = [line.strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=",
+                                                                             "reference_type=")))
+
+
+@contextmanager
+def hydra_command_line_errors() -> Iterator[None]:
+    """For the ``__main__`` of Hydra apps: a command line Hydra refuses while composing the config (an unknown
+    key, a bad override, a config group option that does not exist) prints ``error: command line: <message>``
+    and exits 2, like every other user error, instead of Hydra's report and exit 1. Errors of the app itself
+    pass unchanged. (Hydra reports through ``hydra._internal.utils.run_and_report``; without it, nothing changes.)"""
+    try:
+        from hydra._internal import utils
+        from hydra.errors import ConfigCompositionException, OverrideParseException
+    except ImportError:  # another Hydra layout: its own report stays
+        yield
+        return
+    original = getattr(utils, "run_and_report", None)
+    if original is None:
+        yield
+        return
+
+    def run_and_report(func):  # type: ignore[no-untyped-def]
+        def guarded():  # type: ignore[no-untyped-def]
+            try:
+                return func()
+            except (ConfigCompositionException, OverrideParseException) as exc:
+                print(f"error: command line: {_one_line(exc)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+
+        return original(guarded)
+
+    utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        utils.run_and_report = original
+
+
+__all__ = ["exit_on_user_error", "hydra_command_line_errors", "SteelsegError", "AnnotationError", "ImageError", "DatasetError", "ConfigError", "RLEError", "OOFError",
            "SubmissionError"]

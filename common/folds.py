@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import DatasetError
+from common.errors import ConfigError, DatasetError
 from common.io import CsvError, atomic_write_text, read_csv
 
 __all__ = ["make_folds", "check_folds", "write_folds", "read_folds", "split_ids"]
@@ -15,7 +15,7 @@ __all__ = ["make_folds", "check_folds", "write_folds", "read_folds", "split_ids"
 def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
     """Assign each image of a presence table (index ImageId, columns 1..4) a fold in [0, n_splits)."""
     if n_splits < 2:
-        raise ValueError(f"n_splits must be >= 2, got {n_splits}")
+        raise ConfigError(f"data.folds.n_splits: must be >= 2, got {n_splits}")
     if len(labels) < n_splits:
         raise DatasetError(f"cannot make {n_splits} folds from {len(labels)} images")
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
@@ -44,9 +44,9 @@ def check_folds(folds: pd.DataFrame, labels: pd.DataFrame, where: str = "folds")
     return table
 
 
-def write_folds(folds: pd.DataFrame, path: Path | str) -> Path:
-    """Write the ImageId,fold CSV atomically."""
-    return atomic_write_text(path, folds.to_csv(index=False))
+def write_folds(folds: pd.DataFrame, path: Path | str, key: str | None = None) -> Path:
+    """Write the ImageId,fold CSV atomically (``key``: the setting that named the file, for errors)."""
+    return atomic_write_text(path, folds.to_csv(index=False), key=key)
 
 
 def read_folds(path: Path | str, image_ids: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:

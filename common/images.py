@@ -1,6 +1,7 @@
 """Read Severstal images by content (real data has PNG bytes named .jpg), with clear errors."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,12 @@ from common.constants import IMAGE_SHAPE
 
 __all__ = ['sniff_format', 'check_complete', 'decode_image', 'read_image', 'read_size']
 
-_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
-_PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_JPEG_SOI = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# In entropy-coded JPEG data a 0xFF byte is followed by 0x00 (stuffing), 0xD0-0xD7 (restart markers) or
+# more 0xFF (fill); any other byte after 0xFF is the next marker.
+_NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length field
 
 
 def sniff_format(data: bytes) -> str:
@@ -24,16 +29,55 @@ def sniff_format(data: bytes) -> str:
     return ""
 
 
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset just past the JPEG's end-of-image marker, following the segment structure (so markers
+    inside an EXIF thumbnail or after the image do not count); None when the data ends first."""
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return None  # not at a marker: damaged or cut
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker == 0xD9:
+            return i
+        if marker in _STANDALONE:
+            continue
+        if i + 2 > n:
+            return None
+        i += int.from_bytes(data[i:i + 2], "big")
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next marker
+            found = _NEXT_MARKER.search(data, i)
+            if found is None:
+                return None
+            i = found.start()
+    return None
+
+
+def _png_complete(data: bytes) -> bool:
+    """True when the chunk chain reaches a whole IEND chunk (bytes after it are ignored)."""
+    i, n = len(_PNG_MAGIC), len(data)
+    while i + 8 <= n:
+        end = i + 12 + int.from_bytes(data[i:i + 4], "big")
+        if data[i + 4:i + 8] == b"IEND":
+            return end <= n
+        i = end
+    return False
+
+
 def check_complete(data: bytes, path: Path | str) -> None:
-    """Raise ImageError when the bytes are not a complete JPEG or PNG (truncated downloads)."""
+    """Raise ImageError when the bytes are not a complete JPEG or PNG (truncated downloads); bytes after the
+    end of the image (trailing garbage some real files have) are accepted."""
     kind = sniff_format(data)
     if not kind:
         raise ImageError(f"{path}: not a JPEG or PNG file (first bytes {data[:8]!r})")
-    tail = data.rstrip(b"\x00")[-16:]
-    if kind == "jpeg" and not tail.endswith(_JPEG_EOI):
-        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    if kind == "png" and _PNG_IEND not in tail:
-        raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
+    if kind == "jpeg" and _jpeg_end(data) is None:
+        raise ImageError(f"{path}: truncated JPEG (the data ends before the end-of-image marker)")
+    if kind == "png" and not _png_complete(data):
+        raise ImageError(f"{path}: truncated PNG (the data ends before the IEND chunk)")
 
 
 def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,

@@ -43,14 +43,22 @@ class InspectionStoreError(SteelsegError, ValueError):
 def connect(path: Path | str) -> sqlite3.Connection:
     """Open (creating file, table and indices if missing) the inspections store at ``path``."""
     path = Path(path)
-    if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path))
         conn.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
         raise InspectionStoreError(f"{path}: cannot open inspections store ({exc})") from exc
     return conn
+
+
+def _store_name(conn: sqlite3.Connection) -> str:
+    """The file behind a connection (for error messages)."""
+    try:
+        return conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
+    except sqlite3.Error:
+        return "inspections store"
 
 
 def _iso(value: object, where: str) -> str:
@@ -110,12 +118,16 @@ def append_rows(conn: sqlite3.Connection, rows: pd.DataFrame, source: str, run_i
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     values = [(image_id, _date_for(image_id, dates, now), source, class_id, px, rle, run_id)
               for image_id, class_id, px, rle in records(rows, image_ids)]
-    with conn:
-        if replace:
-            conn.execute("DELETE FROM inspections WHERE source = ?", (source,))
-        conn.executemany(
-            "INSERT INTO inspections (image_id, inspected_at, source, class_id, area, rle, run_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+    try:
+        with conn:  # one transaction: commit on success, roll back (old rows kept) on any failure
+            if replace:
+                conn.execute("DELETE FROM inspections WHERE source = ?", (source,))
+            conn.executemany(
+                "INSERT INTO inspections (image_id, inspected_at, source, class_id, area, rle, run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+    except sqlite3.OperationalError as exc:  # full disk, read-only file, locked: nothing was changed
+        raise InspectionStoreError(f"{_store_name(conn)}: cannot store the rows of {source!r} ({exc}); "
+                                   f"the store is unchanged") from exc
     return len(values)
 
 

@@ -1,6 +1,15 @@
-"""File I/O every command shares: atomic writes, and the one CSV reader.
+"""File I/O every command shares: atomic writes, the writability check, and the one CSV reader.
 
-Atomic writes: a reader never sees a half-written file and a crash leaves the old one in place.
+Atomic writes: a reader never sees a half-written file and a crash leaves the old one in place. The data
+goes to a hidden temp file next to the target, ``.<name>.<pid>-<host>.<random>.tmp``, renamed over the
+target when complete. The file gets the mode ``open()`` would give: the target's mode when it exists,
+``0o666 & ~umask`` otherwise. A writer killed with ``kill -9`` cannot remove its temp file, so every
+write first removes the stale temp files of the same target: those whose writer ran on this host and is
+no longer running (the pid and a host tag are in the name), and those not modified for
+``STALE_TEMP_AGE_S`` (another host's, or a reused pid's). Fresh temp files of live writers are kept.
+A full disk, a read-only file system or a permission problem while writing is a ``WriteError`` (a user
+error naming the file), never a bare ``OSError`` or a library's message.
+
 The CSV reader is used for every CSV the project reads (annotations, submissions, folds, id lists,
 label tables, OOF tables, uploads), so they all accept and refuse the same things: UTF-8 with or
 without a BOM, quoted fields of any size, blank lines skipped; errors name the file and the line.
@@ -8,12 +17,18 @@ without a BOM, quoted fields of any size, blank lines skipped; errors name the f
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import os
+import re
+import socket
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator, Sequence
 
@@ -22,35 +37,182 @@ from common.errors import SteelsegError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CsvError", "CsvTable", "atomic_open", "atomic_write_text", "read_csv", "parse_csv_text"]
+__all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text",
+           "check_writable", "remove_stale_temps", "read_csv", "parse_csv_text"]
+
+STALE_TEMP_AGE_S = 3600
+# Failures of the place written to (not of the program): reported as one line naming the file.
+_PLACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EISDIR,
+                 errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EEXIST}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # only a write can raise these
+_HINTS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+          errno.EROFS: "the file system is read-only: write elsewhere",
+          errno.EACCES: "no permission: write elsewhere or fix the folder's permissions",
+          errno.EPERM: "no permission: write elsewhere or fix the folder's permissions",
+          errno.EISDIR: "a directory is in the way: name a file", errno.ENOTDIR: "a file is in the way of a folder"}
 
 
 class CsvError(SteelsegError, ValueError):
     """A file that is not readable as CSV text; the message names the file and the line."""
 
 
-@contextmanager
-def atomic_open(path: Path | str, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds."""
+class WriteError(SteelsegError, OSError):
+    """A file that cannot be written (full disk, read-only place, no permission, a directory in the way)."""
+
+    def __str__(self) -> str:  # the one-line message, also when errno/strerror are set
+        return str(self.args[0]) if self.args else ""
+
+
+def _write_error(path: Path | str, exc: OSError, key: str | None = None) -> WriteError:
+    """One line naming the file (and the setting that chose it), the cause and what to do."""
+    cause = exc.strerror or str(exc)
+    hint = _HINTS.get(exc.errno or 0, "write elsewhere")
+    where = f"{key}: {path}" if key else str(path)
+    error = WriteError(f"{where}: cannot write ({cause}): {hint}")
+    error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(path)
+    return error
+
+
+@lru_cache(maxsize=1)
+def _host_tag() -> str:
+    """8 hex digits naming this machine in temp file names (hostnames may hold any character)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(name)}\.(\d+)-([0-9a-f]{{8}})\.[A-Za-z0-9_]+\.tmp")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path | str, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the leftover temp files of ``path`` (see the module doc for which); return those removed."""
     path = Path(path)
+    pattern, host, now, removed = _temp_pattern(path.name), _host_tag(), time.time(), []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        pid, tag = int(match.group(1)), match.group(2)
+        try:
+            dead = tag == host and pid != os.getpid() and not _pid_running(pid)
+            if dead or now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # removed meanwhile, or not ours to remove: the write goes on
+            continue
+    return removed
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode open() would give ``path``: its current mode if it exists, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """Create the temp file for ``path`` (folder made if missing) with the final file's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _new_file_mode(path))
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+@contextmanager
+def atomic_open(path: Path | str, mode: str = "w", key: str | None = None, **kwargs) -> Iterator[IO]:
+    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    ``key``: the setting that named the file, for the error message. A full disk, a read-only place or a
+    missing permission raises WriteError naming the file; other errors pass unchanged.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = _temp_file(path)
+    except OSError as exc:
+        if exc.errno in _PLACE_ERRNOS and not isinstance(exc, SteelsegError):
+            raise _write_error(path, exc, key) from exc
+        raise
+    own_step = False
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
+            own_step = True
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, SteelsegError) and (
+                exc.errno in _WRITE_ERRNOS or (own_step and exc.errno in _PLACE_ERRNOS)):
+            raise _write_error(path, exc, key) from exc
         raise
 
 
-def atomic_write_text(path: Path | str, text: str) -> Path:
+def atomic_write_text(path: Path | str, text: str, key: str | None = None) -> Path:
     """Write text to ``path`` atomically and return the path."""
-    with atomic_open(path, "w", newline="") as handle:
+    with atomic_open(path, "w", key=key, newline="") as handle:
         handle.write(text)
     return Path(path)
+
+
+def check_writable(path: Path | str, key: str, directory: bool = False) -> Path:
+    """Fail now, naming ``key``, when ``path`` cannot be written later (a directory or a file in the way, a
+    read-only or full place, no permission): commands call it at start-up for every file or folder they will
+    write. Nothing is created: a probe file is made and removed in the nearest existing folder."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise WriteError(f"{key}: {path} is a directory: name a file (in it or elsewhere)")
+    if directory and path.exists() and not path.is_dir():
+        raise WriteError(f"{key}: {path} is a file: name a folder")
+    folder = path if directory else path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise WriteError(f"{key}: {path}: {existing} is a file, not a folder: write elsewhere")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".steelseg-write-check.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
+                                   dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise _write_error(path, exc, key) from exc
+    return path
 
 
 @dataclass(frozen=True)

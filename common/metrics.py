@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise SteelsegError(f"{args.submission}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
         report = kaggle_score(sub.rows, truth.rows, image_ids)
-    except (SteelsegError, ValueError) as exc:
+    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.format())

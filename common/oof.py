@@ -340,8 +340,22 @@ def find_files(entries: Sequence[Path | str], name: str) -> list[Path]:
     return found
 
 
+def _check_entries(entries: Sequence[Path | str]) -> None:
+    """Every entry must give OOF data: a folder holding an OOF file, or an OOF file (none is silently ignored)."""
+    names = (SEGMENTER_FILE, CLASSIFIER_FILE)
+    for entry in entries:
+        path = Path(entry)
+        if path.is_file() and path.name not in names:
+            raise OOFError(f"{path}: not an OOF file (expected {SEGMENTER_FILE} or {CLASSIFIER_FILE}, or a run folder)")
+        if path.is_dir() and not any(find_files([path], name) for name in names):
+            raise OOFError(f"{path}: no {SEGMENTER_FILE} or {CLASSIFIER_FILE} in this folder "
+                           f"(a training run that has not finished, or another folder?)")
+
+
 def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) -> OOF:
-    """Join every ``oof_segmenter.npz`` and ``oof_classifier.csv`` under ``entries`` by image id."""
+    """Join every ``oof_segmenter.npz`` and ``oof_classifier.csv`` under ``entries`` by image id; an entry
+    that does not exist or holds no OOF file is an error."""
+    _check_entries(entries)
     seg_files = find_files(entries, SEGMENTER_FILE)
     if not seg_files:
         raise OOFError(f"no {SEGMENTER_FILE} under {[str(e) for e in entries]}")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         dashboard = prepare(args)
-    except (SteelsegError, ValueError) as exc:
+    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     create_app(dashboard).run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)

@@ -83,10 +83,10 @@ def load_csv_text(text: str, name: str) -> tuple[Annotations, dict[str, str]]:
         raise AnnotationError(str(exc)) from exc
 
 
-def load_csv(path: Path | str) -> tuple[Annotations, dict[str, str]]:
-    """``load_table`` of a file."""
+def load_csv(source: Path | str | bytes, name: str | None = None) -> tuple[Annotations, dict[str, str]]:
+    """``load_table`` of a file, or of a file's bytes (an upload, called ``name``)."""
     try:
-        return load_table(read_csv(path))
+        return load_table(read_csv(source, name))
     except CsvError as exc:
         raise AnnotationError(str(exc)) from exc
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             run_id = args.run_id[i] if args.run_id else path.stem
             annotations, dates = load_csv(path)
             print(f"pred:{run_id}: {import_submission(conn, annotations, dates, run_id)} rows")
-    except (SteelsegError, ValueError) as exc:
+    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

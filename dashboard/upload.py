@@ -9,7 +9,7 @@ from pathlib import PurePath
 
 from common.annotations import Annotations
 from common.errors import SteelsegError
-from dashboard.importer import load_csv_text
+from dashboard.importer import load_csv
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
@@ -41,10 +41,6 @@ def parse_upload(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES
     raw = decode_contents(contents, filename, max_bytes)
     if b"\x00" in raw[:4096]:
         raise UploadError(f"{filename}: binary data, not a CSV text file")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UploadError(f"{filename}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    annotations, dates = load_csv_text(text, filename)
+    annotations, dates = load_csv(raw, filename)  # the one CSV reader: same rules as files on disk
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(filename).stem)[:40].strip("-.") or "upload"
     return annotations, dates, f"{stem}-{hashlib.sha256(raw).hexdigest()[:8]}"

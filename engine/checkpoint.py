@@ -7,10 +7,14 @@ holds plain values (epoch, metrics, preprocessing, fold, run config).
 
 A checkpoint is data, never code: it loads with ``weights_only=True`` and its ``model._target_`` (and every
 nested ``_target_``) must be one of the model factories on ``MODEL_FACTORIES``, checked before anything is
-imported or called. A factory of your own is added with ``allow_model_factory("pkg.module.function")``.
+imported or called; interpolations (``${...}``) and Hydra keys other than ``_target_`` are refused, and the
+result must be a torch module. A factory of your own is added with ``allow_model_factory("pkg.module.function")``.
+A checkpoint is written atomically; a full disk or a read-only folder is a ``common.io.WriteError`` naming
+the file.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +70,10 @@ def save_checkpoint(path: Path | str, model: nn.Module, model_config: dict, stag
                "state_dict": state, "meta": dict(meta or {})}
     if extra:
         payload.update(extra)
+    buffer = io.BytesIO()  # serialise first: a full disk is then an OSError of the write, not a torch error
+    torch.save(payload, buffer)
     with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+        handle.write(buffer.getbuffer())
     return Path(path)
 
 
@@ -98,9 +104,12 @@ def build_model(payload: dict[str, Any], path: Path | str = "<checkpoint>") -> n
         if key in config:
             config[key] = None if key != "pretrained" else False
     try:
-        model = build(config, key=f"{path}: model", allow=model_allowlist())
+        model = build(config, key="model", allow=model_allowlist())
     except ConfigError as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{path}: model._target_ {config['_target_']!r} gave a {type(model).__name__}, "
+                              f"not a torch module")
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

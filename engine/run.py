@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from common.config import ConfigError, build, to_plain
+from common.io import check_writable
 from engine.distributed import barrier, setup, teardown
 from engine.loop import FitResult, RunContext, StageSpec, fit, seed_everything
 
@@ -43,7 +44,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> FitResult:
     """Train one fold of one stage; outputs go to ``run_dir`` (default: the Hydra output folder)."""
-    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    run_dir = check_writable(Path(run_dir) if run_dir is not None else run_dir_from_hydra(),
+                             "run folder (hydra.run.dir)", directory=True)
     if cfg.get("fold") is None:
         raise ConfigError("fold: set the fold to train, e.g. fold=0 (or -m fold=0,1,2,3,4)")
     info = setup(str(cfg.trainer.get("device", "auto")))

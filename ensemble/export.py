@@ -35,7 +35,7 @@ from torch import nn
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, check_writable
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches
 from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
@@ -290,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ExportError(f"unexpected arguments {extra}: give infer.py overrides (key=value) and --out")
         if args.opset < OPSET:
             raise ExportError(f"--opset {args.opset}: at least {OPSET} is needed (Resize with antialias)")
+        if args.parity_limit is not None and args.parity_limit < 1:
+            raise ExportError(f"--parity-limit {args.parity_limit}: give at least 1 image (or leave it out for all)")
+        if args.out.exists() and not args.force:  # checked before the members are loaded and exported
+            raise ExportError(f"--out {args.out}: exists; choose another --out or pass --force to replace it")
+        check_writable(args.out, "--out", directory=True)
         cfg = _compose(overrides)
         with exportable_layers():
             predictor = build_predictor(cfg)

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from common.config import whole_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import ConfigError, SteelsegError
 from common.preprocess import Preprocess
@@ -170,7 +171,7 @@ def session_options(threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or cpu_count())
+    options.intra_op_num_threads = whole_number(threads, "threads", note=" (0 or null: every core)") or cpu_count()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

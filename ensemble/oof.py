@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from common.constants import CLASS_IDS
-from common.data_setup import load_folds, load_train
+from common.data_setup import check_data_node, load_folds, load_train
 from common.errors import OOFError, SteelsegError
+from common.io import check_writable
 from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, SegmenterOOF,
                         write_classifier_oof, write_segmenter_oof)
 from engine.checkpoint import load_checkpoint
@@ -56,6 +57,7 @@ def data_config(members: Sequence[Member]) -> Mapping[str, Any]:
         data = (load_checkpoint(member.path).get("meta") or {}).get("config", {}).get("data")
         if not isinstance(data, Mapping):
             raise OOFError(f"{member.path}: checkpoint meta holds no data config (config.data)")
+        check_data_node(data, f"{member.path}: meta.config.data")  # a file names no code to run
         configs[str(member.path)] = data
     folds = {str(d["folds"]["path"]) for d in configs.values()}
     if len(folds) != 1:
@@ -133,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not runs:
             raise OOFError("give at least one training output folder")
+        check_writable(args.out, "--out", directory=True)  # fail before the prediction, not after it
         cfg = compose_infer(overrides)
         plain = {**section(cfg, "tta", "ensemble"), **{k: cfg.get(k) for k in
                                                        ("device", "batch_size", "num_workers", "channels_last")}}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.config import whole_number
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.preprocess import Preprocess
 from ensemble.core import KINDS, GatedEnsemble, Stats, cpu_count, read_inputs, rows_of, split_joint
@@ -56,7 +57,7 @@ class ImageFiles(Dataset):
 
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (default: every core this process may run on)."""
-    count = int(threads or cpu_count())
+    count = whole_number(threads, "threads", note=" (0 or null: every core)") or cpu_count()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count

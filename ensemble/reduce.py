@@ -9,6 +9,8 @@ from typing import Any
 
 from ensemble.arrays import copy, namespace, take
 
+from common.errors import ConfigError
+
 __all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
 
 _EPS = 1e-6
@@ -88,5 +90,5 @@ REDUCERS: dict[str, type[Reducer]] = {"mean": MeanReducer, "geometric": Geometri
 def make_reducer(name: str) -> Reducer:
     """A fresh reducer by config name (``ensemble.reducer``)."""
     if name not in REDUCERS:
-        raise ValueError(f"ensemble.reducer: unknown reducer {name!r}; choose from {sorted(REDUCERS)}")
+        raise ConfigError(f"ensemble.reducer: unknown reducer {name!r}; choose from {sorted(REDUCERS)}")
     return REDUCERS[name]()

@@ -11,12 +11,14 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from common.config import whole_number
 from common.constants import CLASS_IDS, LONG_COLUMNS
 
 from common.annotations import read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import ConfigError, DatasetError
+from common.io import check_writable
 from common.metrics import ScoreReport, dice, score_pairs
 from common.rle import decode
 from common.submission import open_submission
@@ -127,6 +129,11 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     thread, so the device loop does not wait for it), the score is accumulated per pair, inspections are
     appended in chunks. ``profile=true`` adds where the time goes per image (``time_ms_per_image``).
     """
+    batch_size = whole_number(cfg.get("batch_size"), "batch_size", minimum=1, default=4)
+    num_workers = whole_number(cfg.get("num_workers"), "num_workers", default=0)
+    check_writable(cfg["output"], "output")  # fail before the prediction, not after it
+    if cfg.get("store"):
+        check_writable(cfg["store"], "store")
     dataset = _image_set(cfg)
     predictor, threads = build_runtime(cfg)
     paths = [dataset.path(i) for i in dataset.image_ids]
@@ -149,8 +156,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
-            drain_in_background(predictor.iter_predictions(paths, int(cfg.get("batch_size", 4)),
-                                                           int(cfg.get("num_workers", 0)),
+            drain_in_background(predictor.iter_predictions(paths, batch_size, num_workers,
                                                            bool(cfg.get("progress", True))), handle)
         if store:
             store.flush()

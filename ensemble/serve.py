@@ -43,10 +43,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.errors import ImageError, SteelsegError
 from common.images import decode_image
+from common.io import check_writable
 from ensemble.core import ImagePrediction
 from ensemble.onnx_runtime import OnnxPredictor, load_bundle
 
-__all__ = ["COUNTERS", "ServeError", "MicroBatcher", "create_app", "running_server", "load_test", "main"]
+__all__ = ["COUNTERS", "ServeError", "MicroBatcher", "create_app", "running_server", "load_test", "check_port",
+           "main"]
 
 MiB = 1 << 20
 COUNTERS = ("requests", "batches", "largest_batch", "stored")  # what /health reports of the model thread
@@ -329,6 +331,27 @@ def _run_load_test(app: Any, images: Path, requests: int, concurrency: int, seco
           f"max {report['max_s'] * 1000:.0f} ms, {report['errors']:.0f} errors")
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail at start-up, naming ``--host``/``--port``, when the server could not listen there (before the bundle
+    is loaded; uvicorn would otherwise log the error and exit 1 after the start-up)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--port {port}: not a port number (0..65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServeError(f"--host {host!r}: not an address of this machine ({exc}); use 127.0.0.1 or 0.0.0.0") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ServeError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose another "
+                             "--port or stop the program using it") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble.serve", description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path, help="bundle folder written by python -m ensemble.export")
@@ -350,8 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_mb <= 0:
             raise ServeError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-mb > 0")
+        if args.load_test < 0 or args.concurrency < 1 or args.load_seconds <= 0:
+            raise ServeError("--load-test must be >= 0, --concurrency >= 1 and --load-seconds > 0")
         if args.load_test and not (args.images and args.images.is_dir()):
             raise ServeError(f"--images: image folder {args.images} not found (the load test sends its images)")
+        if args.store:
+            check_writable(args.store, "--store")
+        if not args.load_test:
+            check_port(args.host, args.port)
         predictor = load_bundle(args.bundle, args.threads, thresholds=args.thresholds)
         app = create_app(predictor, args.max_batch, args.max_wait_ms, int(args.max_mb * MiB), args.store, args.run_id)
         print(predictor.describe())

@@ -33,6 +33,7 @@ import numpy as np
 
 from common.constants import CLASS_IDS
 from common.errors import OOFError, SteelsegError
+from common.io import check_writable
 from common.metrics import dice_from_counts
 from common.oof import OOF, load_oof
 from ensemble.gating import Gate, get_gate, pair_rules
@@ -330,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not runs:
             raise OOFError("give at least one training output folder or OOF file")
+        check_writable(args.out, "--out")
         base = default_rules(overrides)
         entries = runs
         if has_checkpoints(runs) and not args.from_files:
@@ -341,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain = {**section(cfg, "tta", "ensemble"),
                      **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
             set_threads(cfg.get("threads"))
-            oof_dir = args.oof_dir or args.out.parent / f"{args.out.stem}_oof"
+            oof_dir = check_writable(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
+                                     directory=True)
             made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
             print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
                   f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")

@@ -11,6 +11,8 @@ from typing import Any
 
 from ensemble.arrays import is_torch
 
+from common.errors import ConfigError
+
 __all__ = ["Flip", "TTA_NAMES", "transforms"]
 
 _DIMS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,), "both": (-2, -1)}
@@ -52,7 +54,7 @@ def transforms(names: list[str] | tuple[str, ...] | str) -> list[Flip]:
     names = list(names) or ["none"]
     unknown = [n for n in names if n not in _DIMS]
     if unknown:
-        raise ValueError(f"tta.transforms: unknown transform(s) {unknown}; choose from {sorted(_DIMS)}")
+        raise ConfigError(f"tta.transforms: unknown transform(s) {unknown}; choose from {sorted(_DIMS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"tta.transforms: repeated transform in {names}")
+        raise ConfigError(f"tta.transforms: repeated transform in {names}")
     return [Flip(n, _DIMS[n]) for n in names]

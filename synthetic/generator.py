@@ -23,7 +23,7 @@ import numpy as np
 from common.annotations import read_annotations
 from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS, NEW_FORMAT, SUBMISSION_HEADERS
 from common.errors import DatasetError
-from common.io import atomic_write_text
+from common.io import atomic_write_text, check_writable
 from common.rle import decode, encode
 
 __all__ = ["VERSION", "SyntheticDataError", "MaskBank", "sample_classes", "draw_mask", "make_background",
@@ -438,6 +438,7 @@ def generate_dataset(out: Path | str, n_train: int, n_test: int, seed: int,
     if seed < 0:
         raise SyntheticDataError(f"seed must be >= 0, got {seed}")
     bank = MaskBank.from_csv(shapes_from) if shapes_from is not None else None
+    check_writable(out, "synthetic dataset folder (data.root, or --out)", directory=True)
     _prepare_out(out)
     ids = make_image_ids(n_train + n_test, seed)
     class_counts: dict[str, Counter] = {}

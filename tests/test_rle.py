@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from common.errors import RLEError
 
-from common.rle import area, decode, encode
+from common.rle import area, decode, encode, format_ints, parse
 
 
 def reference_encode(mask: np.ndarray) -> str:
@@ -104,3 +104,58 @@ def test_every_real_mask_round_trips_with_its_area(real_data):
         mask = decode(rle)
         assert encode(mask) == rle, (image_id, class_id)
         assert int(mask.sum()) == labels.loc[image_id, f"area_class_{class_id}"], (image_id, class_id)
+
+
+# ----------------------------------------------------------------------------- every layout and dtype encodes alike
+
+def _speckled(shape=(256, 1600), seed=0, density=0.002) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = (rng.random(shape) < density).astype(np.uint8)
+    mask[:, 100:140] = 1                        # a band touching the top and bottom rows: runs across columns
+    mask[0, :] = rng.random(shape[1]) < 0.5     # first row and last column: the edges of the column-major order
+    mask[:, -1] = 1
+    return mask
+
+
+@pytest.mark.parametrize("layout", ["uint8", "bool", "uint8 0/255", "int8 -1", "float32", "int32", "fortran",
+                                    "column slice", "row slice", "transposed view"])
+def test_encode_is_the_same_for_every_layout_and_dtype(layout):
+    mask = _speckled()
+    expected = reference_encode(mask)
+    variants = {
+        "uint8": mask, "bool": mask.astype(bool), "uint8 0/255": mask * np.uint8(255),
+        "int8 -1": -mask.astype(np.int8), "float32": mask.astype(np.float32) * 0.7, "int32": mask.astype(np.int32) * 3,
+        "fortran": np.asfortranarray(mask), "column slice": np.pad(mask, ((0, 0), (3, 5)))[:, 3:-5],
+        "row slice": np.pad(mask, ((2, 2), (0, 0)))[2:-2], "transposed view": np.ascontiguousarray(mask.T).T,
+    }
+    assert encode(variants[layout]) == expected
+
+
+def test_encode_word_path_on_mixed_values_and_shapes():
+    rng = np.random.default_rng(3)
+    for h, w in [(2, 8), (3, 16), (256, 1600), (7, 64), (1, 64), (256, 8)]:
+        for density in (0.0, 0.01, 0.5, 1.0):
+            mask = (rng.random((h, w)) < density).astype(np.uint8) * rng.integers(1, 256, (h, w), dtype=np.uint8)
+            assert encode(mask) == reference_encode(mask != 0), (h, w, density)
+            np.testing.assert_array_equal(decode(encode(mask), (h, w)), mask != 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.sampled_from([8, 16, 24, 40])), elements=st.sampled_from([0, 1, 255])))
+def test_word_path_property(mask):
+    """C-ordered 1-byte masks whose width is a multiple of 8 take the no-transpose path: same text as the reference."""
+    assert encode(mask) == reference_encode(mask != 0)
+
+
+def test_format_ints_matches_str():
+    values = [0, 1, 9, 10, 99, 100, 12345, 409600, 409601, 10**7, 2**40]
+    assert format_ints(values) == " ".join(map(str, values))
+    assert format_ints(np.arange(0, 409601, 997)) == " ".join(map(str, range(0, 409601, 997)))
+    assert format_ints([]) == ""
+
+
+def test_parse_gives_starts_and_lengths_and_allows_touching_runs():
+    starts, lengths = parse("3 2 5 4 20 1")
+    assert starts.tolist() == [2, 4, 19] and lengths.tolist() == [2, 4, 1]
+    assert decode("3 2 5 4", (4, 3)).T.ravel().tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    assert area("3 2 5 4 20 1") == 7
