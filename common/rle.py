@@ -6,6 +6,7 @@ An empty mask encodes to ``''``.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from operator import itemgetter
 
@@ -23,6 +24,7 @@ _DIGIT[ord("0"):ord("9") + 1] = True
 _ALLOWED = _DIGIT.copy()
 _ALLOWED[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = True
 _ASCII_DIGITS = np.frombuffer(b"0123456789", np.uint8)
+_TOKENS = re.compile(r"[^ \t\n\r]+")
 
 
 def is_empty(rle: object) -> bool:
@@ -92,7 +94,9 @@ def parse(rle: object, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
     raw = np.frombuffer(rle.encode("utf-8"), np.uint8)
     if not _ALLOWED[raw].all():
-        bad = next((i, t) for i, t in enumerate(rle.split()) if not (t.isdigit() and t.isascii()))
+        # Tokens are split on the ASCII whitespace allowed above only: str.split() would also split on
+        # Unicode spaces (a non-breaking space) and find no bad token.
+        bad = next((i, t) for i, t in enumerate(_TOKENS.findall(rle)) if not (t.isdigit() and t.isascii()))
         raise RLEError(f"token {bad[0]} ({bad[1]!r}) is not a non-negative integer")
     digit = _DIGIT[raw]
     n_tokens = int(digit[0]) + int(np.count_nonzero(digit[1:] & ~digit[:-1]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.tta import Flip, transforms
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "Predictor", "rows_of", "load_rules", "build_predictor",
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "Predictor", "rows_of", "load_rules", "build_predictor",
            "predict_images"]
 
 
@@ -73,6 +73,18 @@ class Stats:
         return self.seg_passes_skipped / total if total else 0.0
 
 
+def check_members(kinds: Iterable[str], rules: Rules) -> None:
+    """Refuse a set of member kinds that cannot make a submission under ``rules`` (callers may check first)."""
+    kinds = set(kinds)
+    if not kinds & {"segmenter", "joint"}:
+        raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
+                         "a submission needs at least one")
+    get_gate(rules.gating)
+    if rules.needs_classifier and not kinds & {"classifier", "joint"}:
+        raise RulesError(f"gating mode {rules.gating!r} needs classifier or joint checkpoints "
+                         "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+
+
 def _split(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask logits, label logits) of a joint member's output."""
     if not isinstance(output, (tuple, list)) or len(output) != 2:
@@ -96,13 +108,7 @@ class Predictor:
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
-        if not self.segmenters and not self.joints:
-            raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
-                             "a submission needs at least one")
-        get_gate(self.rules.gating)
-        if self.rules.needs_classifier and not (self.classifiers or self.joints):
-            raise RulesError(f"gating mode {self.rules.gating!r} needs classifier or joint checkpoints "
-                             "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+        check_members({m.kind for m in self.members}, self.rules)
         make_reducer(self.reducer)
         self.preprocesses: list[Preprocess] = []
         self._slot: dict[int, int] = {}
