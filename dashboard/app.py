@@ -123,8 +123,9 @@ class Dashboard:
         table = inspections(self.rows(start, end, source))
         counts = period_counts(table)
         several = int((image_groups(table) == SEVERAL).sum())
-        note = (f"{len(table):,} images inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
-                f"{several:,} of them have several defect classes and count on each of their cards.")
+        note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
+                f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
+                f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
         return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
 
     def update_charts(self, start: str, end: str, source: str):
@@ -135,7 +136,8 @@ class Dashboard:
         return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
                 timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
                                 if spans.name == "week" else f"Images inspected per {spans.name}"),
-                rate_figure(table, spans, f"Defect rate per class per {spans.name} — {name}"))
+                rate_figure(table, spans, f"Defect rate per class per {spans.name} — {name} "
+                                                  "(images with the defect / images inspected)"))
 
     # ------------------------------------------------------------------ images
     def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
@@ -146,14 +148,15 @@ class Dashboard:
         with_file = of_class & set(self.images)
         if not of_class:
             return [html.P(f"No image of class {class_id} in this period.", className="empty", id="samples-note")]
+        found = f"{_n(len(of_class), 'image')} of class {class_id} in this period"
         picks = sample_ids(rows, class_id, with_file, seed=int(rolls or 0) * 7919 + class_id)
         if not with_file:
-            text = f"{len(of_class):,} images of class {class_id} in this period; none has an image file in the data root."
+            text = f"{found}; none has an image file in the data root."
         elif len(with_file) < len(of_class):
-            text = (f"{len(of_class):,} images of class {class_id} in this period; only {len(with_file):,} have an "
-                    f"image file in the data root — showing {len(picks)}.")
+            text = (f"{found}; only {len(with_file):,} "
+                    f"{'has' if len(with_file) == 1 else 'have'} an image file in the data root — showing {len(picks)}.")
         else:
-            text = f"{len(of_class):,} images of class {class_id} in this period — showing {len(picks)} at random."
+            text = f"{found} — showing {len(picks)} at random."
         note = html.P(text, className="note", id="samples-note")
         return [note] + [self.source_strip(i, source if source != ALL_RUNS else _source_of(rows, i), rows)
                          for i in picks]
@@ -345,6 +348,11 @@ def _source_of(rows: pd.DataFrame, image_id: str) -> str:
     return str(rows.loc[rows["image_id"] == image_id, "source"].iloc[0])
 
 
+def _n(count: int, noun: str) -> str:
+    """'1 image', '2,345 images'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _day(value: str | None) -> str | None:
     """The date part of a DatePickerRange value ('2021-03-04' or '2021-03-04T00:00:00')."""
     return value[:10] if value else None
@@ -397,7 +405,7 @@ def create_app(board: Dashboard) -> Dash:
         sources, runs = board.source_options()
         models, ready = board.model_status()
         return page(start, end, sources, runs, board.test_images, models, ready, board.max_upload_bytes,
-                    int(board.poll_s * 1000))
+                    int(board.poll_s * 1000), board.store.version())
 
     app.layout = layout
     period = [Input("period", "data"), Input("dataset", "value"), Input("store-version", "data")]
@@ -405,11 +413,14 @@ def create_app(board: Dashboard) -> Dash:
     def periodic(method):
         return lambda p, source, _version, *rest: method(p["start"], p["end"], source, *rest)
 
+    # The period and the store stamp start in the layout: the first render runs each view once.
     app.callback(Output("period", "data"), Output("period-alert", "children"),
-                 Input("date-range", "start_date"), Input("date-range", "end_date"))(board.check_period)
+                 Input("date-range", "start_date"), Input("date-range", "end_date"),
+                 prevent_initial_call=True)(board.check_period)
     app.callback(Output("store-version", "data"), Output("date-range", "end_date"), Output("live-status", "children"),
                  Input("poll", "n_intervals"), State("store-version", "data"), State("follow", "value"),
                  State("date-range", "end_date"))(lambda _n, *args: board.poll(*args))
+    selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
     app.callback(Output("dataset", "options"), Output("compare-run", "options"),
                  Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())
     app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS] + [Output("cards-note", "children")],
@@ -428,23 +439,25 @@ def create_app(board: Dashboard) -> Dash:
                             Output("upload-accepted", "data"), Input("upload", "contents"),
                             State("upload", "filename"), State("upload-limit", "data"), prevent_initial_call=True)
 
+    # Upload and prediction add a run: the selectors get it in the same response as the new selection.
     @app.callback(Output("upload-status", "children", allow_duplicate=True),
                   Output("upload-status", "className", allow_duplicate=True),
                   Output("compare-run", "value", allow_duplicate=True),
-                  Output("store-version", "data", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
                   Input("upload-accepted", "data"), prevent_initial_call=True)
     def _upload(accepted):
         text, kind, source = board.handle_upload(accepted)
-        return text, kind, source or NO_UPDATE, board.store.version()
+        return text, kind, source or NO_UPDATE, board.store.version(), *board.source_options()
 
     @app.callback(Output("predict-output", "children"), Output("compare-run", "value", allow_duplicate=True),
-                  Output("store-version", "data", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
+                  Output("predict-progress", "children", allow_duplicate=True),
                   Input("predict-run", "n_clicks"), State("predict-images", "value"), prevent_initial_call=True,
                   running=[(Output("predict-run", "disabled"), True, False),
                            (Output("predict-poll", "disabled"), False, True)])
     def _predict(n_clicks, image_ids):
         children, source = board.run_predictions(n_clicks, image_ids)
-        return children, source or NO_UPDATE, board.store.version()
+        return children, source or NO_UPDATE, board.store.version(), *board.source_options(), ""
 
     app.callback(Output("predict-progress", "children"), Input("predict-poll", "n_intervals"),
                  prevent_initial_call=True)(board.predict_progress)

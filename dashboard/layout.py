@@ -17,7 +17,7 @@ from dashboard.views import DICE_COLUMNS, LABELS
 __all__ = ["CARD_KEYS", "strip", "class_legend", "match_legend", "alert", "page"]
 
 CARD_KEYS = [*CLASS_IDS, 0]
-STRIP_HINT = "Click to enlarge to 1600x256; hover to see the image without the overlay"
+STRIP_HINT = "Click to enlarge to 1600x256 (the image without and with the overlay)"
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -66,7 +66,7 @@ def _dd(component: Any, width: str = "300px") -> html.Div:
 
 
 def page(start: str, end: str, sources: list[dict], runs: list[dict], test_images: list[str], models: str,
-         models_ready: bool, max_upload_bytes: int, poll_ms: int) -> html.Div:
+         models_ready: bool, max_upload_bytes: int, poll_ms: int, version: str) -> html.Div:
     """The single page."""
     first = sources[0]["value"] if sources else None
     return html.Div([
@@ -117,7 +117,7 @@ def page(start: str, end: str, sources: list[dict], runs: list[dict], test_image
         html.Div(id="predict-progress"),
         html.Div(id="predict-output"),
         dcc.Store(id="period", data={"start": start, "end": end}),
-        dcc.Store(id="store-version"),
+        dcc.Store(id="store-version", data=version),
         dcc.Store(id="upload-accepted"),
         dcc.Store(id="upload-limit", data=max_upload_bytes),
         dcc.Interval(id="poll", interval=poll_ms),

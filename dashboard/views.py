@@ -74,6 +74,7 @@ class Buckets:
         self.end = pd.Timestamp(date.fromisoformat(end[:10]) + timedelta(days=1))  # exclusive
         days = (self.end - self.start).days
         self.freq, self.name = ("h", "hour") if days <= 2 else ("D", "day") if days <= 62 else ("W-SUN", "week")
+        self.half = {"h": pd.Timedelta(minutes=30), "D": pd.Timedelta(hours=12), "W-SUN": pd.Timedelta(days=3.5)}[self.freq]
 
     def of(self, times: pd.Series) -> pd.Series:
         """Start of each time's bucket (weeks start on Monday)."""
@@ -92,9 +93,10 @@ def pie_figure(table: pd.DataFrame, title: str) -> go.Figure:
 
 
 def _time_axis(fig: go.Figure, spans: Buckets, title: str, ytitle: str) -> None:
+    first = spans.of(pd.Series([spans.start])).iloc[0]  # the period's first bucket may start before it
     fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.2}, yaxis_title=ytitle,
-                      xaxis={"range": [spans.start, spans.end], "title": None})
+                      xaxis={"range": [first, spans.end], "title": None})
 
 
 def timeline_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
@@ -105,11 +107,10 @@ def timeline_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figur
         frame = table.assign(bucket=spans.of(table["time"]), group=image_groups(table))
         counts = frame.groupby(["bucket", "group"]).size().unstack(fill_value=0)
         top = int(counts.sum(axis=1).max())
-        offset = {"h": pd.Timedelta(minutes=30), "D": pd.Timedelta(hours=12), "W-SUN": pd.Timedelta(days=3.5)}[spans.freq]
         for k in GROUP_KEYS:
-            if k in counts.columns:
-                fig.add_bar(x=counts.index + offset, y=counts[k], name=LABELS[k], marker_color=COLORS[k],
-                            customdata=counts.index, width=offset.total_seconds() * 2000 * 0.9,
+            if k in counts.columns:  # bars centred on their bucket, hover names its start
+                fig.add_bar(x=counts.index + spans.half, y=counts[k], name=LABELS[k], marker_color=COLORS[k],
+                            customdata=counts.index, width=spans.half.total_seconds() * 2000 * 0.9,
                             hovertemplate=f"{spans.name} of %{{customdata|%Y-%m-%d %H:%M}}: %{{y}} {LABELS[k]}<extra></extra>")
     _time_axis(fig, spans, title, "images")
     fig.update_layout(barmode="stack")
@@ -129,12 +130,13 @@ def rate_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
         for key, column in [*zip(CLASS_IDS, CLASS_COLUMNS), (None, "any")]:
             hits = grouped[column].sum()
             name = LABELS[key] if key else "Any defect"
-            fig.add_scatter(x=n.index, y=hits / n, name=name, mode="lines+markers",
+            starts = n.index.strftime("%Y-%m-%d %H:%M")
+            fig.add_scatter(x=n.index + spans.half, y=hits / n, name=name, mode="lines+markers",
                             line={"color": COLORS[key] if key else "#222", "dash": "solid" if key else "dot"},
-                            customdata=np.stack([hits.to_numpy(), n.to_numpy()], axis=1),
+                            customdata=np.stack([hits.to_numpy(), n.to_numpy(), starts], axis=1).tolist(),
                             hovertemplate=(f"{name}: %{{y:.1%}} (%{{customdata[0]}} of %{{customdata[1]}} images)"
-                                           f" — {spans.name} of %{{x|%Y-%m-%d %H:%M}}<extra></extra>"))
-    _time_axis(fig, spans, title, f"images with the defect / images inspected, per {spans.name}")
+                                           f" — {spans.name} of %{{customdata[2]}}<extra></extra>"))
+    _time_axis(fig, spans, title, "share of images")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return fig
 

@@ -188,7 +188,7 @@ def test_samples_say_how_many_images_have_a_file_and_reroll(board, root):
     # Only one class-3 image has a file: the note says so instead of silently showing one.
     board.images = {i: p for i, p in board.images.items() if i not in class3[1:]}
     out = board.update_samples(*YEAR, "train", 3, 0)
-    assert f"{len(class3)} images of class 3 in this period; only 1 have an image file" in text_of(out[0])
+    assert f"{len(class3)} images of class 3 in this period; only 1 has an image file" in text_of(out[0])
     assert len(out) == 2
     assert "No image of class 2" in text_of(board.update_samples("2030-01-01", "2030-01-02", "train", 2, 0))
 

@@ -56,8 +56,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
     const button = document.createElement('button');
     button.className = 'viewer-close';
     button.textContent = 'Close (Esc)';
-    head.appendChild(caption);
     head.appendChild(button);
+    head.appendChild(caption);
     body.appendChild(head);
     body.appendChild(pair('image, 1600x256', [imgs[0].src]));
     if (imgs.length > 1) {
