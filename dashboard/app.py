@@ -141,7 +141,7 @@ class Dashboard:
 
     # ------------------------------------------------------------------ images
     def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
-        """A note on how many images of the class have a file, then three random ones as full-width strips."""
+        """A note on how many images of the class have a file, then three of them as full-width strips."""
         rows = self.rows(start, end, source)
         class_id = int(class_id)
         of_class = set(rows.loc[rows["class_id"] == class_id, "image_id"])
@@ -149,14 +149,14 @@ class Dashboard:
         if not of_class:
             return [html.P(f"No image of class {class_id} in this period.", className="empty", id="samples-note")]
         found = f"{_n(len(of_class), 'image')} of class {class_id} in this period"
-        picks = sample_ids(rows, class_id, with_file, seed=int(rolls or 0) * 7919 + class_id)
+        picks = sample_ids(rows, class_id, with_file, int(rolls or 0))
         if not with_file:
             text = f"{found}; none has an image file in the data root."
         elif len(with_file) < len(of_class):
             text = (f"{found}; only {len(with_file):,} "
                     f"{'has' if len(with_file) == 1 else 'have'} an image file in the data root — showing {len(picks)}.")
         else:
-            text = f"{found} — showing {len(picks)} at random."
+            text = f"{found} — showing {len(picks)}" + (", Re-roll for others." if len(with_file) > len(picks) else ".")
         note = html.P(text, className="note", id="samples-note")
         return [note] + [self.source_strip(i, source if source != ALL_RUNS else _source_of(rows, i), rows)
                          for i in picks]

@@ -41,14 +41,18 @@ def inspections(rows: pd.DataFrame) -> pd.DataFrame:
     if not len(rows):
         return pd.DataFrame({"source": [], "image_id": [], "time": pd.to_datetime([]),
                              **{c: np.zeros(0, bool) for c in CLASS_COLUMNS}})
-    keys = ["source", "image_id"]
-    first = rows.drop_duplicates(keys)[[*keys, "inspected_at"]]
-    flags = pd.crosstab([rows["source"], rows["image_id"]], rows["class_id"]).reindex(columns=CLASS_IDS, fill_value=0) > 0
-    flags.columns = CLASS_COLUMNS
-    out = first.merge(flags.reset_index(), on=keys, how="left")
+    codes = rows.groupby(["source", "image_id"], sort=False).ngroup().to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    out = rows.iloc[first][["source", "image_id", "inspected_at"]].reset_index(drop=True)
+    flags = np.zeros((len(out), len(CLASS_IDS)), bool)
+    classes = rows["class_id"].to_numpy()
+    defect = classes > 0
+    flags[codes[defect], classes[defect] - 1] = True
+    for i, column in enumerate(CLASS_COLUMNS):
+        out[column] = flags[:, i]
     # Stores hold naive times (imports) and UTC-aware ones (infer.py): compare them all as UTC.
     out["time"] = pd.to_datetime(out.pop("inspected_at"), format="ISO8601", utc=True).dt.tz_convert(None)
-    return out.reset_index(drop=True)
+    return out
 
 
 def period_counts(table: pd.DataFrame) -> dict[int, int]:
@@ -141,13 +145,17 @@ def rate_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
     return fig
 
 
-def sample_ids(rows: pd.DataFrame, class_id: int, available: set[str], seed: int, n: int = 3) -> list[str]:
-    """Up to n images of the class (that have a file) chosen with ``seed``; a new seed re-rolls."""
+def sample_ids(rows: pd.DataFrame, class_id: int, available: set[str], roll: int, n: int = 3) -> list[str]:
+    """The ``roll``-th window of n images of the class (that have a file) in a fixed shuffled order.
+
+    Consecutive rolls show different images whenever the class has more than n of them (then wrap around).
+    """
     ids = sorted(set(rows.loc[rows["class_id"] == class_id, "image_id"]) & available)
     if not ids:
         return []
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+    order = np.random.default_rng(class_id).permutation(len(ids))
+    take = min(n, len(ids))
+    return sorted(ids[order[(roll * take + k) % len(ids)]] for k in range(take))
 
 
 def masks_for(rows: pd.DataFrame, image_id: str) -> dict[int, np.ndarray]:
