@@ -6,8 +6,8 @@ the image-partition pie, Monday weeks and whole-image axes, an inverted period, 
 note, full-width strips and the 1600x256 viewer, refused uploads (.txt, 30 MB, a non-breaking space in an
 RLE), a re-uploaded preloaded file, TP/FP/FN comparison, switching runs with an image selected, CSV and
 PNG export, in-process predictions with progress and model reuse, and the live line view while
-``infer.py store=...`` appends. ``test_real_data_speed`` measures first load and interactions on the
-3,389 annotated real images (skips without them) and prints the figures. Screenshots (and timings.json)
+``infer.py store=...`` appends. ``test_real_data_speed`` (slow) measures first load and interactions on
+the 3,389 annotated real images (skips without them) and prints the figures. Screenshots (and timings.json)
 go to $STEELSEG_SCREENSHOTS, or the test's temp folder. Skips when selenium/chromium/chromedriver are missing.
 """
 from __future__ import annotations
@@ -443,6 +443,7 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- real data speed
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.skipif(not (REAL / "annotations" / "train_rle_partial.csv").is_file(), reason="real data absent")
 def test_real_data_speed(browser, shots, downloads, tmp_path, capsys):
