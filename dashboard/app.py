@@ -118,9 +118,21 @@ class Dashboard:
         return now, new_end, text
 
     # ------------------------------------------------------------------ counts and charts
+    def update_overview(self, start: str, end: str, source: str) -> list:
+        """Cards, the note under them and the three charts, from one query (one request per change)."""
+        table = inspections(self.rows(start, end, source))
+        return [*self._cards(table, start, end, source), *self._charts(table, start, end, source)]
+
     def update_cards(self, start: str, end: str, source: str) -> list[str]:
         """Images per class and with no defect in the period (five cards), then the note under them."""
-        table = inspections(self.rows(start, end, source))
+        return self._cards(inspections(self.rows(start, end, source)), start, end, source)
+
+    def update_charts(self, start: str, end: str, source: str) -> tuple:
+        """Pie of the period's images by defect group, images per bucket, and the defect rate per bucket."""
+        return self._charts(inspections(self.rows(start, end, source)), start, end, source)
+
+    @staticmethod
+    def _cards(table: pd.DataFrame, start: str, end: str, source: str) -> list[str]:
         counts = period_counts(table)
         several = int((image_groups(table) == SEVERAL).sum())
         note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
@@ -128,16 +140,15 @@ class Dashboard:
                 f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
         return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
 
-    def update_charts(self, start: str, end: str, source: str):
-        """Pie of the period's images by defect group, images per bucket, and the defect rate per bucket."""
-        table = inspections(self.rows(start, end, source))
+    @staticmethod
+    def _charts(table: pd.DataFrame, start: str, end: str, source: str) -> tuple:
         spans = Buckets(_day(start), _day(end))
         name = source_label(source)
         return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
                 timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
                                 if spans.name == "week" else f"Images inspected per {spans.name}"),
                 rate_figure(table, spans, f"Defect rate per class per {spans.name} — {name} "
-                                                  "(images with the defect / images inspected)"))
+                                          "(images with the defect / images inspected)"))
 
     # ------------------------------------------------------------------ images
     def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
@@ -423,10 +434,9 @@ def create_app(board: Dashboard) -> Dash:
     selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
     app.callback(Output("dataset", "options"), Output("compare-run", "options"),
                  Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())
-    app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS] + [Output("cards-note", "children")],
-                 *period)(periodic(board.update_cards))
-    app.callback(Output("pie", "figure"), Output("timeline", "figure"), Output("rate", "figure"),
-                 *period)(periodic(board.update_charts))
+    app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS] + [Output("cards-note", "children")]
+                 + [Output("pie", "figure"), Output("timeline", "figure"), Output("rate", "figure")],
+                 *period)(periodic(board.update_overview))
     app.callback(Output("samples", "children"), *period, Input("sample-class", "value"),
                  Input("reroll", "n_clicks"))(periodic(board.update_samples))
     app.callback(Output("download-csv", "data"), Input("export-csv", "n_clicks"), State("period", "data"),

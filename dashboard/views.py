@@ -79,10 +79,15 @@ class Buckets:
         days = (self.end - self.start).days
         self.freq, self.name = ("h", "hour") if days <= 2 else ("D", "day") if days <= 62 else ("W-SUN", "week")
         self.half = {"h": pd.Timedelta(minutes=30), "D": pd.Timedelta(hours=12), "W-SUN": pd.Timedelta(days=3.5)}[self.freq]
+        self.first = self.of(pd.Series([self.start])).iloc[0]  # the first bucket may start before the period
 
     def of(self, times: pd.Series) -> pd.Series:
         """Start of each time's bucket (weeks start on Monday)."""
         return times.dt.to_period(self.freq).dt.start_time
+
+    def starts(self) -> pd.DatetimeIndex:
+        """Every bucket start of the period (so a bucket without inspections shows as a gap)."""
+        return pd.date_range(self.first, self.end, freq=self.half * 2, inclusive="left")
 
 
 def pie_figure(table: pd.DataFrame, title: str) -> go.Figure:
@@ -97,10 +102,9 @@ def pie_figure(table: pd.DataFrame, title: str) -> go.Figure:
 
 
 def _time_axis(fig: go.Figure, spans: Buckets, title: str, ytitle: str) -> None:
-    first = spans.of(pd.Series([spans.start])).iloc[0]  # the period's first bucket may start before it
     fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.2}, yaxis_title=ytitle,
-                      xaxis={"range": [first, spans.end], "title": None})
+                      xaxis={"range": [spans.first, spans.end], "title": None})
 
 
 def timeline_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
@@ -125,17 +129,18 @@ def timeline_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figur
 
 
 def rate_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
-    """Share of inspected images with each defect class (and with any) per bucket."""
+    """Share of inspected images with each defect class (and with any) per bucket; no inspections = a gap."""
     fig = go.Figure()
     if len(table):
         frame = table.assign(bucket=spans.of(table["time"]), any=table[CLASS_COLUMNS].any(axis=1))
         grouped = frame.groupby("bucket")
-        n = grouped.size()
+        n = grouped.size().reindex(spans.starts(), fill_value=0)
         for key, column in [*zip(CLASS_IDS, CLASS_COLUMNS), (None, "any")]:
-            hits = grouped[column].sum()
+            hits = grouped[column].sum().reindex(n.index, fill_value=0)
             name = LABELS[key] if key else "Any defect"
             starts = n.index.strftime("%Y-%m-%d %H:%M")
-            fig.add_scatter(x=n.index + spans.half, y=hits / n, name=name, mode="lines+markers",
+            rate = (hits / n.where(n > 0)).to_numpy()
+            fig.add_scatter(x=n.index + spans.half, y=rate, name=name, mode="lines+markers",
                             line={"color": COLORS[key] if key else "#222", "dash": "solid" if key else "dot"},
                             customdata=np.stack([hits.to_numpy(), n.to_numpy(), starts], axis=1).tolist(),
                             hovertemplate=(f"{name}: %{{y:.1%}} (%{{customdata[0]}} of %{{customdata[1]}} images)"

@@ -26,7 +26,7 @@ from dashboard.app import NO_UPDATE, Dashboard, create_app
 from dashboard.images import MATCH_COLORS, match_layer, match_regions
 from dashboard.predict import OnDemand
 from dashboard.store import ALL_RUNS
-from dashboard.views import LABELS, SEVERAL, Buckets, inspections, rate_figure, timeline_figure
+from dashboard.views import LABELS, SEVERAL, Buckets, inspections, rate_figure
 from ensemble_helpers import save_tiny
 
 YEAR = ("2021-01-01", "2021-12-31")
@@ -136,7 +136,8 @@ def test_an_inverted_or_incomplete_period_is_refused_in_the_page(board):
 
 
 def test_pie_partitions_images_and_its_title_counts_them(board, root):
-    pie, timeline, rate = board.update_charts(*YEAR, "train")
+    *cards, pie, timeline, rate = board.update_overview(*YEAR, "train")
+    assert cards == board.update_cards(*YEAR, "train")
     truth = read_annotations(root / "train.csv").rows
     per_image = truth.groupby("ImageId").ClassId.nunique()
     values = dict(zip(pie.data[0].labels, pie.data[0].values))
@@ -165,10 +166,11 @@ def test_defect_rate_is_images_with_the_class_over_images_inspected():
                          "rle": "", "inspected_at": ["2026-01-05T10:05:00", "2026-01-05T10:05:00",
                                                      "2026-01-05T10:40:00+00:00", "2026-01-05T11:10:00", "2026-01-05T11:20:00"]})
     fig = rate_figure(inspections(rows), Buckets("2026-01-05", "2026-01-05"), "t")
-    by_name = {trace.name: list(trace.y) for trace in fig.data}
+    assert [pd.Timestamp(x).hour for x in fig.data[0].x] == list(range(24))    # hourly for a one-day period
+    by_name = {trace.name: list(trace.y[10:12]) for trace in fig.data}
     assert by_name["Defect 3"] == [0.5, 0.5] and by_name["Defect 1"] == [0.5, 0.0]
     assert by_name["Any defect"] == [0.5, 0.5] and by_name["Defect 2"] == [0.0, 0.0]
-    assert [pd.Timestamp(x).hour for x in fig.data[0].x] == [10, 11]   # hourly for a one-day period
+    assert np.isnan(fig.data[0].y[9]) and np.isnan(fig.data[0].y[12])        # hours without inspections: gaps
     assert fig.layout.yaxis.tickformat == ".0%"
 
 
@@ -316,7 +318,7 @@ def test_poll_picks_up_any_writer_and_follows_the_newest_day(board):
     cards = board.update_cards("2026-03-04", "2026-03-04", ALL_RUNS)
     assert cards[2] == "1" and cards[4] == "1"
     _, _, rate = board.update_charts("2026-03-04", "2026-03-04", ALL_RUNS)
-    assert {t.name: list(t.y) for t in rate.data}["Defect 3"] == [0.5]
+    assert {t.name: list(t.y) for t in rate.data}["Defect 3"][10] == 0.5
 
 
 def test_predict_button_is_disabled_with_the_fix_when_no_models(board):
@@ -327,7 +329,7 @@ def test_predict_button_is_disabled_with_the_fix_when_no_models(board):
 
 def test_segmenter_alone_under_a_classifier_gate_is_reported_beforehand(root, tmp_path, models):
     board = Dashboard.from_root(tmp_path / "s.sqlite", find_root(root), predictor=OnDemand(
-        [f"checkpoints.classifier=[]", f"checkpoints.segmenter=[{models['segmenter']}]"]))
+        ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{models['segmenter']}]"]))
     text, ready = board.model_status()
     assert not ready and "gating mode 'veto' needs classifier" in text
 
