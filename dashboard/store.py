@@ -35,6 +35,7 @@ class Store:
         self._cache: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
 
     def version(self) -> str:
         """Stamp of the store's content: row count and highest row id (appends and replacements change it)."""
@@ -46,14 +47,18 @@ class Store:
         """Inspections of a source (or ALL_RUNS) in an inclusive day range; do not modify the result."""
         key = (start, end, source, self.version())
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        frame = self._query(start, end, source)
-        with self._lock:
-            self._cache[key] = frame
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # callbacks of one interaction arrive together: one of them queries, the others wait
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+            frame = self._query(start, end, source)
+            with self._lock:
+                self._cache[key] = frame
+                while len(self._cache) > self._cache_size:
+                    old, _ = self._cache.popitem(last=False)
+                    self._key_locks.pop(old, None)
         return frame
 
     def _query(self, start: str | None, end: str | None, source: str | None) -> pd.DataFrame:

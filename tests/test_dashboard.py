@@ -375,6 +375,16 @@ def test_routes_serve_known_images_and_layers_compressed(board, root):
     assert plotly.headers.get("Content-Encoding") == "gzip" and len(plotly.data) < 2_000_000   # 4.6 MB unpacked
 
 
+def test_vendored_plotly_basic_matches_plotly_version():
+    import re
+    import plotly
+
+    bundled = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    vendored = Path(create_app.__code__.co_filename).parent / "assets" / "vendor" / "plotly-basic.min.js"
+    version = re.compile(rb"plotly\.js(?: \(basic - minified\))? v(\d+\.\d+\.\d+)")
+    assert version.search(vendored.read_bytes()[:200]).group(1) == version.search(bundled.read_bytes()[:200]).group(1)
+
+
 def test_app_wires_every_callback(board):
     app = create_app(board)
     outputs = " ".join(app.callback_map)

@@ -73,7 +73,7 @@ def free_port() -> int:
 
 @contextmanager
 def serve(root: Path, db: Path, *extra: str):
-    """``python -m dashboard`` on a free port until the block ends; yields the URL."""
+    """``python -m dashboard`` on a free port until the block ends; yields the URL and the server's pid."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(db.with_suffix(".log"), "w")
@@ -89,7 +89,7 @@ def serve(root: Path, db: Path, *extra: str):
                 break
             except OSError:
                 time.sleep(0.25)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -142,9 +142,56 @@ def timed(driver, action, until, what: str, timeout: float = 120.0) -> float:
     return time.perf_counter() - start
 
 
+class Meter:
+    """Wall seconds of a step, and the CPU seconds the server and the browser spent on it.
+
+    The machine is shared with training runs, so wall time says as much about the neighbours as about the
+    page; the CPU time of the two processes that do the work is what the step costs on an idle machine
+    (at most: the server and the browser also work in parallel).
+    """
+
+    def __init__(self, driver, server_pid: int) -> None:
+        self.driver, self.server_pid = driver, server_pid
+        self.steps: dict[str, tuple[float, float]] = {}
+
+    def pids(self) -> list[int]:
+        """The server and every process under chromedriver (the browser), chromedriver itself left out."""
+        parents = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        root = self.driver.service.process.pid
+        found, frontier = [], [root]
+        while frontier:
+            children = [p for p, parent in parents.items() if parent in frontier]
+            found += children
+            frontier = children
+        return [self.server_pid, *found]
+
+    @staticmethod
+    def cpu(pids: list[int]) -> float:
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def measure(self, name: str, action, until, what: str, timeout: float = 120.0) -> None:
+        pids = self.pids()
+        before = self.cpu(pids)
+        wall = timed(self.driver, action, until, what, timeout)
+        self.steps[name] = (wall, self.cpu(sorted(set(pids) | set(self.pids()))) - before)
+
+
 def cards(driver) -> list[str]:
     """The five card values (one browser round trip, so polling does not slow what it measures)."""
-    return driver.execute_script("return [1, 2, 3, 4, 0].map(k => document.getElementById('card-' + k).textContent)")
+    return driver.execute_script("return [1, 2, 3, 4, 0].map(k => (document.getElementById('card-' + k) || {}).textContent)")
 
 
 def figure(driver, graph_id: str) -> dict | None:
@@ -236,7 +283,7 @@ def synthetic(tmp_path_factory):
     models = tmp / "models"
     with serve(root, tmp / "store.sqlite", "--submission", str(preloaded), "--poll-s", "1",
                "--infer", f"checkpoints.classifier=[{models / 'cls'}]", "--infer", f"checkpoints.segmenter=[{models / 'seg'}]",
-               "--infer", "tta=none") as url:
+               "--infer", "tta=none") as (url, _):
         yield url, root, tmp / "store.sqlite", models
 
 
@@ -461,63 +508,60 @@ def test_real_data_speed(browser, shots, downloads, tmp_path, capsys):
     sub = tmp_path / "shifted.csv"
     sub.write_text(submission(shifted, ids))
     board = Dashboard.from_root(db, data)
-    figures: dict[str, float] = {}
-    with serve(REAL, db) as url:
+    with serve(REAL, db) as (url, server):
+        meter = Meter(browser, server)
+        step = meter.measure
         expected = board.update_cards(*YEAR, "train")[:5]
-        figures["first load (cards, 3 charts, 3 sample strips)"] = timed(
-            browser, lambda: browser.get(url), lambda d: cards(d) == expected and figure(d, "rate")
-            and figure(d, "timeline") and images_loaded(d, "#samples img"), "first load")
+        step("first load (cards, 3 charts, 3 sample strips)", lambda: browser.get(url),
+             lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "first load")
         browser.save_screenshot(str(shots / "real_01_loaded.png"))
-        figures["reload (browser cache warm)"] = timed(
-            browser, lambda: browser.get(url), lambda d: cards(d) == expected and images_loaded(d, "#samples img"),
-            "reload")
+        step("reload (browser cache warm)", lambda: browser.get(url),
+             lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "reload")
         half = board.update_cards("2021-01-01", "2021-06-30", "train")[:5]
-        figures["date range: end date typed"] = timed(
-            browser, lambda: set_date(browser, "end", "2021-06-30"),
-            lambda d: cards(d) == half and images_loaded(d, "#samples img"), "half year")
-        figures["sample class changed"] = timed(
-            browser, lambda: choose(browser, "sample-class", "Defect 3"),
-            lambda d: "class 3" in text(d, "samples-note") and images_loaded(d, "#samples img"), "class 3 samples")
-        print(text(browser, "samples-note"))
+        step("date range: end date typed", lambda: set_date(browser, "end", "2021-06-30"),
+             lambda d: cards(d) == half and images_loaded(d, "#samples img"), "half year")
+        step("sample class changed", lambda: choose(browser, "sample-class", "Defect 3"),
+             lambda d: "class 3" in text(d, "samples-note") and images_loaded(d, "#samples img"), "class 3 samples")
         first = shown(browser)
-        figures["re-roll"] = timed(browser, lambda: browser.find_element(By.ID, "reroll").click(),
-                                   lambda d: shown(d) != first and images_loaded(d, "#samples img"), "re-roll")
-        figures["enlarge a strip (viewer at 1600x256)"] = timed(
-            browser, lambda: browser.find_element(By.CSS_SELECTOR, "#samples .strip").click(),
-            lambda d: images_loaded(d, "#viewer img"), "viewer")
+        step("re-roll", lambda: browser.find_element(By.ID, "reroll").click(),
+             lambda d: shown(d) != first and images_loaded(d, "#samples img"), "re-roll")
+        step("enlarge a strip (viewer at 1600x256)",
+             lambda: browser.find_element(By.CSS_SELECTOR, "#samples .strip").click(),
+             lambda d: images_loaded(d, "#viewer img"), "viewer")
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         browser.execute_script("window.scrollTo(0, 0)")
         run = "pred:farrell0828_submission_stage1"
         run_cards = board.update_cards("2021-01-01", "2021-06-30", run)[:5]
-        figures["dataset changed to a prediction run"] = timed(
-            browser, lambda: choose(browser, "dataset", run), lambda d: cards(d) == run_cards
-            and run in figure(d, "pie")["title"] and images_loaded(d, "#samples img"), "run cards")
-        figures["upload of a 3,389-image submission (validated, stored, scored, worst table)"] = timed(
-            browser, lambda: upload_file(browser, sub), lambda d: "Scored on" in text(d, "upload-status")
-            and d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"), "upload scored", timeout=120)
+        step("dataset changed to a prediction run", lambda: choose(browser, "dataset", run),
+             lambda d: cards(d) == run_cards and run in figure(d, "pie")["title"]
+             and images_loaded(d, "#samples img"), "run cards")
+        step("upload of a 3,389-image submission (validated, stored, scored, worst table)",
+             lambda: upload_file(browser, sub), lambda d: "Scored on" in text(d, "upload-status")
+             and d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"), "upload scored")
         scroll_to(browser, "score")
         cell = browser.find_element(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]")
-        figures["worst row clicked: TP/FP/FN strips and Dice"] = timed(
-            browser, cell.click, lambda d: d.find_elements(By.ID, "compare-dice-table")
-            and images_loaded(d, "#compare-view img"), "compare")
+        step("worst row clicked: TP/FP/FN strips and Dice", cell.click,
+             lambda d: text(d, "compare-dice-table") and images_loaded(d, "#compare-view img"), "compare")
         browser.save_screenshot(str(shots / "real_02_compare.png"))
-        figures["compare run switched with an image selected"] = timed(
-            browser, lambda: choose(browser, "compare-run", run), lambda d: run in text(d, "compare-note"), "switch")
+        step("compare run switched with an image selected", lambda: choose(browser, "compare-run", run),
+             lambda d: run in text(d, "compare-note"), "switch")
         browser.execute_script("window.scrollTo(0, 0)")
-        figures["export inspections (CSV of the period's run)"] = timed(
-            browser, lambda: browser.find_element(By.ID, "export-csv").click(),
-            lambda d: downloaded(downloads, "inspections_pred-farrell*.csv"), "csv")
+        step("export inspections (CSV of the period's run)", lambda: browser.find_element(By.ID, "export-csv").click(),
+             lambda d: downloaded(downloads, "inspections_pred-farrell*.csv"), "csv")
         sizes = {}
         for path in ("_dash-component-suites/plotly/package_data/plotly.min.js", "_dash-layout"):
             request = urllib.request.Request(url + path, headers={"Accept-Encoding": "gzip, br"})
             with urllib.request.urlopen(request) as response:
                 sizes[path] = (len(response.read()), response.headers.get("Content-Encoding"))
         assert server_errors(browser) == []
-    report = {"seconds": {k: round(v, 3) for k, v in figures.items()}, "transfer": sizes}
+    load = os.getloadavg()[0]
+    report = {"steps": {k: {"wall_s": round(w, 3), "cpu_s": round(c, 3)} for k, (w, c) in meter.steps.items()},
+              "transfer": sizes, "load_average_1min": load}
     (shots / "timings.json").write_text(json.dumps(report, indent=2) + "\n")
     with capsys.disabled():
-        print("\nreal data (3,389 annotated images, headless Chromium, shared 2-core machine):")
-        for name, seconds in figures.items():
-            print(f"  {seconds:6.2f} s  {name}")
+        print(f"\nreal data (3,389 annotated images), headless Chromium, 2-core machine shared with other jobs "
+              f"(1-min load average {load:.1f}); wall s, CPU s of server + browser:")
+        for name, (wall, cpu) in meter.steps.items():
+            print(f"  {wall:6.2f} {cpu:6.2f}  {name}")
         for path, (n, encoding) in sizes.items():
             print(f"  {n / 1024:8.0f} KiB {encoding or 'uncompressed'}  /{path}")
