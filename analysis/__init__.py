@@ -1,4 +1,4 @@
-"""Reports for people: the EDA report (``python -m analysis.eda``), the CV report (``python -m analysis.report``)
-and the image drawing they and the dashboard share (``analysis.viz``). Imports ``common`` and ``ensemble``."""
+"""Reports for people: the EDA report (``python -m analysis.eda``) and the CV report (``python -m analysis.report``).
+Imports ``common`` and ``ensemble``; mask drawing is ``common.viz``."""
 
-__all__ = ["eda", "report", "viz"]
+__all__ = ["eda", "report"]

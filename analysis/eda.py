@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
+from common.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
 from common.annotations import read_annotations  # noqa: E402
 from common.constants import CLASS_IDS  # noqa: E402
 from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402

@@ -104,7 +104,7 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float]:
 
 
 def infer_args(ck: dict[str, Path], images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "infer.py", f"checkpoints.classifier=[{ck['classifier']}]",
+    return [sys.executable, "infer.py", "checkpoints.runs=[]", f"checkpoints.classifier=[{ck['classifier']}]",
             f"checkpoints.segmenter=[{ck['segmenter']}]", f"images={images}", f"output={out}/submission.csv",
             f"hydra.run.dir={out}", "progress=false", *extra]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -12,7 +11,7 @@ from common.dataset import SteelDataset
 from common.preprocess import Preprocess
 from engine.augment import Augment
 
-__all__ = ["PresenceDataset", "balanced_weights"]
+__all__ = ["PresenceDataset"]
 
 
 class PresenceDataset(Dataset):
@@ -48,16 +47,3 @@ class PresenceDataset(Dataset):
             image, _ = self.augment(image)
         return {"image": torch.from_numpy(self.preprocess.normalize(image)),
                 "target": torch.from_numpy(self.targets[index]), "image_id": image_id}
-
-
-def balanced_weights(labels: pd.DataFrame) -> np.ndarray:
-    """Per-image sampling weight 1 / (size of its group); group = rarest class present, or 'no defect'.
-
-    Every group (each class, and defect-free) is then drawn about equally often.
-    """
-    flags = labels.to_numpy(dtype=bool)
-    counts = flags.sum(axis=0)
-    rarest = np.where(flags, counts[None, :], np.iinfo(np.int64).max).argmin(axis=1)
-    groups = np.where(flags.any(axis=1), rarest, -1)
-    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    return 1.0 / sizes[inverse].astype(np.float64)

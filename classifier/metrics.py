@@ -38,13 +38,15 @@ class ClassifierMetric:
         self.labels: list[torch.Tensor] = []
 
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
-        self.probs.append(torch.sigmoid(outputs.detach().float()).cpu())
-        self.labels.append(batch["target"].detach().float().cpu())
+        """Keep the batch on the outputs' device (no copy to the CPU, no sync per batch)."""
+        self.probs.append(torch.sigmoid(outputs.detach().float()))
+        self.labels.append(batch["target"].detach().to(outputs.device, non_blocking=True).float())
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Everything collected, on the CPU (one copy per validation pass)."""
         n = len(self.thresholds)
-        return {"probs": torch.cat(self.probs) if self.probs else torch.empty(0, n),
-                "labels": torch.cat(self.labels) if self.labels else torch.empty(0, n)}
+        return {"probs": torch.cat(self.probs).cpu() if self.probs else torch.empty(0, n),
+                "labels": torch.cat(self.labels).cpu() if self.labels else torch.empty(0, n)}
 
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         return classifier_metrics(state["probs"].numpy(), state["labels"].numpy(), self.thresholds)

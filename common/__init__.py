@@ -7,4 +7,4 @@ the metric run in a Kaggle kernel or on a line PC without torch: ``python -m com
 """
 
 __all__ = ["constants", "errors", "io", "config", "rle", "annotations", "images", "layout", "dataset", "folds",
-           "metrics", "submission", "oof", "preprocess", "inspections", "data_setup"]
+           "metrics", "submission", "oof", "preprocess", "inspections", "data_setup", "sampling", "viz"]

@@ -20,7 +20,7 @@ from common.dataset import list_images
 from common.errors import SteelsegError
 from common.rle import decode, is_empty
 
-__all__ = ["dice", "dice_rle", "dice_from_counts", "ScoreReport", "pair_table", "pair_dice", "score_pairs",
+__all__ = ["dice", "dice_rle", "gap_closed", "dice_from_counts", "ScoreReport", "pair_table", "pair_dice", "score_pairs",
            "kaggle_score", "roc_auc_per_class", "f1_per_class", "main"]
 
 
@@ -41,6 +41,11 @@ def dice_rle(pred: object, truth: object, shape: tuple[int, int] = IMAGE_SHAPE) 
     if pe or te:
         return 0.0
     return dice(decode(pred, shape), decode(truth, shape))
+
+
+def gap_closed(score: float, baseline: float) -> float:
+    """Share of the gap between the all-empty score (``baseline``) and a perfect 1.0 that ``score`` closes."""
+    return (score - baseline) / (1 - baseline) if baseline < 1 else float("nan")
 
 
 def dice_from_counts(intersection: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
@@ -70,11 +75,19 @@ class ScoreReport:
         rows.append(("overall", self.overall, self.baseline))
         for name, s, b in rows:
             lines.append(f"  {name:8s} {s:8.5f} {b:10.5f} {s - b:+8.5f}")
+        lines.append(f"  gap closed: {self.gap_closed:.1%} of the gap between all-empty ({self.baseline:.5f}) "
+                     "and a perfect 1.0")
         return "\n".join(lines)
+
+    @property
+    def gap_closed(self) -> float:
+        """Share of the gap between the all-empty score and 1.0 that the score closes."""
+        return gap_closed(self.overall, self.baseline)
 
     def to_dict(self) -> dict:
         """Flat dict for CSV/JSON logs."""
-        out = {"score": self.overall, "baseline": self.baseline, "n_images": self.n_images}
+        out = {"score": self.overall, "baseline": self.baseline, "gap_closed": self.gap_closed,
+               "n_images": self.n_images}
         for c in CLASS_IDS:
             out[f"score_{c}"] = self.per_class[c]
             out[f"baseline_{c}"] = self.baseline_per_class[c]

@@ -20,6 +20,7 @@ on any device (the segmenter's validation metric); torch is never imported by th
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,11 +54,23 @@ def _is_torch(x: Any) -> bool:
 
 
 def bin_index(probs: Any, bins: int = DEFAULT_BINS) -> Any:
-    """Histogram bin of each probability: ``min(floor(p * bins), bins - 1)`` (NumPy int64 or torch long)."""
+    """Histogram bin of each probability: ``min(floor(p * bins), bins - 1)`` as int32 (NumPy or torch).
+
+    int32 and in-place steps keep the transient memory of a (B, 4, 256, 1600) batch small.
+    """
     if _is_torch(probs):
-        return (probs * bins).floor().clamp(max=bins - 1).long()
+        x = probs * bins
+        return x.floor_().clamp_(max=bins - 1).to(torch_int32(probs))
     probs = np.asarray(probs)
-    return np.minimum(np.floor(probs * probs.dtype.type(bins)), bins - 1).astype(np.int64)
+    x = probs * probs.dtype.type(bins)
+    np.floor(x, out=x)
+    np.minimum(x, bins - 1, out=x)
+    return x.astype(np.int32)
+
+
+def torch_int32(x: Any) -> Any:
+    """torch.int32, fetched from a tensor's module (this module never imports torch itself)."""
+    return sys.modules[type(x).__module__.split(".")[0]].int32
 
 
 def binarize(probs: np.ndarray, k: int, bins: int = DEFAULT_BINS) -> np.ndarray:
@@ -71,17 +84,17 @@ def histograms(probs: Any, truth: Any, bins: int = DEFAULT_BINS) -> tuple[Any, A
     if tuple(probs.shape) != tuple(truth.shape) or len(probs.shape) != 4:
         raise OOFError(f"probabilities {tuple(probs.shape)} and truth {tuple(truth.shape)} must both be (B, C, H, W)")
     b, c = probs.shape[:2]
-    idx = bin_index(probs, bins)
+    key = bin_index(probs, bins)  # int32; then + bins for truth pixels + 2 * bins per (image, class)
     if _is_torch(probs):
         import torch
 
-        offset = (torch.arange(b * c, device=probs.device) * (2 * bins)).view(b, c, 1, 1)
-        key = idx + bins * (truth > 0.5).long() + offset
+        key += (truth > 0.5).to(torch.int32) * bins
+        key += (torch.arange(b * c, device=probs.device, dtype=torch.int32) * (2 * bins)).view(b, c, 1, 1)
         counts = torch.bincount(key.flatten(), minlength=b * c * 2 * bins).view(b, c, 2, bins).to(torch.int32)
         top = probs.flatten(2).amax(-1).float()
     else:
-        offset = (np.arange(b * c, dtype=np.int64) * (2 * bins)).reshape(b, c, 1, 1)
-        key = idx + bins * (np.asarray(truth) > 0.5) + offset
+        key += (np.asarray(truth) > 0.5).astype(np.int32) * bins
+        key += (np.arange(b * c, dtype=np.int32) * (2 * bins)).reshape(b, c, 1, 1)
         counts = np.bincount(key.ravel(), minlength=b * c * 2 * bins).reshape(b, c, 2, bins).astype(np.int32)
         top = np.asarray(probs).reshape(b, c, -1).max(-1).astype(np.float32)
     return counts[:, :, 1], counts[:, :, 0], top
@@ -399,18 +412,20 @@ def score(oof: SegmenterOOF, k: int | Sequence[int], min_area: float | Sequence[
     return score_pairs(dice_from_counts(inter, pred, true), true == 0, len(oof))
 
 
-def score_grid(oof: SegmenterOOF, min_areas: Sequence[float]) -> np.ndarray:
+def score_grid(oof: SegmenterOOF, min_areas: Sequence[float], gate: np.ndarray | None = None) -> np.ndarray:
     """Mean Dice per class for every threshold bin and minimum area: array (4, B, len(min_areas)).
 
     ``argmax`` over the last two axes per class gives the best exact (k, min_area) pair; classes are
-    independent, so the best overall score is the mean of the per-class maxima.
+    independent, so the best overall score is the mean of the per-class maxima. ``gate``: (N, 4) bool,
+    False pairs predict nothing (e.g. a classifier veto).
     """
     tail_pos = suffix_sums(oof.hist_pos)[..., :-1]
     tail_all = tail_pos + suffix_sums(oof.hist_neg)[..., :-1]
+    allowed = np.ones((len(oof), N_CLASSES, 1), bool) if gate is None else np.asarray(gate, bool)[..., None]
     true = oof.true_area()[..., None]
     out = np.empty((N_CLASSES, oof.bins, len(min_areas)))
     for j, m in enumerate(min_areas):
-        keep = tail_all >= m
+        keep = (tail_all >= m) & allowed
         d = dice_from_counts(np.where(keep, tail_pos, 0), np.where(keep, tail_all, 0), true)
         out[:, :, j] = d.mean(axis=0) if len(oof) else np.nan
     return out

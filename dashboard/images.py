@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from analysis.viz import CLASS_COLORS, as_rgb
+from common.viz import CLASS_COLORS, as_rgb
 
 __all__ = ["MATCH_COLORS", "MATCH_LABELS", "layer", "class_layer", "match_regions", "match_layer", "png_rgba",
            "blend", "compare_png"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from dash import dash_table, dcc, html
 
-from analysis.viz import CLASS_HEX
+from common.viz import CLASS_HEX
 from common.constants import CLASS_IDS
 from dashboard.images import MATCH_COLORS, MATCH_LABELS
 from dashboard.views import DICE_COLUMNS, LABELS

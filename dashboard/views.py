@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.viz import CLASS_HEX
+from common.viz import CLASS_HEX
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.dataset import class_masks
 from common.metrics import ScoreReport, pair_dice as kaggle_pair_dice, score_pairs

@@ -1,14 +1,29 @@
 """The one training loop of steelseg: devices, AMP, DDP via torchrun, optimisers and schedules, checkpoints,
-resume, logging. It knows no stage: a stage hands it a ``StageSpec``. Imports only ``common``."""
-from engine.augment import Augment, build_augment
-from engine.checkpoint import (CheckpointError, build_model, load_checkpoint, load_model, model_allowlist,
-                               save_checkpoint, unwrap)
-from engine.distributed import DistInfo, setup, teardown
-from engine.loop import (BEST, LAST, METRICS_CSV, EpochMetric, FitResult, RunContext, StageSpec, TrainerSettings, fit,
-                         predict, seed_everything)
-from engine.run import train
+resume, logging. It knows no stage: a stage hands it a ``StageSpec``. Imports only ``common``.
 
-__all__ = ["Augment", "build_augment", "CheckpointError", "build_model", "load_checkpoint", "load_model",
-           "model_allowlist", "save_checkpoint", "unwrap", "DistInfo", "setup", "teardown", "BEST", "LAST",
-           "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec", "TrainerSettings", "fit", "predict",
-           "seed_everything", "train"]
+The names below are re-exported lazily (PEP 562), so ``import engine.checkpoint`` (inference) does not pull
+in albumentations or the training loop.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "engine.augment": ("Augment", "build_augment"),
+    "engine.checkpoint": ("CheckpointError", "build_model", "load_checkpoint", "load_model", "model_allowlist",
+                          "allow_model_factory", "save_checkpoint", "unwrap"),
+    "engine.distributed": ("DistInfo", "setup", "teardown"),
+    "engine.loop": ("BEST", "LAST", "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec",
+                    "TrainerSettings", "as_float", "fit", "predict", "seed_everything"),
+    "engine.run": ("train",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

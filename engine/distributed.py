@@ -126,17 +126,18 @@ class ShardSampler(Sampler[int]):
 class WeightedShardSampler(Sampler[int]):
     """Draws with replacement by per-item weights (class-balanced sampling), split over ranks.
 
-    Each epoch draws ``ceil(n / world) * world`` indices from a generator seeded by (seed, epoch),
-    identical on every rank, and hands rank r the draws r, r + world, ...; like DistributedSampler
-    it needs ``set_epoch`` before each epoch.
+    Each epoch draws ``ceil(num_samples / world) * world`` indices (``num_samples`` default: one per item)
+    from a generator seeded by (seed, epoch), identical on every rank, and hands rank r the draws r, r + world,
+    ...; like DistributedSampler it needs ``set_epoch`` before each epoch.
     """
 
-    def __init__(self, weights: Sequence[float], info: DistInfo, seed: int = 0) -> None:
+    def __init__(self, weights: Sequence[float], info: DistInfo, seed: int = 0, num_samples: int | None = None) -> None:
         self.weights = torch.as_tensor(list(weights), dtype=torch.float64)
         if self.weights.ndim != 1 or len(self.weights) == 0 or (self.weights < 0).any() or self.weights.sum() <= 0:
             raise ValueError("sample weights must be a non-empty 1-d sequence of non-negative values, not all zero")
         self.info, self.seed, self.epoch = info, seed, 0
-        self.per_rank = math.ceil(len(self.weights) / info.world_size)
+        total = len(self.weights) if num_samples is None else int(num_samples)
+        self.per_rank = math.ceil(total / info.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -25,7 +25,9 @@ Stage interface (all a stage writes; the loop, devices, DDP, AMP, checkpoints, r
 
 Run folder (``RunContext.run_dir``, the Hydra output dir): ``checkpoints/best.pt`` (best by monitor),
 ``checkpoints/last.pt`` (latest epoch; also carries the resume state under ``train_state``, in the same
-atomic write), ``metrics.csv`` (one row per epoch), ``tensorboard/`` event files, and the OOF file.
+atomic write), ``metrics.csv`` (one row per epoch: losses, metrics, learning rates, ``time_s``, and the training
+phase's ``train_time_s``, ``train_images_per_s`` and, on CUDA, ``gpu_peak_gib``), ``tensorboard/`` event
+files, and the OOF file.
 Resume: when ``last.pt`` exists and ``resume`` is on, model, optimiser, scheduler, AMP scaler, epoch,
 early-stopping state, history and torch/numpy/python RNG states are restored and training continues
 with the next epoch. Data order and augmentation are re-derived from (seed, epoch, rank) at every epoch,
@@ -111,6 +113,8 @@ class TrainerSettings:
     epochs: int = 10
     batch_size: int = 16
     val_batch_size: int | None = None
+    val_every: int = 1
+    samples_per_epoch: int | None = None
     num_workers: int = 0
     accumulate: int = 1
     grad_clip: float | None = None
@@ -131,7 +135,9 @@ class TrainerSettings:
         if unknown:
             raise ConfigError(f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}")
         settings = cls(**node, patience=stop.get("patience"), min_delta=float(stop.get("min_delta", 0.0)))
-        for key in ("epochs", "batch_size", "accumulate"):
+        if settings.samples_per_epoch is not None and int(settings.samples_per_epoch) < 1:
+            raise ConfigError(f"trainer.samples_per_epoch: must be >= 1 or null, got {settings.samples_per_epoch}")
+        for key in ("epochs", "batch_size", "accumulate", "val_every"):
             if int(getattr(settings, key)) < 1:
                 raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(settings, key)}")
         if settings.amp_dtype not in ("float16", "bfloat16"):
@@ -333,8 +339,10 @@ class Engine:
 
     def _train_loader(self) -> tuple[DataLoader, Any, torch.Generator]:
         spec, s, info = self.spec, self.settings, self.info
-        if spec.sample_weights is not None:
-            sampler: Any = WeightedShardSampler(spec.sample_weights, info, self.ctx.seed)
+        if spec.sample_weights is not None or s.samples_per_epoch:
+            # A fixed number of draws per epoch makes the training length independent of the dataset's size.
+            weights = spec.sample_weights if spec.sample_weights is not None else [1.0] * len(spec.train_set)
+            sampler: Any = WeightedShardSampler(weights, info, self.ctx.seed, s.samples_per_epoch)
         else:
             sampler = DistributedSampler(spec.train_set, num_replicas=info.world_size, rank=info.rank,
                                          shuffle=True, seed=self.ctx.seed, drop_last=False)
@@ -380,7 +388,8 @@ class Engine:
 
     # -- loops
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        """(mean training loss over all ranks, images trained on over all ranks) of one epoch."""
         s, model = self.settings, self.model
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -409,7 +418,15 @@ class Engine:
             total += loss.item() * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{total / count:.4f}")
-        return mean_over_ranks(total, count, self.info)
+        return mean_over_ranks(total, count, self.info), count * self.info.world_size
+
+    def _speed(self, seconds: float, images: int) -> dict[str, float]:
+        """Training-phase figures of an epoch for metrics.csv: wall seconds, images/s over all ranks and, on
+        CUDA, the peak memory this rank allocated (GiB)."""
+        out = {"train_time_s": seconds, "train_images_per_s": images / seconds if seconds > 0 else float("nan")}
+        if self.device.type == "cuda":
+            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        return out
 
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
@@ -468,18 +485,25 @@ class Engine:
                     break
                 started = time.perf_counter()
                 self._start_epoch(epoch)
-                train_loss = self._train_epoch(epoch)
-                val_loss, metrics = self.validate()
-                value = float(metrics[self.spec.monitor])
-                improved = self._improved(value)
-                if improved:
-                    self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
-                else:
-                    self.bad_epochs += 1
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                train_loss, train_images = self._train_epoch(epoch)
+                speed = self._speed(time.perf_counter() - started, train_images)
+                last = epoch + 1 == s.epochs
+                validated = last or (epoch + 1) % int(s.val_every) == 0
+                val_loss, metrics, value, improved = float("nan"), {}, float("nan"), False
+                if validated:
+                    val_loss, metrics = self.validate()
+                    value = float(metrics[self.spec.monitor])
+                    improved = self._improved(value)
+                    if improved:
+                        self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+                    else:
+                        self.bad_epochs += 1
                 stopped_early = bool(s.patience) and self.bad_epochs >= int(s.patience)
-                self.finished = all_or_none(stopped_early or epoch + 1 == s.epochs, info)
+                self.finished = all_or_none(stopped_early or last, info)
                 row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                       **current_lrs(self.optimizer), "time_s": time.perf_counter() - started}
+                       **current_lrs(self.optimizer), "time_s": time.perf_counter() - started, **speed}
                 self.history.append(row)
                 if info.is_main:
                     meta = self._meta(epoch, {"val_loss": val_loss, **metrics})
@@ -489,8 +513,9 @@ class Engine:
                                     extra={"train_state": self._train_state(epoch)})
                     self._write_logs(writer, row)
                     print(f"[{self.spec.name}] fold {self.ctx.fold} epoch {epoch}: train_loss {train_loss:.4f} "
-                          f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}"
-                          + (" *" if improved else ""), flush=True)
+                          + (f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}" if validated else
+                             "(not validated)") + (" *" if improved else "")
+                          + f" [{row['train_images_per_s']:.1f} img/s]", flush=True)
                 barrier(info)
         finally:
             if writer is not None:

@@ -6,7 +6,7 @@ two-headed network giving both, as ``(mask_logits, label_logits)``). Each member
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,31 +16,18 @@ from torch import nn
 from common.errors import ConfigError
 from common.preprocess import Preprocess
 from engine.checkpoint import CheckpointError, load_model
+from ensemble.core import KINDS, MemberInfo
 
-__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "discover"]
+__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "expand_runs", "discover"]
 
-KINDS = ("classifier", "segmenter", "joint")
 CHECKPOINT_GLOB = "**/checkpoints/best.pt"
 
 
 @dataclass
-class Member:
-    """One loaded model with its preprocessing, ensemble weight and provenance."""
+class Member(MemberInfo):
+    """One loaded torch model with its preprocessing, ensemble weight and provenance (``path``: the checkpoint)."""
 
-    model: nn.Module
-    kind: str
-    path: Path
-    preprocess: Preprocess
-    weight: float = 1.0
-    fold: Any = None
-
-    @property
-    def gives_masks(self) -> bool:
-        return self.kind in ("segmenter", "joint")
-
-    @property
-    def gives_labels(self) -> bool:
-        return self.kind in ("classifier", "joint")
+    model: nn.Module = field(kw_only=True)
 
 
 def expand(entry: str | Path, kind: str) -> list[Path]:
@@ -80,8 +67,25 @@ def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind:
                 raise CheckpointError(f"{path}: bad meta.preprocess: {exc}") from exc
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            members.append(Member(model.eval(), kind, path, preprocess, weight, meta.get("fold")))
+            members.append(Member(kind, path, preprocess, weight, meta.get("fold"), model=model.eval()))
     return members
+
+
+def expand_runs(patterns: Iterable[str | Path], key: str = "checkpoints.runs") -> list[Path]:
+    """Training folders from paths or glob patterns (``outputs/train/*/demo``); a pattern matching nothing is an
+    error naming ``key``."""
+    import glob
+
+    out: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        matches = [m for m in matches if Path(m).exists()]
+        if not matches:
+            raise CheckpointError(f"{key}: {text!r} matches no training folder or checkpoint (train first, or set "
+                                  f"{key}=[...] / checkpoints.classifier|segmenter|joint=[...])")
+        out.extend(Path(m) for m in matches)
+    return out
 
 
 def discover(runs: Iterable[str | Path]) -> dict[str, list[Path]]:

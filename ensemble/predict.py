@@ -1,41 +1,45 @@
-"""Streaming predictor: DataLoader batches -> classifier/joint members -> gated segmenters x TTA -> reduce -> masks.
+"""Streaming PyTorch predictor: DataLoader batches -> classifier/joint members -> gated segmenters x TTA -> reduce
+-> masks.
 
 The loader reads each image once and applies every member's ``Preprocess`` (the object training used,
 rebuilt from checkpoint meta) in its workers, so the network input is bit-identical to training's
-validation input. Nothing grows with the number of images: each batch is predicted, post-processed and
-handed on (``iter_predictions``) before the next is read. ``predict_images`` is the plain-function entry
-for callers such as the dashboard.
+validation input. The work order (gate, TTA, reducer, post-processing) is ``ensemble.core.GatedEnsemble``,
+shared with the ONNX runtime; this module adds the torch side: ``MemberNet`` (a member's network with its
+output turned into probabilities at the image size, the very module ``ensemble.export`` writes as ONNX),
+devices and the DataLoader. Nothing grows with the number of images: each batch is predicted,
+post-processed and handed on (``iter_predictions``) before the next is read. ``predict_images`` is the
+plain-function entry for callers such as the dashboard.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.constants import CLASS_IDS, IMAGE_SHAPE, LONG_COLUMNS
-from common.images import read_image
+from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.preprocess import Preprocess
-from common.rle import encode
-from ensemble.gating import get_gate, segment_needed
-from ensemble.members import Member, load_members
-from ensemble.postprocess import postprocess
-from ensemble.reduce import make_reducer
+from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
+from ensemble.members import Member, discover, expand_runs, load_members
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
-from ensemble.tta import Flip, transforms
+from ensemble.timing import Timer
+from ensemble.tta import transforms
+from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "Predictor", "rows_of", "load_rules", "build_predictor",
-           "predict_images"]
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "Predictor", "rows_of", "load_rules",
+           "member_entries", "build_predictor", "predict_images"]
 
 
 class ImageFiles(Dataset):
-    """Items ``{"index": i, "inputs": [float32 tensor per preprocessing]}`` of image files read by content."""
+    """Items ``{"index": i, "inputs": [float32 tensor per preprocessing], "decode_s": seconds}`` of image files read
+    by content (``decode_s``: reading, decoding and preprocessing, in the loader worker)."""
 
     def __init__(self, paths: Sequence[Path | str], preprocesses: Sequence[Preprocess]) -> None:
         self.paths = [Path(p) for p in paths]
@@ -45,85 +49,61 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rgb = read_image(self.paths[index], channels=3)
-        return {"index": index, "inputs": [torch.from_numpy(p(rgb)) for p in self.preprocesses]}
+        start = time.perf_counter()
+        inputs = [torch.from_numpy(x) for x in read_inputs(self.paths[index], self.preprocesses)]
+        return {"index": index, "inputs": inputs, "decode_s": time.perf_counter() - start}
 
 
 def set_threads(threads: int | None) -> int:
     """Use ``threads`` intra-op threads (default: every core this process may run on)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    count = int(threads or cores)
+    count = int(threads or cpu_count())
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
 
 
-@dataclass
-class Stats:
-    """Counters for the benchmark and the log: images seen and segmenter passes run/skipped."""
-
-    images: int = 0
-    segmented: int = 0
-    seg_passes: int = 0
-    seg_passes_skipped: int = 0
-
-    @property
-    def skipped_share(self) -> float:
-        total = self.seg_passes + self.seg_passes_skipped
-        return self.seg_passes_skipped / total if total else 0.0
+def to_image_size(prob: torch.Tensor) -> torch.Tensor:
+    """Probabilities of a member run at another input size, resized to the image size: the rule validation and
+    the stage OOF use too (``segmenter.metrics.to_full_size``)."""
+    return to_full_size(prob, IMAGE_SHAPE)
 
 
-def check_members(kinds: Iterable[str], rules: Rules) -> None:
-    """Refuse a set of member kinds that cannot make a submission under ``rules`` (callers may check first)."""
-    kinds = set(kinds)
-    if not kinds & {"segmenter", "joint"}:
-        raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
-                         "a submission needs at least one")
-    get_gate(rules.gating)
-    if rules.needs_classifier and not kinds & {"classifier", "joint"}:
-        raise RulesError(f"gating mode {rules.gating!r} needs classifier or joint checkpoints "
-                         "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+class MemberNet(nn.Module):
+    """A member's network whose outputs are probabilities: (B, 4) class probabilities for a classifier,
+    (B, 4, 256, 1600) mask probabilities for a segmenter, both (as a pair) for a joint member."""
 
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
 
-def _split(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask logits, label logits) of a joint member's output."""
-    if not isinstance(output, (tuple, list)) or len(output) != 2:
-        raise RulesError(f"a joint member must return (mask_logits, label_logits), got {type(output).__name__}")
-    return output[0], output[1]
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        if self.kind == "joint":
+            mask_logits, label_logits = split_joint(out)
+            return to_image_size(torch.sigmoid(mask_logits.float())), torch.sigmoid(label_logits.float())
+        prob = torch.sigmoid(out.float())
+        return prob if self.kind == "classifier" else to_image_size(prob)
 
 
 @dataclass
-class Predictor:
-    """Ensemble of classifier, segmenter and joint members with TTA, a reducer and post-processing rules."""
+class Predictor(GatedEnsemble):
+    """Ensemble of classifier, segmenter and joint members (``Member``: torch models) with TTA, a reducer and
+    post-processing rules, run on ``device``."""
 
-    classifiers: list[Member]
-    segmenters: list[Member]
-    rules: Rules
-    tta_classifier: list[Flip] = field(default_factory=lambda: transforms(["none"]))
-    tta_segmenter: list[Flip] = field(default_factory=lambda: transforms(["none"]))
-    reducer: str = "mean"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     channels_last: bool = True
-    joints: list[Member] = field(default_factory=list)
-    stats: Stats = field(default_factory=Stats)
+    amp_dtype: torch.dtype | None = None  # autocast the networks (CUDA) in this dtype; None: float32
 
     def __post_init__(self) -> None:
-        check_members({m.kind for m in self.members}, self.rules)
-        make_reducer(self.reducer)
-        self.preprocesses: list[Preprocess] = []
-        self._slot: dict[int, int] = {}
+        super().__post_init__()
+        self._nets: dict[int, MemberNet] = {}
         for member in self.members:
             member.model.to(self.device)
-            key = member.preprocess.key
-            slots = [p.key for p in self.preprocesses]
-            if key not in slots:
-                self.preprocesses.append(member.preprocess)
-                slots.append(key)
-            self._slot[id(member)] = slots.index(key)
+            self._nets[id(member)] = MemberNet(member.model, member.kind).eval()
 
-    @property
-    def members(self) -> list[Member]:
-        return self.classifiers + self.joints + self.segmenters
+    def net(self, member: Member) -> MemberNet:
+        """The member's network with probability outputs (what the ONNX export writes)."""
+        return self._nets[id(member)]
 
     def loader(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0) -> DataLoader:
         """Batches ``{"index": (B,), "inputs": [(B, C, h, w) per preprocessing]}`` in file order."""
@@ -131,82 +111,35 @@ class Predictor:
                           num_workers=num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
-    def _input(self, member: Member, inputs: Sequence[torch.Tensor], keep: torch.Tensor | None) -> torch.Tensor:
-        x = inputs[self._slot[id(member)]]
-        if keep is not None:
-            x = x[keep]
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
+                 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        loader = self.loader(paths, batch_size, num_workers)
+        for batch in loader:
+            self.timer.add("decode_in_workers", float(batch["decode_s"].sum()))
+            yield batch["index"].tolist(), batch["inputs"]
 
-    def _dense(self, prob: torch.Tensor) -> torch.Tensor:
-        """Probabilities of a member run at another input size, resized to the image size."""
-        if prob.shape[-2:] != IMAGE_SHAPE:
-            prob = F.interpolate(prob, size=IMAGE_SHAPE, mode="bilinear", align_corners=False)
-        return prob
+    def _input(self, member: Member, inputs: Sequence[Any], keep: np.ndarray | None) -> torch.Tensor:
+        with self.timer.section("host_to_device"):
+            x = torch.as_tensor(super()._input(member, inputs, keep)).to(self.device, non_blocking=True)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _run(self, member: Member, x: torch.Tensor) -> Any:
+        return self._nets[id(member)](x)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA); a no-op elsewhere (for ``Timer(sync=...)``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def probabilities(self, inputs: Sequence[torch.Tensor], gate: bool = True
+    def probabilities(self, inputs: Sequence[Any], gate: bool = True
                       ) -> tuple[np.ndarray | None, torch.Tensor | None, np.ndarray]:
-        """(classifier probabilities (B, 4) or None, segmentation probabilities (K, 4, H, W) of the K images the
-        gate lets through (all of them with ``gate=False``) on the device, their indices (K,))."""
-        batch = len(inputs[0])
-        labels, masks = make_reducer(self.reducer), make_reducer(self.reducer)
-        for member in self.joints:  # one pass gives both heads, with the segmenter TTA
-            x = self._input(member, inputs, None)
-            for flip in self.tta_segmenter:
-                mask_logits, label_logits = _split(member.model(flip.augment(x)))
-                masks.add(flip.deaugment(self._dense(torch.sigmoid(mask_logits.float()))), member.weight)
-                labels.add(torch.sigmoid(label_logits.float()), member.weight)
-        for member in self.classifiers:
-            x = self._input(member, inputs, None)
-            for flip in self.tta_classifier:
-                labels.add(torch.sigmoid(member.model(flip.augment(x)).float()), member.weight)
-        cls_prob = labels.result().cpu().numpy().astype(np.float64) if labels.count else None
-        needed = segment_needed(cls_prob, self.rules) if gate else None
-        keep = np.arange(batch) if needed is None else np.flatnonzero(needed)
-        passes = len(self.segmenters) * len(self.tta_segmenter)
-        self.stats.images += batch
-        self.stats.segmented += len(keep)
-        self.stats.seg_passes += passes * len(keep)
-        self.stats.seg_passes_skipped += passes * (batch - len(keep))
-        if not len(keep):
-            return cls_prob, None, keep
-        index = None if len(keep) == batch else torch.as_tensor(keep)
-        if index is not None and masks.count:
-            masks.select(index.to(self.device))
-        for member in self.segmenters:
-            x = self._input(member, inputs, index)
-            for flip in self.tta_segmenter:
-                prob = torch.sigmoid(member.model(flip.augment(x)).float())
-                masks.add(flip.deaugment(self._dense(prob)), member.weight)
-        return cls_prob, masks.result(), keep
-
-    def predict_batch(self, inputs: Sequence[torch.Tensor]) -> tuple[np.ndarray | None, np.ndarray]:
-        """Loader inputs -> (classifier probabilities (B, 4) or None, uint8 masks (B, 4, H, W))."""
-        batch = len(inputs[0])
-        cls_prob, seg, keep = self.probabilities(inputs)
-        masks = np.zeros((batch, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
-        if seg is not None:
-            masks[keep] = postprocess(seg, None if cls_prob is None else cls_prob[keep], self.rules)
-        return cls_prob, masks
-
-    def iter_predictions(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
-                         progress: bool = False) -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
-        """Yield (image name, classifier probabilities or None, masks (4, H, W)) per image, in order."""
-        loader = self.loader(paths, batch_size, num_workers)
-        if progress:
-            from tqdm import tqdm
-
-            loader = tqdm(loader, total=len(loader), unit="batch", desc="predict", dynamic_ncols=True)
-        for batch in loader:
-            cls_prob, masks = self.predict_batch(batch["inputs"])
-            for j, index in enumerate(batch["index"].tolist()):
-                yield Path(paths[index]).name, None if cls_prob is None else cls_prob[j], masks[j]
-
-
-def rows_of(image_id: str, masks: np.ndarray) -> list[tuple[str, int, str]]:
-    """Long-form rows (ImageId, ClassId, RLE or '') of one image, every class once."""
-    return [(image_id, c, encode(masks[i])) for i, c in enumerate(CLASS_IDS)]
+        """``GatedEnsemble.probabilities`` under ``torch.inference_mode`` (segmentation stays on the device),
+        autocast in ``amp_dtype`` when set."""
+        if self.amp_dtype is None:
+            return super().probabilities(inputs, gate)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            return super().probabilities(inputs, gate)
 
 
 def load_rules(cfg: Mapping[str, Any]) -> Rules:
@@ -221,6 +154,19 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
     return rules
 
 
+def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Checkpoint entries per kind: ``checkpoints.classifier|segmenter|joint`` when any is given; otherwise every
+    checkpoint under ``checkpoints.runs`` (training folders, files or glob patterns), by the kind its file records."""
+    unknown = set(ckpt) - {"runs", *KINDS}
+    if unknown:
+        raise RulesError(f"checkpoints: unknown key(s) {sorted(unknown)}; known: runs, {', '.join(KINDS)}")
+    entries = {kind: list(ckpt.get(kind) or []) for kind in KINDS}
+    if not any(entries.values()) and ckpt.get("runs"):
+        for kind, paths in discover(expand_runs(ckpt["runs"])).items():
+            entries[kind].extend(paths)
+    return entries
+
+
 def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ...)."""
     device = str(cfg.get("device", "cpu"))
@@ -229,18 +175,29 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
     channels_last = bool(cfg.get("channels_last", True))
-    ckpt = cfg["checkpoints"]
-    return Predictor(
-        classifiers=load_members(ckpt.get("classifier"), "classifier", channels_last),
-        segmenters=load_members(ckpt.get("segmenter"), "segmenter", channels_last),
-        joints=load_members(ckpt.get("joint"), "joint", channels_last),
+    amp = cfg.get("amp")
+    if amp not in (None, "bfloat16", "float16"):
+        raise RulesError(f"amp: expected null, bfloat16 or float16, got {amp!r}")
+    if amp and not device.startswith("cuda"):
+        raise RulesError(f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); set amp=null")
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
+    entries = member_entries(cfg["checkpoints"])
+    predictor = Predictor(
+        classifiers=load_members(entries["classifier"], "classifier", channels_last),
+        segmenters=load_members(entries["segmenter"], "segmenter", channels_last),
+        joints=load_members(entries["joint"], "joint", channels_last),
         rules=load_rules(cfg),
         tta_classifier=transforms(list(cfg["tta"]["classifier"])),
         tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),
         reducer=str(cfg["ensemble"].get("reducer", "mean")),
         device=torch.device(device),
         channels_last=channels_last,
+        amp_dtype=getattr(torch, amp) if amp else None,
     )
+    if cfg.get("profile"):  # synchronised sections: where the time goes (slower than a plain run)
+        predictor.timer = Timer(enabled=True, sync=predictor.synchronize)
+    return predictor
 
 
 def predict_images(image_paths: Sequence[Path | str], config: Mapping[str, Any] | Predictor,

@@ -1,8 +1,13 @@
-"""Reducers over ensemble members (models x TTA): fed one probability tensor at a time, so memory
-does not grow with the number of members. Default: weighted mean of probabilities."""
+"""Reducers over ensemble members (models x TTA): fed one probability array at a time, so memory
+does not grow with the number of members. Default: weighted mean of probabilities.
+
+Torch tensors (the PyTorch predictor) and NumPy arrays (the ONNX runtime) alike, through ``ensemble.arrays``.
+"""
 from __future__ import annotations
 
-import torch
+from typing import Any
+
+from ensemble.arrays import copy, namespace, take
 
 __all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
 
@@ -13,24 +18,24 @@ class Reducer:
     """Accumulate weighted member probabilities; ``result()`` gives the combined probabilities."""
 
     def __init__(self) -> None:
-        self.acc: torch.Tensor | None = None
+        self.acc: Any = None
         self.total = 0.0
         self.count = 0
 
-    def add(self, prob: torch.Tensor, weight: float = 1.0) -> None:
+    def add(self, prob: Any, weight: float = 1.0) -> None:
         if weight < 0:
             raise ValueError(f"ensemble member weight must be >= 0, got {weight}")
         value = self._map(prob) * weight if self._weighted else self._map(prob)
-        self.acc = value.clone() if self.acc is None else self._combine(self.acc, value)
+        self.acc = copy(value) if self.acc is None else self._combine(self.acc, value)
         self.total += weight
         self.count += 1
 
-    def select(self, index: torch.Tensor) -> None:
+    def select(self, index: Any) -> None:
         """Keep only the batch items ``index`` (dim 0) of what was added so far (gated-off images)."""
         if self.acc is not None:
-            self.acc = self.acc[index]
+            self.acc = take(self.acc, index)
 
-    def result(self) -> torch.Tensor:
+    def result(self) -> Any:
         if self.acc is None:
             raise ValueError("reducer got no ensemble member")
         if self._weighted and self.total <= 0:
@@ -39,13 +44,14 @@ class Reducer:
 
     _weighted = True
 
-    def _map(self, prob: torch.Tensor) -> torch.Tensor:
+    def _map(self, prob: Any) -> Any:
         return prob
 
-    def _combine(self, acc: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return acc.add_(value)
+    def _combine(self, acc: Any, value: Any) -> Any:
+        acc += value
+        return acc
 
-    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
+    def _finish(self, acc: Any) -> Any:
         return acc / self.total
 
 
@@ -56,11 +62,12 @@ class MeanReducer(Reducer):
 class GeometricReducer(Reducer):
     """Weighted geometric mean of probabilities (a soft AND: one confident 'no' pulls it down)."""
 
-    def _map(self, prob: torch.Tensor) -> torch.Tensor:
-        return prob.clamp_min(_EPS).log()
+    def _map(self, prob: Any) -> Any:
+        xp = namespace(prob)
+        return xp.log(xp.clip(prob, _EPS, None))
 
-    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
-        return (acc / self.total).exp()
+    def _finish(self, acc: Any) -> Any:
+        return namespace(acc).exp(acc / self.total)
 
 
 class MaxReducer(Reducer):
@@ -68,10 +75,10 @@ class MaxReducer(Reducer):
 
     _weighted = False
 
-    def _combine(self, acc: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(acc, value, out=acc)
+    def _combine(self, acc: Any, value: Any) -> Any:
+        return namespace(acc).maximum(acc, value, out=acc)
 
-    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
+    def _finish(self, acc: Any) -> Any:
         return acc
 
 

@@ -33,13 +33,14 @@ import numpy as np
 
 from common.constants import CLASS_IDS
 from common.errors import OOFError, SteelsegError
+from common.metrics import dice_from_counts
 from common.oof import OOF, load_oof
 from ensemble.gating import Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
 __all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores", "ModeResult", "search_mode",
-           "score_rules", "search", "cross_validated", "run_search", "main"]
+           "pair_outcomes", "score_rules", "search", "cross_validated", "run_search", "main"]
 
 SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
 DEFAULT_GRID = {
@@ -197,9 +198,9 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
     return ModeResult(gating, rules, float(np.mean(list(per_class.values()))), per_class, curves)
 
 
-def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
-    """Mean pair score per class of fixed rules on the OOF (e.g. the 'default thresholds' figure): the very
-    per-pair rules inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
+def pair_outcomes(oof: OOF, rules: Rules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersection, predicted area, true area), each (N, 4), of fixed rules on the OOF: the very per-pair rules
+    inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
     if rules.bins != oof.bins:
         raise OOFError(f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
                        f"{oof.bins} bins; set postprocess.bins={oof.bins}")
@@ -207,13 +208,19 @@ def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
     if gate.needs_classifier and oof.cls_prob is None:
         raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
     pairs = pair_rules(rules, oof.max_prob, oof.cls_prob if gate.needs_classifier else None)
-    out = {}
-    for i, c in enumerate(CLASS_IDS):
+    inter, pred, truth = (np.zeros((len(oof), len(CLASS_IDS)), np.int64) for _ in range(3))
+    for i in range(len(CLASS_IDS)):
         counts = ClassCounts.of(oof, i)
-        gain, pred = counts.gain(pairs.k[:, i])
-        keep = pairs.keep[:, i] & (pred > 0) & (pred >= pairs.min_area[:, i])
-        out[c] = float(((counts.truth == 0).sum() + gain[keep].sum()) / len(keep))
-    return out
+        a, p = counts.at(pairs.k[:, i])
+        keep = pairs.keep[:, i] & (p >= pairs.min_area[:, i])
+        inter[:, i], pred[:, i], truth[:, i] = np.where(keep, a, 0), np.where(keep, p, 0), counts.truth
+    return inter, pred, truth
+
+
+def score_rules(oof: OOF, rules: Rules) -> dict[int, float]:
+    """Mean pair score per class of fixed rules on the OOF (e.g. the 'default thresholds' figure)."""
+    dice = dice_from_counts(*pair_outcomes(oof, rules))
+    return {c: float(dice[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
 
 
 def search(oof: OOF, grid: Grid, base: Rules, modes: Sequence[str] = SEARCH_MODES) -> dict[str, ModeResult]:
@@ -224,40 +231,67 @@ def search(oof: OOF, grid: Grid, base: Rules, modes: Sequence[str] = SEARCH_MODE
     return {m: search_mode(oof, m, grid, base) for m in usable}
 
 
-def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> float:
-    """Honest estimate: tune on all folds but one, score the held-out fold, average over images."""
+def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> dict[int, float]:
+    """Honest estimate per class: tune on all folds but one, score the held-out fold, average over images
+    (empty when the OOF holds a single fold)."""
     folds = np.unique(oof.fold)
     if len(folds) < 2:
-        return float("nan")
-    total = 0.0
+        return {}
+    total = {c: 0.0 for c in CLASS_IDS}
     for f in folds:
         held = oof.fold == f
         rules = search_mode(oof.subset(~held), mode, grid, base).rules
-        total += np.mean(list(score_rules(oof.subset(held), rules).values())) * held.sum()
-    return float(total / len(oof.fold))
+        for c, value in score_rules(oof.subset(held), rules).items():
+            total[c] += value * held.sum()
+    return {c: float(v / len(oof.fold)) for c, v in total.items()}
 
 
 def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
                cv: bool = True) -> dict[str, Any]:
-    """Search every mode, pick the best, and summarise: default vs tuned vs cross-validated scores."""
+    """Search every mode and choose what to write without over-fitting.
+
+    Each mode is tuned on all folds (``tuned``) and, with ``cv``, tuned on the other folds and scored on the
+    held-out one (``cross_validated``, the honest figure). The mode with the best cross-validated score wins;
+    if even that does not beat the untuned default rules on the same OOF, the defaults are kept (``decision``
+    says which, and why). Without ``cv`` the best in-sample mode is taken.
+    """
     results = search(oof, grid, base, modes)
-    best = max(results.values(), key=lambda r: r.score)
     # Without classifier OOF a classifier-gated default cannot be scored: it is scored ungated, and says so.
     usable_base = base if (not base.needs_classifier or oof.cls_prob is not None) else replace(base, gating="none")
+    usable_base = replace(usable_base, bins=oof.bins)
     default = score_rules(oof, usable_base)
-    truth_empty = np.stack([ClassCounts.of(oof, i).truth == 0 for i in range(len(CLASS_IDS))], 1)
+    default_mean = float(np.mean(list(default.values())))
+    honest = {m: cross_validated(oof, grid, base, m) for m in results} if cv else {}
+    honest = {m: v for m, v in honest.items() if v}
+    if honest:
+        key = max(honest, key=lambda m: np.mean(list(honest[m].values())))
+        best_cv = float(np.mean(list(honest[key].values())))
+        keep_default = best_cv <= default_mean
+        decision = (f"defaults kept: the best tuned mode ({results[key].mode}) scores {best_cv:.5f} on held-out folds, "
+                    f"not above the defaults' {default_mean:.5f}" if keep_default else
+                    f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the defaults")
+    else:
+        key = max(results, key=lambda m: results[m].score)
+        keep_default, decision = False, f"tuned ({results[key].mode}): best in-sample score (no cross-validation)"
+    best = results[key]
+    truth_empty = oof.truth_present() == 0
     summary = {
         "n_images": int(len(oof.image_ids)), "bins": oof.bins, "best_mode": best.mode,
         "tuned": best.score, "tuned_per_class": best.per_class,
-        "default": float(np.mean(list(default.values()))), "default_per_class": default,
-        "default_gating": usable_base.gating,
+        "default": default_mean, "default_per_class": default, "default_gating": usable_base.gating,
         "baseline": float(truth_empty.mean()),
         "baseline_per_class": {c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
-        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict()} for m, r in results.items()},
+        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict(),
+                      **({"cross_validated": float(np.mean(list(honest[m].values()))),
+                          "cross_validated_per_class": honest[m]} if m in honest else {})}
+                  for m, r in results.items()},
+        "decision": decision, "written": "default" if keep_default else "tuned",
     }
-    if cv:
-        summary["cross_validated"] = cross_validated(oof, grid, base, {"label": "none"}.get(best.mode, best.mode))
-    return {"summary": summary, "best": best, "results": results}
+    if key in honest:
+        summary["cross_validated"] = float(np.mean(list(honest[key].values())))
+        summary["cross_validated_per_class"] = honest[key]
+    chosen = usable_base if keep_default else best.rules
+    return {"summary": summary, "best": best, "results": results, "chosen": chosen}
 
 
 def default_rules(overrides: Sequence[str] = ()) -> Rules:
@@ -271,13 +305,24 @@ def default_rules(overrides: Sequence[str] = ()) -> Rules:
     return load_rules(plain)
 
 
+def has_checkpoints(entries: Sequence[str | Path]) -> bool:
+    """True when an entry is a training folder holding checkpoints (not only OOF files)."""
+    return any(Path(e).is_dir() and next(Path(e).glob("**/checkpoints/best.pt"), None) is not None for e in entries)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place "
-               "ensemble.gating.mode=soft): the default thresholds are what infer.py applies with them.")
+        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place tta=flips "
+               "ensemble.gating.mode=soft): the OOF is predicted, and the default thresholds are, what infer.py "
+               "does with them.")
     parser.add_argument("runs", nargs="+", help="training output folders, OOF folders or OOF files; then overrides")
     parser.add_argument("--out", type=Path, required=True, help="thresholds file to write (JSON)")
+    parser.add_argument("--oof-dir", type=Path, help="where training folders' ensemble OOF is written "
+                        "(default: next to --out, <name>_oof/)")
+    parser.add_argument("--from-files", action="store_true",
+                        help="score the runs' own OOF files (written at training, no TTA) instead of predicting the "
+                             "ensemble OOF the way infer.py predicts")
     parser.add_argument("--modes", default=",".join(SEARCH_MODES), help=f"comma-separated, from {SEARCH_MODES}")
     parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
     args = parser.parse_intermixed_args(argv)
@@ -286,12 +331,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             raise OOFError("give at least one training output folder or OOF file")
         base = default_rules(overrides)
-        oof = load_oof(runs)
+        entries = runs
+        if has_checkpoints(runs) and not args.from_files:
+            from ensemble.oof import ensemble_oof
+            from ensemble.predict import set_threads
+            from ensemble.settings import compose_infer, section
+
+            cfg = compose_infer(overrides)
+            plain = {**section(cfg, "tta", "ensemble"),
+                     **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
+            set_threads(cfg.get("threads"))
+            oof_dir = args.oof_dir or args.out.parent / f"{args.out.stem}_oof"
+            made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
+            print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
+                  f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")
+            entries = [oof_dir]
+        oof = load_oof(entries)
         grid = Grid.make(oof.bins, area_scale=base.area_scale)
         out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
         s = out["summary"]
-        write_thresholds(args.out, out["best"].rules, {"scores": s, "sources": [str(r) for r in runs],
-                                                       "overrides": overrides})
+        write_thresholds(args.out, out["chosen"], {"scores": s, "sources": [str(r) for r in runs],
+                                                   "oof": [str(e) for e in entries], "overrides": overrides})
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -299,8 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
           + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))
     for mode, r in s["modes"].items():
-        print(f"  {mode:6s} {r['score']:.5f}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
-    print(f"thresholds: {args.out}")
+        cv = f" (other folds {r['cross_validated']:.5f})" if "cross_validated" in r else ""
+        print(f"  {mode:6s} {r['score']:.5f}{cv}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
+    print(f"{s['decision']}\nthresholds: {args.out}")
     return 0
 
 

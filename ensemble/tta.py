@@ -1,33 +1,48 @@
 """Test-time augmentation as invertible flips: augment the input, un-augment the prediction.
 
 Names: ``none``, ``hflip`` (mirror left-right), ``vflip`` (mirror top-bottom), ``both`` (hflip + vflip).
-Flips are their own inverse; image-level outputs (classifier logits) need no un-augmenting.
+Flips are their own inverse; image-level outputs (classifier logits) need no un-augmenting. Works on torch
+tensors and NumPy arrays alike (``ensemble.arrays``), so the ONNX runtime uses it unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+from ensemble.arrays import is_torch
 
-__all__ = ["Flip", "transforms"]
+__all__ = ["Flip", "TTA_NAMES", "transforms"]
 
 _DIMS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (-1,), "vflip": (-2,), "both": (-2, -1)}
+TTA_NAMES = tuple(_DIMS)
+
+
+def _flip(x: Any, dims: tuple[int, ...]) -> Any:
+    if not dims:
+        return x
+    if is_torch(x):
+        import torch
+
+        return torch.flip(x, dims)
+    import numpy as np
+
+    return np.flip(x, dims)
 
 
 @dataclass(frozen=True)
 class Flip:
-    """One TTA transform over the last two (H, W) dimensions of NCHW tensors."""
+    """One TTA transform over the last two (H, W) dimensions of NCHW tensors or arrays."""
 
     name: str
     dims: tuple[int, ...]
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
+    def augment(self, x: Any) -> Any:
         """The transformed input batch."""
-        return torch.flip(x, self.dims) if self.dims else x
+        return _flip(x, self.dims)
 
-    def deaugment(self, y: torch.Tensor) -> torch.Tensor:
+    def deaugment(self, y: Any) -> Any:
         """Map a dense prediction of the augmented input back onto the original pixels."""
-        return torch.flip(y, self.dims) if self.dims else y
+        return _flip(y, self.dims)
 
 
 def transforms(names: list[str] | tuple[str, ...] | str) -> list[Flip]:

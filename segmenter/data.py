@@ -1,7 +1,10 @@
 """Segmenter view of a SteelDataset: image tensors with 4-channel masks, random crops for training.
 
-Training items are random crops (``crop: [height, width]``, multiples of 32) taken by albumentations
-together with the mask, then the configured augmentations; validation items are the full 256x1600 image.
+Images are first prepared at the network input size (``preprocess.size``, e.g. [64, 416]: a quarter of
+256x1600; None keeps the full size) and masks resized with them (nearest neighbour). Training items are then
+random crops (``crop: [height, width]`` in network-input pixels, multiples of 32) taken by albumentations
+together with the mask, and the configured augmentations; validation items are whole images whose items also
+carry the full-size ``truth`` masks, against which the upsampled predictions are scored (as inference does).
 """
 from __future__ import annotations
 
@@ -21,22 +24,26 @@ from engine.augment import Augment, build_augment
 __all__ = ["check_crop", "select_training_ids", "CROP_MODES", "build_train_augment", "SegmentationDataset"]
 
 
-def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop") -> tuple[int, int] | None:
-    """(height, width) of the training crop, checked against the image and the encoder stride; None = full image."""
+def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
+               size: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """(height, width) of the training crop, checked against the network input size (``size``, default the
+    full image) and the encoder stride; None = whole images."""
     if crop is None:
         return None
     if len(crop) != 2:
         raise ConfigError(f"{key}: expected [height, width], got {list(crop)}")
     height, width = int(crop[0]), int(crop[1])
-    if height > IMAGE_SHAPE[0] or width > IMAGE_SHAPE[1] or height <= 0 or width <= 0:
-        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} images")
+    full = tuple(size) if size is not None else IMAGE_SHAPE
+    if height > full[0] or width > full[1] or height <= 0 or width <= 0:
+        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {full[0]}x{full[1]} network input "
+                          "(the crop is in network-input pixels, after preprocess.size)")
     if height % 32 or width % 32:
         raise ConfigError(f"{key}: crop {height}x{width} must be multiples of 32 for the encoder")
     return height, width
 
 
 def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None,
-                        seed: int) -> list[str]:
+                        seed: int, stage: str = "segmenter") -> list[str]:
     """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per defect one.
 
     ``clean_ratio=0`` trains on defect images only. The clean images are a fixed random draw (seeded); asking
@@ -46,16 +53,16 @@ def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ra
     if clean_ratio is None:
         return ids
     if clean_ratio < 0:
-        raise ConfigError(f"segmenter.clean_ratio: must be >= 0 or null, got {clean_ratio}")
+        raise ConfigError(f"{stage}.clean_ratio: must be >= 0 or null, got {clean_ratio}")
     has_defect = labels.loc[ids].to_numpy().any(axis=1)
     defect = [i for i, d in zip(ids, has_defect) if d]
     clean = [i for i, d in zip(ids, has_defect) if not d]
     n_clean = int(round(clean_ratio * len(defect)))
     if n_clean > len(clean):
-        raise ConfigError(f"segmenter.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
+        raise ConfigError(f"{stage}.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
                           f"defect ones, the fold has {len(clean)}; lower it or use null for all images")
     if not defect:
-        raise ConfigError("segmenter.clean_ratio: the training fold has no defect images")
+        raise ConfigError(f"{stage}.clean_ratio: the training fold has no defect images")
     rng = np.random.default_rng(seed)
     picked = set(rng.choice(len(clean), size=n_clean, replace=False).tolist()) if n_clean else set()
     chosen = set(defect) | {clean[i] for i in picked}
@@ -73,23 +80,31 @@ def build_train_augment(crop: tuple[int, int] | None, nodes: Sequence[Any] | Non
     the image has any, albumentations' CropNonEmptyMaskIfExists; faster learning on small data).
     """
     if crop_mode not in CROP_MODES:
-        raise ConfigError(f"segmenter.crop_mode: expected one of {sorted(CROP_MODES)}, got {crop_mode!r}")
+        stage = key.split(".")[0]
+        raise ConfigError(f"{stage}.crop_mode: expected one of {sorted(CROP_MODES)}, got {crop_mode!r}")
     crop_node = [] if crop is None else [{"_target_": CROP_MODES[crop_mode], "height": crop[0], "width": crop[1]}]
     return build_augment(crop_node + list(nodes or []), key, seed=seed)
 
 
 class SegmentationDataset(Dataset):
-    """Items ``{"image": float (3, H, W), "target": float (4, H, W) 0/1, "image_id": str}``."""
+    """Items ``{"image": float (3, h, w), "target": float (4, h, w) 0/1, "image_id": str}`` at the network input
+    size, plus ``"truth"``: uint8 (4, 256, 1600) full-size masks when ``full_truth`` (validation).
+
+    ``cache`` keeps each decoded, prepared uint8 image and its masks at the network input size in memory (per
+    loader worker): for small datasets, where decoding would dominate an epoch.
+    """
 
     def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None) -> None:
-        if preprocess.size is not None:
-            raise ConfigError("segmenter.preprocess.size: must be null (masks are scored at 256x1600); "
-                              "use segmenter.model.input_scale to run the network at a lower resolution")
+                 augment: Augment | None = None, cache: bool = False, stage: str = "segmenter",
+                 full_truth: bool = False) -> None:
+        if preprocess.size is not None and any(v % 32 for v in preprocess.size):
+            raise ConfigError(f"{stage}.preprocess.size: {list(preprocess.size)} must be multiples of 32 for the "
+                              "encoder (e.g. [64, 416] or [128, 800])")
         if not dataset.labelled:
             raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
         self.dataset, self.image_ids = dataset, list(image_ids)
-        self.preprocess, self.augment = preprocess, augment
+        self.preprocess, self.augment, self.full_truth = preprocess, augment, full_truth
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -99,16 +114,25 @@ class SegmentationDataset(Dataset):
         if self.augment is not None:
             self.augment.set_seed(seed)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Augmented uint8 image (H, W, 3) and mask (4, H, W) of one item, before normalisation."""
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Augmented uint8 image (h, w, 3) and mask (4, h, w) at the network input size, before normalisation,
+        and the full-size masks (4, 256, 1600) of the image (None for cached training items)."""
         image_id = self.image_ids[index]
-        image, mask = self.preprocess.prepare(self.dataset.image(image_id)), self.dataset.masks(image_id)
+        cached = self.cache.get(image_id) if self.cache is not None else None
+        full = self.dataset.masks(image_id) if cached is None or self.full_truth else None
+        if cached is None:
+            cached = self.preprocess.prepare(self.dataset.image(image_id)), self.preprocess.prepare_mask(full)
+            if self.cache is not None:
+                self.cache[image_id] = cached
+        image, mask = cached
         if self.augment is not None:
             image, mask = self.augment(image, mask)
-        return image, mask
+        return image, mask, full
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.sample(index)
-        return {"image": torch.from_numpy(self.preprocess.normalize(image)),
-                "target": torch.from_numpy(mask.astype(np.float32)),
-                "image_id": self.image_ids[index]}
+        image, mask, full = self.sample(index)
+        item = {"image": torch.from_numpy(self.preprocess.normalize(image)),
+                "target": torch.from_numpy(mask.astype(np.float32)), "image_id": self.image_ids[index]}
+        if self.full_truth:
+            item["truth"] = torch.from_numpy(full)
+        return item

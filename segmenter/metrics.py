@@ -10,15 +10,30 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.constants import CLASS_IDS
+from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.oof import DEFAULT_BINS, SegmenterOOF, histograms, score, score_grid
 
-__all__ = ["AREA_GRID", "threshold_bin", "per_class", "as_oof", "oof_metrics", "SegmenterMetric"]
+__all__ = ["AREA_GRID", "to_full_size", "truth_of", "threshold_bin", "per_class", "as_oof", "oof_metrics",
+           "SegmenterMetric"]
 
 # Minimum-area grid for the "best reachable" score reported beside the configured one.
 AREA_GRID = (0, 100, 300, 600, 1000, 2000, 3000, 5000)
+
+
+def to_full_size(probs: torch.Tensor, size: Sequence[int] = IMAGE_SHAPE) -> torch.Tensor:
+    """(B, C, h, w) probabilities of a network run below the image size, resized (bilinear) to ``size``: the one
+    rule by which validation, OOF and inference score a lower-resolution model at 256x1600."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def truth_of(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+    """The full-size truth masks of a batch (``truth`` when the items carry it, else ``target``)."""
+    return batch.get("truth", batch["target"]).to(device)
 
 
 def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
@@ -76,16 +91,19 @@ class SegmenterMetric:
         self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
-        truth = batch["target"].to(outputs.device)
-        pos, neg, top = histograms(torch.sigmoid(outputs.float()), truth, self.bins)
-        self._parts.append((pos.cpu(), neg.cpu(), top.cpu()))
+        """Histograms computed and kept on the outputs' device (no copy to the CPU, no sync per batch); a network
+        run below the image size is scored on its upsampled probabilities against the full-size truth."""
+        truth = truth_of(batch, outputs.device)
+        probs = to_full_size(torch.sigmoid(outputs.float()), truth.shape[-2:])
+        self._parts.append(histograms(probs, truth, self.bins))
 
     def state(self) -> dict[str, torch.Tensor]:
+        """Everything collected, on the CPU (one copy per validation pass)."""
         if not self._parts:
             return {"hist_pos": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
                     "hist_neg": torch.zeros(0, len(CLASS_IDS), self.bins, dtype=torch.int32),
                     "max_prob": torch.zeros(0, len(CLASS_IDS))}
-        pos, neg, top = (torch.cat(parts) for parts in zip(*self._parts))
+        pos, neg, top = (torch.cat(parts).cpu() for parts in zip(*self._parts))
         return {"hist_pos": pos, "hist_neg": neg, "max_prob": top}
 
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -15,13 +15,14 @@ from common.data_setup import load_folds, load_train
 from common.folds import split_ids
 from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
 from common.preprocess import Preprocess
+from common.sampling import sample_weights
 from engine.checkpoint import load_checkpoint, unwrap
 from engine.loop import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
-from segmenter.metrics import SegmenterMetric
+from segmenter.metrics import SegmenterMetric, to_full_size, truth_of
 from segmenter.model import param_groups
 
-__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "make_stage"]
+__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "sample_weights", "make_stage"]
 
 STAGE = "segmenter"
 
@@ -33,27 +34,28 @@ def write_segmenter_oof_file(model: nn.Module, run_dir: Path, device: torch.devi
     model.eval()
     acc = OOFAccumulator(fold, bins)
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs = torch.sigmoid(model(batch["image"].to(device)).float())
-        acc.add_batch(batch["image_id"], probs, batch["target"].to(device))
+        truth = truth_of(batch, device)
+        probs = to_full_size(torch.sigmoid(model(batch["image"].to(device)).float()), truth.shape[-2:])
+        acc.add_batch(batch["image_id"], probs, truth)
     return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
 
 
-def build_loss(node: DictConfig) -> nn.Module:
+def build_loss(node: DictConfig, key: str = "segmenter.loss") -> nn.Module:
     """The configured loss (a CombinedLoss node, or any loss module ``(logits, target) -> scalar``)."""
-    loss = build(node, "segmenter.loss")
+    loss = build(node, key)
     if not isinstance(loss, nn.Module):
-        raise ConfigError(f"segmenter.loss: {node._target_} did not build a torch module")
+        raise ConfigError(f"{key}: {node._target_} did not build a torch module")
     return loss
 
 
-def init_weights(model: nn.Module, model_config: dict, path: str) -> None:
-    """Start from the weights of an earlier segmenter checkpoint (second training phase) built from the same config."""
-    payload = load_checkpoint(path, STAGE)
+def init_weights(model: nn.Module, model_config: dict, path: str, stage: str = STAGE) -> None:
+    """Start from the weights of an earlier checkpoint (second training phase) built from the same config."""
+    payload = load_checkpoint(path, stage)
     ignore = ("encoder_weights", "pretrained_path")
     old = {k: v for k, v in payload["model"].items() if k not in ignore}
     new = {k: v for k, v in model_config.items() if k not in ignore}
     if old != new:
-        raise ConfigError(f"segmenter.init_from: {path} holds another model ({old}), this run builds {new}")
+        raise ConfigError(f"{stage}.init_from: {path} holds another model ({old}), this run builds {new}")
     unwrap(model).load_state_dict(payload["state_dict"], strict=True)
 
 
@@ -61,7 +63,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
     s = cfg.segmenter
     model_config = to_plain(s.model)
-    crop = check_crop(s.get("crop"))
+    preprocess = Preprocess.from_config(s.preprocess)
+    crop = check_crop(s.get("crop"), "segmenter.crop", preprocess.size)
     validation = s.validation
     metric = partial(SegmenterMetric, validation.threshold, validation.min_area, int(validation.bins))
     metric()  # checks threshold / min_area before any data is read
@@ -73,14 +76,15 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     dataset = load_train(cfg.data)
     train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
     train_ids = select_training_ids(dataset.labels, train_ids, s.get("clean_ratio"), int(cfg.seed))
-    preprocess = Preprocess.from_config(s.preprocess)
     augment = build_train_augment(crop, s.get("augment"), int(cfg.seed), str(s.get("crop_mode", "random")))
-    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess)
+    cache = bool(s.get("cache_images", False))
+    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, full_truth=preprocess.size is not None)
     val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
         loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(s.monitor), mode=str(s.get("mode", "max")),
+        sample_weights=sample_weights(dataset.labels.loc[train_ids], s.get("sampling"), "segmenter.sampling"),
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
               "crop": None if crop is None else list(crop),

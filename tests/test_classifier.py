@@ -10,10 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from classifier.data import balanced_weights
 from classifier.metrics import ClassifierMetric, classifier_metrics
 from classifier.model import create_classifier, param_groups
 from common.preprocess import Preprocess
+from common.sampling import balanced_weights, sample_weights
 from engine.augment import Augment, build_augment
 from common.config import ConfigError, build
 from common.errors import DatasetError, ImageError
@@ -69,6 +69,11 @@ def test_balanced_weights_equalise_groups():
     w = balanced_weights(labels)
     groups = {"c3": w[:6].sum(), "c1 (rarest of 1+3)": w[6], "clean": w[7:].sum()}
     assert all(v == pytest.approx(1.0) for v in groups.values())
+    half = sample_weights(labels, {"mode": "balanced", "power": 0.5})
+    assert half[0] == pytest.approx(6 ** -0.5) and half[6] == pytest.approx(1.0)
+    assert sample_weights(labels, None) is None
+    with pytest.raises(ConfigError, match="sampling.power"):
+        sample_weights(labels, {"mode": "balanced", "power": 2})
 
 
 # ------------------------------------------------------------------ pre-processing

@@ -25,7 +25,7 @@ from engine.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-EPOCH_COLUMNS_IGNORED = ["time_s"]
+EPOCH_COLUMNS_IGNORED = ["time_s", "train_time_s", "train_images_per_s"]
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
@@ -179,6 +179,9 @@ def test_samplers_split_over_ranks():
     assert all(i < 6 for d in draws for i in d)
     with pytest.raises(ValueError):
         WeightedShardSampler([0.0, 0.0], ranks[0])
+    # a fixed number of draws per epoch, whatever the number of items (trainer.samples_per_epoch)
+    fixed = WeightedShardSampler([1.0] * 3, ranks[1], seed=1, num_samples=25)
+    assert len(fixed) == len(list(fixed)) == 13 and set(fixed) <= {0, 1, 2}
 
 
 def test_schedules_warm_up_and_peak_at_the_configured_lr():

@@ -34,7 +34,8 @@ def setup(tmp_path_factory):
 def config(s, tmp_path, *overrides):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("infer", overrides=[
-            f"checkpoints.classifier=[{s['cls']}]", f"checkpoints.segmenter=[{s['seg']}]", f"images={s['images']}",
+            "checkpoints.runs=[]", f"checkpoints.classifier=[{s['cls']}]", f"checkpoints.segmenter=[{s['seg']}]",
+            f"images={s['images']}",
             f"truth={s['truth']}", f"paths.output_dir={tmp_path}", "tta=none", "progress=false", "threads=1",
             "data.check_images=header", *overrides])
     return to_plain(cfg)
@@ -118,7 +119,7 @@ def test_infer_cli_reexecs_with_fast_allocator(setup, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "MALLOC None" in out.stdout and "checkpoints:" in out.stdout
     sub = tmp_path / "cli.csv"
-    done = subprocess.run([sys.executable, "infer.py", f"checkpoints.classifier=[{setup['cls']}]",
+    done = subprocess.run([sys.executable, "infer.py", "checkpoints.runs=[]", f"checkpoints.classifier=[{setup['cls']}]",
                            f"checkpoints.segmenter=[{setup['seg']}]", f"images={setup['images']}", f"output={sub}",
                            f"hydra.run.dir={tmp_path}/run", "tta=none", "progress=false"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -30,7 +30,9 @@ def test_report_end_to_end(tmp_path):
     assert main([str(run), "--out", str(out), "--images", str(images), "--truth", str(tmp_path / "truth.csv"),
                  "postprocess.bins=10"]) == 0
     md = (out / "report.md").read_text()
-    for needle in ("all-empty baseline", "segmenter alone", "tuned: veto", "roc_auc", "Holdout", "no TTA", "one fold"):
+    for needle in ("all-empty baseline", "segmenters alone", "tuned: veto", "roc_auc", "Held-out images", "no TTA",
+                   "one fold", "Dice on positive pairs", "false-positive rate on clean pairs", "gap closed",
+                   "on the other folds", "Decision:"):
         assert needle in md, needle
-    assert {"threshold_curves.png", "scores_by_setting.png", "classifier_roc.png", "training_curves.png",
-            "report.html", "thresholds.json"} <= {p.name for p in out.iterdir()}
+    assert {"threshold_curves.png", "scores_by_setting.png", "classifier_roc.png", "learning_curves_0.png",
+            "holdout_examples.png", "report.html", "thresholds.json"} <= {p.name for p in out.iterdir()}

@@ -17,6 +17,7 @@ from common.errors import AnnotationError
 from common.oof import read_segmenter_oof as read_oof, score
 from engine.run import train
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
+from segmenter.metrics import to_full_size
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FLIP = {"_target_": "albumentations.HorizontalFlip", "p": 1.0}
@@ -52,7 +53,7 @@ def test_crops_and_flips_move_mask_with_image(extra, mode):
     truth = source.masks("a.jpg")
     for seed in range(4):
         data.set_seed(seed)
-        image, mask = data.sample(0)
+        image, mask, _ = data.sample(0)
         assert image.shape == (128, 512, 3) and mask.shape == (4, 128, 512)
         rows, cols = _positions(image)
         np.testing.assert_array_equal(mask, truth[:, rows, cols])     # every mask pixel is the source pixel's
@@ -66,6 +67,20 @@ def test_crops_and_flips_move_mask_with_image(extra, mode):
 def test_validation_items_are_the_full_image():
     item = SegmentationDataset(_Marked(), ["a.jpg"], Preprocess())[0]
     assert item["image"].shape == (3, 256, 1600) and item["target"].sum() == 190 * 10 + 10 * 600 - 10 * 10
+    assert "truth" not in item
+
+
+def test_reduced_network_input_keeps_full_size_truth_for_scoring():
+    """At preprocess.size the network input and loss target shrink; validation items carry the full truth."""
+    quarter = Preprocess(size=(64, 416))
+    item = SegmentationDataset(_Marked(), ["a.jpg"], quarter, full_truth=True)[0]
+    assert item["image"].shape == (3, 64, 416) and item["target"].shape == (4, 64, 416)
+    assert item["truth"].shape == (4, 256, 1600) and int(item["truth"].sum()) == 190 * 10 + 10 * 600 - 10 * 10
+    crops = SegmentationDataset(_Marked(), ["a.jpg"], quarter, build_train_augment((64, 128), [], 0, "random"))
+    assert crops[0]["image"].shape == (3, 64, 128) and crops[0]["target"].shape == (4, 64, 128)
+    probs = torch.rand(2, 4, 64, 416)
+    full = to_full_size(probs)
+    assert full.shape == (2, 4, 256, 1600) and torch.equal(to_full_size(full), full)
 
 
 def test_crop_settings_are_checked():
@@ -76,8 +91,11 @@ def test_crop_settings_are_checked():
         check_crop([256, 500])
     with pytest.raises(ConfigError, match="crop_mode"):
         build_train_augment((256, 512), [], 0, "center")
-    with pytest.raises(ConfigError, match="size: must be null"):
-        SegmentationDataset(_Marked(), ["a.jpg"], Preprocess(size=(128, 800)))
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        SegmentationDataset(_Marked(), ["a.jpg"], Preprocess(size=(64, 400)))
+    assert check_crop([64, 128], size=(64, 416)) == (64, 128)
+    with pytest.raises(ConfigError, match="network input"):
+        check_crop([128, 128], size=(64, 416))
 
 
 def test_clean_ratio_selects_defect_images_and_a_share_of_clean_ones():

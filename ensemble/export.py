@@ -1,0 +1,313 @@
+"""``python -m ensemble.export [infer overrides] --out BUNDLE``: the ensemble ``infer.py`` would run, as a deploy bundle.
+
+The overrides are ``infer.py``'s (``checkpoints.classifier=[...] checkpoints.segmenter=[...] thresholds=t.json
+tta=flips ensemble.gating.mode=soft ...``), so the bundle is exactly that ensemble: one ONNX file per member
+(``ensemble.predict.MemberNet``: probabilities at the image size, dynamic batch, opset 18 for antialiased
+resizing) and ``bundle.json`` (see ``ensemble.onnx_runtime``) with preprocessing, TTA, reducer, rules and
+tuned thresholds, class ids, versions and sha256 checksums. Every member is checked after export: ONNX
+Runtime and torch must agree on a probe batch (``export_check``). ``--parity`` then runs both runtimes on the
+images of the config (default: the synthetic test set) and writes ``parity.json`` beside the bundle files.
+
+Export pitfalls handled: models are rebuilt with timm's ``exportable`` layer config and memory-efficient
+Swish switched off (``set_swish(memory_efficient=False)`` where an encoder has it); the torch.export-based
+exporter (dynamo) handles smp decoders, padding and the antialiased resize of ``segmenter.model.Rescaled``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.constants import CLASS_IDS, IMAGE_SHAPE
+from common.errors import SteelsegError
+from common.io import atomic_write_text
+from common.metrics import dice
+from ensemble.core import GatedEnsemble, iter_batches
+from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
+    session_options, sha256_of
+from ensemble.predict import MemberNet, Predictor, build_predictor
+
+__all__ = ["OPSET", "PARITY_DICE", "ExportError", "exportable_layers", "make_exportable", "export_net", "check_net",
+           "export_bundle", "ParityReport", "parity", "main"]
+
+OPSET = 18              # Resize with antialias (segmenter.model.Rescaled) needs opset >= 18
+PARITY_DICE = 0.999     # per (image, class) pair Dice the ONNX runtime must reach against torch
+CHECK_TOLERANCE = 1e-3  # max |torch - onnx| probability on the probe batch
+PROBE_BATCHES = (1, 3)  # batch sizes the export check runs (the file was traced with 2)
+
+
+class ExportError(SteelsegError, RuntimeError):
+    """A member that cannot be exported, or whose ONNX file disagrees with torch; the message names it."""
+
+
+@contextlib.contextmanager
+def exportable_layers() -> Iterator[None]:
+    """Build models inside with timm's export-friendly layers (no memory-efficient/JIT activations)."""
+    from timm.layers import set_layer_config
+
+    with set_layer_config(scriptable=False, exportable=True, no_jit=True):
+        yield
+
+
+def make_exportable(model: nn.Module) -> nn.Module:
+    """Switch memory-efficient Swish (a custom autograd function) to the plain one wherever a module offers it."""
+    for module in model.modules():
+        if hasattr(module, "set_swish"):
+            module.set_swish(memory_efficient=False)
+    return model
+
+
+def _probe(shape: tuple[int, ...], batch: int, seed: int = 0) -> torch.Tensor:
+    """A reproducible normalised-image-like input batch of ``shape`` (C, h, w)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *shape), generator=generator)
+
+
+def _input_shape(member: Any) -> tuple[int, int, int]:
+    size = member.preprocess.size or IMAGE_SHAPE
+    return member.preprocess.channels, int(size[0]), int(size[1])
+
+
+def export_net(net: MemberNet, shape: tuple[int, int, int], path: Path, opset: int = OPSET) -> None:
+    """Write ``net`` as ONNX with a dynamic batch dimension (torch.export-based exporter, one self-contained file)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net.float().eval(), (_probe(shape, 2),), str(path), dynamo=True, input_names=["input"],
+                              output_names=list(OUTPUTS[net.kind]), dynamic_shapes={"x": {0: batch}},
+                              opset_version=opset, external_data=False, optimize=True)
+    except Exception as exc:  # the exporter raises many types; the member is named, the log tail kept
+        tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
+        raise ExportError(f"{path.stem}: torch.onnx.export failed ({type(exc).__name__}: {exc}) {tail}") from exc
+
+
+def check_net(net: MemberNet, shape: tuple[int, int, int], path: Path) -> float:
+    """Max |torch - ONNX Runtime| over the outputs of probe batches of sizes ``PROBE_BATCHES``; an error above
+    ``CHECK_TOLERANCE`` or on a wrong output shape."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in PROBE_BATCHES:
+        x = _probe(shape, batch, seed=batch)
+        with torch.inference_mode():
+            expected = net(x)
+        expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        for name, e, g in zip(OUTPUTS[net.kind], expected, got):
+            if e.shape != g.shape:
+                raise ExportError(f"{path}: output {name} has shape {g.shape} for batch {batch}, torch gives {e.shape}")
+            worst = max(worst, float(np.abs(e - g).max()))
+    if worst > CHECK_TOLERANCE:
+        raise ExportError(f"{path}: ONNX Runtime differs from torch by {worst:.2e} (> {CHECK_TOLERANCE}) on the probe "
+                          "batch; the model uses an operator the exporter translates differently")
+    return worst
+
+
+def _versions(opset: int) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__, "opset": str(opset)}
+    for dist in ("steelseg", "timm", "segmentation-models-pytorch"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _replace_folder(staged: Path, out: Path, force: bool) -> None:
+    """Move the finished ``staged`` folder to ``out``; an existing ``out`` is replaced only with ``force``."""
+    if out.exists():
+        if not force:
+            raise ExportError(f"{out}: exists (written while exporting); pass --force to replace it")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staged.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.rename(out)
+
+
+def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None = None, opset: int = OPSET,
+                  force: bool = False, log: Any = print) -> Path:
+    """Write ``predictor`` as a bundle folder ``out`` (built in a temp folder beside it, moved in when complete)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out}: exists; choose another --out or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries, checks, counts = [], {}, {}
+        for member in predictor.members:
+            index = counts[member.kind] = counts.get(member.kind, -1) + 1
+            name = f"{member.kind}_{index}"
+            path = staged / f"{name}.onnx"
+            net, shape = make_exportable(predictor.net(member)).cpu(), _input_shape(member)
+            export_net(net, shape, path, opset)
+            checks[name] = check_net(net, shape, path)
+            entries.append({"name": name, "kind": member.kind, "file": path.name, "sha256": sha256_of(path),
+                            "weight": member.weight, "preprocess": member.preprocess.to_meta(), "input": "input",
+                            "outputs": list(OUTPUTS[member.kind]), "source": str(member.path), "fold": member.fold})
+            log(f"  {name}: {member.path} -> {path.name} ({path.stat().st_size / 1e6:.1f} MB, input {list(shape)}, "
+                f"max |torch - onnx| {checks[name]:.1e})")
+        manifest = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "class_ids": list(CLASS_IDS),
+            "image_shape": list(IMAGE_SHAPE), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "members": entries,
+            "tta": {"classifier": [f.name for f in predictor.tta_classifier],
+                    "segmenter": [f.name for f in predictor.tta_segmenter]},
+            "reducer": predictor.reducer, "rules": predictor.rules.to_dict(), "thresholds": thresholds,
+            "versions": _versions(opset), "opset": opset, "export_check": checks,
+        }
+        atomic_write_text(staged / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _replace_folder(staged, out, force)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return out
+
+
+@dataclass
+class ParityReport:
+    """Masks of two runtimes compared per (image, class) pair (Dice, empty-on-empty = 1) and pixel by pixel."""
+
+    images: int
+    pairs: int
+    min_dice: float
+    pairs_below: int          # pairs with Dice < PARITY_DICE
+    identical_pairs: int
+    differing_pixels: int     # pixels whose 0/1 value differs, over all pairs
+    mask_pixels: int          # predicted pixels of the reference, over all pairs
+    gate_differences: int     # images the gate sent to the segmenters in one runtime only
+    max_seg_diff: float       # max |p_ref - p_other| of the ensemble segmentation probability
+    max_cls_diff: float       # max |p_ref - p_other| of the ensemble classifier probability
+
+    @property
+    def ok(self) -> bool:
+        return self.pairs_below == 0
+
+    def format(self) -> str:
+        return (f"parity: {self.images} images, {self.pairs} pairs: min Dice {self.min_dice:.6f}, "
+                f"{self.pairs_below} pairs below {PARITY_DICE}, {self.identical_pairs} identical; "
+                f"{self.differing_pixels} differing pixels of {self.mask_pixels} predicted; "
+                f"{self.gate_differences} gate differences; max |dp| segmentation {self.max_seg_diff:.2e}, "
+                f"classifier {self.max_cls_diff:.2e} -> {'OK' if self.ok else 'FAILED'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "threshold": PARITY_DICE, "ok": self.ok}
+
+
+def parity(reference: GatedEnsemble, other: GatedEnsemble, paths: Sequence[Path | str], batch_size: int = 4
+           ) -> ParityReport:
+    """Run both ensembles on the same decoded inputs of ``paths`` and compare their masks and probabilities."""
+    from ensemble.arrays import to_numpy
+
+    if [p.key for p in reference.preprocesses] != [p.key for p in other.preprocesses]:
+        raise BundleError("the two ensembles preprocess differently; they are not the same ensemble")
+    dices, identical, differing, pixels, gates, seg_diff, cls_diff = [], 0, 0, 0, 0, 0.0, 0.0
+    for _, inputs in iter_batches(paths, reference.preprocesses, batch_size):
+        a, b = reference.predict_result(inputs), other.predict_result(inputs)
+        if a.cls_prob is not None:
+            cls_diff = max(cls_diff, float(np.abs(a.cls_prob - b.cls_prob).max()))
+        gates += len(set(a.keep.tolist()) ^ set(b.keep.tolist()))
+        if a.seg_prob is not None and np.array_equal(a.keep, b.keep):
+            seg_diff = max(seg_diff, float(np.abs(to_numpy(a.seg_prob) - to_numpy(b.seg_prob)).max()))
+        for ma, mb in zip(a.masks.reshape(-1, *IMAGE_SHAPE), b.masks.reshape(-1, *IMAGE_SHAPE)):
+            dices.append(dice(mb, ma))
+            diff = int(np.count_nonzero(ma != mb))
+            identical += diff == 0
+            differing += diff
+            pixels += int(np.count_nonzero(ma))
+    scores = np.asarray(dices) if dices else np.ones(1)
+    return ParityReport(len(paths), len(dices), float(scores.min()), int((scores < PARITY_DICE).sum()), identical,
+                        differing, pixels, gates, seg_diff, cls_diff)
+
+
+def _compose(overrides: Sequence[str]) -> dict[str, Any]:
+    """The infer config sections the export reads (the same composition as ``python infer.py <overrides>``)."""
+    from ensemble.settings import compose_infer, section
+
+    cfg = compose_infer(overrides)
+    plain = section(cfg, "checkpoints", "tta", "ensemble", "postprocess", "data")
+    plain.update({"thresholds": cfg.get("thresholds"), "device": "cpu",
+                  "channels_last": bool(cfg.get("channels_last", True)), "images": str(cfg.images)})
+    return plain
+
+
+def _parity_paths(cfg: Mapping[str, Any], limit: int | None) -> list[Path]:
+    from ensemble.run import _image_set
+
+    dataset = _image_set({**cfg, "evaluate": False})
+    ids = dataset.image_ids[:limit] if limit else dataset.image_ids
+    return [dataset.path(i) for i in ids]
+
+
+USAGE = ("Arguments with '=' are Hydra overrides of the infer config: the bundle holds the ensemble 'python infer.py "
+         "<overrides>' runs (checkpoints, tta, ensemble, postprocess, thresholds).")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ensemble.export", description=__doc__.splitlines()[0], epilog=USAGE)
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}, at least 18)")
+    parser.add_argument("--parity", action="store_true",
+                        help="compare the bundle with torch on the config's images (images=...; default the "
+                             "synthetic test set) and write BUNDLE/parity.json")
+    parser.add_argument("--parity-limit", type=int, default=None, help="only the first N images for --parity")
+    parser.add_argument("overrides", nargs="*", help="infer.py overrides, e.g. checkpoints.segmenter=[runs/seg]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ensemble.settings import split_overrides
+
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
+    extra, overrides = split_overrides(args.overrides)
+    try:
+        if extra:
+            raise ExportError(f"unexpected arguments {extra}: give infer.py overrides (key=value) and --out")
+        if args.opset < OPSET:
+            raise ExportError(f"--opset {args.opset}: at least {OPSET} is needed (Resize with antialias)")
+        cfg = _compose(overrides)
+        with exportable_layers():
+            predictor = build_predictor(cfg)
+        print(f"export: {len(predictor.members)} members -> {args.out}")
+        out = export_bundle(predictor, args.out, cfg.get("thresholds"), args.opset, args.force)
+        print(f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
+              f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})")
+        if args.parity:
+            report = parity(predictor, load_bundle(out), _parity_paths(cfg, args.parity_limit))
+            atomic_write_text(out / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")
+            print(report.format())
+            if not report.ok:
+                return 1
+    except SteelsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

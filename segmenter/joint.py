@@ -1,0 +1,149 @@
+"""The joint stage: one two-headed network (``segmenter.model.create_joint``) trained with a pixel loss on its
+masks plus an image loss on its class logits (the 4th-place recipe), for the engine.
+
+Image targets come from the mask targets (a class is present in an item when any of its pixels is), so the
+segmenter's data, crops and augmentation serve unchanged. The stage writes both OOF files: the class head's
+probabilities (``oof_classifier.csv``) and the mask histograms (``oof_segmenter.npz``), from one pass.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.config import ConfigError, build, to_plain
+from common.constants import CLASS_IDS
+from common.data_setup import load_folds, load_train
+from common.folds import split_ids
+from common.metrics import roc_auc_per_class
+from common.oof import (CLASSIFIER_FILE, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
+                        write_classifier_oof, write_segmenter_oof)
+from common.preprocess import Preprocess
+from engine.loop import StageSpec
+from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
+from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
+from segmenter.model import param_groups
+from segmenter.stage import build_loss, init_weights, sample_weights
+
+__all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "write_joint_oof", "make_stage"]
+
+STAGE = "joint"
+GATE_THRESHOLDS = (0.3, 0.5, 0.7)   # class-head vetoes tried by the ``kaggle_best_gated`` validation metric
+
+
+def image_targets(masks: torch.Tensor) -> torch.Tensor:
+    """(B, 4) 0/1 presence of each class in (B, 4, H, W) mask targets."""
+    return (masks.flatten(2).amax(-1) > 0.5).to(masks.dtype)
+
+
+class JointLoss(nn.Module):
+    """The pixel loss on the masks + ``image_weight`` x BCE (with per-class ``pos_weight``, a buffer that moves
+    with the model) on the class logits."""
+
+    def __init__(self, pixel: nn.Module, image_weight: float = 0.5, pos_weight: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if not image_weight >= 0:
+            raise ConfigError(f"joint.image_loss.weight: must be >= 0, got {image_weight}")
+        if pos_weight is not None and len(pos_weight) != len(CLASS_IDS):
+            raise ConfigError(f"joint.image_loss.pos_weight: need {len(CLASS_IDS)} values, got {list(pos_weight)}")
+        self.pixel, self.image_weight = pixel, float(image_weight)
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor([float(w) for w in pos_weight]))
+
+    def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        mask_logits, label_logits = outputs
+        image = nn.functional.binary_cross_entropy_with_logits(label_logits.float(), image_targets(masks).float(),
+                                                               pos_weight=self.pos_weight)
+        return self.pixel(mask_logits, masks) + self.image_weight * image
+
+
+class JointMetric(SegmenterMetric):
+    """The segmenter's histogram metrics plus the class head's ROC-AUC and ``kaggle_best_gated``: the best
+    exact grid score per class when the class head may also veto the pair (no veto, or p >= 0.3 / 0.5 / 0.7)."""
+
+    def __init__(self, threshold: float | Sequence[float], min_area: float | Sequence[float], bins: int) -> None:
+        super().__init__(threshold, min_area, bins)
+        self._probs: list[torch.Tensor] = []
+
+    def update(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Mapping[str, Any]) -> None:
+        super().update(outputs[0], batch)
+        self._probs.append(torch.sigmoid(outputs[1].float()).cpu())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, len(CLASS_IDS))
+        return {**super().state(), "cls_prob": probs}
+
+    def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = super().compute(state)
+        oof = as_oof(state["hist_pos"].numpy(), state["hist_neg"].numpy(), state["max_prob"].numpy())
+        probs, present = state["cls_prob"].numpy(), (oof.true_area() > 0).astype(np.int64)
+        aucs = roc_auc_per_class(probs, present)
+        out.update({f"auc_{c}": a for c, a in zip(CLASS_IDS, aucs)})
+        defined = [a for a in aucs if not np.isnan(a)]
+        out["auc_mean"] = float(np.mean(defined)) if defined else float("nan")
+        grids = [score_grid(oof, AREA_GRID)] + [score_grid(oof, AREA_GRID, probs >= t) for t in GATE_THRESHOLDS]
+        best = np.max([g.reshape(len(CLASS_IDS), -1).max(axis=1) for g in grids], axis=0)
+        out["kaggle_best_gated"] = float(best.mean())
+        return out
+
+
+@torch.no_grad()
+def write_joint_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
+                    fold: int, batch_size: int, bins: int) -> Path:
+    """Both OOF files of the fold's validation images from one pass: mask histograms and class probabilities."""
+    model.eval()
+    acc = OOFAccumulator(fold, bins)
+    ids, probs = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        mask_logits, label_logits = model(batch["image"].to(device))
+        truth = truth_of(batch, device)
+        acc.add_batch(batch["image_id"], to_full_size(torch.sigmoid(mask_logits.float()), truth.shape[-2:]), truth)
+        ids.extend(batch["image_id"])
+        probs.append(torch.sigmoid(label_logits.float()).cpu().numpy())
+    write_classifier_oof(Path(run_dir) / CLASSIFIER_FILE,
+                         ClassifierOOF(np.array(ids, dtype=str), np.full(len(ids), fold, np.int64),
+                                       np.concatenate(probs) if probs else np.zeros((0, len(CLASS_IDS)))))
+    return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
+
+
+def make_stage(cfg: DictConfig) -> StageSpec:
+    """Joint StageSpec for ``cfg.fold`` from ``cfg.joint`` (the segmenter's keys plus the image head's) and
+    ``cfg.data``; bad settings stop here, before any data is read."""
+    j = cfg.joint
+    model_config = to_plain(j.model)
+    preprocess = Preprocess.from_config(j.preprocess)
+    crop = check_crop(j.get("crop"), "joint.crop", preprocess.size)
+    validation = j.validation
+    metric = partial(JointMetric, validation.threshold, validation.min_area, int(validation.bins))
+    metric()
+    image_loss = j.get("image_loss") or {}
+    loss = JointLoss(build_loss(j.loss, "joint.loss"), float(image_loss.get("weight", 0.5)),
+                     image_loss.get("pos_weight"))
+    model = build(model_config, "joint.model")
+    if j.get("init_from"):
+        init_weights(model, model_config, str(j.init_from), STAGE)
+
+    dataset = load_train(cfg.data)
+    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
+    train_ids = select_training_ids(dataset.labels, train_ids, j.get("clean_ratio"), int(cfg.seed), STAGE)
+    augment = build_train_augment(crop, j.get("augment"), int(cfg.seed), str(j.get("crop_mode", "random")),
+                                  key="joint.augment")
+    cache = bool(j.get("cache_images", False))
+    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache, STAGE)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=STAGE,
+                                  full_truth=preprocess.size is not None)
+    val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
+    return StageSpec(
+        name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
+        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(j.monitor), mode=str(j.get("mode", "max")),
+        sample_weights=sample_weights(dataset.labels.loc[train_ids], j.get("sampling"), "joint.sampling"),
+        meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
+              "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
+              "crop": None if crop is None else list(crop), "init_from": j.get("init_from")},
+        write_oof=partial(write_joint_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
+                          bins=int(validation.bins)))
