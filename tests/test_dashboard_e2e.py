@@ -59,6 +59,11 @@ return {title: el._fullLayout.title.text, ticks: Array.from(el.querySelectorAll(
         traces: el._fullData.map(t => ({name: t.name, x: plain(t.x), y: plain(t.y), labels: plain(t.labels),
                                         values: plain(t.values), customdata: plain(t.customdata)}))};
 """
+# What the first load fetched: per request its bytes on the wire (headers included) and decoded.
+RESOURCES_JS = """
+const entries = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+return entries.map(e => ({name: new URL(e.name).pathname, transfer: e.transferSize, decoded: e.decodedBodySize}));
+"""
 IMAGES_LOADED_JS = """
 const imgs = Array.from(document.querySelectorAll(arguments[0]));
 return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
@@ -405,8 +410,11 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     assert options_of(browser, "dataset") == before
 
     # 10. Truth vs prediction: the worst image as TP/FP/FN strips per class with the Dice and a legend.
-    choose(browser, "compare-run", next(o for o in options_of(browser, "compare-run") if o.startswith("pred:my_submission-")))
-    score = wait_for(browser, lambda d: "Kaggle score" in text(d, "score-text") and text(d, "score-text"), what="score")
+    mine = next(o for o in options_of(browser, "compare-run") if o.startswith("pred:my_submission-"))
+    choose(browser, "compare-run", mine)
+    # The score of the run shown before stays on screen until the new one arrives: wait for the new run's note.
+    score = wait_for(browser, lambda d: mine in text(d, "compare-note") and idle(d) and "Kaggle score" in
+                     text(d, "score-text") and text(d, "score-text"), what="score")
     first = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"),
                      what="worst table")[0]
     assert first.text == dropped.ImageId and "on 8 images" in score
@@ -487,6 +495,7 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     assert sum(int(c[0]) for c in anyline["customdata"]) == int((images > 0).sum())  # ... with a defect
     assert cards(browser)[4] == f"{int((images == 0).sum()):,}"
     scroll_to(browser, "rate")
+    wait_for(browser, idle, what="views refreshed")
     browser.save_screenshot(str(shots / "06_live_line.png"))
     assert server_errors(browser) == []
 
@@ -515,6 +524,7 @@ def test_real_data_speed(browser, shots, downloads, tmp_path, capsys):
         step("first load (cards, 3 charts, 3 sample strips)", lambda: browser.get(url),
              lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "first load")
         browser.save_screenshot(str(shots / "real_01_loaded.png"))
+        transfer = browser.execute_script(RESOURCES_JS)
         step("reload (browser cache warm)", lambda: browser.get(url),
              lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "reload")
         half = board.update_cards("2021-01-01", "2021-06-30", "train")[:5]
@@ -548,20 +558,18 @@ def test_real_data_speed(browser, shots, downloads, tmp_path, capsys):
         browser.execute_script("window.scrollTo(0, 0)")
         step("export inspections (CSV of the period's run)", lambda: browser.find_element(By.ID, "export-csv").click(),
              lambda d: downloaded(downloads, "inspections_pred-farrell*.csv"), "csv")
-        sizes = {}
-        for path in ("_dash-component-suites/plotly/package_data/plotly.min.js", "_dash-layout"):
-            request = urllib.request.Request(url + path, headers={"Accept-Encoding": "gzip, br"})
-            with urllib.request.urlopen(request) as response:
-                sizes[path] = (len(response.read()), response.headers.get("Content-Encoding"))
         assert server_errors(browser) == []
     load = os.getloadavg()[0]
     report = {"steps": {k: {"wall_s": round(w, 3), "cpu_s": round(c, 3)} for k, (w, c) in meter.steps.items()},
-              "transfer": sizes, "load_average_1min": load}
+              "transfer_first_load": transfer, "load_average_1min": load}
     (shots / "timings.json").write_text(json.dumps(report, indent=2) + "\n")
     with capsys.disabled():
         print(f"\nreal data (3,389 annotated images), headless Chromium, 2-core machine shared with other jobs "
               f"(1-min load average {load:.1f}); wall s, CPU s of server + browser:")
         for name, (wall, cpu) in meter.steps.items():
             print(f"  {wall:6.2f} {cpu:6.2f}  {name}")
-        for path, (n, encoding) in sizes.items():
-            print(f"  {n / 1024:8.0f} KiB {encoding or 'uncompressed'}  /{path}")
+        total = [sum(r[k] for r in transfer) for k in ("transfer", "decoded")]
+        print(f"  first load: {len(transfer)} requests, {total[0] / 1024:,.0f} KiB over the wire, "
+              f"{total[1] / 1024:,.0f} KiB decoded; the largest:")
+        for r in sorted(transfer, key=lambda r: -r["decoded"])[:4]:
+            print(f"  {r['transfer'] / 1024:8,.0f} KiB of {r['decoded'] / 1024:8,.0f} KiB  {r['name']}")
