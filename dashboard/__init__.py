@@ -1,3 +1,4 @@
-"""Dash app over the SQLite inspections store: counts, charts, samples, uploads, scoring, predictions on demand."""
+"""Dash app over the SQLite inspections store: counts, defect rate over time (live), image strips, uploads,
+truth-vs-prediction with TP/FP/FN, exports and in-process predictions on demand. Run ``python -m dashboard``."""
 
-__all__ = ["app", "importer", "predict", "upload", "views"]
+__all__ = ["app", "images", "importer", "layout", "predict", "store", "upload", "views"]

@@ -1,7 +1,8 @@
-"""``python -m dashboard DATA_ROOT [--db FILE] [--host H] [--port P] [--submission CSV] [--predict-cmd T]``.
+"""``python -m dashboard DATA_ROOT [--db FILE] [--host H] [--port P] [--submission CSV] [--infer OVERRIDE]``.
 
 Opens (or creates) the inspections store, imports the root's annotations when the store has none (or with
-``--reimport``), imports the root's prediction files and any ``--submission``, then serves the app.
+``--reimport``), imports the root's prediction files and any ``--submission``, composes the infer config
+for predictions on demand, then serves the app.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from common.inspections import connect
 from common.layout import find_root
 from dashboard.app import Dashboard, create_app
 from dashboard.importer import import_root, import_submission, load_csv
-from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT
+from dashboard.predict import OnDemand
 from dashboard.upload import MAX_UPLOAD_BYTES
 
 
@@ -35,8 +36,12 @@ def prepare(args: argparse.Namespace) -> Dashboard:
             annotations, dates = load_csv(path)
             print(f"imported pred:{path.stem}: {import_submission(conn, annotations, dates, path.stem)} rows")
     print(f"inspections store: {db}")
-    return Dashboard.from_root(db, data, predict_command=args.predict_cmd, predict_cwd=args.predict_cwd,
-                               max_upload_bytes=int(args.max_upload_mb * 2**20))
+    predictor = OnDemand(args.infer)
+    predictor.config()  # a bad override stops here, with its message
+    board = Dashboard.from_root(db, data, predictor=predictor, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                                poll_s=args.poll_s)
+    print(board.model_status()[0])
+    return board
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8005, help="port (default 8005)")
     parser.add_argument("--submission", type=Path, action="append", default=[], help="submission CSV to load (repeatable)")
     parser.add_argument("--reimport", action="store_true", help="import the root again even if the store has it")
-    parser.add_argument("--predict-cmd", default=DEFAULT_COMMAND,
-                        help="inference command template; placeholders {python} {images} {out} {submission}")
-    parser.add_argument("--predict-cwd", type=Path, default=REPO_ROOT,
-                        help="working folder of the inference command (default: the repository root)")
+    parser.add_argument("--infer", action="append", default=[], metavar="OVERRIDE",
+                        help="infer.py override for predictions on demand, e.g. checkpoints.segmenter=[runs/seg] "
+                             "(repeatable; default: infer.py's defaults, the demo's training runs)")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size cap (MiB)")
+    parser.add_argument("--poll-s", type=float, default=5.0, help="how often the page looks for new inspections (s)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader off)")
     args = parser.parse_args(argv)
+    if args.poll_s <= 0 or args.max_upload_mb <= 0:
+        parser.error("--poll-s and --max-upload-mb must be positive")
     try:
         dashboard = prepare(args)
     except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback

@@ -1,45 +1,63 @@
-"""The Dash app: layout and callbacks over the inspections store, the image files and the predict command.
+"""The Dash app: callbacks over the inspections store, the image files and the in-process predictor.
 
 Callbacks are methods of ``Dashboard`` (plain functions of their inputs) so tests call them in-process;
-``create_app`` wires them to the page. Every callback opens its own SQLite connection (Flask threads).
+``create_app`` wires them to the page and adds the image routes: ``/steel/image`` (the file as is),
+``/steel/layer.png`` (a source's class masks) and ``/steel/match.png`` (one class's TP/FP/FN), each a
+transparent layer the browser stacks over the image.
 """
 from __future__ import annotations
 
+import logging
+import re
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlencode
 
 import dash
+import numpy as np
 import pandas as pd
-from dash import Dash, Input, Output, State, dash_table, dcc, html
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html
+from flask import abort, request, send_file
 
-from common.constants import CLASS_IDS
+from common.annotations import Annotations
+from common.constants import CLASS_IDS, IMAGE_SHAPE, NEW_FORMAT
 from common.dataset import list_images
 from common.errors import SteelsegError
 from common.images import read_image
-from common.inspections import connect, query
+from common.inspections import connect, records
 from common.layout import DataRoot
-from common.viz import as_rgb, contour_overlay, mask_image, png_data_uri
-from dashboard.importer import TRUTH_SOURCES, dates_for, import_submission
-from dashboard.predict import DEFAULT_COMMAND, REPO_ROOT, predict_images
+from dashboard.images import class_layer, compare_png, match_layer, match_regions, png_rgba
+from dashboard.importer import import_submission
+from dashboard.layout import CARD_KEYS, alert, page, strip
+from dashboard.predict import OnDemand
+from dashboard.store import ALL_RUNS, Store, source_label
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload
-from dashboard.views import LABELS, NO_DEFECT, dice_table, masks_for, period_counts, pie_figure, sample_ids, timeline_figure
+from dashboard.views import (SEVERAL, Buckets, dice_table, image_groups, inspections, masks_for, period_counts,
+                             pie_figure, rate_figure, sample_ids, timeline_figure)
 
-IMAGE_SCALE = 0.5  # images are sent at 800x128
-CARD_KEYS = [*CLASS_IDS, NO_DEFECT]
+__all__ = ["Dashboard", "create_app"]
+
+log = logging.getLogger(__name__)
+NO_UPDATE = dash.no_update
 
 
 @dataclass
 class Dashboard:
-    """Everything the callbacks need: the store, the image files, the predict command and the upload cap."""
+    """Everything the callbacks need: the store, the image files, the predictor and the upload cap."""
 
     db: Path
     images: dict[str, Path] = field(default_factory=dict)
     test_images: list[str] = field(default_factory=list)
-    predict_command: str = DEFAULT_COMMAND
-    predict_cwd: Path | None = REPO_ROOT
+    predictor: OnDemand = field(default_factory=OnDemand)
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    poll_s: float = 5.0
+    base: str = "/"
+
+    def __post_init__(self) -> None:
+        self.db = Path(self.db)
+        self.store = Store(self.db)
 
     @classmethod
     def from_root(cls, db: Path, data: DataRoot, **kwargs) -> "Dashboard":
@@ -52,150 +70,298 @@ class Dashboard:
             images.update({i: data.train_images / i for i in list_images(data.train_images)})
         return cls(Path(db), images, tests, **kwargs)
 
-    # ------------------------------------------------------------------ store access
+    # ------------------------------------------------------------------ helpers
     def rows(self, start: str | None, end: str | None, source: str | None) -> pd.DataFrame:
-        """Inspections of one source in a date range (inclusive days)."""
-        with closing(connect(self.db)) as conn:
-            return query(conn, _day(start), _day(end), source)
+        """Inspections of a source (or ALL_RUNS) in an inclusive day range."""
+        return self.store.rows(_day(start), _day(end), source)
 
-    def sources(self) -> list[str]:
-        """Sources in the store: train, test, then prediction runs by name."""
-        with closing(connect(self.db)) as conn:
-            found = [r[0] for r in conn.execute("SELECT DISTINCT source FROM inspections")]
-        return [s for s in TRUTH_SOURCES if s in found] + sorted(s for s in found if s not in TRUTH_SOURCES)
+    def url(self, route: str, **params: str) -> str:
+        """Address of an image route, with the store stamp so the browser caches until the store changes."""
+        return f"{self.base}steel/{route}?{urlencode({**params, 'v': self.store.version()})}"
 
-    def date_extent(self) -> tuple[str, str]:
-        """First and last inspection day in the store (2021 when it is empty)."""
-        with closing(connect(self.db)) as conn:
-            lo, hi = conn.execute("SELECT MIN(inspected_at), MAX(inspected_at) FROM inspections").fetchone()
-        return (lo[:10], hi[:10]) if lo else ("2021-01-01", "2021-12-31")
-
-    def truth(self) -> pd.DataFrame:
-        """Ground-truth rows of every date (train and test sources)."""
-        return pd.concat([self.rows(None, None, s) for s in TRUTH_SOURCES], ignore_index=True)
-
-    # ------------------------------------------------------------------ callbacks
-    def update_cards(self, start: str, end: str, source: str) -> list[str]:
-        """Images per class and with no defect in the period, for the five cards."""
-        counts = period_counts(self.rows(start, end, source))
-        return [f"{counts[k]:,}" for k in CARD_KEYS]
-
-    def update_charts(self, start: str, end: str, source: str):
-        """Pie of the period's distribution and the counts over time."""
-        rows = self.rows(start, end, source)
-        n = rows["image_id"].nunique()
-        return (pie_figure(period_counts(rows), f"Defect distribution — {source}, {n:,} images"),
-                timeline_figure(rows, "Images per class over time"))
-
-    def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
-        """Three random images of the class in the period: image, mask, contour overlay (re-roll = new seed)."""
-        rows = self.rows(start, end, source)
-        picks = sample_ids(rows, int(class_id), set(self.images), seed=int(rolls or 0) * 7919 + int(class_id))
-        if not picks:
-            return [html.P(f"No image of class {class_id} with an image file in this period.", className="empty")]
-        return [self.image_row(i, masks_for(rows, i), f"{i} ({source})") for i in picks]
-
-    def image_row(self, image_id: str, masks: dict, caption: str) -> html.Div:
-        """Image, colour mask and contour overlay of one image."""
-        image = as_rgb(read_image(self.images[image_id]))
-        panels = [(image, "image"), (mask_image(masks, image.shape[:2]), "mask"), (contour_overlay(image, masks, 4), "contours")]
-        return html.Div([html.Div(caption, className="caption")] + [
-            html.Img(src=png_data_uri(p, IMAGE_SCALE), title=f"{image_id} {name}", className="steel")
-            for p, name in panels], className="image-row", **{"data-image": image_id})
-
-    def handle_upload(self, contents: str | None, filename: str | None) -> tuple[html.Div, str | None]:
-        """Validate and store an uploaded submission; the message (error or summary) and the new source."""
-        if not contents:
-            return html.Div(), None
+    def model_status(self) -> tuple[str, bool]:
+        """The predict section's line and whether the button can be used (checked on every page load)."""
         try:
-            annotations, dates, run_id = parse_upload(contents, filename or "", self.max_upload_bytes)
-            with closing(connect(self.db)) as conn:
-                import_submission(conn, annotations, dates, run_id)
-        except (SteelsegError, ValueError) as exc:
-            return html.Div(f"Upload refused: {exc}", className="alert error", id="upload-error"), None
-        source = f"pred:{run_id}"
-        table, report = dice_table(self.rows(None, None, source), self.truth())
-        scored = (f" Scored on {report.n_images} images with ground truth: {report.overall:.4f} "
-                  f"(all-empty baseline {report.baseline:.4f})." if report else " No ground truth for these images.")
-        text = (f"Loaded {filename} as {source}: {len(annotations.image_ids):,} images, "
-                f"{len(annotations.rows):,} defect masks.{scored}")
-        return html.Div(text, className="alert ok", id="upload-ok"), source
+            return self.predictor.status(), True
+        except SteelsegError as exc:
+            return str(exc), False
 
     def source_options(self) -> tuple[list[dict], list[dict]]:
         """Options of the dataset selector (all sources) and of the run selector (prediction runs)."""
-        sources = self.sources()
-        return ([{"label": s, "value": s} for s in sources],
-                [{"label": s, "value": s} for s in sources if s.startswith("pred:")])
+        sources = self.store.sources()
+        return ([{"label": source_label(s), "value": s} for s in sources],
+                [{"label": s, "value": s} for s in sources if s.startswith("pred:") and s != ALL_RUNS])
 
-    def update_scores(self, start: str, end: str, run: str | None) -> tuple[html.Div, list[dict], list[dict]]:
-        """Score of a prediction run in the period, its worst images, and the images to compare."""
+    # ------------------------------------------------------------------ period and live updates
+    def check_period(self, start: str | None, end: str | None) -> tuple[dict | object, html.Div | None]:
+        """The period every view uses; an inverted or incomplete range is refused in the page."""
+        if not start or not end:
+            return NO_UPDATE, alert("Choose both a start and an end date; the views keep the last complete period.",
+                                    "error", id="period-error")
+        if _day(start) > _day(end):
+            return NO_UPDATE, alert(f"The start date {_day(start)} is after the end date {_day(end)}: swap them. "
+                                    "The views keep showing the last valid period.", "error", id="period-error")
+        return {"start": _day(start), "end": _day(end)}, None
+
+    def poll(self, version: str | None, follow: list[str] | None, end: str | None) -> tuple[object, object, str]:
+        """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day."""
+        now = self.store.version()
+        latest = self.store.latest()
+        checked = datetime.now().strftime("%H:%M:%S")
+        text = (f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
+                if latest else "Store: empty") + f" · checked {checked}, every {self.poll_s:g} s"
+        if now == version:
+            return NO_UPDATE, NO_UPDATE, text
+        new_end = NO_UPDATE
+        if follow and latest and end and latest[:10] > _day(end):
+            new_end = latest[:10]
+        return now, new_end, text
+
+    # ------------------------------------------------------------------ counts and charts
+    def update_overview(self, start: str, end: str, source: str) -> list:
+        """Cards, the note under them and the three charts, from one query (one request per change)."""
+        table = inspections(self.rows(start, end, source))
+        return [*self._cards(table, start, end, source), *self._charts(table, start, end, source)]
+
+    def update_cards(self, start: str, end: str, source: str) -> list[str]:
+        """Images per class and with no defect in the period (five cards), then the note under them."""
+        return self._cards(inspections(self.rows(start, end, source)), start, end, source)
+
+    def update_charts(self, start: str, end: str, source: str) -> tuple:
+        """Pie of the period's images by defect group, images per bucket, and the defect rate per bucket."""
+        return self._charts(inspections(self.rows(start, end, source)), start, end, source)
+
+    @staticmethod
+    def _cards(table: pd.DataFrame, start: str, end: str, source: str) -> list[str]:
+        counts = period_counts(table)
+        several = int((image_groups(table) == SEVERAL).sum())
+        note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
+                f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
+                f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
+        return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
+
+    @staticmethod
+    def _charts(table: pd.DataFrame, start: str, end: str, source: str) -> tuple:
+        spans = Buckets(_day(start), _day(end))
+        name = source_label(source)
+        return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
+                timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
+                                if spans.name == "week" else f"Images inspected per {spans.name}"),
+                rate_figure(table, spans, f"Defect rate per class per {spans.name} — {name} "
+                                          "(images with the defect / images inspected)"))
+
+    # ------------------------------------------------------------------ images
+    def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
+        """A note on how many images of the class have a file, then three of them as full-width strips."""
+        rows = self.rows(start, end, source)
+        class_id = int(class_id)
+        of_class = set(rows.loc[rows["class_id"] == class_id, "image_id"])
+        with_file = of_class & set(self.images)
+        if not of_class:
+            return [html.P(f"No image of class {class_id} in this period.", className="empty", id="samples-note")]
+        found = f"{_n(len(of_class), 'image')} of class {class_id} in this period"
+        picks = sample_ids(rows, class_id, with_file, int(rolls or 0))
+        if not with_file:
+            text = f"{found}; none has an image file in the data root."
+        elif len(with_file) < len(of_class):
+            text = (f"{found}; only {len(with_file):,} "
+                    f"{'has' if len(with_file) == 1 else 'have'} an image file in the data root — showing {len(picks)}.")
+        else:
+            text = f"{found} — showing {len(picks)}" + (", Re-roll for others." if len(with_file) > len(picks) else ".")
+        note = html.P(text, className="note", id="samples-note")
+        return [note] + [self.source_strip(i, source if source != ALL_RUNS else _source_of(rows, i), rows)
+                         for i in picks]
+
+    def source_strip(self, image_id: str, source: str, rows: pd.DataFrame) -> html.Div:
+        """Strip of an image with the class masks of a source."""
+        masks = masks_for(rows[rows["source"] == source], image_id)
+        classes = ", ".join(f"class {c}: {int(m.sum()):,} px" for c, m in sorted(masks.items())) or "no defect"
+        return strip(self.url("image", image=image_id), self.url("layer.png", image=image_id, source=source),
+                     f"{image_id} ({source}) — {classes}", image_id)
+
+    def image_file(self, image_id: str) -> Path:
+        """The file of an image of the data root (404 for any other name)."""
+        path = self.images.get(image_id)
+        if path is None:
+            abort(404)
+        return path
+
+    def class_layer_png(self, image_id: str, source: str) -> bytes:
+        """The class-mask layer of one image of one source."""
+        self.image_file(image_id)
+        return png_rgba(class_layer(masks_for(self.rows(None, None, source), image_id), IMAGE_SHAPE))
+
+    def match_layer_png(self, image_id: str, run: str, class_id: int) -> bytes:
+        """The TP / FP / FN layer of one class of one image."""
+        self.image_file(image_id)
+        pred, truth = self._masks(run, image_id)
+        return png_rgba(match_layer(match_regions(pred.get(class_id), truth.get(class_id), IMAGE_SHAPE)))
+
+    def _masks(self, run: str, image_id: str) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        return masks_for(self.rows(None, None, run), image_id), masks_for(self.store.truth(), image_id)
+
+    # ------------------------------------------------------------------ uploads
+    def handle_upload(self, accepted: dict | None) -> tuple[str, str, str | None]:
+        """Validate and store an uploaded submission: (message, its style, the run to select or None)."""
+        if not accepted or not accepted.get("contents"):
+            return NO_UPDATE, NO_UPDATE, None
+        filename = accepted.get("filename") or ""
+        try:
+            annotations, dates, run_id = parse_upload(accepted["contents"], filename, self.max_upload_bytes)
+            same = self.store.same_run({(i, c, r) for i, c, _, r in records(annotations.rows, annotations.image_ids)})
+            if same:
+                return (f"{filename} holds the same predictions as {same}, which is already loaded: selected it, "
+                        "nothing stored twice.", "alert note", same)
+            with closing(connect(self.db)) as conn:
+                import_submission(conn, annotations, dates, run_id)
+        except SteelsegError as exc:
+            return f"Upload refused: {exc}", "alert error", None
+        except Exception as exc:  # a bug: traceback in the server log, a line in the page instead of a stale message
+            log.exception("upload of %s failed", filename)
+            return f"Upload failed on an internal error ({type(exc).__name__}: {exc}); see the server log.", "alert error", None
+        source = f"pred:{run_id}"
+        table, report = dice_table(self.rows(None, None, source), self.store.truth())
+        scored = (f" Scored on {report.n_images:,} images with ground truth: {report.overall:.4f} "
+                  f"(all-empty baseline {report.baseline:.4f})." if report else " No ground truth for these images.")
+        text = (f"Loaded {filename} as {source}: {len(annotations.image_ids):,} images, "
+                f"{len(annotations.rows):,} defect masks.{scored}")
+        return text, "alert ok", source
+
+    # ------------------------------------------------------------------ prediction vs ground truth
+    def update_scores(self, start: str, end: str, run: str | None, current: str | None):
+        """Score of a run in the period, its worst images, the images that can be shown, and the kept selection."""
         if not run:
-            return html.Div("Choose or upload a prediction run.", className="empty"), [], []
+            return html.Div("Choose or upload a prediction run.", className="empty"), [], [], "", None
         pred = self.rows(start, end, run)
-        options = [{"label": i, "value": i} for i in sorted(pred["image_id"].unique())]
-        table, report = dice_table(pred, self.truth())
+        ids = sorted(pred["image_id"].unique())
+        shown = [i for i in ids if i in self.images]
+        options = [{"label": i, "value": i} for i in shown]
+        note = (f"{len(shown):,} of the {len(ids):,} images of {run} in this period have an image file; "
+                "only those are listed." if len(shown) < len(ids) else f"{len(ids):,} images of {run} in this period.")
+        keep = current if current in shown else None
+        table, report = dice_table(pred, self.store.truth())
         if report is None:
-            return html.Div(f"{run}: none of its {len(options)} images in this period has ground truth.",
-                            className="empty"), [], options
+            return (html.Div(f"{run}: none of its {len(ids):,} images in this period has ground truth.",
+                             className="empty", id="score-text"), [], options, note, keep)
         per_class = ", ".join(f"class {c} {report.per_class[c]:.4f}" for c in CLASS_IDS)
         summary = html.Div([html.B(f"Kaggle score {report.overall:.4f}"),
-                            f" on {report.n_images} images (all-empty baseline {report.baseline:.4f}); {per_class}."],
+                            f" on {report.n_images:,} images (all-empty baseline {report.baseline:.4f}); {per_class}."],
                            id="score-text")
-        return summary, table.head(50).to_dict("records"), options
+        return summary, table.head(200).to_dict("records"), options, note, keep
 
     def pick_from_table(self, active_cell: dict | None, rows: list[dict] | None) -> str:
         """The ImageId of the clicked row of the worst-images table."""
         if not active_cell or not rows or active_cell.get("row") is None or active_cell["row"] >= len(rows):
-            return dash.no_update
+            return NO_UPDATE
         return rows[active_cell["row"]]["ImageId"]
 
-    def compare(self, run: str | None, image_id: str | None) -> list:
-        """Ground truth and prediction of one image side by side, with the per-class Dice."""
+    def comparison(self, run: str, image_id: str) -> tuple[list[tuple[int, str]], pd.Series | None]:
+        """(class, caption) of each class with truth or prediction in the image, and its Dice row (None: no truth)."""
+        pred_rows = self.rows(None, None, run)
+        pred_rows = pred_rows[pred_rows["image_id"] == image_id]
+        truth_rows = self.store.truth()
+        truth_rows = truth_rows[truth_rows["image_id"] == image_id]
+        pred, truth = masks_for(pred_rows, image_id), masks_for(truth_rows, image_id)
+        dice = dice_table(pred_rows, truth_rows)[0].iloc[0] if len(truth_rows) else None
+        shown = []
+        for c in CLASS_IDS:
+            if c not in pred and c not in truth:
+                continue
+            px = {k: int(v.sum()) for k, v in match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE).items()}
+            score = f"Dice {dice[f'dice_{c}']:.3f}" if dice is not None else "no ground truth"
+            shown.append((c, f"class {c}: {score} — TP {px['TP']:,} px, FP {px['FP']:,} px, FN {px['FN']:,} px"))
+        return shown, dice
+
+    def compare(self, run: str | None, image_id: str | None) -> tuple[list, list]:
+        """Per-class Dice and one TP/FP/FN strip per class with truth or prediction, for one image of a run."""
         if not run or not image_id:
-            return [html.P("Pick an image (or click a row of the table).", className="empty")]
-        pred = self.rows(None, None, run)
-        pred = pred[pred["image_id"] == image_id]
-        truth = self.truth()
-        truth = truth[truth["image_id"] == image_id]
+            return [], [html.P("Pick an image (or click a row of the table).", className="empty")]
         if image_id not in self.images:
-            return [html.P(f"{image_id}: no image file in the data root.", className="empty")]
-        image = as_rgb(read_image(self.images[image_id]))
-        out = []
-        if len(truth):
-            table, _ = dice_table(pred, truth)
-            dice = table.iloc[0]
+            return [], [html.P(f"{image_id}: no image file in the data root.", className="empty")]
+        run_ids = set(self.rows(None, None, run)["image_id"])
+        if image_id not in run_ids:
+            return [], [html.P(f"{image_id} is not one of the images of {run}; pick one of its images.", className="empty")]
+        shown, dice = self.comparison(run, image_id)
+        head = []
+        if dice is not None:
             cells = [html.Td(f"{dice[f'dice_{c}']:.3f}") for c in CLASS_IDS] + [html.Td(f"{dice['dice']:.3f}")]
-            out.append(html.Table([html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]),
-                                   html.Tr(cells)], className="dice", id="compare-dice"))
-            out.append(self._panel(image, masks_for(truth, image_id), "ground truth"))
+            head = [html.Table([html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]),
+                                html.Tr(cells)], className="dice", id="compare-dice-table")]
         else:
-            out.append(html.P("No ground truth for this image: prediction only.", className="empty"))
-        out.append(self._panel(image, masks_for(pred, image_id), f"prediction ({run})"))
-        return out
+            head = [html.P("No ground truth for this image: the overlay counts every predicted pixel as a false positive.",
+                           className="empty")]
+        if not shown:
+            return head, [strip(self.url("image", image=image_id), None,
+                                f"{image_id}: no defect in the truth nor in {run} (Dice 1 for every class)", image_id)]
+        return head, [strip(self.url("image", image=image_id),
+                            self.url("match.png", image=image_id, run=run, **{"class": str(c)}),
+                            f"{image_id} — {caption}", image_id, legend="match") for c, caption in shown]
 
-    @staticmethod
-    def _panel(image, masks, caption) -> html.Div:
-        classes = ", ".join(f"{c}: {int(m.sum()):,} px" for c, m in sorted(masks.items())) or "no defect"
-        return html.Div([html.Div(f"{caption} — {classes}", className="caption"),
-                         html.Img(src=png_data_uri(contour_overlay(image, masks, 4), IMAGE_SCALE), className="steel wide")])
+    def compare_export(self, run: str | None, image_id: str | None) -> dict | object:
+        """The compared image as one PNG (a strip per class with its Dice and the colour key), for download."""
+        if not run or not image_id or image_id not in self.images:
+            return NO_UPDATE
+        if image_id not in set(self.rows(None, None, run)["image_id"]):
+            return NO_UPDATE
+        shown, dice = self.comparison(run, image_id)
+        pred, truth = self._masks(run, image_id)
+        image = read_image(self.images[image_id], channels=3)
+        title = f"{image_id} - {run} vs ground truth" + (f" - mean Dice {dice['dice']:.3f}" if dice is not None else "")
+        strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
+        return dcc.send_bytes(compare_png(image, title, strips), f"{_safe(run)}_{_safe(image_id)}.png")
 
+    def export_csv(self, start: str, end: str, source: str) -> dict:
+        """The period's inspections of the selected source as a CSV download."""
+        rows = self.rows(start, end, source)
+        name = f"inspections_{_safe(source)}_{_day(start)}_{_day(end)}.csv"
+        return dcc.send_data_frame(rows.drop(columns=["id"]).to_csv, name, index=False)
+
+    # ------------------------------------------------------------------ predictions on demand
     def run_predictions(self, n_clicks: int | None, image_ids: list[str] | None) -> tuple[list, str | None]:
-        """Run the predict command on the chosen images, store them as a run and show the predicted masks."""
+        """Predict the chosen images in-process, store them as a run dated now, and show the predicted masks."""
         if not n_clicks:
             return [], None
         if not image_ids:
-            return [html.Div("Choose one or more test images first.", className="alert error")], None
+            return [alert("Choose one or more test images first.", "error", id="predict-error")], None
         try:
-            annotations = predict_images([self.images[i] for i in image_ids], self.predict_command, self.predict_cwd)
-            run_id = "live-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            rows, timing = self.predictor.predict([self.images[i] for i in image_ids])
+            stamp = datetime.now(timezone.utc)
+            run_id = "live-" + stamp.strftime("%Y%m%dT%H%M%S")
+            now = stamp.isoformat(timespec="seconds")
             with closing(connect(self.db)) as conn:
-                import_submission(conn, annotations, {}, run_id)
-        except (SteelsegError, ValueError, KeyError) as exc:
-            return [html.Div(f"Prediction failed: {exc}", className="alert error", id="predict-error")], None
+                import_submission(conn, _annotations(rows), {i: now for i in image_ids}, run_id)
+        except SteelsegError as exc:
+            return [alert(f"Prediction failed: {exc}", "error", id="predict-error")], None
         source = f"pred:{run_id}"
-        rows = self.rows(None, None, source)
-        return [html.Div(f"Stored as {source}.", className="alert ok")] + [
-            self.image_row(i, masks_for(rows, i), f"{i} — predicted") for i in image_ids], source
+        stored = self.rows(None, None, source)
+        return [alert(f"Predicted {timing}; stored as {source}.", "ok", id="predict-ok")] + [
+            self.source_strip(i, source, stored) for i in image_ids], source
+
+    def predict_progress(self, _n: int | None) -> html.Div | str:
+        """Progress of the running prediction."""
+        progress = self.predictor.progress()
+        if progress.stage == "idle":
+            return ""
+        text = ("Loading the models (first prediction, or their files changed)…" if progress.stage == "loading models"
+                else f"Predicting: {progress.done} of {progress.total} images done…")
+        return html.Div([html.Progress(value=str(progress.done), max=str(max(progress.total, 1))), text],
+                        className="alert busy", id="predict-busy")
+
+
+def _annotations(rows: pd.DataFrame) -> Annotations:
+    """Annotations of predicted long-form rows: the defect rows, and every image (clean ones stay clean)."""
+    defects = rows[rows["EncodedPixels"] != ""].reset_index(drop=True)
+    return Annotations(defects, tuple(dict.fromkeys(rows["ImageId"])), NEW_FORMAT, "<prediction on demand>")
+
+
+def _source_of(rows: pd.DataFrame, image_id: str) -> str:
+    """The first source holding an image (for the all-runs view)."""
+    return str(rows.loc[rows["image_id"] == image_id, "source"].iloc[0])
+
+
+def _n(count: int, noun: str) -> str:
+    """'1 image', '2,345 images'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _day(value: str | None) -> str | None:
@@ -203,112 +369,118 @@ def _day(value: str | None) -> str | None:
     return value[:10] if value else None
 
 
-def _card(key: int) -> html.Div:
-    return html.Div([html.Div(LABELS[key], className="card-title"), html.Div("–", id=f"card-{key}", className="card-value")],
-                    className=f"card c{key}")
+def _safe(text: str) -> str:
+    """A file-name-safe version of a source or image id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "all"
 
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f3f1ec;color:#222}
-.wrap{max-width:1700px;margin:auto;padding:12px 20px}
-h1{font-size:22px;margin:4px 0 10px} h2{font-size:17px;margin:18px 0 6px}
-.controls{display:flex;gap:18px;align-items:center;flex-wrap:wrap}
-.controls .dd{width:300px} .controls .dash-datepicker{width:auto}
-.cards{display:flex;gap:12px;margin:12px 0}
-.card{flex:1;background:#fff;border-radius:6px;padding:8px 14px;border-top:5px solid #999;box-shadow:0 1px 2px #0002}
-.c1{border-color:#ffdc00}.c2{border-color:#00c846}.c3{border-color:#286eff}.c4{border-color:#e600e6}
-.card-title{font-size:13px;color:#555}.card-value{font-size:26px;font-weight:600}
-.row{display:flex;gap:12px}.row>div{flex:1;background:#fff;border-radius:6px}
-.image-row{display:flex;flex-wrap:wrap;gap:6px;margin:6px 0;align-items:center}
-.caption{width:100%;font-size:12px;color:#444}
-img.steel{width:32.5%;image-rendering:auto;border:1px solid #999} img.steel.wide{width:98%}
-.alert{padding:6px 10px;border-radius:4px;margin:6px 0;white-space:pre-wrap}
-.alert.error{background:#fde2e1;color:#8a1010}.alert.ok{background:#e2f5e4;color:#145a1e}
-.upload{border:2px dashed #888;border-radius:6px;padding:8px 16px;cursor:pointer;background:#fff}
-.empty{color:#666;font-style:italic} table.dice td,table.dice th{padding:2px 10px;border:1px solid #ccc}
-"""
+def _png(data: bytes):
+    from flask import Response
+
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def layout(dash_obj: Dashboard) -> html.Div:
-    """The single page: controls, cards, charts, samples, upload, scoring and comparison, predictions."""
-    start, end = dash_obj.date_extent()
-    sources, runs = dash_obj.source_options()
-    first = sources[0]["value"] if sources else None
-    return html.Div([
-        html.H1("Steel defect inspections"),
-        html.Div([
-            dcc.DatePickerRange(id="date-range", min_date_allowed="1995-08-05", max_date_allowed="2090-12-31",
-                                start_date=start, end_date=end, display_format="YYYY-MM-DD"),
-            html.Div(dcc.Dropdown(id="dataset", options=sources, value=first, clearable=False), className="dd"),
-            dcc.Upload(id="upload", children=html.Div(["Upload a submission CSV (drop or ", html.A("choose"), ")"]),
-                       accept=".csv", multiple=False, className="upload"),
-        ], className="controls"),
-        html.Div(id="upload-status"),
-        html.Div([_card(k) for k in CARD_KEYS], className="cards"),
-        html.Div([html.Div(dcc.Graph(id="pie")), html.Div(dcc.Graph(id="timeline"))], className="row"),
-        html.H2("Random images of a class"),
-        html.Div([html.Div(dcc.Dropdown(id="sample-class", options=[{"label": LABELS[c], "value": c} for c in CLASS_IDS],
-                                        value=CLASS_IDS[0], clearable=False), className="dd"),
-                  html.Button("Re-roll", id="reroll", n_clicks=0)], className="controls"),
-        dcc.Loading(html.Div(id="samples")),
-        html.H2("Prediction vs ground truth"),
-        html.Div([html.Div(dcc.Dropdown(id="compare-run", options=runs, value=runs[0]["value"] if runs else None,
-                                        placeholder="prediction run"), className="dd"),
-                  html.Div(id="score")], className="controls"),
-        html.Div([
-            html.Div([html.Div("Worst images by Dice (click a row)", className="caption"),
-                      dash_table.DataTable(id="worst", columns=[{"name": c, "id": c} for c in
-                                                                ["ImageId", "dice", *[f"dice_{k}" for k in CLASS_IDS]]],
-                                           data=[], page_size=10, style_cell={"fontSize": 12, "padding": "2px 6px"})],
-                     style={"flex": "0 0 520px"}),
-            html.Div([html.Div(dcc.Dropdown(id="compare-image", placeholder="image"), className="dd"),
-                      dcc.Loading(html.Div(id="compare-view"))]),
-        ], className="row"),
-        html.H2("Predict on demand"),
-        html.Div([html.Div(dcc.Dropdown(id="predict-images", multi=True, placeholder="test images",
-                                        options=[{"label": i, "value": i} for i in dash_obj.test_images]),
-                           style={"width": "600px"}),
-                  html.Button("Run prediction", id="predict-run", n_clicks=0)], className="controls"),
-        dcc.Loading(html.Div(id="predict-output")),
-    ], className="wrap")
+def add_routes(app: Dash, board: Dashboard) -> None:
+    """Flask routes for the image files and the layers (image ids are looked up, never used as paths)."""
+    server = app.server
+
+    @server.route("/steel/image")
+    def _image():
+        return send_file(board.image_file(request.args.get("image", "")), max_age=3600)
+
+    @server.route("/steel/layer.png")
+    def _layer():
+        return _png(board.class_layer_png(request.args.get("image", ""), request.args.get("source", "")))
+
+    @server.route("/steel/match.png")
+    def _match():
+        try:
+            class_id = int(request.args.get("class", ""))
+        except ValueError:
+            abort(400)
+        if class_id not in CLASS_IDS:
+            abort(400)
+        return _png(board.match_layer_png(request.args.get("image", ""), request.args.get("run", ""), class_id))
 
 
-def create_app(dash_obj: Dashboard) -> Dash:
-    """A Dash app wired to the dashboard's callbacks."""
-    app = Dash(__name__, title="Steel defect inspections")
-    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
-    # Upload bodies are base64 (4/3 of the file) inside JSON: refuse requests far above the cap early.
-    app.server.config["MAX_CONTENT_LENGTH"] = int(dash_obj.max_upload_bytes * 1.5) + 2**20
-    app.layout = lambda: layout(dash_obj)
-    period = [Input("date-range", "start_date"), Input("date-range", "end_date"), Input("dataset", "value")]
-    app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS], *period)(dash_obj.update_cards)
-    app.callback(Output("pie", "figure"), Output("timeline", "figure"), *period)(dash_obj.update_charts)
-    app.callback(Output("samples", "children"), *period, Input("sample-class", "value"),
-                 Input("reroll", "n_clicks"))(dash_obj.update_samples)
+def create_app(board: Dashboard) -> Dash:
+    """A Dash app wired to the dashboard's callbacks, with compressed responses."""
+    app = Dash(__name__, title="Steel defect inspections", compress=True)
+    board.base = app.config.requests_pathname_prefix
+    # Upload bodies are base64 (4/3 of the file) inside JSON; the page refuses bigger files before sending.
+    app.server.config["MAX_CONTENT_LENGTH"] = int(board.max_upload_bytes * 1.5) + 2**20
+    add_routes(app, board)
 
-    # Upload and on-demand prediction both add a source: they refresh the selectors and select the new run.
-    sources_out = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True),
-                   Output("compare-run", "value", allow_duplicate=True)]
+    def layout():
+        start, end = board.store.date_extent()
+        sources, runs = board.source_options()
+        models, ready = board.model_status()
+        return page(start, end, sources, runs, board.test_images, models, ready, board.max_upload_bytes,
+                    int(board.poll_s * 1000), board.store.version())
 
-    def _with_sources(children, source):
-        datasets, runs = dash_obj.source_options()
-        return children, datasets, runs, source or dash.no_update
+    app.layout = layout
+    period = [Input("period", "data"), Input("dataset", "value"), Input("store-version", "data")]
 
-    @app.callback(Output("upload-status", "children"), *sources_out,
-                  Input("upload", "contents"), State("upload", "filename"), prevent_initial_call=True)
-    def _upload(contents, filename):
-        return _with_sources(*dash_obj.handle_upload(contents, filename))
+    def periodic(method):
+        return lambda p, source, _version, *rest: method(p["start"], p["end"], source, *rest)
 
-    @app.callback(Output("predict-output", "children"), *sources_out,
-                  Input("predict-run", "n_clicks"), State("predict-images", "value"), prevent_initial_call=True)
-    def _predict(n_clicks, image_ids):
-        return _with_sources(*dash_obj.run_predictions(n_clicks, image_ids))
-
-    app.callback(Output("score", "children"), Output("worst", "data"), Output("compare-image", "options"),
+    # The period and the store stamp start in the layout: the first render runs each view once.
+    app.callback(Output("period", "data"), Output("period-alert", "children"),
                  Input("date-range", "start_date"), Input("date-range", "end_date"),
-                 Input("compare-run", "value"))(dash_obj.update_scores)
+                 prevent_initial_call=True)(board.check_period)
+    app.callback(Output("store-version", "data"), Output("date-range", "end_date"), Output("live-status", "children"),
+                 Input("poll", "n_intervals"), State("store-version", "data"), State("follow", "value"),
+                 State("date-range", "end_date"))(lambda _n, *args: board.poll(*args))
+    selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
+    app.callback(Output("dataset", "options"), Output("compare-run", "options"),
+                 Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())
+    app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS] + [Output("cards-note", "children")]
+                 + [Output("pie", "figure"), Output("timeline", "figure"), Output("rate", "figure")],
+                 *period)(periodic(board.update_overview))
+    app.callback(Output("samples", "children"), *period, Input("sample-class", "value"),
+                 Input("reroll", "n_clicks"))(periodic(board.update_samples))
+    app.callback(Output("download-csv", "data"), Input("export-csv", "n_clicks"), State("period", "data"),
+                 State("dataset", "value"), prevent_initial_call=True)(
+        lambda _n, p, source: board.export_csv(p["start"], p["end"], source))
+
+    # Upload: the page checks the size first (clientside), the server validates, stores and selects the run.
+    app.clientside_callback(ClientsideFunction("steelseg", "gateUpload"),
+                            Output("upload-status", "children"), Output("upload-status", "className"),
+                            Output("upload-accepted", "data"), Input("upload", "contents"),
+                            State("upload", "filename"), State("upload-limit", "data"), prevent_initial_call=True)
+
+    # Upload and prediction add a run: the selectors get it in the same response as the new selection.
+    @app.callback(Output("upload-status", "children", allow_duplicate=True),
+                  Output("upload-status", "className", allow_duplicate=True),
+                  Output("compare-run", "value", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
+                  Input("upload-accepted", "data"), prevent_initial_call=True)
+    def _upload(accepted):
+        text, kind, source = board.handle_upload(accepted)
+        return text, kind, source or NO_UPDATE, board.store.version(), *board.source_options()
+
+    @app.callback(Output("predict-output", "children"), Output("compare-run", "value", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
+                  Output("predict-progress", "children", allow_duplicate=True),
+                  Input("predict-run", "n_clicks"), State("predict-images", "value"), prevent_initial_call=True,
+                  running=[(Output("predict-run", "disabled"), True, False),
+                           (Output("predict-poll", "disabled"), False, True)])
+    def _predict(n_clicks, image_ids):
+        children, source = board.run_predictions(n_clicks, image_ids)
+        return children, source or NO_UPDATE, board.store.version(), *board.source_options(), ""
+
+    app.callback(Output("predict-progress", "children"), Input("predict-poll", "n_intervals"),
+                 prevent_initial_call=True)(board.predict_progress)
+    app.callback(Output("score", "children"), Output("worst", "data"), Output("compare-image", "options"),
+                 Output("compare-note", "children"), Output("compare-image", "value", allow_duplicate=True),
+                 Input("period", "data"), Input("compare-run", "value"), Input("store-version", "data"),
+                 State("compare-image", "value"), prevent_initial_call="initial_duplicate")(
+        lambda p, run, _v, current: board.update_scores(p["start"], p["end"], run, current))
     app.callback(Output("compare-image", "value"), Input("worst", "active_cell"),
-                 State("worst", "derived_viewport_data"), prevent_initial_call=True)(dash_obj.pick_from_table)
-    app.callback(Output("compare-view", "children"), Input("compare-run", "value"),
-                 Input("compare-image", "value"))(dash_obj.compare)
+                 State("worst", "derived_viewport_data"), prevent_initial_call=True)(board.pick_from_table)
+    app.callback(Output("compare-dice", "children"), Output("compare-view", "children"),
+                 Input("compare-run", "value"), Input("compare-image", "value"))(board.compare)
+    app.callback(Output("download-png", "data"), Input("export-png", "n_clicks"), State("compare-run", "value"),
+                 State("compare-image", "value"), prevent_initial_call=True)(
+        lambda _n, run, image_id: board.compare_export(run, image_id))
     return app

@@ -1,68 +1,125 @@
-"""Predictions on demand: run the inference command on a few images in a temp folder, read its submission.
+"""Predictions on demand, in-process: the ``infer`` config composed once, the models loaded once and reused.
 
-The command is a template (``--predict-cmd``) with placeholders ``{python}`` (this interpreter),
-``{images}`` (a temp folder holding copies of the chosen images), ``{out}`` (an empty temp folder) and
-``{submission}`` (``{out}/submission.csv``, the file the adapter reads back, either Kaggle format).
-The default runs ``infer.py`` (keys ``images`` and ``output`` of configs/infer.yaml) from the repository root;
-add the checkpoints, e.g. ``... checkpoints.classifier=[runs/cls] checkpoints.segmenter=[runs/seg] thresholds=t.json``.
+The dashboard takes the Hydra overrides of ``infer.py`` (``--infer checkpoints.segmenter=[runs/seg]
+--infer thresholds=t.json``); without them it uses infer.py's defaults, the demo's training runs
+(``outputs/train/<stage>/demo`` after ``make demo``). Which checkpoints exist is checked on every page
+load (file system only), so models trained while the dashboard runs are found on the next reload; they
+are loaded on the first prediction and kept until their files change.
 """
 from __future__ import annotations
 
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-from common.annotations import Annotations, read_annotations
+import pandas as pd
+
+from common.constants import LONG_COLUMNS
 from common.errors import SteelsegError
 
-DEFAULT_COMMAND = "{python} infer.py images={images} output={submission} evaluate=false"
-REPO_ROOT = Path(__file__).resolve().parents[1]  # where infer.py lives: the default working folder
+__all__ = ["FIX", "PredictionError", "Progress", "OnDemand"]
+
+FIX = ("run `make demo` to train the demo models, or start the dashboard with "
+       "--infer checkpoints.segmenter=[PATH] (a checkpoint or training output folder; likewise classifier, joint)")
+CONFIG_KEYS = ("checkpoints", "tta", "ensemble", "postprocess", "thresholds", "device", "channels_last", "batch_size")
 
 
 class PredictionError(SteelsegError, RuntimeError):
-    """The inference command failed or wrote no usable submission; the message says which and why."""
+    """Prediction on demand cannot run; the message is one line with the fix."""
 
 
-def build_command(template: str, images: Path, out: Path) -> list[str]:
-    """Split the template like a shell, then fill the placeholders of each word (paths may hold spaces)."""
-    values = {"python": sys.executable, "images": str(images), "out": str(out), "submission": str(out / "submission.csv")}
-    try:
-        return [word.format(**values) for word in shlex.split(template)]
-    except (KeyError, IndexError, ValueError) as exc:
-        raise PredictionError(f"bad predict command template {template!r}: {exc!r} "
-                              f"(placeholders: {', '.join('{' + k + '}' for k in values)})") from exc
+@dataclass(frozen=True)
+class Progress:
+    """Where a prediction stands: what it does, images done and images in all."""
+
+    stage: str = "idle"
+    done: int = 0
+    total: int = 0
 
 
-def predict_images(image_paths: list[Path], template: str = DEFAULT_COMMAND, cwd: Path | str | None = REPO_ROOT,
-                   timeout_s: float = 600.0) -> Annotations:
-    """Run the command on copies of the images; return the predictions for exactly those images."""
-    if not image_paths:
-        raise PredictionError("no images chosen")
-    with tempfile.TemporaryDirectory(prefix="steelseg-predict-") as tmp:
-        images, out = Path(tmp) / "images", Path(tmp) / "out"
-        images.mkdir()
-        out.mkdir()
-        for path in image_paths:
-            shutil.copyfile(path, images / Path(path).name)
-        command = build_command(template, images, out)
+class OnDemand:
+    """The infer config, the checkpoints it names, and the predictor built from them (one run at a time)."""
+
+    def __init__(self, overrides: Sequence[str] = ()) -> None:
+        self.overrides = list(overrides)
+        self._cfg: dict[str, Any] | None = None
+        self._predictor = None
+        self._key: tuple | None = None
+        self._run_lock = threading.Lock()
+        self._progress = Progress()
+
+    def config(self) -> dict[str, Any]:
+        """The plain sections of the composed infer config that prediction uses (composed once)."""
+        if self._cfg is None:
+            from ensemble.settings import compose_infer, section
+
+            cfg = compose_infer(self.overrides)
+            self._cfg = section(cfg, *CONFIG_KEYS)
+        return self._cfg
+
+    def checkpoints(self) -> dict[str, list[Path]]:
+        """Checkpoint files per member kind that the config names, as they are on disk now."""
+        from ensemble.members import KINDS, expand
+
+        cfg = self.config()
+        found: dict[str, list[Path]] = {}
+        for kind in KINDS:
+            for entry in cfg["checkpoints"].get(kind) or []:
+                path = entry["path"] if isinstance(entry, Mapping) and "path" in entry else entry
+                found.setdefault(kind, []).extend(expand(path, kind))
+        return found
+
+    def status(self) -> str:
+        """One line naming the models found; raises PredictionError with the fix when none can predict."""
+        from ensemble.predict import check_members, load_rules
+
         try:
-            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
-        except FileNotFoundError as exc:
-            raise PredictionError(f"cannot start {command[0]!r}: {exc}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise PredictionError(f"{shlex.join(command)} ran past {timeout_s:.0f} s") from exc
-        if done.returncode != 0:
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-            raise PredictionError(f"{shlex.join(command)} exited with status {done.returncode}:\n{tail}")
-        submission = out / "submission.csv"
-        if not submission.is_file():
-            raise PredictionError(f"{shlex.join(command)} wrote no {submission.name} into {{out}}")
-        annotations = read_annotations(submission)
-    names = {Path(p).name for p in image_paths}
-    extra = sorted(set(annotations.image_ids) - names)
-    if extra:
-        raise PredictionError(f"the submission names images that were not chosen, e.g. {extra[:3]}")
-    return annotations
+            found = self.checkpoints()
+            check_members([k for k, paths in found.items() if paths], load_rules(self.config()))
+        except SteelsegError as exc:
+            raise PredictionError(f"No usable trained models: {exc}. Fix: {FIX}") from exc
+        kinds = ", ".join(f"{len(paths)} {kind}" for kind, paths in found.items() if paths)
+        state = "loaded" if self._predictor is not None and self._key == self._files_key(found) else "loaded on first use"
+        return f"Models: {kinds} checkpoint(s) ({state})."
+
+    def progress(self) -> Progress:
+        """The running prediction's progress (idle when none runs)."""
+        return self._progress
+
+    def _files_key(self, found: dict[str, list[Path]]) -> tuple:
+        files = [p for paths in found.values() for p in paths]
+        thresholds = self.config().get("thresholds")
+        if thresholds:
+            files.append(Path(thresholds))
+        return tuple((str(p), p.stat().st_mtime_ns if p.exists() else None) for p in files)
+
+    def predict(self, paths: Sequence[Path]) -> tuple[pd.DataFrame, str]:
+        """Long-form rows (ImageId, ClassId, EncodedPixels) of every image x class, and a line on the timing."""
+        from ensemble.predict import build_predictor, rows_of
+
+        self.status()
+        if not self._run_lock.acquire(blocking=False):
+            raise PredictionError("a prediction is already running; wait for it to finish")
+        try:
+            total = len(paths)
+            start = time.perf_counter()
+            key = self._files_key(self.checkpoints())
+            note = "models reused"
+            if self._predictor is None or self._key != key:
+                self._progress = Progress("loading models", 0, total)
+                self._predictor, self._key = build_predictor(self.config()), key
+                note = f"models loaded in {time.perf_counter() - start:.1f} s"
+            self._progress = Progress("predicting", 0, total)
+            begin = time.perf_counter()
+            rows = []
+            for done, (image_id, _, masks) in enumerate(
+                    self._predictor.iter_predictions(list(paths), int(self.config().get("batch_size") or 4)), 1):
+                rows.extend(rows_of(image_id, masks))
+                self._progress = Progress("predicting", done, total)
+            seconds = time.perf_counter() - begin
+        finally:
+            self._progress = Progress()
+            self._run_lock.release()
+        return pd.DataFrame(rows, columns=LONG_COLUMNS), f"{total} image(s) in {seconds:.1f} s ({note})"

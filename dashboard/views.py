@@ -1,5 +1,11 @@
-"""Pure data and figure functions behind the dashboard callbacks: counts, charts, samples, Dice tables."""
+"""Pure data and figure functions behind the dashboard callbacks: counts, charts, samples, Dice tables.
+
+An *inspection* is one image of one source (``source``, ``image_id``): the unit every count, share and
+rate on the page is made of, so an image with two defect classes is still one inspected image.
+"""
 from __future__ import annotations
+
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -10,9 +16,16 @@ from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.dataset import class_masks
 from common.metrics import ScoreReport, pair_dice as kaggle_pair_dice, score_pairs
 
-NO_DEFECT = 0
-LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect"}
-COLORS = {**CLASS_HEX, NO_DEFECT: "#9e9e9e"}
+__all__ = ["NO_DEFECT", "SEVERAL", "LABELS", "COLORS", "GROUP_KEYS", "long_rows", "inspections", "period_counts",
+           "image_groups", "Buckets", "pie_figure", "timeline_figure", "rate_figure", "sample_ids",
+           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS"]
+
+NO_DEFECT, SEVERAL = 0, 5
+LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect", SEVERAL: "Several classes"}
+COLORS = {**CLASS_HEX, NO_DEFECT: "#9e9e9e", SEVERAL: "#7a4a1e"}
+GROUP_KEYS = [*CLASS_IDS, SEVERAL, NO_DEFECT]          # the pie's and the bars' partition of images
+DICE_COLUMNS = ["ImageId", "dice", *[f"dice_{c}" for c in CLASS_IDS]]
+CLASS_COLUMNS = [f"c{c}" for c in CLASS_IDS]
 
 
 def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -23,49 +36,131 @@ def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
                                                  defects["rle"].to_numpy()))))
 
 
-def period_counts(rows: pd.DataFrame) -> dict[int, int]:
-    """Images per defect class and images with no defect among the rows (one image counts once per class)."""
-    per_class = rows.drop_duplicates(["image_id", "class_id"]).groupby("class_id")["image_id"].nunique()
-    has_defect = set(rows.loc[rows["class_id"] > 0, "image_id"])
-    clean = set(rows["image_id"]) - has_defect
-    return {**{c: int(per_class.get(c, 0)) for c in CLASS_IDS}, NO_DEFECT: len(clean)}
+def inspections(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (source, image): its time (naive UTC) and a boolean column ``c<k>`` per defect class."""
+    if not len(rows):
+        return pd.DataFrame({"source": [], "image_id": [], "time": pd.to_datetime([]),
+                             **{c: np.zeros(0, bool) for c in CLASS_COLUMNS}})
+    codes = rows.groupby(["source", "image_id"], sort=False).ngroup().to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    out = rows.iloc[first][["source", "image_id", "inspected_at"]].reset_index(drop=True)
+    flags = np.zeros((len(out), len(CLASS_IDS)), bool)
+    classes = rows["class_id"].to_numpy()
+    defect = classes > 0
+    flags[codes[defect], classes[defect] - 1] = True
+    for i, column in enumerate(CLASS_COLUMNS):
+        out[column] = flags[:, i]
+    # Stores hold naive times (imports) and UTC-aware ones (infer.py): compare them all as UTC.
+    out["time"] = pd.to_datetime(out.pop("inspected_at"), format="ISO8601", utc=True).dt.tz_convert(None)
+    return out
 
 
-def pie_figure(counts: dict[int, int], title: str) -> go.Figure:
-    """Distribution of the period's images over the classes and 'no defect'."""
-    keys = [*CLASS_IDS, NO_DEFECT]
-    fig = go.Figure(go.Pie(labels=[LABELS[k] for k in keys], values=[counts[k] for k in keys], sort=False,
+def period_counts(table: pd.DataFrame) -> dict[int, int]:
+    """Inspected images per defect class and with no defect (an image with two classes counts for both)."""
+    flags = table[CLASS_COLUMNS].to_numpy()
+    return {**{c: int(flags[:, i].sum()) for i, c in enumerate(CLASS_IDS)},
+            NO_DEFECT: int((~flags.any(axis=1)).sum())}
+
+
+def image_groups(table: pd.DataFrame) -> pd.Series:
+    """Each inspection's group: its single defect class, SEVERAL, or NO_DEFECT (a partition of the images)."""
+    flags = table[CLASS_COLUMNS].to_numpy()
+    n = flags.sum(axis=1)
+    single = np.asarray(CLASS_IDS)[flags.argmax(axis=1)] if len(flags) else np.zeros(0, int)
+    return pd.Series(np.where(n == 0, NO_DEFECT, np.where(n == 1, single, SEVERAL)), index=table.index)
+
+
+class Buckets:
+    """Time buckets of a period: hours up to 2 days, days up to 62 days, weeks (Monday to Sunday) beyond."""
+
+    def __init__(self, start: str, end: str) -> None:
+        self.start = pd.Timestamp(start)
+        self.end = pd.Timestamp(date.fromisoformat(end[:10]) + timedelta(days=1))  # exclusive
+        days = (self.end - self.start).days
+        self.freq, self.name = ("h", "hour") if days <= 2 else ("D", "day") if days <= 62 else ("W-SUN", "week")
+        self.half = {"h": pd.Timedelta(minutes=30), "D": pd.Timedelta(hours=12), "W-SUN": pd.Timedelta(days=3.5)}[self.freq]
+        self.first = self.of(pd.Series([self.start])).iloc[0]  # the first bucket may start before the period
+
+    def of(self, times: pd.Series) -> pd.Series:
+        """Start of each time's bucket (weeks start on Monday)."""
+        return times.dt.to_period(self.freq).dt.start_time
+
+    def starts(self) -> pd.DatetimeIndex:
+        """Every bucket start of the period (so a bucket without inspections shows as a gap)."""
+        return pd.date_range(self.first, self.end, freq=self.half * 2, inclusive="left")
+
+
+def pie_figure(table: pd.DataFrame, title: str) -> go.Figure:
+    """Images of the period by defect group: every image in exactly one slice."""
+    groups = image_groups(table).value_counts()
+    keys = [k for k in GROUP_KEYS if groups.get(k, 0)] or GROUP_KEYS
+    fig = go.Figure(go.Pie(labels=[LABELS[k] for k in keys], values=[int(groups.get(k, 0)) for k in keys], sort=False,
                            marker={"colors": [COLORS[k] for k in keys]}, textinfo="percent", textposition="inside",
-                           hole=0.3))
+                           hovertemplate="%{label}: %{value:,} images (%{percent})<extra></extra>", hole=0.3))
     fig.update_layout(title=title, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=320, showlegend=True)
     return fig
 
 
-def timeline_figure(rows: pd.DataFrame, title: str) -> go.Figure:
-    """Images per class per week (per day for periods under five weeks), stacked bars."""
+def _time_axis(fig: go.Figure, spans: Buckets, title: str, ytitle: str) -> None:
+    fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.2}, yaxis_title=ytitle,
+                      xaxis={"range": [spans.first, spans.end], "title": None})
+
+
+def timeline_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
+    """Images per defect group per bucket, stacked (a bar's height = images inspected in it)."""
     fig = go.Figure()
-    if len(rows):
-        stamps = pd.to_datetime(rows["inspected_at"], format="ISO8601")
-        span_days = (stamps.max() - stamps.min()).days
-        freq = "D" if span_days < 35 else "W-MON"
-        frame = rows.assign(period=stamps.dt.to_period(freq).dt.start_time)
-        frame = frame.drop_duplicates(["image_id", "class_id", "period"])
-        table = frame.groupby(["period", "class_id"])["image_id"].nunique().unstack(fill_value=0)
-        for k in [*CLASS_IDS, NO_DEFECT]:
-            if k in table.columns:
-                fig.add_bar(x=table.index, y=table[k], name=LABELS[k], marker_color=COLORS[k])
-    fig.update_layout(title=title, barmode="stack", height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"orientation": "h", "y": -0.2}, yaxis_title="images")
+    top = 0
+    if len(table):
+        frame = table.assign(bucket=spans.of(table["time"]), group=image_groups(table))
+        counts = frame.groupby(["bucket", "group"]).size().unstack(fill_value=0)
+        top = int(counts.sum(axis=1).max())
+        for k in GROUP_KEYS:
+            if k in counts.columns:  # bars centred on their bucket, hover names its start
+                fig.add_bar(x=counts.index + spans.half, y=counts[k], name=LABELS[k], marker_color=COLORS[k],
+                            customdata=counts.index, width=spans.half.total_seconds() * 2000 * 0.9,
+                            hovertemplate=f"{spans.name} of %{{customdata|%Y-%m-%d %H:%M}}: %{{y}} {LABELS[k]}<extra></extra>")
+    _time_axis(fig, spans, title, "images")
+    fig.update_layout(barmode="stack")
+    if top <= 10:  # small counts: one tick per image, never 0.5 images
+        fig.update_yaxes(dtick=1, range=[0, max(top, 1) + 0.2])
+    fig.update_yaxes(tickformat=",d", rangemode="tozero")
     return fig
 
 
-def sample_ids(rows: pd.DataFrame, class_id: int, available: set[str], seed: int, n: int = 3) -> list[str]:
-    """Up to n images of the class (that have a file) chosen with ``seed``; a new seed re-rolls."""
+def rate_figure(table: pd.DataFrame, spans: Buckets, title: str) -> go.Figure:
+    """Share of inspected images with each defect class (and with any) per bucket; no inspections = a gap."""
+    fig = go.Figure()
+    if len(table):
+        frame = table.assign(bucket=spans.of(table["time"]), any=table[CLASS_COLUMNS].any(axis=1))
+        grouped = frame.groupby("bucket")
+        n = grouped.size().reindex(spans.starts(), fill_value=0)
+        for key, column in [*zip(CLASS_IDS, CLASS_COLUMNS), (None, "any")]:
+            hits = grouped[column].sum().reindex(n.index, fill_value=0)
+            name = LABELS[key] if key else "Any defect"
+            starts = n.index.strftime("%Y-%m-%d %H:%M")
+            rate = (hits / n.where(n > 0)).to_numpy()
+            fig.add_scatter(x=n.index + spans.half, y=rate, name=name, mode="lines+markers",
+                            line={"color": COLORS[key] if key else "#222", "dash": "solid" if key else "dot"},
+                            customdata=np.stack([hits.to_numpy(), n.to_numpy(), starts], axis=1).tolist(),
+                            hovertemplate=(f"{name}: %{{y:.1%}} (%{{customdata[0]}} of %{{customdata[1]}} images)"
+                                           f" — {spans.name} of %{{customdata[2]}}<extra></extra>"))
+    _time_axis(fig, spans, title, "share of images")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    return fig
+
+
+def sample_ids(rows: pd.DataFrame, class_id: int, available: set[str], roll: int, n: int = 3) -> list[str]:
+    """The ``roll``-th window of n images of the class (that have a file) in a fixed shuffled order.
+
+    Consecutive rolls show different images whenever the class has more than n of them (then wrap around).
+    """
     ids = sorted(set(rows.loc[rows["class_id"] == class_id, "image_id"]) & available)
     if not ids:
         return []
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+    order = np.random.default_rng(class_id).permutation(len(ids))
+    take = min(n, len(ids))
+    return sorted(ids[order[(roll * take + k) % len(ids)]] for k in range(take))
 
 
 def masks_for(rows: pd.DataFrame, image_id: str) -> dict[int, np.ndarray]:
@@ -86,8 +181,8 @@ def dice_table(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, S
     """Per-image Dice (worst first) and the Kaggle score over the images that have truth (None if none)."""
     ids, values, empty = pair_dice(pred, truth)
     if not ids:
-        return pd.DataFrame(columns=["ImageId", "dice", *[f"dice_{c}" for c in CLASS_IDS]]), None
-    table = pd.DataFrame(values, columns=[f"dice_{c}" for c in CLASS_IDS])
+        return pd.DataFrame(columns=DICE_COLUMNS), None
+    table = pd.DataFrame(values, columns=DICE_COLUMNS[2:])
     table.insert(0, "dice", values.mean(axis=1))
     table.insert(0, "ImageId", ids)
     table = table.sort_values(["dice", "ImageId"], kind="stable").reset_index(drop=True)

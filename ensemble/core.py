@@ -31,7 +31,7 @@ from ensemble.rules import Rules, RulesError
 from ensemble.timing import Timer
 from ensemble.tta import transforms
 
-__all__ = ["KINDS", "cpu_count", "Stats", "MemberInfo", "prepare_inputs", "read_inputs", "stack_inputs", "iter_batches", "split_joint", "rows_of", "ImagePrediction",
+__all__ = ["KINDS", "cpu_count", "Stats", "check_members", "MemberInfo", "prepare_inputs", "read_inputs", "stack_inputs", "iter_batches", "split_joint", "rows_of", "ImagePrediction",
            "BatchResult", "GatedEnsemble"]
 
 
@@ -174,6 +174,19 @@ class BatchResult:
         return ImagePrediction(image_id, self.masks[j], cls, self.max_prob[j])
 
 
+def check_members(kinds: Iterable[str], rules: Rules) -> None:
+    """Refuse a set of member kinds that cannot make a submission under ``rules`` (callers such as the
+    dashboard may check before loading any model)."""
+    kinds = set(kinds)
+    if not kinds & {"segmenter", "joint"}:
+        raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
+                         "a submission needs at least one")
+    get_gate(rules.gating)
+    if rules.needs_classifier and not kinds & {"classifier", "joint"}:
+        raise RulesError(f"gating mode {rules.gating!r} needs classifier or joint checkpoints "
+                         "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+
+
 @dataclass
 class GatedEnsemble:
     """Classifier, segmenter and joint members with TTA, a reducer and rules: the work order of both runtimes.
@@ -199,13 +212,8 @@ class GatedEnsemble:
 
     def __post_init__(self) -> None:
         """Check the ensemble and give each member its preprocessing slot."""
-        if not self.segmenters and not self.joints:
-            raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
-                             "a submission needs at least one")
-        get_gate(self.rules.gating)
-        if self.rules.needs_classifier and not (self.classifiers or self.joints):
-            raise RulesError(f"gating mode {self.rules.gating!r} needs classifier or joint checkpoints "
-                             "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+        check_members([*(["classifier"] if self.classifiers else []), *(["segmenter"] if self.segmenters else []),
+                       *(["joint"] if self.joints else [])], self.rules)
         make_reducer(self.reducer)
         self.preprocesses: list[Preprocess] = []
         self._slot: dict[int, int] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import time
 
@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from common.config import whole_number
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.preprocess import Preprocess
-from ensemble.core import KINDS, GatedEnsemble, Stats, cpu_count, read_inputs, rows_of, split_joint
+from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
 from ensemble.members import Member, discover, expand_runs, load_members
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.timing import Timer
 from ensemble.tta import transforms
 from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "MemberNet", "to_image_size", "Predictor", "rows_of", "load_rules",
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "Predictor", "rows_of", "load_rules",
            "member_entries", "build_predictor", "predict_images"]
 
 
