@@ -59,8 +59,8 @@ def test_full_mask_and_custom_shape():
     ("10 5 3 2", "ascending"),
     ("409600 2", "past the image end"),
     ("1 1_000", "not a non-negative integer"),
-    ("1\u00a05 10 3", r"token 0 \('1\\xa05'\) is not a non-negative integer"),  # non-breaking space
-    ("1 5 10\u20033", "token 2"),                                                   # em space
+    ("1\u00a05 10 3", r"U\+00A0 NO-BREAK SPACE\) at position 1"),                  # non-breaking space
+    ("1 5 10\u20033", r"U\+2003 EM SPACE\) at position 6"),                          # em space
 ])
 def test_decode_rejects_malformed(rle, message):
     with pytest.raises(RLEError, match=message):
