@@ -19,17 +19,15 @@ from torch.utils.data import DataLoader
 
 from common.config import ConfigError, build, to_plain
 from common.constants import CLASS_IDS
-from common.data_setup import load_folds, load_train
-from common.folds import split_ids
 from common.metrics import roc_auc_per_class
 from common.oof import (CLASSIFIER_FILE, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
                         write_classifier_oof, write_segmenter_oof)
 from common.preprocess import Preprocess
 from engine.loop import StageSpec
-from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
+from segmenter.data import SegmentationDataset, check_crop
 from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
 from segmenter.model import param_groups
-from segmenter.stage import build_loss, init_weights, sample_weights
+from segmenter.stage import build_loss, fold_sets, init_weights, sample_weights
 
 __all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "write_joint_oof", "make_stage"]
 
@@ -128,20 +126,12 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     if j.get("init_from"):
         init_weights(model, model_config, str(j.init_from), STAGE)
 
-    dataset = load_train(cfg.data)
-    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
-    train_ids = select_training_ids(dataset.labels, train_ids, j.get("clean_ratio"), int(cfg.seed), STAGE)
-    augment = build_train_augment(crop, j.get("augment"), int(cfg.seed), str(j.get("crop_mode", "random")),
-                                  key="joint.augment")
-    cache = bool(j.get("cache_images", False))
-    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache, STAGE)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=STAGE,
-                                  full_truth=preprocess.size is not None)
+    labels, train_ids, train_set, val_set = fold_sets(cfg, j, STAGE, preprocess, crop)
     val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
         loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(j.monitor), mode=str(j.get("mode", "max")),
-        sample_weights=sample_weights(dataset.labels.loc[train_ids], j.get("sampling"), "joint.sampling"),
+        sample_weights=sample_weights(labels.loc[train_ids], j.get("sampling"), "joint.sampling"),
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
               "crop": None if crop is None else list(crop), "init_from": j.get("init_from")},

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -59,6 +60,22 @@ def init_weights(model: nn.Module, model_config: dict, path: str, stage: str = S
     unwrap(model).load_state_dict(payload["state_dict"], strict=True)
 
 
+def fold_sets(cfg: DictConfig, node: DictConfig, stage: str, preprocess: Preprocess,
+              crop: tuple[int, int] | None) -> tuple[pd.DataFrame, list[str], SegmentationDataset, SegmentationDataset]:
+    """(labels, training ids, training set, validation set) of ``cfg.fold``: one rule for the segmenter and joint
+    stages (``node`` is their config node: clean_ratio, augment, crop_mode, cache_images)."""
+    dataset = load_train(cfg.data)
+    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
+    train_ids = select_training_ids(dataset.labels, train_ids, node.get("clean_ratio"), int(cfg.seed), stage)
+    augment = build_train_augment(crop, node.get("augment"), int(cfg.seed), str(node.get("crop_mode", "random")),
+                                  key=f"{stage}.augment")
+    cache = bool(node.get("cache_images", False))
+    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache, stage)
+    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=stage,
+                                  full_truth=preprocess.size is not None)
+    return dataset.labels, train_ids, train_set, val_set
+
+
 def make_stage(cfg: DictConfig) -> StageSpec:
     """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
     s = cfg.segmenter
@@ -73,18 +90,12 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     if s.get("init_from"):
         init_weights(model, model_config, str(s.init_from))
 
-    dataset = load_train(cfg.data)
-    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
-    train_ids = select_training_ids(dataset.labels, train_ids, s.get("clean_ratio"), int(cfg.seed))
-    augment = build_train_augment(crop, s.get("augment"), int(cfg.seed), str(s.get("crop_mode", "random")))
-    cache = bool(s.get("cache_images", False))
-    train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, full_truth=preprocess.size is not None)
+    labels, train_ids, train_set, val_set = fold_sets(cfg, s, STAGE, preprocess, crop)
     val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
         loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(s.monitor), mode=str(s.get("mode", "max")),
-        sample_weights=sample_weights(dataset.labels.loc[train_ids], s.get("sampling"), "segmenter.sampling"),
+        sample_weights=sample_weights(labels.loc[train_ids], s.get("sampling"), "segmenter.sampling"),
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
               "crop": None if crop is None else list(crop),
