@@ -9,6 +9,8 @@ Everything is a pure function of the seed: the same seed gives byte-identical CS
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -482,9 +484,24 @@ def ensure_dataset(root: Path | str, n_train: int, n_test: int, seed: int,
     """Generate the dataset into ``root`` unless the one there was made with the same parameters (and the
     same ``--shapes-from`` file, by checksum); the ``data.generate`` hook of ``configs/data/synthetic*.yaml``."""
     root = Path(root)
-    meta = read_metadata(root)
-    sha = _file_sha256(Path(shapes_from)) if shapes_from else None
-    if meta is not None and (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test"),
-                             meta.get("shapes_from_sha256")) == (VERSION, seed, n_train, n_test, sha):
-        return root
-    return generate_dataset(root, n_train, n_test, seed, shapes_from=shapes_from or None)
+    with _generation_lock(root):  # folds trained side by side (hydra/launcher=joblib) start here together
+        meta = read_metadata(root)
+        sha = _file_sha256(Path(shapes_from)) if shapes_from else None
+        if meta is not None and (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test"),
+                                 meta.get("shapes_from_sha256")) == (VERSION, seed, n_train, n_test, sha):
+            return root
+        return generate_dataset(root, n_train, n_test, seed, shapes_from=shapes_from or None)
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path):
+    """An exclusive lock file beside ``root`` (``.<name>.lock``): one process generates, the others wait and
+    then find the finished dataset."""
+    check_writable(root.parent, "synthetic dataset parent folder (data.root, or --out)", directory=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -59,9 +59,11 @@ def train_recipe(work: Path, experiment: str) -> Path:
     """Train both folds of a recipe with debug=smoke once per session; the run folder."""
     if experiment not in _TRAINED:
         out = work / "runs" / experiment
+        # as make demo / make quality launch them: the folds side by side (Hydra's joblib launcher), 1 thread each
         _, seconds = run([sys.executable, "train.py", "-m", f"experiment={experiment}", "debug=smoke",
                           "fold=" + ",".join(map(str, FOLDS)), f"paths.data_dir={work / 'data'}",
-                          f"hydra.sweep.dir={out}", "trainer.progress=false"])
+                          f"hydra.sweep.dir={out}", "trainer.progress=false", "hydra/launcher=joblib",
+                          f"hydra.launcher.n_jobs={len(FOLDS)}", "trainer.threads=1"])
         _TRAINED[experiment] = (out, seconds)
     return _TRAINED[experiment][0]
 
@@ -77,7 +79,8 @@ def test_recipe_trains_a_smoke_epoch(work: Path, experiment: str):
         assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [0]
         for name in OOF_FILES[payload["stage"]]:
             assert (run_dir / name).is_file(), f"{experiment}: fold {fold} wrote no {name}"
-    print(f"{experiment}: 2 folds with debug=smoke in {_TRAINED[experiment][1]:.0f} s (one python train.py -m)")
+    print(f"{experiment}: 2 folds with debug=smoke in {_TRAINED[experiment][1]:.0f} s (one python train.py -m, "
+          "folds side by side)")
 
 
 def test_threshold_search_and_infer_on_every_recipe(work: Path, capsys):

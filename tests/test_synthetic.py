@@ -304,3 +304,17 @@ def test_command_line_reports_bad_shapes_file(tmp_path: Path, capsys) -> None:
                      "--shapes-from", str(tmp_path / "nope.csv")])
     assert status == 2
     assert "nope.csv" in capsys.readouterr().err
+
+
+def test_processes_that_start_together_generate_the_dataset_once(tmp_path: Path) -> None:
+    """Folds launched side by side (hydra/launcher=joblib) both call ensure_dataset on a missing root: one
+    generates, the other waits for the lock and finds the finished dataset (no 'folder is not empty' error)."""
+    root = tmp_path / "synthetic" / "ds"
+    code = ("import sys; from synthetic.generator import ensure_dataset; "
+            f"ensure_dataset({str(root)!r}, 12, 2, 3); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert json.loads((root / "dataset.json").read_text())["n_train"] == 12
+    assert len(list((root / "train_images").iterdir())) == 12
