@@ -8,7 +8,7 @@ engine's CPU setting (NCHW, one process on every core) measured in the same run:
 1. NCHW, one process, every core (the baseline);
 2. channels_last, one process, every core;
 3. channels_last, ``--jobs`` processes side by side (one per fold), cores / jobs threads each: images/s summed;
-4. channels_last + bf16 autocast, one process, every core (informative: CPUs without bf16 units are slower).
+4. channels_last + bf16 autocast, one process, every core (informative: the gain depends on the CPU's bf16 support).
 
 Usage: ``python benchmarks/bench_train_cpu.py [--seconds 20] [--jobs 2] [overrides ...]``; about 2 minutes.
 """
