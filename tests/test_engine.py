@@ -19,7 +19,7 @@ from classifier.metrics import classifier_metrics
 from engine.checkpoint import load_checkpoint, load_model
 from common.config import ConfigError
 from engine.distributed import DistInfo, ShardSampler, WeightedShardSampler
-from engine.loop import Engine, TrainerSettings, config_differences
+from engine.loop import Engine, TrainerSettings, _amp_settings, config_differences, cpu_has_bf16
 from engine.optim import cosine_with_warmup, one_cycle
 from engine.run import train
 
@@ -131,6 +131,18 @@ def test_cpu_mixed_precision_is_bf16_autocast_and_float16_is_refused(tiny_datase
     assert np.isfinite(epoch_table(tmp_path / "bf16")["train_loss"]).all() and result.best_path.is_file()
     with pytest.raises(ConfigError, match=r"trainer\.amp: float16 mixed precision needs a CUDA device; .*bfloat16"):
         run_inprocess(tiny_dataset, tmp_path / "fp16", "trainer.epochs=1", "trainer.amp=true")
+
+
+def test_bf16_autocast_falls_back_to_float32_on_cpus_without_bf16_units():
+    """The recipes ask for CPU bf16 autocast; a CPU without bf16 units trains in float32 and says so."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    settings = TrainerSettings.from_config({"amp": True, "amp_dtype": "bfloat16"})
+    assert _amp_settings(settings, cpu, bf16_cpu=lambda: True) == (True, torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"trainer\.amp: this CPU has no bf16 units .* float32"):
+        assert _amp_settings(settings, cpu, bf16_cpu=lambda: False) == (False, torch.bfloat16)
+    assert _amp_settings(settings, cuda, bf16_cpu=lambda: False) == (True, torch.bfloat16)  # GPUs: not asked
+    assert _amp_settings(TrainerSettings.from_config({}), cpu, bf16_cpu=lambda: False)[0] is False  # auto: off
+    assert isinstance(cpu_has_bf16(), bool)
 
 
 def test_resume_refuses_a_folder_trained_with_another_config(tiny_dataset: Path, tmp_path: Path):
