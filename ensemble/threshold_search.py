@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.constants import CLASS_IDS
+from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import OOFError, SteelsegError
 from common.io import check_writable
 from common.metrics import dice_from_counts
@@ -41,9 +41,11 @@ from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
 __all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores", "ModeResult", "search_mode",
-           "pair_outcomes", "score_rules", "search", "cross_validated", "run_search", "main"]
+           "pair_outcomes", "score_rules", "search", "cross_validated", "classes_to_switch_off", "switch_off",
+           "run_search", "main"]
 
 SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
+OFF_AREA = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1  # min_area above any mask's area: the class is never predicted
 DEFAULT_GRID = {
     "pixel_threshold": [round(x, 2) for x in np.arange(0.2, 0.85, 0.05)],
     "min_area": [0, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 7000, 10000],
@@ -247,14 +249,28 @@ def cross_validated(oof: OOF, grid: Grid, base: Rules, mode: str) -> dict[int, f
     return {c: float(v / len(oof.fold)) for c, v in total.items()}
 
 
+def classes_to_switch_off(held_out: dict[int, float], baseline: dict[int, float]) -> tuple[int, ...]:
+    """Classes whose tuned rules, scored on held-out folds, lose to never predicting the class (its all-empty
+    pair score): typically a rare class the models have not learned, whose tuned thresholds over-fit a few images."""
+    return tuple(c for c in CLASS_IDS if held_out[c] < baseline[c])
+
+
+def switch_off(rules: Rules, classes: Sequence[int]) -> Rules:
+    """The rules with ``classes`` never predicted (min_area above any mask's area); the others unchanged."""
+    areas = tuple(OFF_AREA if c in classes else a for c, a in zip(CLASS_IDS, rules.min_area))
+    return replace(rules, min_area=areas)
+
+
 def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
                cv: bool = True) -> dict[str, Any]:
     """Search every mode and choose what to write without over-fitting.
 
     Each mode is tuned on all folds (``tuned``) and, with ``cv``, tuned on the other folds and scored on the
-    held-out one (``cross_validated``, the honest figure). The mode with the best cross-validated score wins;
-    if even that does not beat the untuned default rules on the same OOF, the defaults are kept (``decision``
-    says which, and why). Without ``cv`` the best in-sample mode is taken.
+    held-out one (``cross_validated``, the honest figure). A class whose tuned rules score below never predicting
+    it on the held-out folds is switched off in that mode (``classes_off``; its held-out score is then its
+    all-empty score). The mode with the best cross-validated score wins; if even that does not beat the untuned
+    default rules on the same OOF, the defaults are kept (``decision`` says which, and why). Without ``cv`` the
+    best in-sample mode is taken.
     """
     results = search(oof, grid, base, modes)
     # Without classifier OOF a classifier-gated default cannot be scored: it is scored ungated, and says so.
@@ -262,36 +278,48 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
     usable_base = replace(usable_base, bins=oof.bins)
     default = score_rules(oof, usable_base)
     default_mean = float(np.mean(list(default.values())))
-    honest = {m: cross_validated(oof, grid, base, m) for m in results} if cv else {}
-    honest = {m: v for m, v in honest.items() if v}
+    truth_empty = oof.truth_present() == 0
+    baseline = {c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)}
+    tuned_held_out = {m: cross_validated(oof, grid, base, m) for m in results} if cv else {}
+    tuned_held_out = {m: v for m, v in tuned_held_out.items() if v}
+    off = {m: classes_to_switch_off(v, baseline) for m, v in tuned_held_out.items()}
+    honest = {m: {c: baseline[c] if c in off[m] else v for c, v in per_class.items()}
+              for m, per_class in tuned_held_out.items()}
+    off_text = ""
     if honest:
         key = max(honest, key=lambda m: np.mean(list(honest[m].values())))
         best_cv = float(np.mean(list(honest[key].values())))
         keep_default = best_cv <= default_mean
+        if off[key] and not keep_default:
+            off_text = (f"; class(es) {list(off[key])} switched off: tuned on the other folds they scored "
+                        + ", ".join(f"{tuned_held_out[key][c]:.4f}" for c in off[key])
+                        + " on the held-out one, below never predicting them ("
+                        + ", ".join(f"{baseline[c]:.4f}" for c in off[key]) + ")")
         decision = (f"defaults kept: the best tuned mode ({results[key].mode}) scores {best_cv:.5f} on held-out folds, "
                     f"not above the defaults' {default_mean:.5f}" if keep_default else
-                    f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the defaults")
+                    f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the "
+                    f"defaults{off_text}")
     else:
         key = max(results, key=lambda m: results[m].score)
         keep_default, decision = False, f"tuned ({results[key].mode}): best in-sample score (no cross-validation)"
     best = results[key]
-    truth_empty = oof.truth_present() == 0
     summary = {
         "n_images": int(len(oof.image_ids)), "bins": oof.bins, "best_mode": best.mode,
         "tuned": best.score, "tuned_per_class": best.per_class,
         "default": default_mean, "default_per_class": default, "default_gating": usable_base.gating,
-        "baseline": float(truth_empty.mean()),
-        "baseline_per_class": {c: float(truth_empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+        "baseline": float(truth_empty.mean()), "baseline_per_class": baseline,
         "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict(),
                       **({"cross_validated": float(np.mean(list(honest[m].values()))),
-                          "cross_validated_per_class": honest[m]} if m in honest else {})}
+                          "cross_validated_per_class": honest[m], "classes_off": list(off[m]),
+                          "tuned_held_out_per_class": tuned_held_out[m]} if m in honest else {})}
                   for m, r in results.items()},
         "decision": decision, "written": "default" if keep_default else "tuned",
+        "classes_off": [] if keep_default else list(off.get(key, ())),
     }
     if key in honest:
         summary["cross_validated"] = float(np.mean(list(honest[key].values())))
         summary["cross_validated_per_class"] = honest[key]
-    chosen = usable_base if keep_default else best.rules
+    chosen = usable_base if keep_default else switch_off(best.rules, summary["classes_off"])
     return {"summary": summary, "best": best, "results": results, "chosen": chosen}
 
 
@@ -363,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))
     for mode, r in s["modes"].items():
         cv = f" (other folds {r['cross_validated']:.5f})" if "cross_validated" in r else ""
+        cv += f" classes off {r['classes_off']}" if r.get("classes_off") else ""
         print(f"  {mode:6s} {r['score']:.5f}{cv}  " + " ".join(f"c{c}={v:.4f}" for c, v in r["per_class"].items()))
     print(f"{s['decision']}\nthresholds: {args.out}")
     return 0

@@ -12,8 +12,8 @@ from common.oof import OOF, load_oof
 from ensemble import postprocess as pp
 from ensemble.gating import get_gate
 from ensemble.rules import Rules, read_thresholds
-from ensemble.threshold_search import (SEARCH_MODES, ClassCounts, Grid, OOFError, class_scores, main, score_rules,
-                                       search_mode)
+from ensemble.threshold_search import (OFF_AREA, SEARCH_MODES, ClassCounts, Grid, OOFError, class_scores,
+                                       classes_to_switch_off, main, run_search, score_rules, search_mode, switch_off)
 
 B, N, H, W = 10, 14, 6, 8
 
@@ -105,3 +105,43 @@ def test_search_picks_best_and_round_trips(tmp_path):
     assert rules.gating in ("none", "label", "veto", "image", "scale", "soft")
     with pytest.raises(OOFError, match="several segmenter OOF"):
         load_oof([tmp_path, tmp_path / "fold0"])
+
+
+def _oof_from(prob: np.ndarray, truth: np.ndarray, fold: np.ndarray, cls: np.ndarray) -> OOF:
+    bins = np.minimum((prob * B).astype(int), B - 1)
+    onehot = np.eye(B, dtype=np.int32)[bins]
+    hist_pos = (onehot * truth[..., None]).sum(axis=(2, 3)).astype(np.int32)
+    hist_neg = (onehot * (1 - truth[..., None])).sum(axis=(2, 3)).astype(np.int32)
+    return OOF(np.array([f"i{i}" for i in range(len(prob))]), fold, hist_pos, hist_neg, prob.max(axis=(2, 3)), cls)
+
+
+def test_a_class_whose_tuned_rules_lose_out_of_fold_is_switched_off():
+    """Class 2 is not learned: its one positive in fold 0 is found, but the same rule fires on clean images of fold
+    1 (and misses its positive). Tuned on the other fold, class 2 scores below never predicting it, so the written
+    rules switch it off; class 1, learned, keeps its tuned rule. Pure helpers first."""
+    assert classes_to_switch_off({1: 0.9, 2: 0.95, 3: 0.8, 4: 0.99}, {1: 0.8, 2: 0.98, 3: 0.6, 4: 0.99}) == (2,)
+    off = switch_off(Rules(min_area=(10, 20, 30, 40), bins=B), [2, 4])
+    assert off.min_area == (10, OFF_AREA, 30, OFF_AREA) and OFF_AREA > 256 * 1600
+
+    n = 24
+    fold = np.arange(n) % 2
+    prob = np.full((n, 4, H, W), 0.05)
+    truth = np.zeros((n, 4, H, W), np.uint8)
+    truth[::3, 0, :3, :4] = 1                       # class 1: learned, found in both folds
+    prob[::3, 0, :3, :4] = 0.85
+    truth[0, 1, 2:5, 2:6] = 1                        # class 2: fold 0's positive is found ...
+    prob[0, 1, 2:5, 2:6] = 0.95
+    truth[1, 1, 2:5, 2:6] = 1                        # ... fold 1's is missed, and 4 clean fold-1 images light up
+    prob[[3, 5, 7, 9], 1, 1:5, 1:7] = 0.95
+    cls = np.where(prob.max(axis=(2, 3)) > 0.5, 0.9, 0.1)  # the classifier agrees with the masks
+    oof = _oof_from(prob, truth, fold, cls)
+    out = run_search(oof, Rules(bins=B), Grid.make(B, **GRID), modes=("none",))
+    s = out["summary"]
+    held = s["modes"]["none"]["tuned_held_out_per_class"]
+    assert held[2] < s["baseline_per_class"][2] and held[1] > s["baseline_per_class"][1]
+    assert s["classes_off"] == [2] and "class(es) [2] switched off" in s["decision"]
+    assert s["cross_validated_per_class"][2] == pytest.approx(s["baseline_per_class"][2])
+    chosen = out["chosen"]
+    assert chosen.min_area[1] == OFF_AREA and chosen.min_area[0] < OFF_AREA
+    assert score_rules(oof, chosen)[2] == pytest.approx(s["baseline_per_class"][2])  # never predicted
+    assert s["written"] == "tuned" and s["cross_validated"] > s["default"]
