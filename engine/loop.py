@@ -264,20 +264,21 @@ def read_resume_state(ctx: RunContext, stage: str) -> dict[str, Any] | None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 through oneDNN (AVX512-BF16/AMX class): elsewhere bf16 autocast is emulated."""
+    """Whether oneDNN runs bf16 kernels on this CPU (AVX-512 BW/VL/DQ, or Arm BF16); elsewhere bf16 is emulated."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _amp_settings(settings: TrainerSettings, device: torch.device,
                   bf16_cpu: Callable[[], bool] = cpu_has_bf16) -> tuple[bool, torch.dtype]:
-    """(autocast on?, dtype). On a CPU without bf16 units, bf16 autocast is slower than float32: train in float32."""
+    """(autocast on?, dtype). On a CPU without oneDNN bf16, bf16 autocast is slower than float32: train in float32."""
     enabled = device.type == "cuda" if settings.amp == "auto" else bool(settings.amp)
     if enabled and device.type != "cuda" and settings.amp_dtype != "bfloat16":
         raise ConfigError(f"trainer.amp: {settings.amp_dtype} mixed precision needs a CUDA device; on the CPU set "
                           "trainer.amp_dtype=bfloat16 (autocast on CPUs with bf16 units), or trainer.amp=auto or false")
     if enabled and device.type == "cpu" and not bf16_cpu():
-        warnings.warn("trainer.amp: this CPU has no bf16 units (oneDNN reports none), so training runs in float32 "
-                      "instead of bfloat16 autocast; set trainer.amp=false to silence this", stacklevel=2)
+        warnings.warn("trainer.amp: this CPU has no bf16 units oneDNN can use (it needs AVX-512 or Arm BF16), so "
+                      "training runs in float32 instead of bfloat16 autocast; set trainer.amp=false to silence this",
+                      stacklevel=2)
         enabled = False
     return enabled, getattr(torch, settings.amp_dtype)
 

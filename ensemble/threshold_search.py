@@ -285,10 +285,11 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
     off = {m: classes_to_switch_off(v, baseline) for m, v in tuned_held_out.items()}
     honest = {m: {c: baseline[c] if c in off[m] else v for c, v in per_class.items()}
               for m, per_class in tuned_held_out.items()}
+    honest_mean = {m: float(np.mean(list(v.values()))) for m, v in honest.items()}
     off_text = ""
     if honest:
-        key = max(honest, key=lambda m: np.mean(list(honest[m].values())))
-        best_cv = float(np.mean(list(honest[key].values())))
+        key = max(honest_mean, key=honest_mean.get)
+        best_cv = honest_mean[key]
         keep_default = best_cv <= default_mean
         if off[key] and not keep_default:
             off_text = (f"; class(es) {list(off[key])} switched off: tuned on the other folds they scored "
@@ -309,7 +310,7 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
         "default": default_mean, "default_per_class": default, "default_gating": usable_base.gating,
         "baseline": float(truth_empty.mean()), "baseline_per_class": baseline,
         "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict(),
-                      **({"cross_validated": float(np.mean(list(honest[m].values()))),
+                      **({"cross_validated": honest_mean[m],
                           "cross_validated_per_class": honest[m], "classes_off": list(off[m]),
                           "tuned_held_out_per_class": tuned_held_out[m]} if m in honest else {})}
                   for m, r in results.items()},
@@ -317,7 +318,7 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
         "classes_off": [] if keep_default else list(off.get(key, ())),
     }
     if key in honest:
-        summary["cross_validated"] = float(np.mean(list(honest[key].values())))
+        summary["cross_validated"] = honest_mean[key]
         summary["cross_validated_per_class"] = honest[key]
     chosen = usable_base if keep_default else switch_off(best.rules, summary["classes_off"])
     return {"summary": summary, "best": best, "results": results, "chosen": chosen}
