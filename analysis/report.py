@@ -122,6 +122,11 @@ def members_table(runs: Sequence[Path], base: Rules) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pct(value: float | None) -> str:
+    """A share as a percentage, or 'n/a' where it could not be computed."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def _holdout_predictor(kinds: dict[str, list], rules: Rules, tta: list[str], gated: bool):
     from ensemble.predict import Predictor
     from ensemble.tta import transforms
@@ -134,10 +139,12 @@ def _holdout_predictor(kinds: dict[str, list], rules: Rules, tta: list[str], gat
 
 def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules, alone: Rules, tta: list[str],
                   limit: int, out: Path | None = None, draw: int = 4) -> tuple[pd.DataFrame, str | None]:
-    """Score checkpoint variants on a labelled holdout (what each stage adds); optionally draw a few images."""
+    """Score checkpoint variants on a labelled holdout (what each stage adds), each beside the first (full) variant
+    with a paired bootstrap interval of the difference, so that a few images' luck is not read as a stage's worth;
+    optionally draw a few images."""
     from common.annotations import read_annotations
     from common.dataset import dataset_from
-    from common.metrics import kaggle_score
+    from common.metrics import bootstrap_gap_interval, pair_dice, paired_difference, score_pairs
     from ensemble.members import discover, load_members
     from ensemble.predict import rows_of
 
@@ -161,7 +168,7 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
         if members["segmenter"] and (members["classifier"] or not rules.needs_classifier):
             variants["separate members only, TTA, gated, tuned"] = (
                 {**members, "joint": []}, rules, tta, True)
-    rows, drawn = [], None
+    rows, drawn, full = [], None, None
     for name, (kinds, r, flips, gated) in variants.items():
         if gated and r.needs_classifier and not (kinds["classifier"] or kinds["joint"]):
             continue
@@ -171,10 +178,17 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
             pred.extend(row for row in rows_of(image_id, masks) if row[2])
             if drawn is None and len(masks_of) < draw:
                 masks_of[image_id] = masks
-        report = kaggle_score(pd.DataFrame(pred, columns=LONG_COLUMNS), dataset.annotations, ids)
+        values, empty = pair_dice(pd.DataFrame(pred, columns=LONG_COLUMNS), dataset.annotations, ids)
+        report = score_pairs(values, empty, len(ids))
+        low, high = bootstrap_gap_interval(values, empty) if len(ids) > 1 else (float("nan"), float("nan"))
+        full = values if full is None else full
+        diff = paired_difference(values, full) if len(ids) > 1 else (float("nan"),) * 3
         rows.append({"variant": name, **{n: report.per_class[c] for n, c in zip(CLASSES, CLASS_IDS)},
                      "overall": report.overall, "all-empty": report.baseline,
                      "gap closed": gap_closed(report.overall, report.baseline),
+                     "gap closed, 95% low": low, "gap closed, 95% high": high,
+                     "minus first row": diff[0], "minus first row, 95% low": diff[1],
+                     "minus first row, 95% high": diff[2],
                      "segmenter passes skipped": predictor.stats.skipped_share})
         if drawn is None and out is not None:
             drawn = _draw_holdout(out, dataset, masks_of)
@@ -363,8 +377,11 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
     if images is not None and truth is not None:
         alone_rules = search["results"]["none"].rules if "none" in search["results"] else alone
         table, drawn = holdout_table(runs, images, truth, chosen, alone_rules, list(tta), limit, out)
-        sections.append(("Held-out images: what each stage adds", table))
-        s["holdout"] = table.to_dict(orient="records")
+        sections.append(("Held-out images: what each stage adds (95% intervals with the images resampled; "
+                         "'minus first row' is paired: an interval holding 0 means these images cannot tell the "
+                         "two apart)", table))
+        # JSON has no NaN: a figure that cannot be computed (one image, or no defect to find) is written as null.
+        s["holdout"] = table.astype(object).where(table.notna(), None).to_dict(orient="records")
         if drawn:
             plots.append(drawn)
     write_thresholds(out / "thresholds.json", chosen, {"scores": s, "sources": [str(r) for r in runs]})
@@ -417,7 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{gap_closed(s['cross_validated'], s['baseline']):.1%})" if "cross_validated" in s else ""))
     for row in s.get("holdout", []):
         print(f"  holdout: {row['variant']}: {row['overall']:.4f} vs all-empty {row['all-empty']:.4f} "
-              f"(gap closed {row['gap closed']:.1%})")
+              f"(gap closed {_pct(row['gap closed'])}, 95% interval {_pct(row['gap closed, 95% low'])} to "
+              f"{_pct(row['gap closed, 95% high'])})"
+              + ("" if row is s["holdout"][0] or row["minus first row, 95% low"] is None else
+                 f"; minus the first row {row['minus first row']:+.4f} (95% interval "
+                 f"{row['minus first row, 95% low']:+.4f} to {row['minus first row, 95% high']:+.4f})"))
     print(f"report: {out / 'report.html'}  {out / 'report.md'}  thresholds: {out / 'thresholds.json'}")
     return 0
 

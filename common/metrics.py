@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +21,10 @@ from common.errors import SteelsegError
 from common.rle import decode, is_empty
 
 __all__ = ["dice", "dice_rle", "gap_closed", "dice_from_counts", "ScoreReport", "pair_table", "pair_dice", "score_pairs",
-           "kaggle_score", "roc_auc_per_class", "f1_per_class", "main"]
+           "kaggle_score", "bootstrap_gap_interval", "paired_difference", "with_interval", "roc_auc_per_class",
+           "f1_per_class", "main"]
+
+BOOTSTRAP_DRAWS = 2000
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -48,6 +51,48 @@ def gap_closed(score: float, baseline: float) -> float:
     return (score - baseline) / (1 - baseline) if baseline < 1 else float("nan")
 
 
+def _image_means(rows: np.ndarray) -> np.ndarray:
+    """(n_images, 4) per-pair values -> (n_images,) per-image means; a score is the mean of these."""
+    rows = np.asarray(rows, np.float64)
+    if rows.ndim != 2 or len(rows) < 2:
+        raise ValueError(f"expected per-pair values of at least 2 images as (n_images, 4), got shape {rows.shape}")
+    return rows.mean(axis=1)
+
+
+def _resampled_means(columns: np.ndarray, draws: int, seed: int, chunk: int = 250) -> np.ndarray:
+    """Means of (n_images, k) per-image columns over ``draws`` resamples of the images (with replacement): (draws, k)."""
+    rng = np.random.default_rng(seed)
+    n, out = len(columns), []
+    for start in range(0, draws, chunk):
+        picks = rng.integers(0, n, (min(chunk, draws - start), n))
+        out.append(columns[picks].mean(axis=1))
+    return np.concatenate(out)
+
+
+def bootstrap_gap_interval(pair_dice: np.ndarray, truth_empty: np.ndarray, level: float = 0.95,
+                           draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the gap closed when the scored images are resampled with replacement: how far a
+    score on this few images can move by the luck of which images were drawn (score and all-empty move together)."""
+    columns = np.stack([_image_means(pair_dice), _image_means(truth_empty)], axis=1)
+    means = _resampled_means(columns, draws, seed)
+    clean = means[:, 1] >= 1.0                       # a resample of defect-free images only has no gap to close
+    if clean.all():
+        return float("nan"), float("nan")
+    gaps = (means[~clean, 0] - means[~clean, 1]) / (1.0 - means[~clean, 1])
+    tail = 50.0 * (1.0 - level)
+    return float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100.0 - tail))
+
+
+def paired_difference(dice_a: np.ndarray, dice_b: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Score difference a - b on the same images and its paired bootstrap interval (the images are resampled
+    together): (difference, low, high). An interval that holds 0 means this test cannot tell a from b."""
+    diff = _image_means(dice_a) - _image_means(dice_b)
+    means = _resampled_means(diff[:, None], draws, seed)[:, 0]
+    tail = 50.0 * (1.0 - level)
+    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+
+
 def dice_from_counts(intersection: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
     """Vectorised Dice from pixel counts; pairs with both areas 0 score 1."""
     intersection, pred_area, true_area = (np.asarray(a, np.float64) for a in (intersection, pred_area, true_area))
@@ -66,6 +111,7 @@ class ScoreReport:
     baseline: float
     baseline_per_class: dict[int, float]
     n_images: int
+    gap_interval: tuple[float, float] | None = None     # 95% bootstrap interval over images (``with_interval``)
 
     def format(self) -> str:
         """Human-readable table."""
@@ -77,6 +123,10 @@ class ScoreReport:
             lines.append(f"  {name:8s} {s:8.5f} {b:10.5f} {s - b:+8.5f}")
         lines.append(f"  gap closed: {self.gap_closed:.1%} of the gap between all-empty ({self.baseline:.5f}) "
                      "and a perfect 1.0")
+        if self.gap_interval is not None:
+            low, high = self.gap_interval
+            lines.append(f"  95% interval of the gap closed, images resampled ({self.n_images} images): "
+                         f"{low:.1%} to {high:.1%}")
         return "\n".join(lines)
 
     @property
@@ -88,6 +138,8 @@ class ScoreReport:
         """Flat dict for CSV/JSON logs."""
         out = {"score": self.overall, "baseline": self.baseline, "gap_closed": self.gap_closed,
                "n_images": self.n_images}
+        if self.gap_interval is not None:
+            out["gap_closed_low"], out["gap_closed_high"] = self.gap_interval
         for c in CLASS_IDS:
             out[f"score_{c}"] = self.per_class[c]
             out[f"baseline_{c}"] = self.baseline_per_class[c]
@@ -132,6 +184,13 @@ def pair_dice(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tu
     return values.reshape(shape), (t == "").to_numpy().reshape(shape)
 
 
+def with_interval(report: ScoreReport, pair_dice: np.ndarray, truth_empty: np.ndarray) -> ScoreReport:
+    """``report`` with its gap-closed bootstrap interval filled in (left out below 2 images: nothing to resample)."""
+    if report.n_images < 2:
+        return report
+    return replace(report, gap_interval=bootstrap_gap_interval(pair_dice, truth_empty))
+
+
 def kaggle_score(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> ScoreReport:
     """Score long-form predictions against long-form truth over every image x class."""
     values, empty = pair_dice(pred, truth, image_ids)
@@ -169,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         missing = sorted(set(image_ids) - set(sub.image_ids))
         if missing:
             raise SteelsegError(f"{args.submission}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
-        report = kaggle_score(sub.rows, truth.rows, image_ids)
+        values, empty = pair_dice(sub.rows, truth.rows, image_ids)
+        report = with_interval(score_pairs(values, empty, len(image_ids)), values, empty)
     except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

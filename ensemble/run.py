@@ -19,7 +19,7 @@ from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import ConfigError, DatasetError
 from common.io import check_writable
-from common.metrics import ScoreReport, dice, score_pairs
+from common.metrics import ScoreReport, dice, score_pairs, with_interval
 from common.rle import decode
 from common.submission import open_submission
 from ensemble.core import rows_of
@@ -76,7 +76,7 @@ class _Scorer:
             self.dice[i, j] = dice(masks[j], t) if t is not None else float(not masks[j].any())
 
     def report(self) -> ScoreReport:
-        return score_pairs(self.dice, self.empty, len(self.dataset))
+        return with_interval(score_pairs(self.dice, self.empty, len(self.dataset)), self.dice, self.empty)
 
 
 class _Store:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from common.folds import make_folds, read_folds, split_ids, write_folds
-from common.metrics import dice, dice_from_counts, dice_rle, kaggle_score, main
+from common.metrics import (bootstrap_gap_interval, dice, dice_from_counts, dice_rle, kaggle_score, main,
+                            paired_difference, score_pairs, with_interval)
 from common.rle import encode
 
 
@@ -40,6 +41,51 @@ def test_kaggle_score_by_hand():
     assert "overall" in report.format() and "all-empty" in report.format()
     empty = kaggle_score(rows(), truth, ids)
     assert empty.overall == pytest.approx(empty.baseline)
+
+
+def _pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Dice, truth-empty) of n images: about half the pairs hold a defect, found with Dice ~0.7."""
+    rng = np.random.default_rng(seed)
+    empty = rng.random((n, 4)) < 0.5
+    return np.where(empty, 1.0, rng.uniform(0.4, 1.0, (n, 4))), empty
+
+
+def test_gap_interval_holds_the_estimate_narrows_with_more_images_and_is_deterministic():
+    values, empty = _pairs(100, 0)
+    report = score_pairs(values, empty, 100)
+    low, high = bootstrap_gap_interval(values, empty)
+    assert low < report.gap_closed < high
+    assert (low, high) == bootstrap_gap_interval(values, empty)           # seeded: the same figures every run
+    big_low, big_high = bootstrap_gap_interval(np.tile(values, (16, 1)), np.tile(empty, (16, 1)))
+    assert big_high - big_low < 0.5 * (high - low)                        # 16x the images: about 1/4 the width
+    assert bootstrap_gap_interval(values, empty, level=0.5)[1] - bootstrap_gap_interval(values, empty, level=0.5)[0] \
+        < high - low
+    # Only defect-free images: there is no gap to close, hence no interval.
+    assert all(np.isnan(bootstrap_gap_interval(np.ones((5, 4)), np.ones((5, 4), bool))))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        bootstrap_gap_interval(values[:1], empty[:1])
+
+
+def test_report_prints_and_exports_the_interval():
+    values, empty = _pairs(50, 1)
+    report = with_interval(score_pairs(values, empty, 50), values, empty)
+    assert report.gap_interval is not None and "95% interval of the gap closed" in report.format()
+    row = report.to_dict()
+    assert row["gap_closed_low"] < row["gap_closed"] < row["gap_closed_high"]
+    single = with_interval(score_pairs(values[:1], empty[:1], 1), values[:1], empty[:1])
+    assert single.gap_interval is None and "95%" not in single.format()
+
+
+def test_paired_difference_tells_a_real_gain_from_luck():
+    values, _ = _pairs(100, 2)
+    assert paired_difference(values, values) == (0.0, 0.0, 0.0)
+    better = np.minimum(values + 0.05, 1.0)                               # the same images, each a bit better
+    diff, low, high = paired_difference(better, values)
+    assert 0 < low <= diff <= high
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.1, values.shape)
+    diff, low, high = paired_difference(values + noise - noise.mean(), values)   # no systematic change, only noise
+    assert low < 0 < high and diff == pytest.approx(0.0, abs=1e-12)
 
 
 def test_kaggle_score_matches_per_pair_reference():
@@ -78,6 +124,7 @@ def test_cli_scores_a_submission(tmp_path: Path, capsys):
     assert main([str(tmp_path / "sub.csv"), "--truth", str(tmp_path / "truth.csv"), "--images", str(images)]) == 0
     out = capsys.readouterr().out
     assert "overall   1.00000    0.87500" in out
+    assert "95% interval of the gap closed, images resampled (2 images): 100.0% to 100.0%" in out
     (tmp_path / "short.csv").write_text("ImageId,ClassId,EncodedPixels\nx.jpg,1,1 10\n")
     assert main([str(tmp_path / "short.csv"), "--truth", str(tmp_path / "truth.csv"), "--images", str(images)]) == 2
     assert "1 images" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """CV report from a multirun-like folder: OOF files, metrics.csv, checkpoints and a labelled holdout."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -34,5 +36,13 @@ def test_report_end_to_end(tmp_path):
                    "one fold", "Dice on positive pairs", "false-positive rate on clean pairs", "gap closed",
                    "on the other folds", "Decision:"):
         assert needle in md, needle
+    holdout = json.loads((out / "thresholds.json").read_text())["scores"]["holdout"]
+    assert holdout[0]["minus first row"] == 0.0                  # each stage is set beside the full pipeline
+    for row in holdout:
+        if row["gap closed"] is None:                            # no defect in the held-out images: no gap to close
+            assert row["gap closed, 95% low"] is None
+        else:
+            assert row["gap closed, 95% low"] <= row["gap closed, 95% high"]
+        assert row["minus first row, 95% low"] <= row["minus first row"] <= row["minus first row, 95% high"]
     assert {"threshold_curves.png", "scores_by_setting.png", "classifier_roc.png", "learning_curves_0.png",
             "holdout_examples.png", "report.html", "thresholds.json"} <= {p.name for p in out.iterdir()}
