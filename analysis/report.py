@@ -144,7 +144,7 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
     optionally draw a few images."""
     from common.annotations import read_annotations
     from common.dataset import dataset_from
-    from common.metrics import bootstrap_gap_interval, pair_dice, paired_difference, score_pairs
+    from common.metrics import pair_dice, paired_difference, score_pairs, with_interval
     from ensemble.members import discover, load_members
     from ensemble.predict import rows_of
 
@@ -179,13 +179,13 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
             if drawn is None and len(masks_of) < draw:
                 masks_of[image_id] = masks
         values, empty = pair_dice(pd.DataFrame(pred, columns=LONG_COLUMNS), dataset.annotations, ids)
-        report = score_pairs(values, empty, len(ids))
-        low, high = bootstrap_gap_interval(values, empty) if len(ids) > 1 else (float("nan"), float("nan"))
+        report = with_interval(score_pairs(values, empty, len(ids)), values, empty)
+        low, high = report.gap_interval or (float("nan"), float("nan"))
         full = values if full is None else full
         diff = paired_difference(values, full) if len(ids) > 1 else (float("nan"),) * 3
         rows.append({"variant": name, **{n: report.per_class[c] for n, c in zip(CLASSES, CLASS_IDS)},
                      "overall": report.overall, "all-empty": report.baseline,
-                     "gap closed": gap_closed(report.overall, report.baseline),
+                     "gap closed": report.gap_closed,
                      "gap closed, 95% low": low, "gap closed, 95% high": high,
                      "minus first row": diff[0], "minus first row, 95% low": diff[1],
                      "minus first row, 95% high": diff[2],

@@ -69,6 +69,12 @@ def _resampled_means(columns: np.ndarray, draws: int, seed: int, chunk: int = 25
     return np.concatenate(out)
 
 
+def _percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` share of bootstrap samples: (low, high)."""
+    tail = 50.0 * (1.0 - level)
+    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100.0 - tail))
+
+
 def bootstrap_gap_interval(pair_dice: np.ndarray, truth_empty: np.ndarray, level: float = 0.95,
                            draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
     """Percentile interval of the gap closed when the scored images are resampled with replacement: how far a
@@ -79,8 +85,7 @@ def bootstrap_gap_interval(pair_dice: np.ndarray, truth_empty: np.ndarray, level
     if clean.all():
         return float("nan"), float("nan")
     gaps = (means[~clean, 0] - means[~clean, 1]) / (1.0 - means[~clean, 1])
-    tail = 50.0 * (1.0 - level)
-    return float(np.percentile(gaps, tail)), float(np.percentile(gaps, 100.0 - tail))
+    return _percentile_interval(gaps, level)
 
 
 def paired_difference(dice_a: np.ndarray, dice_b: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
@@ -88,9 +93,8 @@ def paired_difference(dice_a: np.ndarray, dice_b: np.ndarray, level: float = 0.9
     """Score difference a - b on the same images and its paired bootstrap interval (the images are resampled
     together): (difference, low, high). An interval that holds 0 means this test cannot tell a from b."""
     diff = _image_means(dice_a) - _image_means(dice_b)
-    means = _resampled_means(diff[:, None], draws, seed)[:, 0]
-    tail = 50.0 * (1.0 - level)
-    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+    low, high = _percentile_interval(_resampled_means(diff[:, None], draws, seed)[:, 0], level)
+    return float(diff.mean()), low, high
 
 
 def dice_from_counts(intersection: np.ndarray, pred_area: np.ndarray, true_area: np.ndarray) -> np.ndarray:
