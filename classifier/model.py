@@ -7,12 +7,15 @@ import timm
 from torch import nn
 
 from common.config import ConfigError
+from engine.pretrained import PREFIX, is_package_source, load_into_timm
 
 
-def create_classifier(name: str, num_classes: int = 4, pretrained: bool = False, pretrained_path: str | None = None,
+def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = False, pretrained_path: str | None = None,
                       in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float | None = None,
                       global_pool: str | None = None) -> nn.Module:
-    """``timm.create_model(name, num_classes=4)``; weights from the hub or, offline, from ``pretrained_path``.
+    """``timm.create_model(name, num_classes=4)``; weights from the hub, from an installed weights package
+    (``pretrained=pip:efficientnet-lite0``, ``engine.pretrained``; the new head keeps its random init) or from
+    ``pretrained_path``.
 
     Output: logits (B, num_classes). ``global_pool`` (e.g. ``max``; None keeps the model's own) suits
     small, local defects. Errors name the config key to fix (``name``, ``pretrained``,
@@ -26,6 +29,15 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool = False,
         kwargs["drop_path_rate"] = drop_path_rate
     if global_pool is not None:
         kwargs["global_pool"] = global_pool
+    if isinstance(pretrained, str) and not pretrained_path:
+        if not is_package_source(pretrained):
+            raise ConfigError(f"classifier.model.pretrained: expected true, false or {PREFIX}<package>, "
+                              f"got {pretrained!r}")
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        head = str(model.pretrained_cfg.get("classifier") or "classifier")
+        load_into_timm(model, pretrained, name, option="classifier.model.pretrained",
+                       model_option="classifier.model.name", new_head=(f"{head}.",))
+        return model
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():

@@ -16,6 +16,7 @@ _EXPORTS = {
     "engine.distributed": ("DistInfo", "setup", "teardown"),
     "engine.loop": ("BEST", "LAST", "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec",
                     "TrainerSettings", "as_float", "fit", "predict", "seed_everything"),
+    "engine.pretrained": ("PACKAGES", "WeightsPackage", "is_package_source", "load_into_timm", "provenance"),
     "engine.run": ("train",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

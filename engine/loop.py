@@ -59,6 +59,7 @@ from engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from engine.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier,
                                 broadcast_buffers, gather_rows, mean_over_ranks)
 from engine.optim import build_optimizer, build_scheduler, current_lrs
+from engine.pretrained import check_normalisation, provenance, source_of
 
 BEST, LAST = "checkpoints/best.pt", "checkpoints/last.pt"
 METRICS_CSV, TENSORBOARD_DIR = "metrics.csv", "tensorboard"
@@ -102,6 +103,12 @@ class StageSpec:
             raise ConfigError(f"{self.name}.mode: expected 'max' or 'min', got {self.mode!r}")
         if "_target_" not in self.model_config:
             raise ConfigError(f"{self.name}.model: constructor config has no _target_")
+        source = source_of(self.model_config)
+        if source:  # pretrained features need the inputs normalised as they were trained; record the source
+            preprocess = self.meta.get("preprocess") or {}
+            check_normalisation(source, preprocess.get("mean", ()), preprocess.get("std", ()),
+                                f"{self.name}.preprocess")
+            self.meta = {**self.meta, "weights": provenance(source, f"{self.name}.model")}
         if self.sample_weights is not None and len(self.sample_weights) != len(self.train_set):
             raise ValueError(f"{self.name}: {len(self.sample_weights)} sample weights for "
                              f"{len(self.train_set)} training items")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import SteelsegError
+from engine.pretrained import check_architecture, is_package_source, load_into_timm, package_of
 
 N_CLASSES = 4
 FACTORY = "segmenter.model.create_segmenter"
@@ -115,7 +116,14 @@ def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained
     """smp.create_model with errors that name the config key; optional local encoder weights and input scale."""
     if not 0 < input_scale <= 1:
         raise ModelConfigError(f"{key}.input_scale must be in (0, 1], got {input_scale}")
-    weights = None if pretrained_path else encoder_weights
+    package = encoder_weights if is_package_source(encoder_weights) and not pretrained_path else None
+    if package:  # an installed weights package fills a timm (tu-) encoder after the build
+        fits = package_of(package, f"{key}.encoder_weights").architectures
+        if not encoder_name.startswith("tu-"):  # smp's own encoders (efficientnet-b0, resnet34) are not timm's
+            raise ModelConfigError(f"{key}.encoder_weights: {package} fills a timm encoder, not smp's "
+                                   f"{encoder_name!r}; set {key}.encoder_name=tu-{fits[0]} (or other weights)")
+        check_architecture(package, encoder_name[3:], f"{key}.encoder_weights", f"{key}.encoder_name", "tu-")
+    weights = None if pretrained_path or package else encoder_weights
     try:
         model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,
                                  in_channels=in_channels, classes=classes, **kwargs)
@@ -126,6 +134,9 @@ def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained
         raise ModelConfigError(f"{key}: cannot build {arch}/{encoder_name}{hint}: {exc}") from exc
     if pretrained_path:
         load_encoder_weights(model, pretrained_path)
+    elif package:
+        load_into_timm(model.encoder.model, package, encoder_name[3:], option=f"{key}.encoder_weights",
+                       model_option=f"{key}.encoder_name")
     check_output_size(model, in_channels, classes, f"{key} ({arch}/{encoder_name}, {kwargs})")
     return Rescaled(model, input_scale) if input_scale != 1 else model
 
@@ -138,7 +149,8 @@ def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder
     Args:
         arch: smp architecture name (``Unet``, ``FPN``, ``UnetPlusPlus``, ...).
         encoder_name: smp encoder or ``tu-<timm name>``.
-        encoder_weights: smp/hub weights name (``imagenet``) when online; None for random init.
+        encoder_weights: smp/hub weights name (``imagenet``) when online; ``pip:<package>`` for an installed
+            weights package (``engine.pretrained``, a ``tu-`` encoder of its family); None for random init.
         pretrained_path: local encoder state dict for offline machines (overrides ``encoder_weights``).
         input_scale: run the network at this fraction of the input size (1.0 = native), logits resized back.
         kwargs: passed to the architecture (``decoder_channels``, ``decoder_attention_type``, ...).
