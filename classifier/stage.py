@@ -15,8 +15,7 @@ from classifier.metrics import ClassifierMetric
 from classifier.model import param_groups
 from common.config import ConfigError, build, to_plain
 from common.constants import CLASS_IDS
-from common.data_setup import load_folds, load_train
-from common.folds import split_ids
+from common.data_setup import fold_split
 from common.oof import CLASSIFIER_FILE, ClassifierOOF, write_classifier_oof
 from common.preprocess import Preprocess
 from common.sampling import balanced_weights, sample_weights
@@ -62,8 +61,7 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     model_config = to_plain(c.model)
     loss = ClassifierLoss(c.loss.get("pos_weight"))
     model = build(model_config, "classifier.model")
-    dataset = load_train(cfg.data)
-    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
+    dataset, train_ids, val_ids = fold_split(cfg.data, int(cfg.fold))
     preprocess = Preprocess.from_config(c.preprocess)
     augment = build_augment(c.get("augment"), "classifier.augment", seed=int(cfg.seed))
     cache = bool(c.get("cache_images", False))

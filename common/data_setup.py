@@ -18,12 +18,13 @@ from common.annotations import read_annotations
 from common.config import build, check_allowed
 from common.constants import CLASS_IDS
 from common.dataset import SteelDataset, dataset_from
-from common.folds import check_folds, make_folds, read_folds, write_folds
+from common.errors import DatasetError
+from common.folds import check_folds, make_folds, read_folds, split_ids, write_folds
 from common.io import check_writable
 from common.metrics import kaggle_score
 from common.rle import area
 
-__all__ = ["DATA_GENERATORS", "check_data_node", "prepare_root", "load_train", "load_test", "load_folds",
+__all__ = ["DATA_GENERATORS", "check_data_node", "prepare_root", "load_train", "fold_split", "load_test", "load_folds",
            "summary_table", "describe", "summarize"]
 
 DataNode = Mapping[str, Any]
@@ -49,6 +50,27 @@ def load_train(data: DataNode) -> SteelDataset:
     root = prepare_root(data)
     csv = data.get("train_csv") or root / "train.csv"
     return dataset_from(root / "train_images", read_annotations(csv), str(data.get("check_images", "header")))
+
+
+def fold_split(data: DataNode, fold: int) -> tuple[SteelDataset, list[str], list[str]]:
+    """(dataset, training ids, validation ids) of one fold: the one rule every stage trains by.
+
+    The folds split the train root; every image of the extra training roots (``data.extra_train``: Kaggle-layout
+    folders, e.g. from ``python -m ensemble.pseudo_label``) joins the training ids of every fold and never a
+    validation fold, so validation scores stay on real labels.
+    """
+    dataset = load_train(data)
+    train_ids, val_ids = split_ids(load_folds(data, dataset), int(fold))
+    for index, root in enumerate(data.get("extra_train") or []):
+        root = Path(str(root))
+        key = f"data.extra_train[{index}]"
+        if not (root / "train_images").is_dir() or not (root / "train.csv").is_file():
+            raise DatasetError(f"{key}: {root} is not a training root (needs train_images/ and train.csv)")
+        extra = dataset_from(root / "train_images", read_annotations(root / "train.csv"),
+                             str(data.get("check_images", "header")))
+        dataset = dataset.joined(extra)
+        train_ids = train_ids + list(extra.image_ids)
+    return dataset, train_ids, val_ids
 
 
 def load_test(data: DataNode) -> SteelDataset:

@@ -5,14 +5,15 @@ Images present in the folder but absent from the CSV are defect-free and kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from common.annotations import Annotations, labels_table, read_annotations
+from common.annotations import Annotations, check_image_id, labels_table, read_annotations
 from common.constants import CLASS_IDS, IMAGE_SHAPE, IMAGE_SUFFIXES, LONG_COLUMNS
 from common.errors import ConfigError, DatasetError, ImageError
 from common.images import read_image, read_size
@@ -55,13 +56,15 @@ class SteelDataset:
     annotations: pd.DataFrame
     labelled: bool
     source: str = ""
+    elsewhere: Mapping[str, Path] = field(default_factory=dict)  # images of extra roots: id -> file
+
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def path(self, image_id: str) -> Path:
         """File of one image."""
-        return self.image_dir / image_id
+        return self.elsewhere[image_id] if image_id in self.elsewhere else self.image_dir / image_id
 
     def image(self, image_id: str, channels: int = 3) -> np.ndarray:
         """uint8 image (HxWx3 RGB or HxW), read by content."""
@@ -90,7 +93,21 @@ class SteelDataset:
         if missing:
             raise DatasetError(f"{self.source}: unknown image ids {sorted(missing)[:5]}")
         rows = self.annotations[self.annotations["ImageId"].isin(set(image_ids))].reset_index(drop=True)
-        return SteelDataset(self.image_dir, tuple(image_ids), rows, self.labelled, self.source)
+        elsewhere = {i: self.elsewhere[i] for i in image_ids if i in self.elsewhere}
+        return SteelDataset(self.image_dir, tuple(image_ids), rows, self.labelled, self.source, elsewhere)
+
+    def joined(self, other: "SteelDataset") -> "SteelDataset":
+        """This dataset plus the images of another labelled root (e.g. pseudo-labels); a shared ImageId is an
+        error naming both roots, never a silent overwrite."""
+        if not (self.labelled and other.labelled):
+            raise DatasetError(f"{other.source or other.image_dir}: an added training root needs annotations")
+        shared = sorted(set(self.image_ids) & set(other.image_ids))
+        if shared:
+            raise DatasetError(f"{other.source}: ImageId {shared[0]!r} (and {len(shared) - 1} more) is also in "
+                               f"{self.source}; an added training root must hold other images")
+        elsewhere = {**self.elsewhere, **{i: other.path(i) for i in other.image_ids}}
+        rows = pd.concat([self.annotations, other.annotations], ignore_index=True)
+        return SteelDataset(self.image_dir, self.image_ids + other.image_ids, rows, True, self.source, elsewhere)
 
 
 def list_images(image_dir: Path | str) -> list[str]:
@@ -106,6 +123,7 @@ def list_images(image_dir: Path | str) -> list[str]:
     for entry in image_dir.iterdir():
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        check_image_id(entry.name, str(image_dir))  # a name no CSV row can hold is refused, not written quoted
         if not entry.is_file():
             what = "a symlink to a missing file" if entry.is_symlink() and not entry.exists() else \
                 "not a regular file"

@@ -272,11 +272,12 @@ class GatedEnsemble:
                 masks.add(flip.deaugment(self._run(member, flip.augment(x))), member.weight)
         return cls_prob, masks.result(), keep
 
-    def predict_result(self, inputs: Sequence[Any]) -> BatchResult:
-        """Inputs per preprocessing slot -> the batch's probabilities summary and post-processed masks."""
+    def predict_result(self, inputs: Sequence[Any], gate: bool = True) -> BatchResult:
+        """Inputs per preprocessing slot -> the batch's probabilities summary and post-processed masks
+        (``gate=False``: the segmenters see every image, as the pseudo-labeller needs)."""
         batch = len(inputs[0])
         with self.timer.section("forward"):
-            cls_prob, seg, keep = self.probabilities(inputs)
+            cls_prob, seg, keep = self.probabilities(inputs, gate)
         masks = np.zeros((batch, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
         max_prob = np.full((batch, len(CLASS_IDS)), np.nan)
         if seg is not None:
@@ -291,9 +292,9 @@ class GatedEnsemble:
         result = self.predict_result(inputs)
         return result.cls_prob, result.masks
 
-    def iter_results(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
-                     progress: bool = False) -> Iterator[ImagePrediction]:
-        """One ``ImagePrediction`` per image file, in order; nothing is kept beyond the current batch."""
+    def iter_batch_results(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
+                           progress: bool = False, gate: bool = True) -> Iterator[tuple[list[str], BatchResult]]:
+        """(image names, ``BatchResult``) per batch of image files, in order; nothing is kept beyond the batch."""
         batches = self._batches(paths, batch_size, num_workers)
         if progress:
             from tqdm import tqdm
@@ -307,9 +308,14 @@ class GatedEnsemble:
             if item is None:
                 return
             indices, inputs = item
-            result = self.predict_result(inputs)
-            for j, index in enumerate(indices):
-                yield result.image(j, Path(paths[index]).name)
+            yield [Path(paths[index]).name for index in indices], self.predict_result(inputs, gate)
+
+    def iter_results(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
+                     progress: bool = False) -> Iterator[ImagePrediction]:
+        """One ``ImagePrediction`` per image file, in order; nothing is kept beyond the current batch."""
+        for names, result in self.iter_batch_results(paths, batch_size, num_workers, progress):
+            for j, name in enumerate(names):
+                yield result.image(j, name)
 
     def iter_predictions(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
                          progress: bool = False) -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:

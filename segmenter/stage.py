@@ -12,8 +12,7 @@ from torch.utils.data import DataLoader
 
 from common.config import ConfigError, build, to_plain
 from common.constants import CLASS_IDS
-from common.data_setup import load_folds, load_train
-from common.folds import split_ids
+from common.data_setup import fold_split
 from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
 from common.preprocess import Preprocess
 from common.sampling import sample_weights
@@ -64,8 +63,7 @@ def fold_sets(cfg: DictConfig, node: DictConfig, stage: str, preprocess: Preproc
               crop: tuple[int, int] | None) -> tuple[pd.DataFrame, list[str], SegmentationDataset, SegmentationDataset]:
     """(labels, training ids, training set, validation set) of ``cfg.fold``: one rule for the segmenter and joint
     stages (``node`` is their config node: clean_ratio, augment, crop_mode, cache_images)."""
-    dataset = load_train(cfg.data)
-    train_ids, val_ids = split_ids(load_folds(cfg.data, dataset), int(cfg.fold))
+    dataset, train_ids, val_ids = fold_split(cfg.data, int(cfg.fold))
     train_ids = select_training_ids(dataset.labels, train_ids, node.get("clean_ratio"), int(cfg.seed), stage)
     augment = build_train_augment(crop, node.get("augment"), int(cfg.seed), str(node.get("crop_mode", "random")),
                                   key=f"{stage}.augment")
