@@ -28,7 +28,7 @@ from common.constants import CLASS_IDS  # noqa: E402
 from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402
 from common.errors import DatasetError, SteelsegError  # noqa: E402
 from common.images import read_image  # noqa: E402
-from common.io import CsvError, atomic_write_text, check_writable, read_csv  # noqa: E402
+from common.io import CsvError, atomic_write_text, check_writable, read_csv, spreadsheet_safe  # noqa: E402
 from common.layout import DataRoot, find_root, read_id_list, with_overrides  # noqa: E402
 from common.rle import area  # noqa: E402
 
@@ -278,7 +278,7 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
         largest["image_file"] = largest["ImageId"].isin(set(files)).map({True: "yes", False: "no"})
         for name, frame in (("class_counts", counts), ("labels_per_image", per_image), ("combinations", combos),
                             ("area_stats", areas), ("largest_masks", largest)):
-            atomic_write_text(out / "tables" / f"{slug}_{name}.csv", frame.to_csv(index=False))
+            atomic_write_text(out / "tables" / f"{slug}_{name}.csv", spreadsheet_safe(frame).to_csv(index=False))
         summary["sources"][src.name] = {
             "path": src.path, "images": len(t), "masks": int(t[HAS].to_numpy().sum()),
             "images_per_class": {str(c): int(n) for c, n in zip(counts["class"], counts["images"])},
@@ -311,7 +311,7 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
     labels = [s for s in sources if s.rles is None]
     if with_rle and labels:
         check = cross_check(with_rle[0].table, labels[0].table)
-        atomic_write_text(out / "tables" / "cross_check.csv", check.to_csv(index=False))
+        atomic_write_text(out / "tables" / "cross_check.csv", spreadsheet_safe(check).to_csv(index=False))
         summary["cross_check"] = check.to_dict(orient="list")
         parts += ["<h2>Cross-check: RLE annotations vs labels table</h2>",
                   "<p>Images listed in both; a disagreement means the two files describe an image differently.</p>",

@@ -6,6 +6,7 @@ EncodedPixels``. The new format (``ImageId,ClassId,EncodedPixels``) lists defect
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -32,12 +33,22 @@ class Annotations:
     line_of: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
 
 
+MAX_ID_LENGTH = 255  # the longest file name common file systems take
+
+
 def check_image_id(image_id: object, where: str) -> str:
-    """Return the id if it is a plain file name; refuse paths that could leave the images folder."""
+    """Return the id if it is a plain file name; refuse paths that could leave the images folder, and control or
+    format characters (a newline splits a CSV row, U+202E reverses the text shown to people)."""
     if not isinstance(image_id, str) or not image_id.strip():
         raise AnnotationError(f"{where}: empty or non-text ImageId {image_id!r}")
     if image_id != image_id.strip():
         raise AnnotationError(f"{where}: ImageId {image_id!r} has leading or trailing spaces")
+    if len(image_id) > MAX_ID_LENGTH:
+        raise AnnotationError(f"{where}: ImageId of {len(image_id)} characters (at most {MAX_ID_LENGTH}: a file name)")
+    odd = next((ch for ch in image_id if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if odd is not None:
+        raise AnnotationError(f"{where}: ImageId {image_id!r} holds the control or format character "
+                              f"U+{ord(odd):04X} ({unicodedata.name(odd, 'unnamed')}); rename the file")
     posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
     if (posix.is_absolute() or windows.is_absolute() or windows.drive or len(posix.parts) != 1
             or len(windows.parts) != 1 or image_id in (".", "..")):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Iterator, Mapping
 
-from common.errors import ConfigError
+from common.errors import ConfigError, SteelsegError
 
 __all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed", "whole_number"]
 
@@ -100,4 +100,7 @@ def build(node: Any, key: str = "<config>", allow: Collection[str] | None = None
             node = OmegaConf.create(dict(plain))
         return instantiate(node, **kwargs)
     except (InstantiationException, OmegaConfBaseException) as exc:
+        cause = exc.__cause__
+        if isinstance(cause, SteelsegError):  # the factory's own one-line message names the key already
+            raise cause from None
         raise ConfigError(f"{key}: cannot build {plain['_target_']}: {exc}".replace("\n", " ")) from exc

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text",
-           "check_writable", "remove_stale_temps", "read_csv", "parse_csv_text"]
+           "check_writable", "remove_stale_temps", "read_csv", "parse_csv_text", "FORMULA_PREFIXES",
+           "spreadsheet_safe"]
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula (OWASP)
 
 STALE_TEMP_AGE_S = 3600
 # Failures of the place written to (not of the program): reported as one line naming the file.
@@ -308,3 +311,15 @@ def read_csv(source: Path | str | bytes, name: str | None = None, comment: str |
         line = data[:exc.start].count(b"\n") + 1
         raise CsvError(f"{name}, line {line}: not UTF-8 text (byte {exc.start})") from exc
     return parse_csv_text(text, name, comment)
+
+
+def spreadsheet_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """A copy of a pandas frame for CSVs people open in a spreadsheet: text cells starting with ``= + - @``, tab or
+    CR get a leading ``'`` (OWASP CSV injection); numbers stay numbers. Kaggle files (submissions, train.csv) are
+    read by programs and never pass through here."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype).startswith("str"):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+    return out

@@ -220,24 +220,36 @@ def f1_per_class(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: score a submission file against a truth CSV over the images of a folder."""
+    """CLI: score a submission file against a truth CSV over the images of a folder (and, with ``--versus``, the
+    paired difference from another submission on the same images)."""
     parser = argparse.ArgumentParser(prog="python -m common.metrics", description=__doc__.splitlines()[0])
     parser.add_argument("submission", type=Path, help="submission CSV (either Kaggle format)")
     parser.add_argument("--truth", type=Path, required=True, help="ground-truth CSV (either format)")
     parser.add_argument("--images", type=Path, required=True, help="folder of the scored images")
+    parser.add_argument("--versus", type=Path, help="another submission: the difference and its paired interval")
     args = parser.parse_args(argv)
     try:
         image_ids = list_images(args.images)
-        sub, truth = read_annotations(args.submission), read_annotations(args.truth)
-        missing = sorted(set(image_ids) - set(sub.image_ids))
-        if missing:
-            raise SteelsegError(f"{args.submission}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
-        values, empty = pair_dice(sub.rows, truth.rows, image_ids)
+        truth = read_annotations(args.truth)
+
+        def scored(path: Path) -> np.ndarray:
+            sub = read_annotations(path)
+            missing = sorted(set(image_ids) - set(sub.image_ids))
+            if missing:
+                raise SteelsegError(f"{path}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
+            return pair_dice(sub.rows, truth.rows, image_ids)
+
+        values, empty = scored(args.submission)
         report = with_interval(score_pairs(values, empty, len(image_ids)), values, empty)
+        other = scored(args.versus)[0] if args.versus else None
     except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.format())
+    if other is not None:
+        diff, low, high = paired_difference(values, other)
+        print(f"versus {args.versus}: {diff:+.4f} (95% paired interval over images: {low:+.4f} to {high:+.4f}; "
+              f"{'holds 0: no difference this test can see' if low <= 0 <= high else 'excludes 0'})")
     return 0
 
 

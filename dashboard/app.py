@@ -26,6 +26,7 @@ from common.constants import CLASS_IDS, IMAGE_SHAPE, NEW_FORMAT
 from common.dataset import list_images
 from common.errors import SteelsegError
 from common.images import read_image
+from common.io import spreadsheet_safe
 from common.inspections import connect, records
 from common.layout import DataRoot
 from dashboard.images import class_layer, compare_png, match_layer, match_regions, png_rgba
@@ -314,7 +315,7 @@ class Dashboard:
         """The period's inspections of the selected source as a CSV download."""
         rows = self.rows(start, end, source)
         name = f"inspections_{_safe(source)}_{_day(start)}_{_day(end)}.csv"
-        return dcc.send_data_frame(rows.drop(columns=["id"]).to_csv, name, index=False)
+        return dcc.send_data_frame(spreadsheet_safe(rows.drop(columns=["id"])).to_csv, name, index=False)
 
     # ------------------------------------------------------------------ predictions on demand
     def run_predictions(self, n_clicks: int | None, image_ids: list[str] | None) -> tuple[list, str | None]:

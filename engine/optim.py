@@ -20,13 +20,24 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from common.config import ConfigError, build
 
 
+def learning_rate(value: Any, key: str) -> float:
+    """A finite learning rate > 0 (a negative one trains uphill with exit 0; text is a typo), or an error naming key."""
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number such as 1e-3, got {value!r}") from None
+    if not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"{key}: a learning rate must be a finite number > 0, got {value!r}")
+    return lr
+
+
 def build_optimizer(groups: Mapping[str, list[nn.Parameter]], node: Any, key: str = "optimizer") -> Optimizer:
     """The configured optimiser over the named parameter groups, each with its own ``lr``."""
     lrs = dict(node.get("lr") or {})
     missing = [name for name, params in groups.items() if params and name not in lrs]
     if missing:
         raise ConfigError(f"{key}.lr: no learning rate for parameter group(s) {missing}; have {sorted(lrs)}")
-    param_groups = [{"params": params, "lr": float(lrs[name]), "name": name}
+    param_groups = [{"params": params, "lr": learning_rate(lrs[name], f"{key}.lr.{name}"), "name": name}
                     for name, params in groups.items() if params]
     if not param_groups:
         raise ConfigError(f"{key}: the model has no trainable parameters")
@@ -75,4 +86,4 @@ def current_lrs(optimizer: Optimizer) -> dict[str, float]:
     return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
-__all__ = ["build_optimizer", "build_scheduler", "cosine_with_warmup", "one_cycle", "constant", "current_lrs"]
+__all__ = ["learning_rate", "build_optimizer", "build_scheduler", "cosine_with_warmup", "one_cycle", "constant", "current_lrs"]

@@ -128,6 +128,14 @@ def test_cli_scores_a_submission(tmp_path: Path, capsys):
     (tmp_path / "short.csv").write_text("ImageId,ClassId,EncodedPixels\nx.jpg,1,1 10\n")
     assert main([str(tmp_path / "short.csv"), "--truth", str(tmp_path / "truth.csv"), "--images", str(images)]) == 2
     assert "1 images" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("ImageId_ClassId,EncodedPixels\n" + "".join(
+        f"{i}_{c},\n" for i in ("x.jpg", "y.jpg") for c in (1, 2, 3, 4)))
+    assert main([str(tmp_path / "sub.csv"), "--truth", str(tmp_path / "truth.csv"), "--images", str(images),
+                 "--versus", str(tmp_path / "empty.csv")]) == 0
+    assert f"versus {tmp_path / 'empty.csv'}: +0.1250 (95% paired interval over images: +0.0000 to +0.2500; holds 0" \
+        in capsys.readouterr().out
+    assert main([str(tmp_path / "sub.csv"), "--truth", str(tmp_path / "truth.csv"), "--images", str(images),
+                 "--versus", str(tmp_path / "short.csv")]) == 2
 
 
 def test_folds_are_stratified_deterministic_and_complete(tmp_path: Path):
