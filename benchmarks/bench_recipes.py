@@ -3,7 +3,8 @@
 For each candidate (a name and ``train.py`` overrides) the script runs the project's own commands:
 a one-epoch probe measures training images/s, the epoch count is set so that training takes about
 ``--minutes`` per fold, then ``train.py -m fold=0,1``, ``python -m ensemble.oof`` (inference TTA) and
-``python -m ensemble.threshold_search``; it prints one table row per candidate:
+``python -m ensemble.threshold_search``; it prints one table row per candidate (class-head AUC and Dice on
+positive pairs per class included: the rare classes' figures):
 
     python benchmarks/bench_recipes.py --minutes 3 --data data.synthetic.n_train=400 \\
         --candidate "r18=experiment=joint/demo joint.model.encoder_name=tu-resnet18" \\
@@ -83,6 +84,16 @@ def train_stage(name: str, overrides: list[str], common: list[str], minutes: flo
             "images_per_s": float(history["train_images_per_s"].median()), "train_s": seconds}
 
 
+def positive_dice(oof_dir: Path, thresholds: Path) -> list[float]:
+    """Per class: mean Dice on the positive pairs of the ensemble OOF under the tuned rules of ``thresholds``
+    (the rare classes' figure that the mean over all pairs hides), via the CV report's pair table."""
+    from analysis.report import pair_table
+    from ensemble.threshold_search import default_rules
+
+    rules = default_rules([f"thresholds={thresholds}"])
+    return pair_table(load_oof([oof_dir]), rules)["Dice on positive pairs"].tolist()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidate", action="append", required=True, help="NAME=OVERRIDES [+ OVERRIDES]")
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "other folds": scores.get("cross_validated", np.nan),
             "gap closed (other folds)": (scores.get("cross_validated", np.nan) - scores["baseline"]) / gap,
             **{f"AUC {c}": a for c, a in zip(CLASS_IDS, aucs)},
+            **{f"Dice+ {c}": d for c, d in zip(CLASS_IDS, positive_dice(oof_dir, thresholds))},
+            "switched off": ",".join(str(c) for c in scores.get("classes_off", [])) or "-",
         })
         table = pd.DataFrame(rows)
         table.to_csv(args.out / "table.csv", index=False)

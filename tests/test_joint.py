@@ -62,7 +62,7 @@ def test_metric_scores_masks_and_class_head():
 
 
 def _overrides(root: Path, run_dir: Path, fold: int) -> list[str]:
-    return ["experiment=joint/demo", f"paths.output_dir={run_dir}", "data=kaggle", f"data.root={root}",
+    return ["experiment=joint/scratch", f"paths.output_dir={run_dir}", "data=kaggle", f"data.root={root}",
             "data.folds.n_splits=2", f"fold={fold}", "joint.model.encoder_name=tu-test_resnet",
             "+joint.model.encoder_depth=3", "joint.model.decoder_channels=[16,8,8]",
             "joint.crop=[64,128]", "joint.validation.min_area=0", "trainer.epochs=2", "trainer.val_every=2",
