@@ -58,7 +58,6 @@ class SteelDataset:
     source: str = ""
     elsewhere: Mapping[str, Path] = field(default_factory=dict)  # images of extra roots: id -> file
 
-
     def __len__(self) -> int:
         return len(self.image_ids)
 

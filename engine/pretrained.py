@@ -104,13 +104,13 @@ def check_architecture(source: str, architecture: str, option: str, model_option
                           f"set {model_option}={name_prefix + package.architectures[0]} (or other weights)")
 
 
+HEAD = ("conv_head.", "bn2.", "classifier.")  # timm EfficientNet's head: absent from features-only encoders
 _BLOCK = re.compile(r"^_blocks\.(\d+)\.(_\w+?)\.(.+)$")
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # Inside a block: with an expansion conv (timm InvertedResidual) or without (timm DepthwiseSeparableConv).
 _EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
              "_project_conv": "conv_pwl", "_bn2": "bn3", "_se._se_reduce": "se.conv_reduce",
              "_se._se_expand": "se.conv_expand"}
-HEAD = ("conv_head.", "bn2.", "classifier.")  # timm EfficientNet's head: absent from features-only encoders
 _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
               "_se._se_reduce": "se.conv_reduce", "_se._se_expand": "se.conv_expand"}
 
@@ -168,8 +168,8 @@ def map_efficientnet_pytorch(state: Mapping[str, torch.Tensor], target: Mapping[
 def timm_state_dict(source: str, architecture: str, target: Mapping[str, torch.Tensor], *, option: str,
                     model_option: str, optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The package's weights in the key names of ``target`` (the state dict of a timm ``architecture``)."""
-    package = package_of(source, option)
     check_architecture(source, architecture, option, model_option)
+    package = package_of(source, option)
     path = weights_file(package, option)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -186,8 +186,8 @@ def load_into_timm(model: torch.nn.Module, source: str, architecture: str, *, op
     """Fill a timm network (or a timm features-only encoder, which has no head) from the package.
 
     Every tensor of ``model`` must come from the file but those under ``new_head`` whose shape differs (e.g.
-    ``classifier.`` of a 4-class head), which keep their initialisation; a stem for other than 3 input channels is adapted as timm
-    adapts hub weights.
+    ``classifier.`` of a 4-class head), which keep their initialisation; a stem for other than 3 input channels is
+    adapted as timm adapts hub weights.
     """
     target = model.state_dict()
     mapped = timm_state_dict(source, architecture, _as_three_channel(target), option=option,
