@@ -18,7 +18,7 @@ from common.constants import CLASS_IDS
 from common.data_setup import fold_split
 from common.oof import CLASSIFIER_FILE, ClassifierOOF, write_classifier_oof
 from common.preprocess import Preprocess
-from common.sampling import balanced_weights, sample_weights
+from common.sampling import sample_weights
 from engine.augment import build_augment
 from engine.loop import StageSpec, predict
 
@@ -67,11 +67,7 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     cache = bool(c.get("cache_images", False))
     train_set = PresenceDataset(dataset, train_ids, preprocess, augment, cache)
     val_set = PresenceDataset(dataset, val_ids, preprocess, cache=cache)
-    if c.get("balanced_sampling") and c.get("sampling"):
-        raise ConfigError("classifier.balanced_sampling and classifier.sampling: set one (sampling: {mode: balanced, "
-                          "power: ...} generalises balanced_sampling: true)")
-    weights = balanced_weights(dataset.labels.loc[train_ids]) if c.get("balanced_sampling") else \
-        sample_weights(dataset.labels.loc[train_ids], c.get("sampling"), "classifier.sampling")
+    weights = sample_weights(dataset.labels.loc[train_ids], c.get("sampling"), "classifier.sampling")
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
         loss=loss, new_metric=partial(ClassifierMetric, thresholds),
