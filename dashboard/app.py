@@ -35,8 +35,9 @@ from dashboard.layout import CARD_KEYS, alert, page, strip
 from dashboard.predict import OnDemand
 from dashboard.store import ALL_RUNS, Store, source_label
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload
-from dashboard.views import (SEVERAL, Buckets, dice_table, image_groups, inspections, masks_for, period_counts,
-                             pie_figure, rate_figure, sample_ids, timeline_figure)
+from dashboard.views import (NO_DEFECT, SEVERAL, Buckets, data_span, dice_table, image_groups, inspections,
+                             masks_for, period_counts, pie_figure, rate_figure, sample_ids, synthetic_share,
+                             timeline_figure)
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -62,13 +63,16 @@ class Dashboard:
 
     @classmethod
     def from_root(cls, db: Path, data: DataRoot, **kwargs) -> "Dashboard":
-        """Index the root's image folders (train first, so a test image never hides a train one)."""
+        """Index the root's image folders (train first, so a test image never hides a train one).
+
+        Folders are made absolute against the working directory here: Flask's ``send_file`` would resolve a
+        relative path against the package folder (``python -m dashboard ../shared/...`` answered HTTP 500)."""
         images: dict[str, Path] = {}
         tests = list_images(data.test_images) if data.test_images is not None else []
         if data.test_images is not None:
-            images.update({i: data.test_images / i for i in tests})
+            images.update({i: data.test_images.absolute() / i for i in tests})
         if data.train_images is not None:
-            images.update({i: data.train_images / i for i in list_images(data.train_images)})
+            images.update({i: data.train_images.absolute() / i for i in list_images(data.train_images)})
         return cls(Path(db), images, tests, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -111,12 +115,9 @@ class Dashboard:
         checked = datetime.now().strftime("%H:%M:%S")
         text = (f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
                 if latest else "Store: empty") + f" · checked {checked}, every {self.poll_s:g} s"
-        if now == version:
-            return NO_UPDATE, NO_UPDATE, text
-        new_end = NO_UPDATE
-        if follow and latest and end and latest[:10] > _day(end):
-            new_end = latest[:10]
-        return now, new_end, text
+        # The end date follows even when the page itself wrote (its upload or prediction already sent the stamp).
+        new_end = latest[:10] if follow and latest and end and latest[:10] > _day(end) else NO_UPDATE
+        return (NO_UPDATE if now == version else now), new_end, text
 
     # ------------------------------------------------------------------ counts and charts
     def update_overview(self, start: str, end: str, source: str) -> list:
@@ -139,11 +140,17 @@ class Dashboard:
         note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
                 f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
                 f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
+        if source == ALL_RUNS:
+            note += " An image predicted by several runs counts once, with its newest run."
+        share = synthetic_share(table)
+        if share:
+            note += (f" {share:.0%} of these dates are synthetic: their CSV had no inspected_at column, so each image "
+                     "got a fixed date in 2021 from a hash of its ImageId (real line times need that column).")
         return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
 
     @staticmethod
     def _charts(table: pd.DataFrame, start: str, end: str, source: str) -> tuple:
-        spans = Buckets(_day(start), _day(end))
+        spans = Buckets(*data_span(table, _day(start), _day(end)))
         name = source_label(source)
         return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
                 timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
@@ -158,9 +165,10 @@ class Dashboard:
         class_id = int(class_id)
         of_class = set(rows.loc[rows["class_id"] == class_id, "image_id"])
         with_file = of_class & set(self.images)
+        kind = "with no defect" if class_id == NO_DEFECT else f"of class {class_id}"
         if not of_class:
-            return [html.P(f"No image of class {class_id} in this period.", className="empty", id="samples-note")]
-        found = f"{_n(len(of_class), 'image')} of class {class_id} in this period"
+            return [html.P(f"No image {kind} in this period.", className="empty", id="samples-note")]
+        found = f"{_n(len(of_class), 'image')} {kind} in this period"
         picks = sample_ids(rows, class_id, with_file, int(rolls or 0))
         if not with_file:
             text = f"{found}; none has an image file in the data root."
@@ -268,9 +276,12 @@ class Dashboard:
         for c in CLASS_IDS:
             if c not in pred and c not in truth:
                 continue
+            if dice is None:  # no truth: nothing is a true or false positive, only predicted pixels
+                shown.append((c, f"class {c}: {int(pred[c].sum()):,} px predicted (no ground truth)"))
+                continue
             px = {k: int(v.sum()) for k, v in match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE).items()}
-            score = f"Dice {dice[f'dice_{c}']:.3f}" if dice is not None else "no ground truth"
-            shown.append((c, f"class {c}: {score} — TP {px['TP']:,} px, FP {px['FP']:,} px, FN {px['FN']:,} px"))
+            shown.append((c, f"class {c}: Dice {dice[f'dice_{c}']:.3f} — TP {px['TP']:,} px, FP {px['FP']:,} px, "
+                             f"FN {px['FN']:,} px"))
         return shown, dice
 
     def compare(self, run: str | None, image_id: str | None) -> tuple[list, list]:
@@ -289,8 +300,9 @@ class Dashboard:
             head = [html.Table([html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]),
                                 html.Tr(cells)], className="dice", id="compare-dice-table")]
         else:
-            head = [html.P("No ground truth for this image: the overlay counts every predicted pixel as a false positive.",
-                           className="empty")]
+            head = [html.P("No ground truth for this image (a test image): its predicted masks are shown in the class "
+                           "colours; nothing here is a true or a false positive.", className="empty", id="compare-no-truth")]
+            return head, [self.source_strip(image_id, run, self.rows(None, None, run))]
         if not shown:
             return head, [strip(self.url("image", image=image_id), None,
                                 f"{image_id}: no defect in the truth nor in {run} (Dice 1 for every class)", image_id)]
@@ -308,8 +320,13 @@ class Dashboard:
         pred, truth = self._masks(run, image_id)
         image = read_image(self.images[image_id], channels=3)
         title = f"{image_id} - {run} vs ground truth" + (f" - mean Dice {dice['dice']:.3f}" if dice is not None else "")
-        strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
-        return dcc.send_bytes(compare_png(image, title, strips), f"{_safe(run)}_{_safe(image_id)}.png")
+        if dice is None:  # no truth: the predicted masks in the class colours, no TP/FP/FN key
+            strips = [(caption, class_layer({c: pred[c]}, IMAGE_SHAPE)) for c, caption in shown]
+            title = f"{image_id} - {run} (no ground truth: predicted masks in the class colours)"
+        else:
+            strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
+        return dcc.send_bytes(compare_png(image, title, strips, match_key=dice is not None),
+                              f"{_safe(run)}_{_safe(image_id)}.png")
 
     def export_csv(self, start: str, end: str, source: str) -> dict:
         """The period's inspections of the selected source as a CSV download."""

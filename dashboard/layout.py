@@ -89,7 +89,7 @@ def page(start: str, end: str, sources: list[dict], runs: list[dict], test_image
                   html.Div(dcc.Graph(id="timeline", config={"displaylogo": False}))], className="row"),
         html.Div(dcc.Graph(id="rate", config={"displaylogo": False}), className="panel"),
         html.H2("Random images of a class"),
-        html.Div([_dd(dcc.Dropdown(id="sample-class", options=[{"label": LABELS[c], "value": c} for c in CLASS_IDS],
+        html.Div([_dd(dcc.Dropdown(id="sample-class", options=[{"label": LABELS[c], "value": c} for c in CARD_KEYS],
                                    value=CLASS_IDS[0], clearable=False), "200px"),
                   html.Button("Re-roll", id="reroll", n_clicks=0), class_legend()], className="controls"),
         dcc.Loading(html.Div(id="samples"), delay_show=300),
