@@ -33,11 +33,12 @@ from dashboard.images import class_layer, compare_png, match_layer, match_region
 from dashboard.importer import import_submission
 from dashboard.layout import CARD_KEYS, alert, page, strip
 from dashboard.predict import OnDemand
+from dashboard.review import train_csv, verdicts, save_verdicts
 from dashboard.store import ALL_RUNS, Store, source_label
-from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload
+from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload, save_image_upload
 from dashboard.views import (NO_DEFECT, SEVERAL, Buckets, data_span, dice_table, image_groups, inspections,
-                             masks_for, period_counts, pie_figure, rate_figure, sample_ids, synthetic_share,
-                             timeline_figure)
+                             image_grid, masks_for, period_counts, pie_figure, rate_figure, sample_ids,
+                             synthetic_share, timeline_figure)
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -334,6 +335,69 @@ class Dashboard:
         name = f"inspections_{_safe(source)}_{_day(start)}_{_day(end)}.csv"
         return dcc.send_data_frame(spreadsheet_safe(rows.drop(columns=["id"])).to_csv, name, index=False)
 
+    # ------------------------------------------------------------------ image grid and review
+    def update_grid(self, start: str, end: str, source: str) -> tuple[list[dict], str]:
+        """Rows of the filterable, sortable image grid (clean images included) and a line on what it holds."""
+        grid = image_grid(self.rows(start, end, source), self.store.truth(), set(self.images))
+        clean = int((grid["classes"] == "none").sum())
+        note = (f"{_n(len(grid), 'image')} of {source_label(source)} in this period, {clean:,} of them clean; "
+                f"{int((grid['file'] == 'yes').sum()):,} with an image file. Filter with e.g. '> 1000' or 'yes', "
+                "sort by clicking a header, click a row to see and review the image. Dice: prediction runs against "
+                "the ground truth, where there is one. The store holds no detection confidence, so there is no "
+                "confidence column.")
+        return grid.to_dict("records"), note
+
+    def pick_from_grid(self, active_cell: dict | None, rows: list[dict] | None) -> dict | object:
+        """The (source, image) of the clicked grid row."""
+        if not active_cell or not rows or active_cell.get("row") is None or active_cell["row"] >= len(rows):
+            return NO_UPDATE
+        row = rows[active_cell["row"]]
+        return {"source": row["source"], "image": row["ImageId"]}
+
+    def grid_view(self, pick: dict | None, _reviews: int | None = None) -> tuple[list, list[dict], list[int], str]:
+        """The picked image's strip, its detected classes for the review, the rejected ones, and its verdicts."""
+        if not pick:
+            return [html.P("Click a row of the grid.", className="empty")], [], [], ""
+        source, image_id = pick["source"], pick["image"]
+        rows = self.rows(None, None, source)
+        mine = rows[rows["image_id"] == image_id]
+        classes = sorted(int(c) for c in mine["class_id"] if c > 0)
+        reviewed = verdicts(self.db, source)
+        reviewed = reviewed[reviewed["image_id"] == image_id]
+        rejected = [int(c) for c in reviewed.loc[reviewed["verdict"] == "reject", "class_id"] if c in classes]
+        state = "; ".join(f"class {c}: {v} ({t[:16].replace('T', ' ')})"
+                          for c, v, t in zip(reviewed["class_id"], reviewed["verdict"], reviewed["reviewed_at"]))
+        status = f"Review of {image_id} in {source}: " + (state or "not reviewed yet") + "."
+        view = (self.source_strip(image_id, source, rows) if image_id in self.images
+                else html.P(f"{image_id}: no image file in the data root.", className="empty"))
+        options = [{"label": f" reject class {c} (false alarm)", "value": c} for c in classes]
+        return [view], options, rejected, status
+
+    def save_review(self, pick: dict | None, rejected: list[int] | None, false_alarm: bool = False) -> tuple[str, str]:
+        """Store the verdicts of the picked image (every detected class accepted unless rejected; a false alarm
+        rejects them all): the message and its style."""
+        if not pick:
+            return "Click a row of the grid first.", "alert error"
+        source, image_id = pick["source"], pick["image"]
+        rows = self.rows(None, None, source)
+        classes = sorted(int(c) for c in rows.loc[rows["image_id"] == image_id, "class_id"] if c > 0)
+        if not classes:
+            return f"{image_id} has no detection in {source}: nothing to accept or reject.", "alert note"
+        rejected = set(classes) if false_alarm else {int(c) for c in rejected or []}
+        try:
+            save_verdicts(self.db, source, image_id, {c: "reject" if c in rejected else "accept" for c in classes})
+        except SteelsegError as exc:
+            return f"Review not saved: {exc}", "alert error"
+        kept = [c for c in classes if c not in rejected]
+        return (f"Saved: {image_id} in {source} — " + ("false alarm, no defect" if not kept else
+                f"class {', '.join(map(str, kept))} accepted") +
+                (f", class {', '.join(map(str, sorted(rejected)))} rejected" if rejected and kept else "") + "."), "alert ok"
+
+    def export_review(self, source: str) -> dict:
+        """The source's labels with the rejected detections removed, as a Kaggle train.csv download."""
+        text = train_csv(self.rows(None, None, source), verdicts(self.db))
+        return dcc.send_string(text, f"train_reviewed_{_safe(source)}.csv")
+
     # ------------------------------------------------------------------ predictions on demand
     def run_predictions(self, n_clicks: int | None, image_ids: list[str] | None) -> tuple[list, str | None]:
         """Predict the chosen images in-process, store them as a run dated now, and show the predicted masks."""
@@ -354,6 +418,35 @@ class Dashboard:
         stored = self.rows(None, None, source)
         return [alert(f"Predicted {timing}; stored as {source}.", "ok", id="predict-ok")] + [
             self.source_strip(i, source, stored) for i in image_ids], source
+
+    def predict_uploaded(self, contents: list[str] | None, filenames: list[str] | None) -> tuple[list, str | None]:
+        """Store uploaded steel images (beside the store, folder ``uploads``), predict them and show the masks."""
+        if not contents:
+            return [], None
+        if not self.model_status()[1]:
+            return [alert(f"Images not predicted: {self.model_status()[0]}", "error", id="predict-error")], None
+        saved, refused = [], []
+        for data, name in zip(contents, filenames or []):
+            try:
+                path = save_image_upload(data, name, self.upload_dir, self.max_upload_bytes)
+            except SteelsegError as exc:
+                refused.append(str(exc))
+                continue
+            if self.images.get(path.name, path) != path:
+                refused.append(f"{path.name}: an image of the data root has that name; rename the upload")
+                continue
+            self.images[path.name] = path
+            saved.append(path.name)
+        notes = [alert(f"Upload refused: {r}", "error", id="image-upload-error") for r in refused]
+        if not saved:
+            return notes, None
+        children, source = self.run_predictions(1, saved)
+        return notes + children, source
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where uploaded images are kept: ``uploads/`` beside the store."""
+        return self.db.parent / "uploads"
 
     def predict_progress(self, _n: int | None) -> html.Div | str:
         """Progress of the running prediction."""
@@ -461,6 +554,25 @@ def create_app(board: Dashboard) -> Dash:
                  State("dataset", "value"), prevent_initial_call=True)(
         lambda _n, p, source: board.export_csv(p["start"], p["end"], source))
 
+    # The image grid: filtered and sorted in the browser; a clicked row shows the image and its review.
+    app.callback(Output("grid", "data"), Output("grid-note", "children"), *period)(periodic(board.update_grid))
+    app.callback(Output("grid-pick", "data"), Input("grid", "active_cell"), State("grid", "derived_viewport_data"),
+                 prevent_initial_call=True)(board.pick_from_grid)
+    app.callback(Output("grid-view", "children"), Output("review-reject", "options"), Output("review-reject", "value"),
+                 Output("review-state", "children"), Input("grid-pick", "data"), Input("review-saved", "data"))(
+        board.grid_view)
+
+    @app.callback(Output("review-status", "children"), Output("review-status", "className"),
+                  Output("review-saved", "data"), Input("review-save", "n_clicks"),
+                  Input("review-false-alarm", "n_clicks"), State("grid-pick", "data"), State("review-reject", "value"),
+                  State("review-saved", "data"), prevent_initial_call=True)
+    def _review(_save, _false, pick, rejected, saved):
+        text, kind = board.save_review(pick, rejected, false_alarm=dash.ctx.triggered_id == "review-false-alarm")
+        return text, kind, (saved or 0) + 1
+
+    app.callback(Output("download-review", "data"), Input("review-export", "n_clicks"), State("dataset", "value"),
+                 prevent_initial_call=True)(lambda _n, source: board.export_review(source))
+
     # Upload: the page checks the size first (clientside), the server validates, stores and selects the run.
     app.clientside_callback(ClientsideFunction("steelseg", "gateUpload"),
                             Output("upload-status", "children"), Output("upload-status", "className"),
@@ -486,6 +598,15 @@ def create_app(board: Dashboard) -> Dash:
     def _predict(n_clicks, image_ids):
         children, source = board.run_predictions(n_clicks, image_ids)
         return children, source or NO_UPDATE, board.store.version(), *board.source_options(), ""
+
+    @app.callback(Output("predict-output", "children", allow_duplicate=True),
+                  Output("compare-run", "value", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
+                  Input("predict-upload", "contents"), State("predict-upload", "filename"), prevent_initial_call=True,
+                  running=[(Output("predict-poll", "disabled"), False, True)])
+    def _predict_upload(contents, filenames):
+        children, source = board.predict_uploaded(contents, filenames)
+        return children, source or NO_UPDATE, board.store.version(), *board.source_options()
 
     app.callback(Output("predict-progress", "children"), Input("predict-poll", "n_intervals"),
                  prevent_initial_call=True)(board.predict_progress)

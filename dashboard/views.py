@@ -20,7 +20,7 @@ from dashboard.importer import synthetic_date
 __all__ = ["NO_DEFECT", "SEVERAL", "LABELS", "COLORS", "GROUP_KEYS", "long_rows", "newest_run_per_image",
            "inspections", "period_counts", "data_span", "synthetic_share",
            "image_groups", "Buckets", "pie_figure", "timeline_figure", "rate_figure", "sample_ids",
-           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS"]
+           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS", "GRID_COLUMNS", "image_grid"]
 
 NO_DEFECT, SEVERAL = 0, 5
 LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect", SEVERAL: "Several classes"}
@@ -225,3 +225,35 @@ def dice_table(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, S
     table.insert(0, "ImageId", ids)
     table = table.sort_values(["dice", "ImageId"], kind="stable").reset_index(drop=True)
     return table.round(4), score_pairs(values, empty, len(ids))
+
+
+GRID_COLUMNS = ["ImageId", "source", "inspected", "classes", "defect_px", *[f"px_{c}" for c in CLASS_IDS], "dice",
+                "file"]
+
+
+def image_grid(rows: pd.DataFrame, truth: pd.DataFrame, with_file: set[str]) -> pd.DataFrame:
+    """One row per inspected image (clean ones included): classes, pixel areas, Dice against the truth (prediction
+    runs with truth only), and whether the image file is there; the page filters and sorts it."""
+    if not len(rows):
+        return pd.DataFrame(columns=GRID_COLUMNS)
+    area = rows.pivot_table(index=["source", "image_id"], columns="class_id", values="area", aggfunc="sum", fill_value=0)
+    area = area.reindex(columns=[0, *CLASS_IDS], fill_value=0)[list(CLASS_IDS)]
+    first = rows.groupby(["source", "image_id"])["inspected_at"].first()
+    out = pd.DataFrame({"ImageId": area.index.get_level_values("image_id"),
+                        "source": area.index.get_level_values("source"),
+                        "inspected": first.reindex(area.index).str.slice(0, 16).str.replace("T", " ").to_numpy()})
+    values = area.to_numpy()
+    out["classes"] = [" ".join(str(c) for c, a in zip(CLASS_IDS, row) if a) or "none" for row in values]
+    out["defect_px"] = values.sum(axis=1)
+    for i, c in enumerate(CLASS_IDS):
+        out[f"px_{c}"] = values[:, i]
+    out["dice"] = np.nan
+    preds = rows[rows["source"].str.startswith("pred:")]
+    if len(preds) and len(truth):
+        for source, part in preds.groupby("source"):
+            table, _ = dice_table(part, truth)
+            if len(table):
+                hit = out["source"] == source
+                out.loc[hit, "dice"] = out.loc[hit, "ImageId"].map(table.set_index("ImageId")["dice"]).to_numpy()
+    out["file"] = np.where(out["ImageId"].isin(with_file), "yes", "no")
+    return out.sort_values(["source", "ImageId"], kind="stable").reset_index(drop=True)

@@ -172,3 +172,66 @@ def test_the_page_says_when_dates_are_synthetic(board, root):
 def test_chart_titles_sit_below_the_toolbar_band(board):
     for fig in board.update_charts(*YEAR, "train"):
         assert fig.layout.margin.t >= 60 and fig.layout.title.yref == "paper" and fig.layout.title.yanchor == "bottom"
+
+
+def test_the_grid_lists_every_image_with_areas_and_dice(board, root):
+    truth = read_annotations(root / "test_truth.csv")
+    grid, note = board.update_grid(*YEAR, "train")
+    train = read_annotations(root / "train.csv").rows
+    assert len(grid) == 12 and {r["ImageId"] for r in grid if r["classes"] == "none"} == \
+        {r["ImageId"] for r in grid} - set(train["ImageId"])
+    row = next(r for r in grid if r["classes"] != "none")
+    assert row["defect_px"] == sum(row[f"px_{c}"] for c in (1, 2, 3, 4)) > 0 and row["file"] == "yes"
+    assert "clean" in note and "no confidence column" in note
+    drop = truth.rows.iloc[1:]  # the first mask left out: that image's Dice drops below 1
+    store_run(board, drop, list(truth.image_ids), "r")
+    runs = {r["ImageId"]: r["dice"] for r in board.update_grid(*YEAR, "pred:r")[0]}
+    assert runs[truth.rows["ImageId"].iloc[0]] < 1 and max(runs.values()) == 1
+    assert board.pick_from_grid({"row": 0}, [{"ImageId": "x.jpg", "source": "pred:r"}]) == {"source": "pred:r", "image": "x.jpg"}
+
+
+def test_review_rejects_false_alarms_and_exports_a_train_csv_training_reads(board, root, tmp_path):
+    truth = read_annotations(root / "test_truth.csv")
+    store_run(board, truth.rows, list(truth.image_ids), "r")
+    first, second = truth.rows["ImageId"].iloc[0], truth.rows["ImageId"].iloc[-1]
+    assert first != second
+    view, options, rejected, status = board.grid_view({"source": "pred:r", "image": first})
+    assert options and rejected == [] and "not reviewed yet" in status
+    assert board.save_review({"source": "pred:r", "image": first}, [], false_alarm=True)[0].startswith(
+        f"Saved: {first} in pred:r — false alarm")
+    kept_class = int(truth.rows.loc[truth.rows["ImageId"] == second, "ClassId"].iloc[0])
+    assert "accepted" in board.save_review({"source": "pred:r", "image": second}, [])[0]
+    assert board.grid_view({"source": "pred:r", "image": first})[2] == [o["value"] for o in options]
+    out = tmp_path / "train.csv"
+    out.write_text(board.export_review("pred:r")["content"])
+    labels = read_annotations(out)                      # the project's annotation reader, as training uses it
+    expected = truth.rows[truth.rows["ImageId"] != first].reset_index(drop=True)
+    assert labels.rows.equals(expected) and labels.format == "new"
+    assert kept_class in set(labels.rows.loc[labels.rows["ImageId"] == second, "ClassId"])
+    assert board.save_review(None, [])[1] == "alert error"
+
+
+def test_uploaded_images_are_checked_stored_and_predicted(board, root, tmp_path):
+    import base64
+
+    class Fake:
+        def status(self):
+            return "Models: fake."
+
+        def predict(self, paths):
+            ids = [Path(p).name for p in paths]
+            assert all(Path(p).is_file() for p in paths)
+            return pd.DataFrame({"ImageId": ids, "ClassId": [1] * len(ids), "EncodedPixels": ["1 10"] * len(ids)}), "1 s"
+
+    board.predictor = Fake()
+    good, other = [p.read_bytes() for p in sorted((root / "test_images").iterdir())[:2]]
+    data = lambda raw: "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+    small = __import__("cv2").imencode(".png", np.zeros((10, 10), np.uint8))[1].tobytes()
+    children, source = board.predict_uploaded([data(good), data(small), data(b"x")], ["new1.jpg", "small.png", "a.txt"])
+    text = repr(children)
+    assert source and source.startswith("pred:live-") and "new1.jpg" in text
+    assert "small.png: image is 10x10, expected 256x1600" in text and "a.txt: only .jpg / .jpeg / .png" in text
+    assert (board.upload_dir / "new1.jpg").read_bytes() == good and "new1.jpg" in board.images
+    assert set(board.rows(None, None, source)["image_id"]) == {"new1.jpg"}
+    refused, again = board.predict_uploaded([data(other)], ["new1.jpg"])
+    assert again is None and "another image of that name was uploaded before" in repr(refused)
