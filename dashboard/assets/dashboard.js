@@ -77,13 +77,14 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
     }
     viewer.appendChild(body);
     document.body.appendChild(viewer);
-    const picture = function (src) {
-      return {source: src, xref: 'x', yref: 'y', x: 0, y: 0, sizex: W, sizey: H, sizing: 'stretch', layer: 'below'};
+    const picture = function (src, k) {  /* the steel image under the plot, its overlay above it */
+      return {source: src, xref: 'x', yref: 'y', x: 0, y: 0, sizex: W, sizey: H, sizing: 'stretch',
+              layer: k ? 'above' : 'below'};
     };
     const width = plot.clientWidth;
     const axis = {showgrid: false, zeroline: false, ticks: 'outside', tickfont: {size: 10}};
     window.Plotly.newPlot(plot, [], {
-      images: Array.from(imgs, function (img) { return picture(img.src); }),
+      images: Array.from(imgs, function (img, k) { return picture(img.src, k); }),
       xaxis: Object.assign({range: [0, W], constrain: 'domain'}, axis),
       yaxis: Object.assign({range: [H, 0], scaleanchor: 'x', constrain: 'domain'}, axis),
       width: width, height: Math.round(width * H / W) + 40,
