@@ -21,7 +21,7 @@ from common.layout import find_root
 from dashboard.app import Dashboard
 from dashboard.store import ALL_RUNS
 from test_dashboard_e2e import (CHROMEDRIVER, CHROMIUM, REPO, YEAR, cards, choose, downloaded, figure, idle,
-                                images_loaded, server_errors, serve, text, wait_for)
+                                images_loaded, server_errors, serve, shots, text, wait_for)  # noqa: F401 (shots: fixture)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -59,13 +59,6 @@ def browser(tmp_path_factory):
     driver.downloads = downloads
     yield driver
     driver.quit()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    out = Path(os.environ.get("STEELSEG_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def size(driver, width: int, height: int) -> None:
