@@ -20,7 +20,7 @@ from common.annotations import read_annotations
 from common.layout import find_root
 from dashboard.app import Dashboard
 from dashboard.store import ALL_RUNS
-from test_dashboard_e2e import (CHROMEDRIVER, CHROMIUM, REPO, YEAR, cards, choose, downloaded, figure, idle,
+from test_dashboard_e2e import (CHROMEDRIVER, CHROMIUM, REPO, VIEWER_JS, YEAR, cards, choose, downloaded, figure, idle,
                                 images_loaded, server_errors, serve, shots, text, wait_for)  # noqa: F401 (shots: fixture)
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -35,14 +35,6 @@ if (!a || !b) { return null; }
 const r = a.querySelector('.modebar').getBoundingClientRect(), t = b.getBoundingClientRect();
 return {overlap: !(r.right <= t.left || t.right <= r.left || r.bottom <= t.top || t.bottom <= r.top),
         modebar: [r.left, r.top, r.right, r.bottom], title: [t.left, t.top, t.right, t.bottom]};
-"""
-VIEWER_JS = """
-const plot = document.getElementById('viewer-plot');
-if (!plot || !plot._fullLayout) { return null; }
-const body = document.querySelector('#viewer .viewer-body').getBoundingClientRect();
-return {window: window.innerWidth, left: body.left, right: body.right, width: plot._fullLayout.width,
-        x: plot._fullLayout.xaxis.range.slice(), y: plot._fullLayout.yaxis.range.slice(),
-        images: plot._fullLayout.images.length, shown: plot.querySelectorAll('image').length};
 """
 
 
@@ -111,7 +103,7 @@ def test_round2_in_the_browser(browser, shots, tmp_path):
         strip = browser.find_element(By.CSS_SELECTOR, "#samples .strip")
         browser.execute_script("arguments[0].scrollIntoView()", strip)
         strip.click()
-        view = wait_for(browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["shown"] == 2 and v, what="viewer")
+        view = wait_for(browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["images"] == 2 and v, what="viewer")
         assert view["left"] >= 0 and view["right"] <= view["window"] and view["width"] >= 1180, view
         assert [round(v) for v in view["x"]] == [0, 1600] and [round(v) for v in view["y"]] == [256, 0], view
         browser.save_screenshot(str(shots / "r2_02_viewer_1280.png"))
@@ -213,7 +205,7 @@ def test_real_relative_root(browser, shots, tmp_path, capsys):
             By.CSS_SELECTOR, "#grid th.dash-filter[data-dash-column=classes] input").send_keys("1", Keys.ENTER),
              lambda d: (r := grid_rows(d)) and all("1" in x["classes"] for x in r))
         browser.find_element(By.CSS_SELECTOR, "#samples .strip").click()
-        step("viewer opened", lambda: None, lambda d: (v := d.execute_script(VIEWER_JS)) and v["shown"] >= 1)
+        step("viewer opened", lambda: None, lambda d: d.execute_script(VIEWER_JS))
         view = browser.execute_script(VIEWER_JS)
         assert view["right"] <= view["window"], view
         browser.save_screenshot(str(shots / "real_r2_viewer_1280.png"))
