@@ -37,7 +37,8 @@ from dashboard.review import train_csv, verdicts, save_verdicts
 from dashboard.store import ALL_RUNS, Store, source_label
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload, save_image_upload
 from dashboard.views import (NO_DEFECT, SEVERAL, Buckets, data_span, dice_table, image_groups, inspections,
-                             image_grid, masks_for, period_counts, pie_figure, rate_figure, sample_ids,
+                             image_grid, masks_for, pair_dice, period_counts, pie_figure, pr_figure,
+                             rate_figure, sample_ids,
                              synthetic_share, timeline_figure)
 
 __all__ = ["Dashboard", "create_app"]
@@ -310,6 +311,31 @@ class Dashboard:
         return head, [strip(self.url("image", image=image_id),
                             self.url("match.png", image=image_id, run=run, **{"class": str(c)}),
                             f"{image_id} — {caption}", image_id, legend="match") for c, caption in shown]
+
+    def update_pr(self, start: str, end: str, run: str | None) -> object:
+        """Per-class precision/recall curves of the run in the period (images with truth only)."""
+        if not run:
+            return pr_figure(self.rows(start, end, None).iloc[:0], self.store.truth().iloc[:0],
+                             "Precision / recall per class: choose a prediction run")
+        return pr_figure(self.rows(start, end, run), self.store.truth(),
+                         f"Precision / recall per class of {run} (image level; score: predicted area, "
+                         "the store holds no confidence)")
+
+    def versus(self, run: str | None, other: str | None, image_id: str | None) -> list:
+        """Two runs on one image: each run's masks in the class colours, and how much they agree per class."""
+        if not run or not other or not image_id:
+            return [html.P("Pick a run, an image and a second run to compare the two models on it.", className="empty")]
+        if image_id not in self.images:
+            return [html.P(f"{image_id}: no image file in the data root.", className="empty")]
+        a, b = self.rows(None, None, run), self.rows(None, None, other)
+        missing = [r for r, rows in ((run, a), (other, b)) if image_id not in set(rows["image_id"])]
+        if missing:
+            return [html.P(f"{image_id} is not one of the images of {missing[0]}.", className="empty")]
+        _, values, _ = pair_dice(a[a["image_id"] == image_id], b[b["image_id"] == image_id])
+        agree = ", ".join(f"class {c} {values[0][i]:.3f}" for i, c in enumerate(CLASS_IDS))
+        return [html.P(f"Agreement of {run} with {other} on {image_id} (Dice, 1 where both predict nothing): {agree}.",
+                       className="note", id="versus-note"),
+                self.source_strip(image_id, run, a), self.source_strip(image_id, other, b)]
 
     def compare_export(self, run: str | None, image_id: str | None) -> dict | object:
         """The compared image as one PNG (a strip per class with its Dice and the colour key), for download."""
@@ -619,6 +645,11 @@ def create_app(board: Dashboard) -> Dash:
                  State("worst", "derived_viewport_data"), prevent_initial_call=True)(board.pick_from_table)
     app.callback(Output("compare-dice", "children"), Output("compare-view", "children"),
                  Input("compare-run", "value"), Input("compare-image", "value"))(board.compare)
+    app.callback(Output("pr", "figure"), Input("period", "data"), Input("compare-run", "value"),
+                 Input("store-version", "data"))(lambda p, run, _v: board.update_pr(p["start"], p["end"], run))
+    app.callback(Output("versus-view", "children"), Input("compare-run", "value"), Input("versus-run", "value"),
+                 Input("compare-image", "value"))(board.versus)
+    app.callback(Output("versus-run", "options"), Input("compare-run", "options"))(lambda options: options)
     app.callback(Output("download-png", "data"), Input("export-png", "n_clicks"), State("compare-run", "value"),
                  State("compare-image", "value"), prevent_initial_call=True)(
         lambda _n, run, image_id: board.compare_export(run, image_id))

@@ -20,7 +20,7 @@ from dashboard.importer import synthetic_date
 __all__ = ["NO_DEFECT", "SEVERAL", "LABELS", "COLORS", "GROUP_KEYS", "long_rows", "newest_run_per_image",
            "inspections", "period_counts", "data_span", "synthetic_share",
            "image_groups", "Buckets", "pie_figure", "timeline_figure", "rate_figure", "sample_ids",
-           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS", "GRID_COLUMNS", "image_grid"]
+           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS", "GRID_COLUMNS", "image_grid", "pr_figure"]
 
 NO_DEFECT, SEVERAL = 0, 5
 LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect", SEVERAL: "Several classes"}
@@ -257,3 +257,27 @@ def image_grid(rows: pd.DataFrame, truth: pd.DataFrame, with_file: set[str]) -> 
                 out.loc[hit, "dice"] = out.loc[hit, "ImageId"].map(table.set_index("ImageId")["dice"]).to_numpy()
     out["file"] = np.where(out["ImageId"].isin(with_file), "yes", "no")
     return out.sort_values(["source", "ImageId"], kind="stable").reset_index(drop=True)
+
+
+def pr_figure(pred: pd.DataFrame, truth: pd.DataFrame, title: str) -> go.Figure:
+    """Per class, image-level precision/recall of a run as the minimum predicted area varies (the store holds
+    no confidence, so the predicted area is the score), over the run's images that have ground truth."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig = go.Figure()
+    ids = sorted(set(pred["image_id"]) & set(truth["image_id"]))
+    for c in CLASS_IDS:
+        score = pred[pred["class_id"] == c].groupby("image_id")["area"].sum().reindex(ids, fill_value=0)
+        present = truth[truth["class_id"] == c].groupby("image_id")["area"].sum().reindex(ids, fill_value=0) > 0
+        if not len(ids) or not present.any():
+            continue
+        precision, recall, cuts = precision_recall_curve(present.to_numpy(), score.to_numpy())
+        areas = [*cuts.astype(int).tolist(), None]
+        fig.add_scatter(x=recall, y=precision, name=f"{LABELS[c]} ({int(present.sum())} with truth)", mode="lines+markers",
+                        line={"color": COLORS[c], "shape": "hv"}, customdata=areas,
+                        hovertemplate=f"{LABELS[c]}: recall %{{x:.2f}}, precision %{{y:.2f}} "
+                                      "(images with at least %{customdata} px predicted)<extra></extra>")
+    fig.update_layout(title=chart_title(title), height=340, margin={"l": 10, "r": 10, "t": TOP_MARGIN, "b": 10},
+                      xaxis={"title": "recall (images with the class found)", "range": [0, 1.02]},
+                      yaxis={"title": "precision", "range": [0, 1.02]}, legend={"orientation": "h", "y": -0.25})
+    return fig

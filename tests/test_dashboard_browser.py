@@ -78,7 +78,9 @@ def test_round2_in_the_browser(browser, shots, tmp_path):
     root = generate_dataset(tmp_path / "data", n_train=12, n_test=4, seed=5)
     train = read_annotations(root / "train.csv").rows
     clean = 12 - train["ImageId"].nunique()
-    with serve(root, tmp_path / "store.sqlite", "--poll-s", "30") as (url, _):
+    preloaded = tmp_path / "preloaded.csv"
+    preloaded.write_bytes((root / "test_truth.csv").read_bytes())
+    with serve(root, tmp_path / "store.sqlite", "--poll-s", "30", "--submission", str(preloaded)) as (url, _):
         board = Dashboard.from_root(tmp_path / "store.sqlite", find_root(root))
         full = board.update_cards(*YEAR, "train")[:5]
         size(browser, 1280, 800)
@@ -166,6 +168,11 @@ def test_round2_in_the_browser(browser, shots, tmp_path):
         labels = read_annotations(out).rows
         assert top["ImageId"] not in set(labels["ImageId"])
         assert len(labels) == len(train) - int((train["ImageId"] == top["ImageId"]).sum())
+        # 6. Precision / recall per class of the preloaded run (the test truth itself: precision 1 at recall 1).
+        pr = wait_for(browser, lambda d: (f := figure(d, "pr")) and f["traces"] and f, what="pr curves")
+        assert all(1 in t["x"] and max(t["y"]) == 1 for t in pr["traces"]) and "pred:preloaded" in pr["title"]
+        browser.execute_script("document.getElementById('pr').scrollIntoView()")
+        browser.save_screenshot(str(shots / "r2_06_pr_1280.png"))
         size(browser, 1600, 1000)
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(shots / "r2_05_top_1600.png"))

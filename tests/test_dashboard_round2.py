@@ -235,3 +235,31 @@ def test_uploaded_images_are_checked_stored_and_predicted(board, root, tmp_path)
     assert set(board.rows(None, None, source)["image_id"]) == {"new1.jpg"}
     refused, again = board.predict_uploaded([data(other)], ["new1.jpg"])
     assert again is None and "another image of that name was uploaded before" in repr(refused)
+
+
+def test_precision_recall_curves_per_class_from_the_store(board, root):
+    truth = read_annotations(root / "test_truth.csv")
+    store_run(board, truth.rows, list(truth.image_ids), "perfect")
+    fig = board.update_pr(*YEAR, "pred:perfect")
+    assert fig.data and all(max(t.y) == 1 and max(t.x) == 1 for t in fig.data)
+    # A perfect run reaches precision 1 at recall 1 for every class that has truth.
+    for trace in fig.data:
+        assert any(x == 1 and y == 1 for x, y in zip(trace.x, trace.y)), trace.name
+    present = sorted(set(truth.rows["ClassId"]))
+    assert [t.name.split(" (")[0] for t in fig.data] == [f"Defect {c}" for c in present]
+    assert "no confidence" in fig.layout.title.text
+    assert not board.update_pr(*YEAR, None).data
+
+
+def test_model_vs_model_on_one_image(board, root):
+    truth = read_annotations(root / "test_truth.csv")
+    ids = list(truth.image_ids)
+    store_run(board, truth.rows, ids, "a")
+    image_id = truth.rows["ImageId"].iloc[0]
+    store_run(board, truth.rows[truth.rows["ImageId"] != image_id], ids, "b")  # b misses that image's defects
+    out = board.versus("pred:a", "pred:b", image_id)
+    note = out[0].children
+    cls = int(truth.rows.loc[truth.rows["ImageId"] == image_id, "ClassId"].iloc[0])
+    assert f"class {cls} 0.000" in note and len(out) == 3
+    assert "pred%3Aa" in repr(out[1]) and "pred%3Ab" in repr(out[2])
+    assert "no image file" in board.versus("pred:a", "pred:b", "nope.jpg")[0].children
