@@ -110,16 +110,20 @@ class Dashboard:
                                     "The views keep showing the last valid period.", "error", id="period-error")
         return {"start": _day(start), "end": _day(end)}, None
 
-    def poll(self, version: str | None, follow: list[str] | None, end: str | None) -> tuple[object, object, str]:
-        """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day."""
+    def poll(self, version: str | None, follow: list[str] | None, end: str | None,
+             seen: str | None = None) -> tuple[object, object, str, object]:
+        """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day
+        when a newer inspection arrived: the store changed since the page's stamp, or its newest inspection is not
+        the one the page last followed (``seen``: the page's own uploads and predictions already sent the stamp).
+        Returns the stamp, the end date, the status line and the newest inspection now seen."""
         now = self.store.version()
         latest = self.store.latest()
         checked = datetime.now().strftime("%H:%M:%S")
         text = (f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
                 if latest else "Store: empty") + f" · checked {checked}, every {self.poll_s:g} s"
-        # The end date follows even when the page itself wrote (its upload or prediction already sent the stamp).
-        new_end = latest[:10] if follow and latest and end and latest[:10] > _day(end) else NO_UPDATE
-        return (NO_UPDATE if now == version else now), new_end, text
+        arrived = now != version or (seen is not None and latest != seen)
+        new_end = (latest[:10] if arrived and follow and latest and end and latest[:10] > _day(end) else NO_UPDATE)
+        return (NO_UPDATE if now == version else now), new_end, text, (latest if latest != seen else NO_UPDATE)
 
     # ------------------------------------------------------------------ counts and charts
     def update_overview(self, start: str, end: str, source: str) -> list:
@@ -553,7 +557,7 @@ def create_app(board: Dashboard) -> Dash:
         sources, runs = board.source_options()
         models, ready = board.model_status()
         return page(start, end, sources, runs, board.test_images, models, ready, board.max_upload_bytes,
-                    int(board.poll_s * 1000), board.store.version())
+                    int(board.poll_s * 1000), board.store.version(), board.store.latest())
 
     app.layout = layout
     period = [Input("period", "data"), Input("dataset", "value"), Input("store-version", "data")]
@@ -566,8 +570,9 @@ def create_app(board: Dashboard) -> Dash:
                  Input("date-range", "start_date"), Input("date-range", "end_date"),
                  prevent_initial_call=True)(board.check_period)
     app.callback(Output("store-version", "data"), Output("date-range", "end_date"), Output("live-status", "children"),
-                 Input("poll", "n_intervals"), State("store-version", "data"), State("follow", "value"),
-                 State("date-range", "end_date"))(lambda _n, *args: board.poll(*args))
+                 Output("seen-latest", "data"), Input("poll", "n_intervals"), State("store-version", "data"),
+                 State("follow", "value"), State("date-range", "end_date"), State("seen-latest", "data"))(
+        lambda _n, *args: board.poll(*args))
     selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
     app.callback(Output("dataset", "options"), Output("compare-run", "options"),
                  Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())

@@ -67,7 +67,7 @@ def _dd(component: Any, width: str = "300px") -> html.Div:
 
 
 def page(start: str, end: str, sources: list[dict], runs: list[dict], test_images: list[str], models: str,
-         models_ready: bool, max_upload_bytes: int, poll_ms: int, version: str) -> html.Div:
+         models_ready: bool, max_upload_bytes: int, poll_ms: int, version: str, latest: str | None = None) -> html.Div:
     """The single page."""
     first = sources[0]["value"] if sources else None
     return html.Div([
@@ -143,6 +143,7 @@ def page(start: str, end: str, sources: list[dict], runs: list[dict], test_image
         html.Div(id="predict-output"),
         dcc.Store(id="period", data={"start": start, "end": end}),
         dcc.Store(id="store-version", data=version),
+        dcc.Store(id="seen-latest", data=latest),         # the newest inspection the page has followed
         dcc.Store(id="upload-accepted"),
         dcc.Store(id="upload-limit", data=max_upload_bytes),
         dcc.Interval(id="poll", interval=poll_ms),

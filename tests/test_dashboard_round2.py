@@ -101,16 +101,18 @@ def test_newest_run_per_image_breaks_ties_by_run_name():
 
 
 def test_follow_moves_the_end_date_after_the_pages_own_run(board, root):
-    version = board.store.version()
+    version, seen = board.store.version(), board.store.latest()
     today = datetime.now(timezone.utc)
     ids = list(read_annotations(root / "test_truth.csv").image_ids)[:1]
     store_run(board, read_annotations(root / "test_truth.csv").rows.iloc[:0], ids, "live",
               today.isoformat(timespec="seconds"))
     mine = board.store.version()  # the page's prediction callback already sent this stamp to the page
     assert mine != version
-    stamp, end, _ = board.poll(mine, ["follow"], "2021-12-31")
-    assert stamp is NO_UPDATE and end == today.strftime("%Y-%m-%d")
-    assert board.poll(mine, [], "2021-12-31")[1] is NO_UPDATE
+    stamp, end, _, newest = board.poll(mine, ["follow"], "2021-12-31", seen)
+    assert stamp is NO_UPDATE and end == today.strftime("%Y-%m-%d") and newest == board.store.latest()
+    assert board.poll(mine, [], "2021-12-31", seen)[1] is NO_UPDATE
+    # Nothing new since: an end date the user set earlier stays where it is.
+    assert board.poll(mine, ["follow"], "2021-06-30", newest)[1] is NO_UPDATE
 
 
 def test_time_axes_span_the_data_not_the_empty_years_of_the_period(board):
