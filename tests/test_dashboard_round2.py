@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from common.annotations import read_annotations
-from common.inspections import append_rows, connect
+from common.inspections import connect
 from common.layout import find_root
 from dashboard import importer
 from dashboard.app import NO_UPDATE, Dashboard, create_app
@@ -197,7 +197,7 @@ def test_review_rejects_false_alarms_and_exports_a_train_csv_training_reads(boar
     store_run(board, truth.rows, list(truth.image_ids), "r")
     first, second = truth.rows["ImageId"].iloc[0], truth.rows["ImageId"].iloc[-1]
     assert first != second
-    view, options, rejected, status = board.grid_view({"source": "pred:r", "image": first})
+    _, options, rejected, status = board.grid_view({"source": "pred:r", "image": first})
     assert options and rejected == [] and "not reviewed yet" in status
     assert board.save_review({"source": "pred:r", "image": first}, [], false_alarm=True)[0].startswith(
         f"Saved: {first} in pred:r — false alarm")
