@@ -180,6 +180,7 @@ def test_round2_in_the_browser(browser, shots, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_real_relative_root(browser, shots, tmp_path, capsys):
     """The README's relative command on the real data: images load, the live line counts images once; timings."""
     if not (REPO / RELATIVE_REAL).is_dir():
