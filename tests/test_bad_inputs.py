@@ -888,3 +888,102 @@ def test_csvs_for_people_neutralise_spreadsheet_formulas():
     assert safe["ImageId"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1.jpg", "'-a.jpg", "'@b.jpg", "ok.jpg"]
     assert safe["ClassId"].tolist() == [1, -2, 3, 4, 1] and safe["area"].tolist() == [0.5, -1.0, 2.0, 3.0, 4.0]
     assert frame["ImageId"][0].startswith("=")  # the input is left as it is
+
+
+# ============================================================================ issue 22: data and training
+
+OLD_HEADER = "ImageId_ClassId,EncodedPixels"
+OLD_CASES = {  # a 2019-format file: four rows per image
+    "a row missing (its defect lost)": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,"],
+                                        "line 2: image 'a.jpg' has no row for class(es) [4]"),
+    "two rows missing, not the first": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "b.jpg_2,", "b.jpg_3,"],
+                                        "line 6: image 'b.jpg' has no row for class(es) [1, 4]"),
+    "duplicate row": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_2,1 5"],
+                      "line 6: duplicate row for image 'a.jpg' class 2 (first at line 3)"),
+    "ClassId 0": (["a.jpg_0,", "a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,"], "line 2: unknown ClassId '0'"),
+    "ClassId 5": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_5,"], "line 6: unknown ClassId '5'"),
+    "ClassId superscript two": (["a.jpg_1,1 10", "a.jpg_\u00b2,"], "line 3: unknown ClassId '\u00b2'"),
+    "ClassId Arabic-Indic one": (["a.jpg_\u0661,1 10"], "line 2: unknown ClassId '\u0661'"),
+    "no class suffix": (["a.jpg,1 10"], "line 2: ImageId_ClassId 'a.jpg' has no '_<class>' suffix"),
+}
+
+
+@pytest.mark.parametrize("reader", ["annotations", "metric CLI", "importer CLI", "dashboard upload"])
+@pytest.mark.parametrize("case", list(OLD_CASES))
+def test_2019_format_rows_are_checked_by_every_reader(tmp_path, capsys, case, reader):
+    rows, message = OLD_CASES[case]
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "\n".join(rows) + "\n")
+    refused = read_via(reader, path, capsys)
+    assert refused is not None and f"{path.name}, {message}" in refused, refused
+
+
+def test_validator_names_the_classes_a_2019_image_lacks(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "\n".join(OLD_CASES["a row missing (its defect lost)"][0]) + "\n")
+    assert validate(path) == [f"{path}: image 'a.jpg' has no row for class(es) [4]"]
+
+
+def test_a_complete_2019_file_keeps_its_defect_and_clean_images(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "".join(f"{i}_{c},{'1 10' if (i, c) == ('b.jpg', 4) else ''}\n"
+                                                for i in ("a.jpg", "b.jpg") for c in (1, 2, 3, 4)))
+    ann = read_annotations(path)
+    assert ann.image_ids == ("a.jpg", "b.jpg") and ann.rows.values.tolist() == [["b.jpg", 4, "1 10"]]
+
+
+def exif_image(shape: tuple[int, int] = (256, 1600), orientation: int = 6, fmt: str = "JPEG") -> tuple[bytes, bytes]:
+    """(file bytes with an EXIF orientation tag, the same image saved without one), written by PIL."""
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    image.save(tagged, fmt, exif=exif.tobytes())
+    image.save(plain, fmt)
+    return tagged.getvalue(), plain.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_orientation_is_ignored_by_every_reader(tmp_path, fmt, orientation):
+    """One rule: the pixels as stored. Training's dataset, infer, the dashboard and EDA read through read_image,
+    the service through decode_image; the header check agrees with both."""
+    from common.dataset import dataset_from
+    from common.images import decode_image, read_size
+
+    tagged, plain = exif_image(orientation=orientation, fmt=fmt)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(tagged)
+    expected = decode_image(plain, "plain", channels=1)
+    assert read_size(path) == (256, 1600)
+    assert np.array_equal(read_image(path, channels=1), expected)
+    assert np.array_equal(decode_image(tagged, "upload", channels=3, shape=None)[..., 0], expected)
+    check_image_files(tmp_path, ["a.jpg"], full=True)
+    assert dataset_from(tmp_path, None, "header").image("a.jpg", channels=1).shape == (256, 1600)
+
+
+def test_a_rotated_file_is_refused_at_start_up_naming_it(tiny_dataset, tmp_path):
+    """A 1600x256 file whose EXIF says 'rotate to 256x1600' is refused by the header check, before any epoch."""
+    from test_engine import run_inprocess
+
+    victim = sorted((tiny_dataset / "train_images").iterdir())[1]
+    victim.write_bytes(exif_image(shape=(1600, 256))[0])
+    with pytest.raises(ImageError, match=rf"^{victim}: image is 1600x256, expected 256x1600$"):
+        run_inprocess(tiny_dataset, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "BMP", "TIFF"])
+def test_other_formats_named_jpg_are_refused_by_the_header_check(tmp_path, fmt):
+    from PIL import Image
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((256, 1600), np.uint8)).save(path, fmt)
+    with pytest.raises(ImageError, match=rf"^{path}: not a JPEG or PNG file \({fmt} content\)"):
+        check_image_files(tmp_path, ["a.jpg"])
+    with pytest.raises(ImageError, match=rf"^{path}: not a JPEG or PNG file"):
+        read_image(path)
