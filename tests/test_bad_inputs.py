@@ -1313,3 +1313,26 @@ def test_the_submission_writer_refuses_an_image_id_no_row_can_hold(tmp_path):
         with open_submission(tmp_path / "sub.csv", ["ok.jpg", "two\nlines.jpg"]):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("device=tpu", "device: expected cpu, cuda, cuda:<index> or auto, got 'tpu'"),
+    ("channels_last=abc", "channels_last: expected true or false, got 'abc'"),
+])
+def test_infer_device_settings_of_the_wrong_kind_stop_before_any_output(models, tmp_path, override, message):
+    from ensemble.run import infer
+
+    with pytest.raises(RulesError) as err:
+        infer(infer_config(models, tmp_path, override))
+    assert str(err.value) == message
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_infer_with_an_incomplete_2019_truth_names_its_line(models, tmp_path):
+    from ensemble.run import infer
+
+    truth = tmp_path / "old.csv"
+    truth.write_text(OLD_HEADER + "\nimg000.jpg_1,\nimg000.jpg_2,\nimg000.jpg_4,\n")
+    with pytest.raises(AnnotationError, match=rf"^{truth}, line 2: image 'img000.jpg' has no row for class\(es\) \[3\]"):
+        infer(infer_config(models, tmp_path, "evaluate=true", f"truth={truth}"))
+    assert not (tmp_path / "submission.csv").exists()
