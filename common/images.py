@@ -15,7 +15,7 @@ import numpy as np
 from common.errors import ImageError
 from common.constants import IMAGE_SHAPE
 
-__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'decode_image', 'read_image', 'read_size']
+__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'decode_image', 'read_bytes', 'read_image', 'read_size']
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,26 +105,27 @@ def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
     return image
 
 
-def read_image(path: Path | str, channels: int = 3, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
-    """Read an image file by content (never by extension) as uint8 HxW or HxWx3 RGB."""
+def read_bytes(path: Path | str) -> bytes:
+    """The bytes of an image file; an unreadable one is an ImageError naming it."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    return decode_image(data, path, channels, shape)
+
+
+def read_image(path: Path | str, channels: int = 3, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
+    """Read an image file by content (never by extension) as uint8 HxW or HxWx3 RGB."""
+    return decode_image(read_bytes(path), path, channels, shape)
 
 
 def read_size(path: Path | str) -> tuple[int, int]:
-    """(height, width) as stored, from the file header alone, for fast layout checks of a whole folder; a file
-    that is not a JPEG or PNG by content is refused here as ``decode_image`` refuses it (not after an epoch)."""
+    """(height, width) as stored (the size ``decode_image`` gives: EXIF orientation ignored), from the file header
+    alone, for fast layout checks of a whole folder."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            kind = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png"}.get(str(img.format), "")  # MPO: a multi-picture JPEG
             width, height = img.size
     except (OSError, UnidentifiedImageError) as exc:
         raise ImageError(f"{path}: unreadable image ({exc})") from exc
-    if not kind:
-        raise ImageError(f"{path}: not a JPEG or PNG file ({img.format or 'unknown'} content)")
     return height, width
