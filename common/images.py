@@ -10,7 +10,7 @@ import numpy as np
 from common.errors import ImageError
 from common.constants import IMAGE_SHAPE
 
-__all__ = ['sniff_format', 'check_complete', 'decode_image', 'read_image', 'read_size']
+__all__ = ['sniff_format', 'check_complete', 'header_size', 'check_header_size', 'decode_image', 'read_image', 'read_size']
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -80,12 +80,43 @@ def check_complete(data: bytes, path: Path | str) -> None:
         raise ImageError(f"{path}: truncated PNG (the data ends before the IEND chunk)")
 
 
+def header_size(data: bytes, path: Path | str = "<bytes>") -> tuple[int, int]:
+    """(height, width) a JPEG/PNG header claims, read without decoding the pixels (a decompression bomb is
+    refused by its header, never decoded)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: the header claims an image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                         f"(a decompression bomb?); not decoded") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: unreadable image header ({exc})") from exc
+    return height, width
+
+
+def check_header_size(data: bytes, path: Path | str, shape: tuple[int, int]) -> None:
+    """Refuse, before any decoding, image bytes whose header claims a size other than ``shape``."""
+    height, width = header_size(data, path)
+    if (height, width) != tuple(shape):
+        raise ImageError(f"{path}: image is {height}x{width}, expected {shape[0]}x{shape[1]} (refused from its "
+                         "header, not decoded)")
+
+
 def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
                  shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
     """Decode JPEG/PNG bytes to uint8 HxW (channels=1) or HxWx3 (channels=3), checking the size."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     check_complete(data, path)
+    if shape is not None:
+        check_header_size(data, path, shape)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
