@@ -626,11 +626,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--max-connections and --max-decodes >= 1")
         limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive, args.max_connections)
         check_run_id(args.run_id, "--run-id")
-        token = read_token(args.token_file)
-        if token is None and not args.load_test and not is_loopback(args.host):
-            raise ServeError(f"--host {args.host}: reachable from other machines, so every request needs a token: "
-                             f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
-                             "(clients send 'Authorization: Bearer <token>')")
         if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_mb <= 0:
             raise ServeError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-mb > 0")
         if args.load_test < 0 or args.concurrency < 1 or args.load_seconds <= 0:
@@ -641,6 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_writable(args.store, "--store")
         if not args.load_test:
             check_port(args.host, args.port)
+        token = read_token(args.token_file)
+        if token is None and not args.load_test and not is_loopback(args.host):
+            raise ServeError(f"--host {args.host}: reachable from other machines, so every request needs a token: "
+                             f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
+                             "(clients send 'Authorization: Bearer <token>')")
         predictor = load_bundle(args.bundle, args.threads, thresholds=args.thresholds)
         app = create_app(predictor, args.max_batch, args.max_wait_ms, int(args.max_mb * MiB), args.store, args.run_id,
                          token, args.max_decodes, args.body_timeout, args.store_timeout)
