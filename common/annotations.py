@@ -6,6 +6,7 @@ EncodedPixels``. The new format (``ImageId,ClassId,EncodedPixels``) lists defect
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,7 +19,8 @@ from common.errors import AnnotationError, RLEError
 from common.io import CsvError, read_csv
 from common.rle import is_empty, parse
 
-__all__ = ["Annotations", "check_image_id", "detect_format", "check_row", "check_four_rows", "iter_rows", "parse_frame",
+__all__ = ["Annotations", "check_image_id", "check_run_id", "detect_format", "check_row", "check_four_rows", "iter_rows",
+           "parse_frame",
            "read_annotations", "labels_table"]
 
 
@@ -54,6 +56,19 @@ def check_image_id(image_id: object, where: str) -> str:
             or len(windows.parts) != 1 or image_id in (".", "..")):
         raise AnnotationError(f"{where}: ImageId {image_id!r} is not a plain file name (paths are refused)")
     return image_id
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def check_run_id(run_id: object, where: str = "run id") -> str:
+    """Return the run id if it is 1-80 letters, digits, '.', '_' or '-' starting with a letter or digit (it becomes
+    part of the store's source name and of CSVs people open: no formulas, markup or control characters)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        shown = repr(run_id) if not isinstance(run_id, str) or len(run_id) <= 100 else f"{run_id[:100]!r}..."
+        raise AnnotationError(f"{where}: run id {shown} must be 1-80 letters, digits, '.', '_' or '-', starting "
+                              "with a letter or digit")
+    return run_id
 
 
 def detect_format(columns: list[str], path: str) -> str:

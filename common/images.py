@@ -15,7 +15,8 @@ import numpy as np
 from common.errors import ImageError
 from common.constants import IMAGE_SHAPE
 
-__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'decode_image', 'read_bytes', 'read_image', 'read_size']
+__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'header_size', 'check_header_size', 'decode_image',
+           'read_bytes', 'read_image', 'read_size']
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -88,6 +89,36 @@ def check_complete(data: bytes, path: Path | str) -> None:
         raise ImageError(f"{path}: truncated PNG (the data ends before the IEND chunk)")
 
 
+def header_size(data: bytes | Path | str, path: Path | str = "<bytes>") -> tuple[int, int]:
+    """(height, width) a JPEG/PNG header claims (bytes or a file), read without decoding the pixels and as stored
+    (EXIF orientation ignored, as ``decode_image`` reads): a decompression bomb is refused by its header."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source, formats=["JPEG", "PNG"]) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: the header claims an image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                         f"(a decompression bomb?); not decoded") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: unreadable image header ({exc})") from exc
+    return height, width
+
+
+def check_header_size(data: bytes, path: Path | str, shape: tuple[int, int]) -> None:
+    """Refuse, before any decoding, image bytes whose header claims a size other than ``shape``."""
+    height, width = header_size(data, path)
+    if (height, width) != tuple(shape):
+        raise ImageError(f"{path}: image is {height}x{width}, expected {shape[0]}x{shape[1]} (refused from its "
+                         "header, not decoded)")
+
+
 def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
                  shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
     """Decode JPEG/PNG bytes to uint8 HxW (channels=1) or HxWx3 (channels=3) as stored (EXIF orientation
@@ -95,6 +126,8 @@ def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     check_complete(data, path)
+    if shape is not None:
+        check_header_size(data, path, shape)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[channels])
     if image is None:
         raise ImageError(f"{path}: the image data cannot be decoded")
@@ -121,11 +154,4 @@ def read_image(path: Path | str, channels: int = 3, shape: tuple[int, int] | Non
 def read_size(path: Path | str) -> tuple[int, int]:
     """(height, width) as stored (the size ``decode_image`` gives: EXIF orientation ignored), from the file header
     alone, for fast layout checks of a whole folder."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ImageError(f"{path}: unreadable image ({exc})") from exc
-    return height, width
+    return header_size(path, path)

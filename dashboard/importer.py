@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sqlite3
 import sys
 from dataclasses import replace
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.annotations import Annotations, check_image_id, parse_frame
+from common.annotations import Annotations, check_image_id, check_run_id, parse_frame
 from common.dataset import list_images
 from common.errors import AnnotationError, SteelsegError
 from common.inspections import append_rows, connect
@@ -145,13 +144,6 @@ def import_root(conn: sqlite3.Connection, data: DataRoot) -> dict[str, int]:
     return stored
 
 
-def check_run_id(run_id: str) -> str:
-    """A run id of letters, digits, '.', '_' and '-' (it becomes part of the source name)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,80}", run_id or ""):
-        raise SteelsegError(f"run id {run_id!r} must be 1-80 letters, digits, '.', '_' or '-'")
-    return run_id
-
-
 def import_submission(conn: sqlite3.Connection, annotations: Annotations, dates: dict[str, str], run_id: str) -> int:
     """Store a submission as ``pred:<run_id>`` (replacing a previous import of that run)."""
     run_id = check_run_id(run_id)
@@ -171,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_id and len(args.run_id) != len(args.submission):
         parser.error("give one --run-id per --submission, or none")
     try:
+        for i, path in enumerate(args.submission):  # every run id checked before anything is stored
+            check_run_id(args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)")
         conn = connect(args.db)
         if args.root:
             for source, n in import_root(conn, find_root(args.root)).items():
