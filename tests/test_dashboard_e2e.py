@@ -230,7 +230,8 @@ def set_date(driver, which: str, value: str) -> None:
 
 
 def choose(driver, dropdown_id: str, label: str) -> None:
-    driver.find_element(By.ID, dropdown_id).click()
+    # After a reload on a loaded machine the dropdown may render a moment after the rest of its panel.
+    wait_for(driver, lambda d: d.find_elements(By.ID, dropdown_id), what=f"dropdown {dropdown_id}")[0].click()
     option = wait_for(driver, lambda d: next((o for o in dropdown_options(d) if o.text.strip() == label), None),
                       what=f"option {label}")
     option.click()
