@@ -12,6 +12,15 @@ Prints one table (and writes it to ``<work>/gpu_check.md``):
   on ``--infer-images`` images: images/s end to end (target >= 300 on one H100), the share of time the GPU is
   busy (nvidia-smi samples), and, from a second, synchronised ``profile=true`` run, where the time goes.
 
+* AMP parity: the same ensemble in float32 and under autocast (bf16 on CUDA where supported, fp16 otherwise; on
+  the CPU bf16, to exercise the path) on ``--profile-images`` images, masks compared pair by pair
+  (``ensemble.export.parity``: identical or Dice >= 0.999 per mask);
+* a headline line: ensemble images/s against the 300 target, training images/s per recipe.
+
+``--profile`` instead runs torch.profiler on one batch (an image and its hflip, as the ensemble runs them) of
+each competition network, by op, plus smp's ``efficientnet-b3`` encoder against timm's ``tu-efficientnet_b3``
+(``<work>/profile.md``).
+
 Networks start from random weights (no download). The images are ``--distinct`` synthetic ones, hard-linked
 under new names up to the counts asked for. ``--device cpu --tiny`` runs everything small on the CPU with
 ``debug=smoke`` (the tests do). On a GPU machine (343 s on one H100, measured):
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distinct", type=int, help="distinct synthetic images per split (default 100; tiny 16)")
     parser.add_argument("--workers", type=int, default=min(8, len(os.sched_getaffinity(0))), help="loader workers")
     parser.add_argument("--batch", type=int, default=16, help="infer.py batch size")
+    parser.add_argument("--profile", action="store_true", help="only profile one batch per network, by op")
     args = parser.parse_args(argv)
     counts = {"--train-images": args.train_images, "--infer-images": args.infer_images,
               "--profile-images": args.profile_images, "--distinct": args.distinct, "--batch": args.batch}
@@ -191,6 +201,12 @@ def _main(args: argparse.Namespace) -> int:
     amp = ["trainer.amp=true", f"trainer.amp_dtype={'bfloat16' if bf16 else 'float16'}"] if cuda else []
     device_name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"[gpu_check] {device_name}, torch {torch.__version__}, {gpus} GPU(s), work folder {work}", flush=True)
+    if args.profile:
+        text = profile_networks(torch.device(args.device), tiny)
+        header = f"Profile on {device_name} (torch {torch.__version__}{', tiny' if tiny else ''})"
+        atomic_write_text(work / "profile.md", header + "\n\n" + text + "\n")
+        print("\n" + header + "\n\n" + text)
+        return 0
 
     from synthetic import ensure_dataset
 
@@ -210,15 +226,21 @@ def _main(args: argparse.Namespace) -> int:
 
     check = Check()
     trained: dict[str, Path] = {}
+    rates: dict[str, float] = {}
+    infer_rate: list[float] = []
     for recipe in RECIPES:
         def one_epoch(recipe=recipe):
             out = work / "train" / recipe
-            _, seconds = run([sys.executable, *train_args(recipe, big, 5, out, "trainer.epochs=1")], out / "log.txt")
+            with GpuBusy(cuda and _has_nvidia_smi()) as busy:
+                _, seconds = run([sys.executable, *train_args(recipe, big, 5, out, "trainer.epochs=1")],
+                                 out / "log.txt")
             row = read_metrics(out / "metrics.csv").iloc[-1]
             trained[recipe] = out / "checkpoints" / "best.pt"
             memory = f", peak GPU memory {row['gpu_peak_gib']:.1f} GiB" if "gpu_peak_gib" in row else ""
+            rates[recipe] = float(row["train_images_per_s"])
             return "ok", (f"{n_train} images{' (tiny)' if tiny else ''}: {row['train_images_per_s']:.1f} images/s "
-                          f"training{memory}; epoch with validation {row['time_s']:.0f} s, command {seconds:.0f} s"), out
+                          f"training ({1e3 / row['train_images_per_s']:.1f} ms per image){memory}, GPU busy "
+                          f"{busy.share}; epoch with validation {row['time_s']:.0f} s, command {seconds:.0f} s"), out
         check.step(f"train {recipe}, 1 epoch" + (", AMP bf16" if bf16 else ", AMP fp16" if cuda else ""), one_epoch)
 
     segmenter_recipe = next((r for r in RECIPES if r.startswith("segmenter/")), RECIPES[0])
@@ -264,7 +286,7 @@ def _main(args: argparse.Namespace) -> int:
         check.step(f"torchrun, {procs} process{'es' if procs > 1 else ''}", torchrun)
 
     def ensemble():
-        members = make_ensemble(work / "ensemble", trained)
+        members = overrides_of(*make_ensemble(work / "ensemble", trained))
         out = work / "infer"
         infer = [sys.executable, "infer.py", *members, "tta=hflip", "ensemble.gating.mode=none",
                  f"batch_size={args.batch}", f"num_workers={workers}", "progress=false", f"device={args.device}",
@@ -274,9 +296,11 @@ def _main(args: argparse.Namespace) -> int:
             output, seconds = run([*infer, f"images={big / 'test_images'}", f"output={out}/submission.csv"],
                                   out / "log.txt")
         rate = float(re.search(r"([\d.]+) images/s", output).group(1))
+        infer_rate.append(rate)
         verdict = "ok" if rate >= TARGET_IMAGES_PER_S or not cuda else "below target"
         check.rows.append(("infer.py: classifier + 3 segmenters, hflip TTA", verdict,
-                           f"{n_infer} images: {rate:.1f} images/s end to end (target >= {TARGET_IMAGES_PER_S:.0f} "
+                           f"{n_infer} images: {rate:.1f} images/s end to end, {1e3 / rate:.2f} ms per image "
+                           f"(target >= {TARGET_IMAGES_PER_S:.0f} "
                            f"on one H100), GPU busy {busy.share}; whole command {seconds:.0f} s"))
         profiled = replicate(base, work / "data" / "profile", 0, n_profile)
         output, _ = run([*infer, f"images={profiled / 'test_images'}", f"output={out}/profiled.csv", "profile=true"],
@@ -285,7 +309,35 @@ def _main(args: argparse.Namespace) -> int:
         return "ok", f"{n_profile} images, ms per image: {line}", None
     check.step("infer.py: time per image by section", ensemble)
 
+    def amp_parity():
+        from ensemble.export import parity
+        from ensemble.members import load_members
+        from ensemble.predict import Predictor, amp_dtype_for
+        from ensemble.rules import Rules
+        from ensemble.tta import transforms
+
+        device = torch.device(args.device)
+        dtype = amp_dtype_for("auto", device) or torch.bfloat16  # the CPU: bf16 exercises the autocast path
+        classifier, segmenters = make_ensemble(work / "ensemble", trained)
+        kw = dict(classifiers=load_members([classifier], "classifier"), rules=Rules(gating="none"),
+                  segmenters=load_members(segmenters, "segmenter"), tta_segmenter=transforms("none,hflip"),
+                  device=device)
+        paths = sorted((work / "data" / "profile" / "test_images").iterdir())[:n_profile]
+        start = time.perf_counter()
+        report = parity(Predictor(**kw), Predictor(**kw, amp_dtype=dtype), paths, min(args.batch, 8))
+        seconds = time.perf_counter() - start
+        name = str(dtype).removeprefix("torch.")
+        return ("ok" if report.ok else "FAILED",
+                f"{name} vs float32, {1e3 * seconds / max(len(paths), 1) / 2:.1f} ms per image per run; "
+                + report.format().removeprefix("parity: "), None)
+    check.step("AMP parity: masks under autocast vs float32", amp_parity)
+
     table = check.table()
+    headline = (f"headline: ensemble {infer_rate[0] if infer_rate else float('nan'):.1f} images/s end to end "
+                f"(target >= {TARGET_IMAGES_PER_S:.0f}"
+                f"{', met' if infer_rate and infer_rate[0] >= TARGET_IMAGES_PER_S else ', not met'}); training "
+                + ", ".join(f"{r} {v:.1f} images/s" for r, v in rates.items()))
+    table += "\n\n" + headline
     header = f"GPU check on {device_name} (torch {torch.__version__}, {gpus} GPU(s){', tiny' if tiny else ''})"
     atomic_write_text(work / "gpu_check.md", header + "\n\n" + table + "\n")
     print("\n" + header + "\n\n" + table)
@@ -298,9 +350,14 @@ def _has_nvidia_smi() -> bool:
     return which("nvidia-smi") is not None
 
 
-def make_ensemble(folder: Path, trained: dict[str, Path]) -> list[str]:
-    """infer.py overrides naming the classifier and 3 segmenters: the trained recipes' checkpoints plus an FPN
-    and a second Unet on the segmenter recipe's encoder (random weights; their speed is the point)."""
+def overrides_of(classifier: Path, segmenters: list[Path]) -> list[str]:
+    """infer.py overrides naming the ensemble's checkpoints."""
+    return [f"checkpoints.classifier=[{classifier}]", f"checkpoints.segmenter=[{','.join(map(str, segmenters))}]"]
+
+
+def make_ensemble(folder: Path, trained: dict[str, Path]) -> tuple[Path, list[Path]]:
+    """(classifier, 3 segmenters): the trained recipes' checkpoints plus an FPN and a second Unet on the segmenter
+    recipe's encoder (random weights; their speed is the point), written once."""
 
     import torch
 
@@ -311,14 +368,67 @@ def make_ensemble(folder: Path, trained: dict[str, Path]) -> list[str]:
     payload = load_checkpoint(segmenter, "segmenter")
     paths = [segmenter]
     for i, arch in enumerate(("FPN", "Unet")):
+        target = folder / f"segmenter_{arch}_{i}.pt"
+        if target.is_file():
+            paths.append(target)
+            continue
         torch.manual_seed(i + 1)
         config = {**payload["model"], "arch": arch}
         if arch == "FPN":
             config.pop("decoder_channels", None)
         model = build(config, f"{segmenter}: model", allow=model_allowlist())  # a config read from a file
-        paths.append(save_checkpoint(folder / f"segmenter_{arch}_{i}.pt", model, config,
-                                     "segmenter", payload["meta"]))
-    return [f"checkpoints.classifier=[{classifier}]", f"checkpoints.segmenter=[{','.join(map(str, paths))}]"]
+        paths.append(save_checkpoint(target, model, config, "segmenter", payload["meta"]))
+    return classifier, paths
+
+
+# The competition networks (random weights) profiled by ``--profile``, and smp's effnet-b3 against timm's.
+PROFILED = {
+    "classifier/competition: timm efficientnet_b1": {"_target_": "timm.create_model", "model_name": "efficientnet_b1",
+                                                     "pretrained": False, "num_classes": 4},
+    **{f"segmenter: smp {arch} {enc}": {"_target_": "segmentation_models_pytorch.create_model", "arch": arch,
+                                        "encoder_name": enc, "encoder_weights": None, "classes": 4}
+       for arch, enc in (("Unet", "efficientnet-b3"), ("FPN", "efficientnet-b3"), ("Unet", "tu-efficientnet_b3"))},
+}
+PROFILED_TINY = {
+    "classifier: timm test_resnet": {"_target_": "timm.create_model", "model_name": "test_resnet", "pretrained": False,
+                                     "num_classes": 4},
+    "segmenter: smp Unet tu-test_resnet": {"_target_": "segmentation_models_pytorch.create_model", "arch": "unet",
+                                           "encoder_name": "tu-test_resnet", "encoder_weights": None, "classes": 4,
+                                           "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+}
+
+
+def profile_networks(device, tiny: bool, top: int = 8) -> str:
+    """torch.profiler of one batch (a 256x1600 image and its hflip, channels_last, inference mode) per network:
+    the forward's wall time per image and its top ops by self time, with their share."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines = []
+    for name, config in (PROFILED_TINY if tiny else PROFILED).items():
+        torch.manual_seed(0)
+        model = build(dict(config)).eval().to(device, memory_format=torch.channels_last)
+        x = torch.randn(1, 3, 256, 1600, device=device)
+        x = torch.cat([x, x.flip(-1)]).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            model(x)  # warm-up: kernels chosen, memory allocated
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with profile(activities=activities) as prof:
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort), reverse=True)
+        total = sum(getattr(e, sort) for e in events) or 1.0
+        ops = ", ".join(f"{e.key} {100 * getattr(e, sort) / total:.0f}%" for e in events[:top])
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        lines.append(f"| {name} | {params:.1f} M | {1e3 * seconds / len(x):.0f} | {ops} |")
+    return "\n".join(["| network | parameters | ms per image (profiled) | top ops by self time (share) |",
+                      "| --- | --- | --- | --- |", *lines])
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class OnDemand:
 
     def predict(self, paths: Sequence[Path]) -> tuple[pd.DataFrame, str]:
         """Long-form rows (ImageId, ClassId, EncodedPixels) of every image x class, and a line on the timing."""
+        from ensemble.core import resolve_batch_size
         from ensemble.predict import build_predictor, rows_of
 
         self.status()
@@ -115,7 +116,7 @@ class OnDemand:
             begin = time.perf_counter()
             rows = []
             for done, (image_id, _, masks) in enumerate(
-                    self._predictor.iter_predictions(list(paths), int(self.config().get("batch_size") or 4)), 1):
+                    self._predictor.iter_predictions(list(paths), resolve_batch_size(self.config().get("batch_size"), self._predictor)), 1):
                 rows.extend(rows_of(image_id, masks))
                 self._progress = Progress("predicting", done, total)
             seconds = time.perf_counter() - begin

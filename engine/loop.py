@@ -136,7 +136,7 @@ class TrainerSettings:
     accumulate: int = 1
     grad_clip: float | None = None
     amp: str | bool = "auto"
-    amp_dtype: str = "float16"
+    amp_dtype: str = "auto"
     channels_last: bool = True
     threads: int | None = None
     patience: int | None = None
@@ -169,8 +169,8 @@ class TrainerSettings:
         if "amp" in values and values["amp"] not in ("auto", True, False):
             raise ConfigError(f"trainer.amp: expected auto, true or false, got {values['amp']!r}")
         settings = cls(**values)
-        if settings.amp_dtype not in ("float16", "bfloat16"):
-            raise ConfigError(f"trainer.amp_dtype: expected float16 or bfloat16, got {settings.amp_dtype!r}")
+        if settings.amp_dtype not in ("auto", "float16", "bfloat16"):
+            raise ConfigError(f"trainer.amp_dtype: expected auto, float16 or bfloat16, got {settings.amp_dtype!r}")
         return settings
 
 
@@ -302,19 +302,38 @@ def cpu_has_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _amp_dtype_name(amp_dtype: str, device: torch.device, bf16_cuda: Callable[[], bool]) -> str:
+    """``trainer.amp_dtype`` resolved: ``auto`` is bfloat16 (no gradient scaler) on a CUDA device that has it and on
+    the CPU, float16 (with the scaler) on older GPUs."""
+    if amp_dtype != "auto":
+        return amp_dtype
+    return "bfloat16" if device.type != "cuda" or bf16_cuda() else "float16"
+
+
 def _amp_settings(settings: TrainerSettings, device: torch.device,
-                  bf16_cpu: Callable[[], bool] = cpu_has_bf16) -> tuple[bool, torch.dtype]:
+                  bf16_cpu: Callable[[], bool] = cpu_has_bf16,
+                  bf16_cuda: Callable[[], bool] = lambda: torch.cuda.is_bf16_supported()) -> tuple[bool, torch.dtype]:
     """(autocast on?, dtype). On a CPU without oneDNN bf16, bf16 autocast is slower than float32: train in float32."""
     enabled = device.type == "cuda" if settings.amp == "auto" else bool(settings.amp)
-    if enabled and device.type != "cuda" and settings.amp_dtype != "bfloat16":
-        raise ConfigError(f"trainer.amp: {settings.amp_dtype} mixed precision needs a CUDA device; on the CPU set "
+    amp_dtype = _amp_dtype_name(settings.amp_dtype, device, bf16_cuda)
+    if enabled and device.type != "cuda" and amp_dtype != "bfloat16":
+        raise ConfigError(f"trainer.amp: {amp_dtype} mixed precision needs a CUDA device; on the CPU set "
                           "trainer.amp_dtype=bfloat16 (autocast on CPUs with bf16 units), or trainer.amp=auto or false")
     if enabled and device.type == "cpu" and not bf16_cpu():
         warnings.warn("trainer.amp: this CPU has no bf16 units oneDNN can use (it needs AVX-512 or Arm BF16), so "
                       "training runs in float32 instead of bfloat16 autocast; set trainer.amp=false to silence this",
                       stacklevel=2)
         enabled = False
-    return enabled, getattr(torch, settings.amp_dtype)
+    return enabled, getattr(torch, amp_dtype)
+
+
+def _loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
+    """DataLoader settings that keep a GPU fed: pinned memory on CUDA; with workers, workers kept across epochs
+    (no re-spawn per epoch) and 4 batches read ahead per worker."""
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
+    if num_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
 
 
 def as_float(outputs: Any) -> Any:
@@ -372,7 +391,7 @@ class Engine:
         self.train_loader, self.sampler, self.generator = self._train_loader()
         val_bs = settings.val_batch_size or settings.batch_size
         self.val_loader = DataLoader(spec.val_set, batch_size=val_bs, sampler=ShardSampler(len(spec.val_set), self.info),
-                                     num_workers=settings.num_workers, pin_memory=self.device.type == "cuda")
+                                     **_loader_options(settings.num_workers, self.device))
         if len(self.train_loader) == 0:
             raise ConfigError(f"{spec.name}: the training set of fold {ctx.fold} is empty")
         self.steps_per_epoch = math.ceil(len(self.train_loader) / settings.accumulate)
@@ -404,9 +423,8 @@ class Engine:
         # A last batch of one item breaks BatchNorm in train mode: drop it (only then).
         per_rank = len(sampler)
         lone_last = per_rank > s.batch_size and per_rank % s.batch_size == 1
-        loader = DataLoader(spec.train_set, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
-                            pin_memory=self.device.type == "cuda", worker_init_fn=_seed_worker, generator=generator,
-                            drop_last=lone_last)
+        loader = DataLoader(spec.train_set, batch_size=s.batch_size, sampler=sampler, worker_init_fn=_seed_worker,
+                            generator=generator, drop_last=lone_last, **_loader_options(s.num_workers, self.device))
         return loader, sampler, generator
 
     def _start_epoch(self, epoch: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from common.config import whole_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.images import read_image
 from common.preprocess import Preprocess
@@ -29,10 +30,10 @@ from ensemble.postprocess import max_probability, postprocess
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError
 from ensemble.timing import Timer
-from ensemble.tta import transforms
+from ensemble.tta import Flip, augment_all, split_outputs, transforms
 
 __all__ = ["KINDS", "cpu_count", "Stats", "check_members", "MemberInfo", "prepare_inputs", "read_inputs", "stack_inputs", "iter_batches", "split_joint", "rows_of", "ImagePrediction",
-           "BatchResult", "GatedEnsemble"]
+           "BatchResult", "GatedEnsemble", "resolve_batch_size"]
 
 
 KINDS = ("classifier", "segmenter", "joint")
@@ -174,6 +175,14 @@ class BatchResult:
         return ImagePrediction(image_id, self.masks[j], cls, self.max_prob[j])
 
 
+def resolve_batch_size(value: Any, runtime: "GatedEnsemble") -> int:
+    """``batch_size`` from a config: a whole number >= 1 as given, or ``auto`` / null -> the runtime's rule for
+    its device (``auto_batch_size``: by free memory on CUDA, 4 on a CPU)."""
+    if value is None or value == "auto":
+        return runtime.auto_batch_size()
+    return whole_number(value, "batch_size", minimum=1, note=" (or auto: chosen for the device)")
+
+
 def check_members(kinds: Iterable[str], rules: Rules) -> None:
     """Refuse a set of member kinds that cannot make a submission under ``rules`` (callers such as the
     dashboard may check before loading any model)."""
@@ -205,6 +214,7 @@ class GatedEnsemble:
     stats: Stats = field(default_factory=Stats)
     timer: Timer = field(default_factory=Timer)  # waiting_for_data, decode_in_workers, host_to_device, forward,
                                                  # postprocess (+ rle, write in ensemble.run); off by default
+    batch_flips: bool = True  # every TTA flip of a batch in one forward pass (False: one pass per flip)
 
     @property
     def members(self) -> list:
@@ -238,21 +248,30 @@ class GatedEnsemble:
         """(indices into ``paths``, inputs per preprocessing slot) per batch, in file order."""
         raise NotImplementedError
 
+    def auto_batch_size(self) -> int:
+        """The batch size when none is asked for (``batch_size=auto``): 4, small for a CPU (runtimes override)."""
+        return 4
+
+    def _run_flips(self, member: Any, x: Any, flips: list[Flip]) -> list[tuple[Flip, Any]]:
+        """(flip, the member's output for the flipped batch) per flip: one forward pass of every flipped copy
+        concatenated on the batch axis (``batch_flips``), else one pass per flip."""
+        if not self.batch_flips or len(flips) == 1:
+            return [(flip, self._run(member, flip.augment(x))) for flip in flips]
+        return list(zip(flips, split_outputs(self._run(member, augment_all(flips, x)), len(flips))))
+
     def probabilities(self, inputs: Sequence[Any], gate: bool = True) -> tuple[np.ndarray | None, Any, np.ndarray]:
         """(classifier probabilities (B, 4) or None, segmentation probabilities (K, 4, H, W) of the K images the
         gate lets through (all of them with ``gate=False``; None when K = 0), their indices (K,))."""
         batch = len(inputs[0])
         labels, masks = make_reducer(self.reducer), make_reducer(self.reducer)
         for member in self.joints:  # one pass gives both heads, with the segmenter TTA
-            x = self._input(member, inputs, None)
-            for flip in self.tta_segmenter:
-                mask_prob, label_prob = split_joint(self._run(member, flip.augment(x)))
+            for flip, output in self._run_flips(member, self._input(member, inputs, None), self.tta_segmenter):
+                mask_prob, label_prob = split_joint(output)
                 masks.add(flip.deaugment(mask_prob), member.weight)
                 labels.add(label_prob, member.weight)
         for member in self.classifiers:
-            x = self._input(member, inputs, None)
-            for flip in self.tta_classifier:
-                labels.add(self._run(member, flip.augment(x)), member.weight)
+            for _, output in self._run_flips(member, self._input(member, inputs, None), self.tta_classifier):
+                labels.add(output, member.weight)
         cls_prob = to_numpy(labels.result()).astype(np.float64) if labels.count else None
         needed = segment_needed(cls_prob, self.rules) if gate else None
         keep = np.arange(batch) if needed is None else np.flatnonzero(needed)
@@ -267,9 +286,8 @@ class GatedEnsemble:
         if index is not None and masks.count:
             masks.select(index)
         for member in self.segmenters:
-            x = self._input(member, inputs, index)
-            for flip in self.tta_segmenter:
-                masks.add(flip.deaugment(self._run(member, flip.augment(x))), member.weight)
+            for flip, output in self._run_flips(member, self._input(member, inputs, index), self.tta_segmenter):
+                masks.add(flip.deaugment(output), member.weight)
         return cls_prob, masks.result(), keep
 
     def predict_result(self, inputs: Sequence[Any], gate: bool = True) -> BatchResult:

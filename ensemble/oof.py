@@ -28,6 +28,7 @@ from common.io import check_outputs
 from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, SegmenterOOF,
                         write_classifier_oof, write_segmenter_oof)
 from engine.checkpoint import load_checkpoint
+from ensemble.core import resolve_batch_size
 from ensemble.members import Member, discover, load_members
 from ensemble.predict import Predictor, set_threads
 from ensemble.rules import Rules
@@ -94,7 +95,7 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
                               device=device, channels_last=bool(cfg.get("channels_last", True)))
         val_ids = [i for i in dataset.image_ids if fold_of[i] == fold]
         acc = OOFAccumulator(fold, bins)
-        loader = predictor.loader([dataset.path(i) for i in val_ids], int(cfg.get("batch_size", 4)),
+        loader = predictor.loader([dataset.path(i) for i in val_ids], resolve_batch_size(cfg.get("batch_size"), predictor),
                                   int(cfg.get("num_workers", 0)))
         if progress:
             from tqdm import tqdm

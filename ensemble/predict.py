@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.config import whole_number
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.preprocess import Preprocess
+from ensemble.arrays import take
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
 from ensemble.members import Member, discover, expand_runs, load_members
 from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
@@ -35,7 +36,8 @@ from ensemble.timing import Timer
 from ensemble.tta import transforms
 from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "Predictor", "rows_of", "load_rules",
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "AMP_CHOICES",
+           "COMPILE_MODES", "amp_dtype_for", "batch_for_memory", "compile_mode", "Predictor", "rows_of", "load_rules",
            "member_entries", "build_predictor", "predict_images"]
 
 
@@ -87,31 +89,83 @@ class MemberNet(nn.Module):
         return prob if self.kind == "classifier" else to_image_size(prob)
 
 
+AMP_CHOICES = ("auto", "bfloat16", "float16", None)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Device memory one image may take in a forward pass per TTA flip (activations in bf16 + full-size float32
+# probabilities of a 256x1600 effnet-b3 U-Net, rounded up): the rule behind batch_size=auto on CUDA.
+BYTES_PER_IMAGE_PASS = 256 * 2 ** 20
+MAX_AUTO_BATCH = 64
+
+
+def amp_dtype_for(amp: Any, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype of the ``amp`` setting on ``device``: ``auto`` is bf16 on CUDA (fp16 where the GPU has
+    no bf16) and float32 (None) on a CPU; null/false is float32; bfloat16 / float16 need CUDA."""
+    if amp is False or amp in (None, "none", "null"):
+        return None
+    if amp not in AMP_CHOICES:
+        raise RulesError(f"amp: expected auto, bfloat16, float16 or null (float32), got {amp!r}")
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        raise RulesError(f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); "
+                         "set amp=auto or amp=null")
+    if amp == "auto":
+        supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+        return torch.bfloat16 if supported else torch.float16
+    return getattr(torch, amp)
+
+
+def batch_for_memory(free_bytes: int, flips: int) -> int:
+    """The largest power of two of images whose forward passes (``flips`` each) fit in half the free memory,
+    1 to ``MAX_AUTO_BATCH``."""
+    fit = int(free_bytes * 0.5 // (BYTES_PER_IMAGE_PASS * max(flips, 1)))
+    return max(1, min(MAX_AUTO_BATCH, 1 << (fit.bit_length() - 1) if fit else 1))
+
+
+def compile_mode(value: Any) -> str | None:
+    """The ``compile`` setting checked: null/false (eager, the default) or a ``torch.compile`` mode."""
+    if value is False or value in (None, "none", "null"):
+        return None
+    if value not in COMPILE_MODES:
+        raise RulesError(f"compile: expected null (eager) or one of {list(COMPILE_MODES)}, got {value!r}")
+    return str(value)
+
+
 @dataclass
 class Predictor(GatedEnsemble):
     """Ensemble of classifier, segmenter and joint members (``Member``: torch models) with TTA, a reducer and
     post-processing rules, run on ``device``."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    channels_last: bool = True
-    amp_dtype: torch.dtype | None = None  # autocast the networks (CUDA) in this dtype; None: float32
+    channels_last: bool = True  # members were converted at load (load_members); inputs once per batch
+    amp_dtype: torch.dtype | None = None  # autocast the networks in this dtype; None: float32
+    compile: str | None = None  # torch.compile mode of every member network; None: eager
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._nets: dict[int, MemberNet] = {}
+        self._compiled: dict[int, Any] = {}
         for member in self.members:
             member.model.to(self.device)
-            self._nets[id(member)] = MemberNet(member.model, member.kind).eval()
+            net = self._nets[id(member)] = MemberNet(member.model, member.kind).eval()
+            self._compiled[id(member)] = torch.compile(net, mode=self.compile) if self.compile else net
 
     def net(self, member: Member) -> MemberNet:
         """The member's network with probability outputs (what the ONNX export writes)."""
         return self._nets[id(member)]
 
+    def auto_batch_size(self) -> int:
+        """CUDA: by the device's free memory (``batch_for_memory``); elsewhere the CPU's 4."""
+        if self.device.type != "cuda":
+            return super().auto_batch_size()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return batch_for_memory(free, max(len(self.tta_segmenter), len(self.tta_classifier)))
+
     def loader(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0) -> DataLoader:
         """Batches ``{"index": (B,), "inputs": [(B, C, h, w) per preprocessing]}`` in file order."""
         return DataLoader(ImageFiles(paths, self.preprocesses), batch_size=batch_size, shuffle=False,
                           num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
     def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
                  ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
@@ -120,13 +174,21 @@ class Predictor(GatedEnsemble):
             self.timer.add("decode_in_workers", float(batch["decode_s"].sum()))
             yield batch["index"].tolist(), batch["inputs"]
 
-    def _input(self, member: Member, inputs: Sequence[Any], keep: np.ndarray | None) -> torch.Tensor:
+    def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
+        """Each preprocessing slot's batch on the device (in channels_last): one copy per batch, whatever the
+        number of members sharing the slot."""
         with self.timer.section("host_to_device"):
-            x = torch.as_tensor(super()._input(member, inputs, keep)).to(self.device, non_blocking=True)
-            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+            moved = [torch.as_tensor(x).to(self.device, non_blocking=True) for x in inputs]
+            if self.channels_last:
+                moved = [x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in moved]
+            return moved
+
+    def _input(self, member: Member, inputs: Sequence[Any], keep: np.ndarray | None) -> torch.Tensor:
+        x = inputs[self._slot[id(member)]]
+        return x if keep is None else take(x, keep)
 
     def _run(self, member: Member, x: torch.Tensor) -> Any:
-        return self._nets[id(member)](x)
+        return self._compiled[id(member)](x)
 
     def synchronize(self) -> None:
         """Wait for the device's queued work (CUDA); a no-op elsewhere (for ``Timer(sync=...)``)."""
@@ -136,8 +198,9 @@ class Predictor(GatedEnsemble):
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[Any], gate: bool = True
                       ) -> tuple[np.ndarray | None, torch.Tensor | None, np.ndarray]:
-        """``GatedEnsemble.probabilities`` under ``torch.inference_mode`` (segmentation stays on the device),
-        autocast in ``amp_dtype`` when set."""
+        """``GatedEnsemble.probabilities`` under ``torch.inference_mode`` on inputs moved to the device once
+        (segmentation stays on the device), autocast in ``amp_dtype`` when set."""
+        inputs = self.to_device(inputs)
         if self.amp_dtype is None:
             return super().probabilities(inputs, gate)
         with torch.autocast(self.device.type, dtype=self.amp_dtype):
@@ -181,11 +244,8 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     channels_last = cfg.get("channels_last", True)
     if not isinstance(channels_last, bool):
         raise RulesError(f"channels_last: expected true or false, got {channels_last!r}")
-    amp = cfg.get("amp")
-    if amp not in (None, "bfloat16", "float16"):
-        raise RulesError(f"amp: expected null, bfloat16 or float16, got {amp!r}")
-    if amp and not device.startswith("cuda"):
-        raise RulesError(f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); set amp=null")
+    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), torch.device(device))
+    compile_as = compile_mode(cfg.get("compile"))
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     entries = member_entries(cfg["checkpoints"])
@@ -199,7 +259,9 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
         reducer=str(cfg["ensemble"].get("reducer", "mean")),
         device=torch.device(device),
         channels_last=channels_last,
-        amp_dtype=getattr(torch, amp) if amp else None,
+        amp_dtype=amp_dtype,
+        compile=compile_as,
+        batch_flips=bool(cfg.get("batch_flips", True)),
     )
     if cfg.get("profile"):  # synchronised sections: where the time goes (slower than a plain run)
         predictor.timer = Timer(enabled=True, sync=predictor.synchronize)

@@ -109,6 +109,7 @@ def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Con
                  force: bool = False) -> dict[str, Any]:
     """Predict ``cfg.images`` with the ensemble of the infer config and write the confident ones as a training
     root in ``out``; return the summary written to ``out/pseudo_label.json``."""
+    from ensemble.core import resolve_batch_size
     from ensemble.predict import build_predictor, set_threads
     from ensemble.run import _image_set
 
@@ -128,7 +129,7 @@ def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Con
     kept_per_class = dict.fromkeys(CLASS_IDS, 0)
     kept = 0
     paths = [dataset.path(i) for i in dataset.image_ids]
-    for names, result in predictor.iter_batch_results(paths, int(cfg.get("batch_size") or 4),
+    for names, result in predictor.iter_batch_results(paths, resolve_batch_size(cfg.get("batch_size"), predictor),
                                                       int(cfg.get("num_workers") or 0),
                                                       bool(cfg.get("progress", True)), gate=False):
         seg = result.seg_prob

@@ -22,7 +22,7 @@ from common.io import check_writable
 from common.metrics import ScoreReport, dice, score_pairs, with_interval
 from common.rle import decode
 from common.submission import open_submission
-from ensemble.core import rows_of
+from ensemble.core import resolve_batch_size, rows_of
 from ensemble.pipeline import drain_in_background
 
 RUNTIMES = ("torch", "onnx")
@@ -129,7 +129,6 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     thread, so the device loop does not wait for it), the score is accumulated per pair, inspections are
     appended in chunks. ``profile=true`` adds where the time goes per image (``time_ms_per_image``).
     """
-    batch_size = whole_number(cfg.get("batch_size"), "batch_size", minimum=1, default=4)
     num_workers = whole_number(cfg.get("num_workers"), "num_workers", default=0)
     check_writable(cfg["output"], "output")  # fail before the prediction, not after it
     if cfg.get("store"):
@@ -137,6 +136,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
         check_run_id(str(cfg.get("run_id") or "infer"), "run_id")
     dataset = _image_set(cfg)
     predictor, threads = build_runtime(cfg)
+    batch_size = resolve_batch_size(cfg.get("batch_size"), predictor)
     paths = [dataset.path(i) for i in dataset.image_ids]
     output = Path(cfg["output"])
     scorer = _Scorer(dataset) if cfg.get("evaluate") else None

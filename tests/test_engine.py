@@ -19,7 +19,7 @@ from classifier.metrics import classifier_metrics
 from engine.checkpoint import load_checkpoint, load_model
 from common.config import ConfigError
 from engine.distributed import DistInfo, ShardSampler, WeightedShardSampler
-from engine.loop import Engine, TrainerSettings, _amp_settings, config_differences, cpu_has_bf16
+from engine.loop import Engine, TrainerSettings, _amp_settings, _loader_options, config_differences, cpu_has_bf16
 from engine.optim import cosine_with_warmup, one_cycle
 from engine.run import train
 
@@ -130,7 +130,8 @@ def test_cpu_mixed_precision_is_bf16_autocast_and_float16_is_refused(tiny_datase
                            "trainer.amp_dtype=bfloat16")
     assert np.isfinite(epoch_table(tmp_path / "bf16")["train_loss"]).all() and result.best_path.is_file()
     with pytest.raises(ConfigError, match=r"trainer\.amp: float16 mixed precision needs a CUDA device; .*bfloat16"):
-        run_inprocess(tiny_dataset, tmp_path / "fp16", "trainer.epochs=1", "trainer.amp=true")
+        run_inprocess(tiny_dataset, tmp_path / "fp16", "trainer.epochs=1", "trainer.amp=true",
+                      "trainer.amp_dtype=float16")
 
 
 def test_bf16_autocast_falls_back_to_float32_on_cpus_without_bf16_units():
@@ -143,6 +144,21 @@ def test_bf16_autocast_falls_back_to_float32_on_cpus_without_bf16_units():
     assert _amp_settings(settings, cuda, bf16_cpu=lambda: False) == (True, torch.bfloat16)  # GPUs: not asked
     assert _amp_settings(TrainerSettings.from_config({}), cpu, bf16_cpu=lambda: False)[0] is False  # auto: off
     assert isinstance(cpu_has_bf16(), bool)
+
+
+def test_amp_dtype_auto_is_bf16_where_the_device_has_it_and_the_loaders_keep_a_gpu_fed():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = TrainerSettings.from_config({})
+    assert auto.amp_dtype == "auto"
+    assert _amp_settings(auto, cuda, bf16_cuda=lambda: True) == (True, torch.bfloat16)  # Ampere and later
+    assert _amp_settings(auto, cuda, bf16_cuda=lambda: False) == (True, torch.float16)  # older GPUs: GradScaler
+    on = TrainerSettings.from_config({"amp": True})
+    assert _amp_settings(on, cpu, bf16_cpu=lambda: True, bf16_cuda=lambda: False) == (True, torch.bfloat16)
+    with pytest.raises(ConfigError, match=r"trainer\.amp_dtype: expected auto, float16 or bfloat16"):
+        TrainerSettings.from_config({"amp_dtype": "fp8"})
+    assert _loader_options(0, cpu) == {"num_workers": 0, "pin_memory": False}
+    assert _loader_options(8, cuda) == {"num_workers": 8, "pin_memory": True, "persistent_workers": True,
+                                        "prefetch_factor": 4}
 
 
 def test_resume_refuses_a_folder_trained_with_another_config(tiny_dataset: Path, tmp_path: Path):
