@@ -43,8 +43,9 @@ TINY = {
 }
 
 BARE = r"""
-import sys, time, cv2, numpy as np, torch
+import sys, time, numpy as np, torch
 from pathlib import Path
+from common.images import read_image
 from engine.checkpoint import load_model
 torch.set_num_threads(int(sys.argv[3]))
 cls, _ = load_model(sys.argv[1], "classifier"); seg, _ = load_model(sys.argv[2], "segmenter")
@@ -52,7 +53,7 @@ cls, seg = (m.to(memory_format=torch.channels_last) for m in (cls, seg))
 batch = 4
 # the same image files as the infer run, decoded and normalised before the clock starts
 files = sorted(Path(sys.argv[4]).iterdir())
-images = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]).astype(np.float32) / 255
+images = np.stack([read_image(f, channels=3) for f in files]).astype(np.float32) / 255  # the one decode rule
 mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 data = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2).copy())
 batches = [data[i:i + batch].contiguous(memory_format=torch.channels_last) for i in range(0, len(data), batch)]

@@ -7,6 +7,7 @@ import timm
 from torch import nn
 
 from common.config import ConfigError
+from engine.checkpoint import CheckpointError, read_torch_file
 from engine.pretrained import PREFIX, is_package_source, load_into_timm
 
 
@@ -42,6 +43,10 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = 
         path = Path(pretrained_path)
         if not path.is_file():
             raise ConfigError(f"classifier.model.pretrained_path: weights file not found: {path}")
+        try:  # read as data first: timm's own error would repeat torch's advice to load with weights_only=False
+            read_torch_file(path)
+        except CheckpointError as exc:
+            raise ConfigError(f"classifier.model.pretrained_path: {exc}") from exc
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
     try:

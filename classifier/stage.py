@@ -13,12 +13,12 @@ from torch import nn
 from classifier.data import PresenceDataset
 from classifier.metrics import ClassifierMetric
 from classifier.model import param_groups
-from common.config import ConfigError, build, to_plain
+from common.config import ConfigError, build, real_number, to_plain
 from common.constants import CLASS_IDS
 from common.data_setup import fold_split
 from common.oof import CLASSIFIER_FILE, ClassifierOOF, write_classifier_oof
 from common.preprocess import Preprocess
-from common.sampling import balanced_weights, sample_weights
+from common.sampling import sample_weights
 from engine.augment import build_augment
 from engine.loop import StageSpec, predict
 
@@ -35,7 +35,8 @@ class ClassifierLoss(nn.Module):
         super().__init__()
         if pos_weight is not None and len(pos_weight) != len(CLASS_IDS):
             raise ConfigError(f"classifier.loss.pos_weight: need {len(CLASS_IDS)} values, got {list(pos_weight)}")
-        weight = None if pos_weight is None else torch.tensor([float(w) for w in pos_weight])
+        weight = None if pos_weight is None else torch.tensor(
+            [real_number(w, "classifier.loss.pos_weight", 0.0) for w in pos_weight])
         self.register_buffer("pos_weight", weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,9 +56,10 @@ def write_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset:
 def make_stage(cfg: DictConfig) -> StageSpec:
     """Classifier StageSpec for ``cfg.fold`` from ``cfg.classifier`` and ``cfg.data`` (checks inputs first)."""
     c = cfg.classifier
-    thresholds = list(c.thresholds)
-    if len(thresholds) != len(CLASS_IDS):
-        raise ConfigError(f"classifier.thresholds: need {len(CLASS_IDS)} values, got {thresholds}")
+    thresholds = to_plain(c.thresholds)
+    if not isinstance(thresholds, list) or len(thresholds) != len(CLASS_IDS):
+        raise ConfigError(f"classifier.thresholds: need {len(CLASS_IDS)} values, got {thresholds!r}")
+    thresholds = [real_number(t, "classifier.thresholds", 0.0) for t in thresholds]
     model_config = to_plain(c.model)
     loss = ClassifierLoss(c.loss.get("pos_weight"))
     model = build(model_config, "classifier.model")
@@ -67,11 +69,7 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     cache = bool(c.get("cache_images", False))
     train_set = PresenceDataset(dataset, train_ids, preprocess, augment, cache)
     val_set = PresenceDataset(dataset, val_ids, preprocess, cache=cache)
-    if c.get("balanced_sampling") and c.get("sampling"):
-        raise ConfigError("classifier.balanced_sampling and classifier.sampling: set one (sampling: {mode: balanced, "
-                          "power: ...} generalises balanced_sampling: true)")
-    weights = balanced_weights(dataset.labels.loc[train_ids]) if c.get("balanced_sampling") else \
-        sample_weights(dataset.labels.loc[train_ids], c.get("sampling"), "classifier.sampling")
+    weights = sample_weights(dataset.labels.loc[train_ids], c.get("sampling"), "classifier.sampling")
     return StageSpec(
         name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
         loss=loss, new_metric=partial(ClassifierMetric, thresholds),
@@ -79,4 +77,5 @@ def make_stage(cfg: DictConfig) -> StageSpec:
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS), "thresholds": thresholds},
         param_groups=param_groups, sample_weights=weights,
         write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold),
-                          batch_size=int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)))
+                          batch_size=int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)),
+        outputs=(CLASSIFIER_FILE,))

@@ -6,6 +6,7 @@ EncodedPixels``. The new format (``ImageId,ClassId,EncodedPixels``) lists defect
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,7 +19,8 @@ from common.errors import AnnotationError, RLEError
 from common.io import CsvError, read_csv
 from common.rle import is_empty, parse
 
-__all__ = ["Annotations", "check_image_id", "detect_format", "check_row", "iter_rows", "parse_frame",
+__all__ = ["Annotations", "check_image_id", "check_run_id", "detect_format", "check_row", "check_four_rows", "iter_rows",
+           "parse_frame",
            "read_annotations", "labels_table"]
 
 
@@ -56,6 +58,19 @@ def check_image_id(image_id: object, where: str) -> str:
     return image_id
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+
+
+def check_run_id(run_id: object, where: str = "run id") -> str:
+    """Return the run id if it is 1-80 letters, digits, '.', '_' or '-' starting with a letter or digit (it becomes
+    part of the store's source name and of CSVs people open: no formulas, markup or control characters)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        shown = repr(run_id) if not isinstance(run_id, str) or len(run_id) <= 100 else f"{run_id[:100]!r}..."
+        raise AnnotationError(f"{where}: run id {shown} must be 1-80 letters, digits, '.', '_' or '-', starting "
+                              "with a letter or digit")
+    return run_id
+
+
 def detect_format(columns: list[str], path: str) -> str:
     """'new' or 'old' from the header; an error naming the file when it is neither."""
     cols = set(columns)
@@ -69,8 +84,9 @@ def detect_format(columns: list[str], path: str) -> str:
 
 
 def _class_id(value: object, where: str) -> int:
+    """The ClassId as an int of CLASS_IDS; ASCII digits only ('\u00b2' and other Unicode digits are refused)."""
     text = str(value).strip()
-    if not text.isdigit() or int(text) not in CLASS_IDS:
+    if not (text.isascii() and text.isdigit()) or int(text) not in CLASS_IDS:
         raise AnnotationError(f"{where}: unknown ClassId {value!r} (expected one of {list(CLASS_IDS)})")
     return int(text)
 
@@ -103,6 +119,20 @@ def iter_rows(frame: pd.DataFrame, fmt: str, lines: list[int] | None = None):
     yield from zip(numbers, frame[id_col], classes, frame["EncodedPixels"])
 
 
+def check_four_rows(seen: dict[tuple[str, int], int], path: str) -> None:
+    """A 2019-format file lists every image x class: an image with fewer than four rows is an error naming it and
+    its first line (a lost row may have held a defect, which would otherwise be read as clean)."""
+    classes: dict[str, list[int]] = {}
+    for (image_id, class_id), line in seen.items():
+        classes.setdefault(image_id, []).append(line)
+    for image_id, lines in classes.items():
+        missing = [c for c in CLASS_IDS if (image_id, c) not in seen]
+        if missing:
+            raise AnnotationError(
+                f"{path}, line {min(lines)}: image {image_id!r} has no row for class(es) {missing}; the 2019 format "
+                f"(ImageId_ClassId) lists all {len(CLASS_IDS)} classes of every image (an empty EncodedPixels: clean)")
+
+
 def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool = True,
                 shape: tuple[int, int] = IMAGE_SHAPE, lines: list[int] | None = None) -> Annotations:
     """Turn a raw CSV frame (all columns as text) of either format into validated long form."""
@@ -123,6 +153,8 @@ def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool =
             ids.append(image_id)
             classes.append(class_id)
             rles.append(rle)
+    if fmt == OLD_FORMAT:
+        check_four_rows(seen, path)
     rows = pd.DataFrame({"ImageId": ids, "ClassId": np.asarray(classes, np.int64), "EncodedPixels": rles},
                         columns=LONG_COLUMNS)
     rows = rows.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)

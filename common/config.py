@@ -7,11 +7,12 @@ Hydra and OmegaConf are imported on first use, so importing this module stays li
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Collection, Iterator, Mapping
 
 from common.errors import ConfigError, SteelsegError
 
-__all__ = ["ConfigError", "build", "to_plain", "targets", "check_allowed", "whole_number"]
+__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "whole_number", "real_number"]
 
 
 def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = None, note: str = "") -> int | None:
@@ -24,6 +25,37 @@ def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = N
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}: expected a whole number >= {minimum}{note}, got {value!r}")
     return value
+
+
+def real_number(value: Any, key: str, minimum: float | None = None, default: float | None = None,
+                note: str = "") -> float | None:
+    """A real-number setting (e.g. ``trainer.grad_clip``): ``value`` as a finite float >= ``minimum``, ``default``
+    when it is None; text that is no number, booleans, NaN and infinities are a ConfigError naming ``key``."""
+    if value is None:
+        return default
+    number: float | None = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        raise ConfigError(f"{key}: expected a finite number{bound}{note}, got {value!r}")
+    return number
+
+
+def call(factory: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a ``_partial_`` factory built from config (an optimiser, a schedule): a TypeError or ValueError of the
+    call is a bad value under ``key`` (e.g. ``weight_decay: abc``), a ConfigError naming it on one line."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SteelsegError):
+            raise
+        name = getattr(getattr(factory, "func", factory), "__name__", type(factory).__name__)
+        message = f"{key}: {name} refuses these settings ({type(exc).__name__}: {exc})"
+        raise ConfigError(message.replace("\n", " ")) from exc
 
 
 def _is_config(node: Any) -> bool:

@@ -16,7 +16,7 @@ import pandas as pd
 from common.annotations import Annotations, check_image_id, labels_table, read_annotations
 from common.constants import CLASS_IDS, IMAGE_SHAPE, IMAGE_SUFFIXES, LONG_COLUMNS
 from common.errors import ConfigError, DatasetError, ImageError
-from common.images import read_image, read_size
+from common.images import check_complete, read_bytes, read_image, read_size
 from common.rle import decode
 
 __all__ = ["SteelDataset", "class_masks", "mask_stack", "rles_by_image", "list_images", "check_image_files",
@@ -132,12 +132,14 @@ def list_images(image_dir: Path | str) -> list[str]:
 
 
 def check_image_files(image_dir: Path, image_ids: list[str] | tuple[str, ...], full: bool = False) -> None:
-    """Raise ImageError for the first unreadable or wrong-size image (header only unless ``full``)."""
+    """Raise ImageError for the first unreadable, truncated, non-JPEG/PNG or wrong-size image: by decoding when
+    ``full``, else by the header and the file's structure (a truncated file is found here, not in an epoch)."""
     for image_id in image_ids:
         path = image_dir / image_id
         if full:
             read_image(path)
             continue
+        check_complete(read_bytes(path), path)
         size = read_size(path)
         if size != IMAGE_SHAPE:
             raise ImageError(f"{path}: image is {size[0]}x{size[1]}, expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")

@@ -42,15 +42,31 @@ class SubmissionError(SteelsegError, ValueError):
     """A submission that is incomplete, has duplicates or rows for unknown images."""
 
 
+_APP_STARTED = [False]  # set once an entry point's own code runs (Hydra has made its run folder by then)
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """For command-line entry points (Hydra apps included): a SteelsegError in the block becomes
     ``error: <message>`` on stderr and exit status 2, without a traceback; other exceptions pass unchanged."""
+    _APP_STARTED[0] = True
     try:
         yield
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _hydra_output_error(exc: OSError) -> str | None:
+    """The one-line message when Hydra itself cannot make or write its output folder (``hydra.run.dir`` read-only,
+    a file in the way...) before the app starts; None for any other OSError (a bug keeps its traceback)."""
+    from common.io import place_error
+
+    if _APP_STARTED[0]:
+        return None
+    multirun = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(sys.argv[1:]))
+    error = place_error(exc, exc.filename or "the output folder", "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return None if error is None else str(error)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -86,6 +102,12 @@ def hydra_command_line_errors() -> Iterator[None]:
                 return func()
             except (ConfigCompositionException, OverrideParseException) as exc:
                 print(f"error: command line: {_one_line(exc)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            except OSError as exc:
+                message = _hydra_output_error(exc)
+                if message is None:
+                    raise
+                print(f"error: {message}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
 
         return original(guarded)

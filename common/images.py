@@ -1,4 +1,9 @@
-"""Read Severstal images by content (real data has PNG bytes named .jpg), with clear errors."""
+"""Read Severstal images by content (real data has PNG bytes named .jpg), with clear errors.
+
+One orientation rule for every reader (training, infer, the service, the dashboard, EDA): the pixels are taken as
+stored and an EXIF orientation tag is ignored (``DECODE_FLAGS``), as the Kaggle data needs; the header check
+(``read_size``, PIL's stored size) therefore agrees with the decode, so a file that passes it also reads.
+"""
 from __future__ import annotations
 
 import re
@@ -10,7 +15,8 @@ import numpy as np
 from common.errors import ImageError
 from common.constants import IMAGE_SHAPE
 
-__all__ = ['sniff_format', 'check_complete', 'decode_image', 'read_image', 'read_size']
+__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'header_size', 'check_header_size', 'decode_image',
+           'read_bytes', 'read_image', 'read_size']
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -18,6 +24,9 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # more 0xFF (fill); any other byte after 0xFF is the next marker.
 _NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length field
+# OpenCV rotates JPEG, PNG and WebP pixels by their EXIF orientation unless told not to: never rotate.
+DECODE_FLAGS = {1: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
+                3: cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION}
 
 
 def sniff_format(data: bytes) -> str:
@@ -80,14 +89,46 @@ def check_complete(data: bytes, path: Path | str) -> None:
         raise ImageError(f"{path}: truncated PNG (the data ends before the IEND chunk)")
 
 
+def header_size(data: bytes | Path | str, path: Path | str = "<bytes>") -> tuple[int, int]:
+    """(height, width) a JPEG/PNG header claims (bytes or a file), read without decoding the pixels and as stored
+    (EXIF orientation ignored, as ``decode_image`` reads): a decompression bomb is refused by its header."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source, formats=["JPEG", "PNG"]) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: the header claims an image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+                         f"(a decompression bomb?); not decoded") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: unreadable image header ({exc})") from exc
+    return height, width
+
+
+def check_header_size(data: bytes, path: Path | str, shape: tuple[int, int]) -> None:
+    """Refuse, before any decoding, image bytes whose header claims a size other than ``shape``."""
+    height, width = header_size(data, path)
+    if (height, width) != tuple(shape):
+        raise ImageError(f"{path}: image is {height}x{width}, expected {shape[0]}x{shape[1]} (refused from its "
+                         "header, not decoded)")
+
+
 def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
                  shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
-    """Decode JPEG/PNG bytes to uint8 HxW (channels=1) or HxWx3 (channels=3), checking the size."""
+    """Decode JPEG/PNG bytes to uint8 HxW (channels=1) or HxWx3 (channels=3) as stored (EXIF orientation
+    ignored), checking the size."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     check_complete(data, path)
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if shape is not None:
+        check_header_size(data, path, shape)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS[channels])
     if image is None:
         raise ImageError(f"{path}: the image data cannot be decoded")
     if shape is not None and image.shape[:2] != tuple(shape):
@@ -97,22 +138,20 @@ def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
     return image
 
 
-def read_image(path: Path | str, channels: int = 3, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
-    """Read an image file by content (never by extension) as uint8 HxW or HxWx3 RGB."""
+def read_bytes(path: Path | str) -> bytes:
+    """The bytes of an image file; an unreadable one is an ImageError naming it."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    return decode_image(data, path, channels, shape)
+
+
+def read_image(path: Path | str, channels: int = 3, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
+    """Read an image file by content (never by extension) as uint8 HxW or HxWx3 RGB."""
+    return decode_image(read_bytes(path), path, channels, shape)
 
 
 def read_size(path: Path | str) -> tuple[int, int]:
-    """(height, width) from the file header alone, for fast layout checks of a whole folder."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ImageError(f"{path}: unreadable image ({exc})") from exc
-    return height, width
+    """(height, width) as stored (the size ``decode_image`` gives: EXIF orientation ignored), from the file header
+    alone, for fast layout checks of a whole folder."""
+    return header_size(path, path)

@@ -40,13 +40,14 @@ class InspectionStoreError(SteelsegError, ValueError):
     """A store that cannot be opened or rows that cannot be stored; the message names the item."""
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """Open (creating file, table and indices if missing) the inspections store at ``path``."""
+def connect(path: Path | str, timeout: float = 5.0) -> sqlite3.Connection:
+    """Open (creating file, table and indices if missing) the inspections store at ``path``; ``timeout``: seconds
+    a write waits for another process's lock before it fails."""
     path = Path(path)
     try:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path))
+        conn = sqlite3.connect(str(path), timeout=timeout)
         conn.executescript(_SCHEMA)
     except (sqlite3.DatabaseError, OSError) as exc:
         raise InspectionStoreError(f"{path}: cannot open inspections store ({exc})") from exc

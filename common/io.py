@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text", "temp_dir_beside",
-           "check_writable", "remove_stale_temps", "read_csv", "parse_csv_text", "FORMULA_PREFIXES",
+           "check_writable", "check_outputs", "place_error", "remove_stale_temps", "read_csv", "parse_csv_text",
+           "FORMULA_PREFIXES",
            "spreadsheet_safe"]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula (OWASP)
@@ -74,6 +75,14 @@ def _write_error(path: Path | str, exc: OSError, key: str | None = None) -> Writ
     error = WriteError(f"{where}: cannot write ({cause}): {hint}")
     error.errno, error.strerror, error.filename = exc.errno, exc.strerror, str(path)
     return error
+
+
+def place_error(exc: OSError, path: Path | str, key: str | None = None) -> WriteError | None:
+    """The WriteError naming ``path`` when ``exc`` is a failure of the place written to (read-only, full, no
+    permission, something in the way), for writes the project does not make itself (Hydra's run folder); else None."""
+    if isinstance(exc, SteelsegError) or exc.errno not in _PLACE_ERRNOS:
+        return None
+    return _write_error(path, exc, key)
 
 
 @lru_cache(maxsize=1)
@@ -226,6 +235,35 @@ def check_writable(path: Path | str, key: str, directory: bool = False) -> Path:
     except OSError as exc:
         raise _write_error(path, exc, key) from exc
     return path
+
+
+def _file_in_the_way(folder: Path, inner: Path) -> Path | None:
+    """The first existing non-folder on the way from ``folder`` down to ``inner`` (a folder to be made), or None."""
+    step = folder
+    for part in inner.relative_to(folder).parts:
+        step = step / part
+        if not step.exists():
+            return None
+        if not step.is_dir():
+            return step
+    return None
+
+
+def check_outputs(folder: Path | str, key: str, files: Sequence[str] = (), folders: Sequence[str] = ()) -> Path:
+    """Fail now, naming ``key``, when an output folder or a file or folder of its fixed layout (a run folder's
+    ``checkpoints/last.pt``, ``metrics.csv``, OOF files...) cannot be written later: every stage calls it at
+    start-up, so a directory where a checkpoint goes is found before the first epoch, not after it."""
+    folder = check_writable(folder, key, directory=True)
+    targets = [(folder / name, False) for name in files] + [(folder / name, True) for name in folders]
+    for path, is_folder in targets:
+        if not is_folder and path.is_dir():
+            raise WriteError(f"{key}: {path} is a directory where a file is written: remove it or choose another "
+                             f"{key}")
+        blocker = _file_in_the_way(folder, path if is_folder else path.parent)
+        if blocker is not None:
+            raise WriteError(f"{key}: {blocker} is a file where a folder is made: remove it or choose another {key}")
+        check_writable(path, key, directory=is_folder)
+    return folder
 
 
 @dataclass(frozen=True)

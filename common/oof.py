@@ -33,13 +33,14 @@ from common.errors import OOFError
 from common.io import CsvError, atomic_open, atomic_write_text, read_csv
 from common.metrics import ScoreReport, dice_from_counts, score_pairs
 
-__all__ = ["SEGMENTER_FILE", "CLASSIFIER_FILE", "SCHEMA_VERSION", "DEFAULT_BINS", "OOFError", "bin_index",
+__all__ = ["SEGMENTER_FILE", "CLASSIFIER_FILE", "OOF_FILES", "SCHEMA_VERSION", "DEFAULT_BINS", "OOFError", "bin_index",
            "binarize", "histograms", "image_histograms", "suffix_sums", "SegmenterOOF", "OOFAccumulator",
            "write_segmenter_oof", "read_segmenter_oof", "ClassifierOOF", "write_classifier_oof",
            "read_classifier_oof", "OOF", "find_files", "load_oof", "pair_counts", "score", "score_grid"]
 
 SEGMENTER_FILE = "oof_segmenter.npz"
 CLASSIFIER_FILE = "oof_classifier.csv"
+OOF_FILES = (SEGMENTER_FILE, CLASSIFIER_FILE)  # both files of an ensemble OOF folder (and of a joint run)
 SCHEMA_VERSION = 2
 DEFAULT_BINS = 100
 _KEYS = ("image_ids", "fold", "bin_edges", "hist_pos", "hist_neg", "max_prob")
@@ -342,7 +343,7 @@ def find_files(entries: Sequence[Path | str], name: str) -> list[Path]:
 
 def _check_entries(entries: Sequence[Path | str]) -> None:
     """Every entry must give OOF data: a folder holding an OOF file, or an OOF file (none is silently ignored)."""
-    names = (SEGMENTER_FILE, CLASSIFIER_FILE)
+    names = OOF_FILES
     for entry in entries:
         path = Path(entry)
         if path.is_file() and path.name not in names:

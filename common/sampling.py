@@ -29,7 +29,7 @@ def balanced_weights(labels: pd.DataFrame, power: float = 1.0) -> np.ndarray:
 def sample_weights(labels: pd.DataFrame, node: Mapping[str, Any] | None, key: str = "sampling") -> np.ndarray | None:
     """Weights for the engine's weighted sampler from a ``sampling`` config node; None = plain shuffling.
 
-    Node: ``{mode: balanced, power: 1.0}`` or null.
+    Node: ``{mode: balanced, power: 1.0}`` or null; power 0 is plain shuffling too (a sweep can search it).
     """
     if not node:
         return None
@@ -42,4 +42,4 @@ def sample_weights(labels: pd.DataFrame, node: Mapping[str, Any] | None, key: st
         raise ConfigError(f"{key}.mode: expected 'balanced' (or set {key}: null), got {mode!r}")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:
         raise ConfigError(f"{key}.power: expected a number in [0, 1], got {power!r}")
-    return balanced_weights(labels, float(power))
+    return None if power == 0 else balanced_weights(labels, float(power))

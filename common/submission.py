@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from common.annotations import check_row, detect_format
+from common.annotations import check_image_id, check_row, detect_format
 from common.constants import CLASS_IDS, NEW_FORMAT, SUBMISSION_HEADERS
 from common.errors import AnnotationError, SteelsegError, SubmissionError
 from common.io import CsvError, atomic_open, read_csv
@@ -33,7 +33,7 @@ class SubmissionWriter:
         if fmt not in HEADERS:
             raise SubmissionError(f"submission format {fmt!r}: choose 'new' or 'old'")
         self.path, self.fmt = path, fmt
-        self.expected = set(image_ids)
+        self.expected = {check_image_id(i, f"{path}: image list") for i in image_ids}  # never a two-line row
         self.seen: set[tuple[str, int]] = set()
         self.masks = 0
         self._csv = csv.writer(handle, lineterminator="\n")

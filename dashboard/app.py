@@ -33,10 +33,13 @@ from dashboard.images import class_layer, compare_png, match_layer, match_region
 from dashboard.importer import import_submission
 from dashboard.layout import CARD_KEYS, alert, page, strip
 from dashboard.predict import OnDemand
+from dashboard.review import train_csv, verdicts, save_verdicts
 from dashboard.store import ALL_RUNS, Store, source_label
-from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload
-from dashboard.views import (SEVERAL, Buckets, dice_table, image_groups, inspections, masks_for, period_counts,
-                             pie_figure, rate_figure, sample_ids, timeline_figure)
+from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload, save_image_upload
+from dashboard.views import (NO_DEFECT, SEVERAL, Buckets, data_span, dice_table, image_groups, inspections,
+                             image_grid, masks_for, pair_dice, period_counts, pie_figure, pr_figure,
+                             rate_figure, sample_ids,
+                             synthetic_share, timeline_figure)
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -62,13 +65,16 @@ class Dashboard:
 
     @classmethod
     def from_root(cls, db: Path, data: DataRoot, **kwargs) -> "Dashboard":
-        """Index the root's image folders (train first, so a test image never hides a train one)."""
+        """Index the root's image folders (train first, so a test image never hides a train one).
+
+        Folders are made absolute against the working directory here: Flask's ``send_file`` would resolve a
+        relative path against the package folder (``python -m dashboard ../shared/...`` answered HTTP 500)."""
         images: dict[str, Path] = {}
         tests = list_images(data.test_images) if data.test_images is not None else []
         if data.test_images is not None:
-            images.update({i: data.test_images / i for i in tests})
+            images.update({i: data.test_images.absolute() / i for i in tests})
         if data.train_images is not None:
-            images.update({i: data.train_images / i for i in list_images(data.train_images)})
+            images.update({i: data.train_images.absolute() / i for i in list_images(data.train_images)})
         return cls(Path(db), images, tests, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -104,19 +110,20 @@ class Dashboard:
                                     "The views keep showing the last valid period.", "error", id="period-error")
         return {"start": _day(start), "end": _day(end)}, None
 
-    def poll(self, version: str | None, follow: list[str] | None, end: str | None) -> tuple[object, object, str]:
-        """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day."""
+    def poll(self, version: str | None, follow: list[str] | None, end: str | None,
+             seen: str | None = None) -> tuple[object, object, str, object]:
+        """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day
+        when a newer inspection arrived: the store changed since the page's stamp, or its newest inspection is not
+        the one the page last followed (``seen``: the page's own uploads and predictions already sent the stamp).
+        Returns the stamp, the end date, the status line and the newest inspection now seen."""
         now = self.store.version()
         latest = self.store.latest()
         checked = datetime.now().strftime("%H:%M:%S")
         text = (f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
                 if latest else "Store: empty") + f" · checked {checked}, every {self.poll_s:g} s"
-        if now == version:
-            return NO_UPDATE, NO_UPDATE, text
-        new_end = NO_UPDATE
-        if follow and latest and end and latest[:10] > _day(end):
-            new_end = latest[:10]
-        return now, new_end, text
+        arrived = now != version or (seen is not None and latest != seen)
+        new_end = (latest[:10] if arrived and follow and latest and end and latest[:10] > _day(end) else NO_UPDATE)
+        return (NO_UPDATE if now == version else now), new_end, text, (latest if latest != seen else NO_UPDATE)
 
     # ------------------------------------------------------------------ counts and charts
     def update_overview(self, start: str, end: str, source: str) -> list:
@@ -139,11 +146,17 @@ class Dashboard:
         note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
                 f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
                 f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
+        if source == ALL_RUNS:
+            note += " An image predicted by several runs counts once, with its newest run."
+        share = synthetic_share(table)
+        if share:
+            note += (f" {share:.0%} of these dates are synthetic: their CSV had no inspected_at column, so each image "
+                     "got a fixed date in 2021 from a hash of its ImageId (real line times need that column).")
         return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
 
     @staticmethod
     def _charts(table: pd.DataFrame, start: str, end: str, source: str) -> tuple:
-        spans = Buckets(_day(start), _day(end))
+        spans = Buckets(*data_span(table, _day(start), _day(end)))
         name = source_label(source)
         return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
                 timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
@@ -158,9 +171,10 @@ class Dashboard:
         class_id = int(class_id)
         of_class = set(rows.loc[rows["class_id"] == class_id, "image_id"])
         with_file = of_class & set(self.images)
+        kind = "with no defect" if class_id == NO_DEFECT else f"of class {class_id}"
         if not of_class:
-            return [html.P(f"No image of class {class_id} in this period.", className="empty", id="samples-note")]
-        found = f"{_n(len(of_class), 'image')} of class {class_id} in this period"
+            return [html.P(f"No image {kind} in this period.", className="empty", id="samples-note")]
+        found = f"{_n(len(of_class), 'image')} {kind} in this period"
         picks = sample_ids(rows, class_id, with_file, int(rolls or 0))
         if not with_file:
             text = f"{found}; none has an image file in the data root."
@@ -268,9 +282,12 @@ class Dashboard:
         for c in CLASS_IDS:
             if c not in pred and c not in truth:
                 continue
+            if dice is None:  # no truth: nothing is a true or false positive, only predicted pixels
+                shown.append((c, f"class {c}: {int(pred[c].sum()):,} px predicted (no ground truth)"))
+                continue
             px = {k: int(v.sum()) for k, v in match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE).items()}
-            score = f"Dice {dice[f'dice_{c}']:.3f}" if dice is not None else "no ground truth"
-            shown.append((c, f"class {c}: {score} — TP {px['TP']:,} px, FP {px['FP']:,} px, FN {px['FN']:,} px"))
+            shown.append((c, f"class {c}: Dice {dice[f'dice_{c}']:.3f} — TP {px['TP']:,} px, FP {px['FP']:,} px, "
+                             f"FN {px['FN']:,} px"))
         return shown, dice
 
     def compare(self, run: str | None, image_id: str | None) -> tuple[list, list]:
@@ -289,14 +306,40 @@ class Dashboard:
             head = [html.Table([html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]),
                                 html.Tr(cells)], className="dice", id="compare-dice-table")]
         else:
-            head = [html.P("No ground truth for this image: the overlay counts every predicted pixel as a false positive.",
-                           className="empty")]
+            head = [html.P("No ground truth for this image (a test image): its predicted masks are shown in the class "
+                           "colours; nothing here is a true or a false positive.", className="empty", id="compare-no-truth")]
+            return head, [self.source_strip(image_id, run, self.rows(None, None, run))]
         if not shown:
             return head, [strip(self.url("image", image=image_id), None,
                                 f"{image_id}: no defect in the truth nor in {run} (Dice 1 for every class)", image_id)]
         return head, [strip(self.url("image", image=image_id),
                             self.url("match.png", image=image_id, run=run, **{"class": str(c)}),
                             f"{image_id} — {caption}", image_id, legend="match") for c, caption in shown]
+
+    def update_pr(self, start: str, end: str, run: str | None) -> object:
+        """Per-class precision/recall curves of the run in the period (images with truth only)."""
+        if not run:
+            return pr_figure(self.rows(start, end, None).iloc[:0], self.store.truth().iloc[:0],
+                             "Precision / recall per class: choose a prediction run")
+        return pr_figure(self.rows(start, end, run), self.store.truth(),
+                         f"Precision / recall per class of {run} (image level; score: predicted area, "
+                         "the store holds no confidence)")
+
+    def versus(self, run: str | None, other: str | None, image_id: str | None) -> list:
+        """Two runs on one image: each run's masks in the class colours, and how much they agree per class."""
+        if not run or not other or not image_id:
+            return [html.P("Pick a run, an image and a second run to compare the two models on it.", className="empty")]
+        if image_id not in self.images:
+            return [html.P(f"{image_id}: no image file in the data root.", className="empty")]
+        a, b = self.rows(None, None, run), self.rows(None, None, other)
+        missing = [r for r, rows in ((run, a), (other, b)) if image_id not in set(rows["image_id"])]
+        if missing:
+            return [html.P(f"{image_id} is not one of the images of {missing[0]}.", className="empty")]
+        _, values, _ = pair_dice(a[a["image_id"] == image_id], b[b["image_id"] == image_id])
+        agree = ", ".join(f"class {c} {values[0][i]:.3f}" for i, c in enumerate(CLASS_IDS))
+        return [html.P(f"Agreement of {run} with {other} on {image_id} (Dice, 1 where both predict nothing): {agree}.",
+                       className="note", id="versus-note"),
+                self.source_strip(image_id, run, a), self.source_strip(image_id, other, b)]
 
     def compare_export(self, run: str | None, image_id: str | None) -> dict | object:
         """The compared image as one PNG (a strip per class with its Dice and the colour key), for download."""
@@ -308,14 +351,82 @@ class Dashboard:
         pred, truth = self._masks(run, image_id)
         image = read_image(self.images[image_id], channels=3)
         title = f"{image_id} - {run} vs ground truth" + (f" - mean Dice {dice['dice']:.3f}" if dice is not None else "")
-        strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
-        return dcc.send_bytes(compare_png(image, title, strips), f"{_safe(run)}_{_safe(image_id)}.png")
+        if dice is None:  # no truth: the predicted masks in the class colours, no TP/FP/FN key
+            strips = [(caption, class_layer({c: pred[c]}, IMAGE_SHAPE)) for c, caption in shown]
+            title = f"{image_id} - {run} (no ground truth: predicted masks in the class colours)"
+        else:
+            strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
+        return dcc.send_bytes(compare_png(image, title, strips, match_key=dice is not None),
+                              f"{_safe(run)}_{_safe(image_id)}.png")
 
     def export_csv(self, start: str, end: str, source: str) -> dict:
         """The period's inspections of the selected source as a CSV download."""
         rows = self.rows(start, end, source)
         name = f"inspections_{_safe(source)}_{_day(start)}_{_day(end)}.csv"
         return dcc.send_data_frame(spreadsheet_safe(rows.drop(columns=["id"])).to_csv, name, index=False)
+
+    # ------------------------------------------------------------------ image grid and review
+    def update_grid(self, start: str, end: str, source: str) -> tuple[list[dict], str]:
+        """Rows of the filterable, sortable image grid (clean images included) and a line on what it holds."""
+        grid = image_grid(self.rows(start, end, source), self.store.truth(), set(self.images))
+        clean = int((grid["classes"] == "none").sum())
+        note = (f"{_n(len(grid), 'image')} of {source_label(source)} in this period, {clean:,} of them clean; "
+                f"{int((grid['file'] == 'yes').sum()):,} with an image file. Filter with e.g. '> 1000' or 'yes', "
+                "sort by clicking a header, click a row to see and review the image. Dice: prediction runs against "
+                "the ground truth, where there is one. The store holds no detection confidence, so there is no "
+                "confidence column.")
+        return grid.to_dict("records"), note
+
+    def pick_from_grid(self, active_cell: dict | None, rows: list[dict] | None) -> dict | object:
+        """The (source, image) of the clicked grid row."""
+        if not active_cell or not rows or active_cell.get("row") is None or active_cell["row"] >= len(rows):
+            return NO_UPDATE
+        row = rows[active_cell["row"]]
+        return {"source": row["source"], "image": row["ImageId"]}
+
+    def grid_view(self, pick: dict | None, _reviews: int | None = None) -> tuple[list, list[dict], list[int], str]:
+        """The picked image's strip, its detected classes for the review, the rejected ones, and its verdicts."""
+        if not pick:
+            return [html.P("Click a row of the grid.", className="empty")], [], [], ""
+        source, image_id = pick["source"], pick["image"]
+        rows = self.rows(None, None, source)
+        mine = rows[rows["image_id"] == image_id]
+        classes = sorted(int(c) for c in mine["class_id"] if c > 0)
+        reviewed = verdicts(self.db, source)
+        reviewed = reviewed[reviewed["image_id"] == image_id]
+        rejected = [int(c) for c in reviewed.loc[reviewed["verdict"] == "reject", "class_id"] if c in classes]
+        state = "; ".join(f"class {c}: {v} ({t[:16].replace('T', ' ')})"
+                          for c, v, t in zip(reviewed["class_id"], reviewed["verdict"], reviewed["reviewed_at"]))
+        status = f"Review of {image_id} in {source}: " + (state or "not reviewed yet") + "."
+        view = (self.source_strip(image_id, source, rows) if image_id in self.images
+                else html.P(f"{image_id}: no image file in the data root.", className="empty"))
+        options = [{"label": f" reject class {c} (false alarm)", "value": c} for c in classes]
+        return [view], options, rejected, status
+
+    def save_review(self, pick: dict | None, rejected: list[int] | None, false_alarm: bool = False) -> tuple[str, str]:
+        """Store the verdicts of the picked image (every detected class accepted unless rejected; a false alarm
+        rejects them all): the message and its style."""
+        if not pick:
+            return "Click a row of the grid first.", "alert error"
+        source, image_id = pick["source"], pick["image"]
+        rows = self.rows(None, None, source)
+        classes = sorted(int(c) for c in rows.loc[rows["image_id"] == image_id, "class_id"] if c > 0)
+        if not classes:
+            return f"{image_id} has no detection in {source}: nothing to accept or reject.", "alert note"
+        rejected = set(classes) if false_alarm else {int(c) for c in rejected or []}
+        try:
+            save_verdicts(self.db, source, image_id, {c: "reject" if c in rejected else "accept" for c in classes})
+        except SteelsegError as exc:
+            return f"Review not saved: {exc}", "alert error"
+        kept = [c for c in classes if c not in rejected]
+        return (f"Saved: {image_id} in {source} — " + ("false alarm, no defect" if not kept else
+                f"class {', '.join(map(str, kept))} accepted") +
+                (f", class {', '.join(map(str, sorted(rejected)))} rejected" if rejected and kept else "") + "."), "alert ok"
+
+    def export_review(self, source: str) -> dict:
+        """The source's labels with the rejected detections removed, as a Kaggle train.csv download."""
+        text = train_csv(self.rows(None, None, source), verdicts(self.db))
+        return dcc.send_string(text, f"train_reviewed_{_safe(source)}.csv")
 
     # ------------------------------------------------------------------ predictions on demand
     def run_predictions(self, n_clicks: int | None, image_ids: list[str] | None) -> tuple[list, str | None]:
@@ -337,6 +448,35 @@ class Dashboard:
         stored = self.rows(None, None, source)
         return [alert(f"Predicted {timing}; stored as {source}.", "ok", id="predict-ok")] + [
             self.source_strip(i, source, stored) for i in image_ids], source
+
+    def predict_uploaded(self, contents: list[str] | None, filenames: list[str] | None) -> tuple[list, str | None]:
+        """Store uploaded steel images (beside the store, folder ``uploads``), predict them and show the masks."""
+        if not contents:
+            return [], None
+        if not self.model_status()[1]:
+            return [alert(f"Images not predicted: {self.model_status()[0]}", "error", id="predict-error")], None
+        saved, refused = [], []
+        for data, name in zip(contents, filenames or []):
+            try:
+                path = save_image_upload(data, name, self.upload_dir, self.max_upload_bytes)
+            except SteelsegError as exc:
+                refused.append(str(exc))
+                continue
+            if self.images.get(path.name, path) != path:
+                refused.append(f"{path.name}: an image of the data root has that name; rename the upload")
+                continue
+            self.images[path.name] = path
+            saved.append(path.name)
+        notes = [alert(f"Upload refused: {r}", "error", id="image-upload-error") for r in refused]
+        if not saved:
+            return notes, None
+        children, source = self.run_predictions(1, saved)
+        return notes + children, source
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where uploaded images are kept: ``uploads/`` beside the store."""
+        return self.db.parent / "uploads"
 
     def predict_progress(self, _n: int | None) -> html.Div | str:
         """Progress of the running prediction."""
@@ -417,7 +557,7 @@ def create_app(board: Dashboard) -> Dash:
         sources, runs = board.source_options()
         models, ready = board.model_status()
         return page(start, end, sources, runs, board.test_images, models, ready, board.max_upload_bytes,
-                    int(board.poll_s * 1000), board.store.version())
+                    int(board.poll_s * 1000), board.store.version(), board.store.latest())
 
     app.layout = layout
     period = [Input("period", "data"), Input("dataset", "value"), Input("store-version", "data")]
@@ -430,8 +570,9 @@ def create_app(board: Dashboard) -> Dash:
                  Input("date-range", "start_date"), Input("date-range", "end_date"),
                  prevent_initial_call=True)(board.check_period)
     app.callback(Output("store-version", "data"), Output("date-range", "end_date"), Output("live-status", "children"),
-                 Input("poll", "n_intervals"), State("store-version", "data"), State("follow", "value"),
-                 State("date-range", "end_date"))(lambda _n, *args: board.poll(*args))
+                 Output("seen-latest", "data"), Input("poll", "n_intervals"), State("store-version", "data"),
+                 State("follow", "value"), State("date-range", "end_date"), State("seen-latest", "data"))(
+        lambda _n, *args: board.poll(*args))
     selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
     app.callback(Output("dataset", "options"), Output("compare-run", "options"),
                  Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())
@@ -443,6 +584,25 @@ def create_app(board: Dashboard) -> Dash:
     app.callback(Output("download-csv", "data"), Input("export-csv", "n_clicks"), State("period", "data"),
                  State("dataset", "value"), prevent_initial_call=True)(
         lambda _n, p, source: board.export_csv(p["start"], p["end"], source))
+
+    # The image grid: filtered and sorted in the browser; a clicked row shows the image and its review.
+    app.callback(Output("grid", "data"), Output("grid-note", "children"), *period)(periodic(board.update_grid))
+    app.callback(Output("grid-pick", "data"), Input("grid", "active_cell"), State("grid", "derived_viewport_data"),
+                 prevent_initial_call=True)(board.pick_from_grid)
+    app.callback(Output("grid-view", "children"), Output("review-reject", "options"), Output("review-reject", "value"),
+                 Output("review-state", "children"), Input("grid-pick", "data"), Input("review-saved", "data"))(
+        board.grid_view)
+
+    @app.callback(Output("review-status", "children"), Output("review-status", "className"),
+                  Output("review-saved", "data"), Input("review-save", "n_clicks"),
+                  Input("review-false-alarm", "n_clicks"), State("grid-pick", "data"), State("review-reject", "value"),
+                  State("review-saved", "data"), prevent_initial_call=True)
+    def _review(_save, _false, pick, rejected, saved):
+        text, kind = board.save_review(pick, rejected, false_alarm=dash.ctx.triggered_id == "review-false-alarm")
+        return text, kind, (saved or 0) + 1
+
+    app.callback(Output("download-review", "data"), Input("review-export", "n_clicks"), State("dataset", "value"),
+                 prevent_initial_call=True)(lambda _n, source: board.export_review(source))
 
     # Upload: the page checks the size first (clientside), the server validates, stores and selects the run.
     app.clientside_callback(ClientsideFunction("steelseg", "gateUpload"),
@@ -470,6 +630,15 @@ def create_app(board: Dashboard) -> Dash:
         children, source = board.run_predictions(n_clicks, image_ids)
         return children, source or NO_UPDATE, board.store.version(), *board.source_options(), ""
 
+    @app.callback(Output("predict-output", "children", allow_duplicate=True),
+                  Output("compare-run", "value", allow_duplicate=True),
+                  Output("store-version", "data", allow_duplicate=True), *selectors,
+                  Input("predict-upload", "contents"), State("predict-upload", "filename"), prevent_initial_call=True,
+                  running=[(Output("predict-poll", "disabled"), False, True)])
+    def _predict_upload(contents, filenames):
+        children, source = board.predict_uploaded(contents, filenames)
+        return children, source or NO_UPDATE, board.store.version(), *board.source_options()
+
     app.callback(Output("predict-progress", "children"), Input("predict-poll", "n_intervals"),
                  prevent_initial_call=True)(board.predict_progress)
     app.callback(Output("score", "children"), Output("worst", "data"), Output("compare-image", "options"),
@@ -481,6 +650,11 @@ def create_app(board: Dashboard) -> Dash:
                  State("worst", "derived_viewport_data"), prevent_initial_call=True)(board.pick_from_table)
     app.callback(Output("compare-dice", "children"), Output("compare-view", "children"),
                  Input("compare-run", "value"), Input("compare-image", "value"))(board.compare)
+    app.callback(Output("pr", "figure"), Input("period", "data"), Input("compare-run", "value"),
+                 Input("store-version", "data"))(lambda p, run, _v: board.update_pr(p["start"], p["end"], run))
+    app.callback(Output("versus-view", "children"), Input("compare-run", "value"), Input("versus-run", "value"),
+                 Input("compare-image", "value"))(board.versus)
+    app.callback(Output("versus-run", "options"), Input("compare-run", "options"))(lambda options: options)
     app.callback(Output("download-png", "data"), Input("export-png", "n_clicks"), State("compare-run", "value"),
                  State("compare-image", "value"), prevent_initial_call=True)(
         lambda _n, run, image_id: board.compare_export(run, image_id))

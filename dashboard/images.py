@@ -85,11 +85,12 @@ def _legend(width: int) -> np.ndarray:
     return band
 
 
-def compare_png(image: np.ndarray, title: str, strips: list[tuple[str, np.ndarray]]) -> bytes:
-    """One PNG: a title, then per strip a caption over the image blended with its layer, then the legend."""
+def compare_png(image: np.ndarray, title: str, strips: list[tuple[str, np.ndarray]], match_key: bool = True) -> bytes:
+    """One PNG: a title, then per strip a caption over the image blended with its layer, then the TP/FP/FN key."""
     width = image.shape[1]
     parts = [_band(width, title, 34)]
     for caption, over in strips or [("no defect in the truth nor in the prediction", np.zeros((*image.shape[:2], 4), np.uint8))]:
         parts += [_band(width, caption), blend(image, over)]
-    parts.append(_legend(width))
+    if match_key:
+        parts.append(_legend(width))
     return png_rgba(np.concatenate(parts, axis=0))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sqlite3
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from common.annotations import Annotations, parse_frame
+from common.annotations import Annotations, check_image_id, check_run_id, parse_frame
 from common.dataset import list_images
 from common.errors import AnnotationError, SteelsegError
 from common.inspections import append_rows, connect
@@ -28,6 +29,7 @@ from common.layout import DataRoot, find_root, read_id_list
 DATE_COLUMNS = ("inspected_at", "timestamp", "date")
 EPOCH, SPAN_S = datetime(2021, 1, 1), 365 * 24 * 3600
 TRUTH_SOURCES = ("train", "test")
+PLACEHOLDER_RLES = ("", "1 409600")   # Kaggle's sample_submission.csv: every row "<id>,1 409600,0"
 
 
 def synthetic_date(image_id: str) -> str:
@@ -68,10 +70,34 @@ def dates_for(image_ids, given: dict[str, str]) -> dict[str, str]:
     return {i: given.get(i) or synthetic_date(i) for i in image_ids}
 
 
+def split_placeholders(frame: pd.DataFrame, name: str, lines: list[int] | None) -> tuple[pd.DataFrame, list[int], list[str]]:
+    """The rows other than Kaggle's ``sample_submission.csv`` placeholders (ClassId 0: the image is listed, no
+    defect), their line numbers, and the placeholders' ImageIds; a ClassId-0 row with a real mask is refused."""
+    numbers = np.asarray(lines if lines is not None else range(2, len(frame) + 2))
+    if "ClassId" not in frame.columns or "ImageId" not in frame.columns:
+        return frame, numbers.tolist(), []
+    zero = (frame["ClassId"].astype(str).str.strip() == "0").to_numpy()
+    listed = []
+    for line, image_id, rle in zip(numbers[zero], frame["ImageId"][zero], frame["EncodedPixels"][zero]):
+        if str(rle).strip() not in PLACEHOLDER_RLES:
+            raise AnnotationError(f"{name}, line {line}: ClassId 0 is Kaggle's 'no defect' placeholder; its "
+                                  f"EncodedPixels must be empty or '1 409600', not {str(rle)[:40]!r}")
+        listed.append(check_image_id(image_id, f"{name}, line {line}"))
+    return frame[~zero].reset_index(drop=True), numbers[~zero].tolist(), listed
+
+
 def load_table(table: CsvTable) -> tuple[Annotations, dict[str, str]]:
-    """Validated annotations (either format) and the dates a date column provides."""
+    """Validated annotations (either format; Kaggle's ClassId-0 placeholder rows list clean images) and the dates a
+    date column provides."""
     frame = _frame(table)
-    annotations = parse_frame(frame, table.name, lines=table.lines)
+    rest, lines, listed = split_placeholders(frame, table.name, table.lines)
+    annotations = parse_frame(rest, table.name, lines=lines)
+    if listed:
+        both = sorted(set(listed) & set(annotations.rows["ImageId"]))
+        if both:
+            raise AnnotationError(f"{table.name}: image {both[0]!r} has a ClassId 0 (no defect) row and defect rows; "
+                                  "keep one or the other")
+        annotations = replace(annotations, image_ids=tuple(dict.fromkeys([*annotations.image_ids, *listed])))
     return annotations, frame_dates(frame, table.name, table.lines)
 
 
@@ -118,13 +144,6 @@ def import_root(conn: sqlite3.Connection, data: DataRoot) -> dict[str, int]:
     return stored
 
 
-def check_run_id(run_id: str) -> str:
-    """A run id of letters, digits, '.', '_' and '-' (it becomes part of the source name)."""
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,80}", run_id or ""):
-        raise SteelsegError(f"run id {run_id!r} must be 1-80 letters, digits, '.', '_' or '-'")
-    return run_id
-
-
 def import_submission(conn: sqlite3.Connection, annotations: Annotations, dates: dict[str, str], run_id: str) -> int:
     """Store a submission as ``pred:<run_id>`` (replacing a previous import of that run)."""
     run_id = check_run_id(run_id)
@@ -144,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_id and len(args.run_id) != len(args.submission):
         parser.error("give one --run-id per --submission, or none")
     try:
+        for i, path in enumerate(args.submission):  # every run id checked before anything is stored
+            check_run_id(args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)")
         conn = connect(args.db)
         if args.root:
             for source, n in import_root(conn, find_root(args.root)).items():

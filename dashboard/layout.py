@@ -12,12 +12,13 @@ from dash import dash_table, dcc, html
 from common.viz import CLASS_HEX
 from common.constants import CLASS_IDS
 from dashboard.images import MATCH_COLORS, MATCH_LABELS
-from dashboard.views import DICE_COLUMNS, LABELS
+from dashboard.views import DICE_COLUMNS, GRID_COLUMNS, LABELS
 
 __all__ = ["CARD_KEYS", "strip", "class_legend", "match_legend", "alert", "page"]
 
 CARD_KEYS = [*CLASS_IDS, 0]
-STRIP_HINT = "Click to enlarge to 1600x256 (the image without and with the overlay)"
+STRIP_HINT = "Click to open the zoomable viewer (fit to width; drag or wheel to zoom, double-click to fit again)"
+NUMERIC = {"defect_px", "px_1", "px_2", "px_3", "px_4", "dice"}
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -66,7 +67,7 @@ def _dd(component: Any, width: str = "300px") -> html.Div:
 
 
 def page(start: str, end: str, sources: list[dict], runs: list[dict], test_images: list[str], models: str,
-         models_ready: bool, max_upload_bytes: int, poll_ms: int, version: str) -> html.Div:
+         models_ready: bool, max_upload_bytes: int, poll_ms: int, version: str, latest: str | None = None) -> html.Div:
     """The single page."""
     first = sources[0]["value"] if sources else None
     return html.Div([
@@ -89,10 +90,25 @@ def page(start: str, end: str, sources: list[dict], runs: list[dict], test_image
                   html.Div(dcc.Graph(id="timeline", config={"displaylogo": False}))], className="row"),
         html.Div(dcc.Graph(id="rate", config={"displaylogo": False}), className="panel"),
         html.H2("Random images of a class"),
-        html.Div([_dd(dcc.Dropdown(id="sample-class", options=[{"label": LABELS[c], "value": c} for c in CLASS_IDS],
+        html.Div([_dd(dcc.Dropdown(id="sample-class", options=[{"label": LABELS[c], "value": c} for c in CARD_KEYS],
                                    value=CLASS_IDS[0], clearable=False), "200px"),
                   html.Button("Re-roll", id="reroll", n_clicks=0), class_legend()], className="controls"),
         dcc.Loading(html.Div(id="samples"), delay_show=300),
+        html.H2("Image grid (every inspected image of the dataset and period, clean ones included)"),
+        html.Div(id="grid-note", className="note"),
+        dash_table.DataTable(id="grid", columns=[{"name": c, "id": c, "type": "numeric" if c in NUMERIC else "text"}
+                                                 for c in GRID_COLUMNS],
+                             data=[], filter_action="native", sort_action="native", sort_mode="multi", page_size=10,
+                             style_cell={"fontSize": 12, "padding": "2px 6px"},
+                             style_filter={"backgroundColor": "#fffbe6"}),
+        dcc.Loading(html.Div(id="grid-view"), delay_show=300),
+        html.Div([dcc.Checklist(id="review-reject", options=[], value=[], inline=True),
+                  html.Button("Save review", id="review-save", n_clicks=0),
+                  html.Button("False alarm (no defect)", id="review-false-alarm", n_clicks=0),
+                  html.Button("Export reviewed labels (train.csv)", id="review-export", n_clicks=0)],
+                 className="controls review"),
+        html.Div(id="review-state", className="note"),
+        html.Div(id="review-status"),
         html.H2("Prediction vs ground truth"),
         html.Div([_dd(dcc.Dropdown(id="compare-run", options=runs, value=runs[0]["value"] if runs else None,
                                    placeholder="prediction run"), "420px"),
@@ -108,20 +124,33 @@ def page(start: str, end: str, sources: list[dict], runs: list[dict], test_image
                       html.Div(id="compare-dice")], className="compare-side"),
         ], className="row plain"),
         dcc.Loading(html.Div(id="compare-view"), delay_show=300),
+        html.Div(dcc.Graph(id="pr", config={"displaylogo": False}), className="panel"),
+        html.H3("Model vs model on the selected image"),
+        html.Div([_dd(dcc.Dropdown(id="versus-run", options=runs, placeholder="second prediction run"), "420px")],
+                 className="controls"),
+        dcc.Loading(html.Div(id="versus-view"), delay_show=300),
         html.H2("Predict on demand"),
         alert(models, "note" if models_ready else "error", id="predict-models"),
         html.Div([_dd(dcc.Dropdown(id="predict-images", multi=True, placeholder="test images",
                                    options=[{"label": i, "value": i} for i in test_images]), "600px"),
-                  html.Button("Run prediction", id="predict-run", n_clicks=0, disabled=not models_ready)],
+                  html.Button("Run prediction", id="predict-run", n_clicks=0, disabled=not models_ready),
+                  dcc.Upload(id="predict-upload", multiple=True, accept=".jpg,.jpeg,.png", className="upload",
+                             disabled=not models_ready,
+                             children=html.Div(["Or upload steel images to predict (1600x256 JPEG/PNG; drop or ",
+                                                html.A("choose"), ")"]))],
                  className="controls"),
         html.Div(id="predict-progress"),
         html.Div(id="predict-output"),
         dcc.Store(id="period", data={"start": start, "end": end}),
         dcc.Store(id="store-version", data=version),
+        dcc.Store(id="seen-latest", data=latest),         # the newest inspection the page has followed
         dcc.Store(id="upload-accepted"),
         dcc.Store(id="upload-limit", data=max_upload_bytes),
         dcc.Interval(id="poll", interval=poll_ms),
         dcc.Interval(id="predict-poll", interval=300, disabled=True),
         dcc.Download(id="download-csv"),
         dcc.Download(id="download-png"),
+        dcc.Download(id="download-review"),
+        dcc.Store(id="grid-pick"),
+        dcc.Store(id="review-saved", data=0),
     ], className="wrap")

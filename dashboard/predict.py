@@ -3,7 +3,7 @@
 The dashboard takes the Hydra overrides of ``infer.py`` (``--infer checkpoints.segmenter=[runs/seg]
 --infer thresholds=t.json``); without them it uses infer.py's defaults, the demo's training runs
 (``outputs/train/<stage>/demo`` after ``make demo``). Which checkpoints exist is checked on every page
-load (file system only), so models trained while the dashboard runs are found on the next reload; they
+load (the files, and under ``checkpoints.runs`` the kind each records), so models trained while the dashboard runs are found on the next reload; they
 are loaded on the first prediction and kept until their files change.
 """
 from __future__ import annotations
@@ -60,13 +60,13 @@ class OnDemand:
         return self._cfg
 
     def checkpoints(self) -> dict[str, list[Path]]:
-        """Checkpoint files per member kind that the config names, as they are on disk now."""
-        from ensemble.members import KINDS, expand
+        """Checkpoint files per member kind that the config names (per kind, else ``checkpoints.runs``), on disk now."""
+        from ensemble.members import expand
+        from ensemble.predict import member_entries  # the one rule infer.py uses to turn the config into members
 
-        cfg = self.config()
         found: dict[str, list[Path]] = {}
-        for kind in KINDS:
-            for entry in cfg["checkpoints"].get(kind) or []:
+        for kind, entries in member_entries(self.config()["checkpoints"]).items():
+            for entry in entries:
                 path = entry["path"] if isinstance(entry, Mapping) and "path" in entry else entry
                 found.setdefault(kind, []).extend(expand(path, kind))
         return found

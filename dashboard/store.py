@@ -16,10 +16,11 @@ import pandas as pd
 
 from common.inspections import COLUMNS, connect, query
 from dashboard.importer import TRUTH_SOURCES
+from dashboard.views import newest_run_per_image
 
 __all__ = ["ALL_RUNS", "Store", "source_label"]
 
-ALL_RUNS = "pred:*"          # pseudo-source: every prediction run together (the live line)
+ALL_RUNS = "pred:*"          # pseudo-source: every prediction run together (the live line), each image once
 
 
 def source_label(source: str) -> str:
@@ -44,7 +45,7 @@ class Store:
         return f"{count}-{top or 0}"
 
     def rows(self, start: str | None, end: str | None, source: str | None) -> pd.DataFrame:
-        """Inspections of a source (or ALL_RUNS) in an inclusive day range; do not modify the result."""
+        """Inspections of a source (or ALL_RUNS: each image's newest run) in an inclusive day range; do not modify."""
         key = (start, end, source, self.version())
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
@@ -66,7 +67,7 @@ class Store:
             if source != ALL_RUNS:
                 return query(conn, start, end, source)
             frame = query(conn, start, end)
-        return frame[frame["source"].str.startswith("pred:")].reset_index(drop=True)
+        return newest_run_per_image(frame[frame["source"].str.startswith("pred:")].reset_index(drop=True))
 
     def truth(self) -> pd.DataFrame:
         """Ground-truth rows of every date (train and test sources)."""

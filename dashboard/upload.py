@@ -5,9 +5,10 @@ import base64
 import binascii
 import hashlib
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
-from common.annotations import Annotations
+from common.annotations import Annotations, check_image_id
+from common.images import decode_image
 from common.errors import SteelsegError
 from dashboard.importer import load_csv
 
@@ -18,10 +19,14 @@ class UploadError(SteelsegError, ValueError):
     """An upload refused before or while parsing; the message is shown in the page."""
 
 
-def decode_contents(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
-    """Bytes of a dcc.Upload ``data:<type>;base64,<data>`` string, refusing non-CSV names and big files."""
-    if not filename or PurePath(filename).suffix.lower() != ".csv":
-        raise UploadError(f"{filename or '<no name>'}: only .csv files are accepted")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def decode_contents(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES,
+                    suffixes: tuple[str, ...] = (".csv",)) -> bytes:
+    """Bytes of a dcc.Upload ``data:<type>;base64,<data>`` string, refusing other file types and big files."""
+    if not filename or PurePath(filename).suffix.lower() not in suffixes:
+        raise UploadError(f"{filename or '<no name>'}: only {' / '.join(suffixes)} files are accepted")
     head, sep, data = (contents or "").partition(",")
     if not sep or not head.endswith(";base64"):
         raise UploadError(f"{filename}: the upload is not base64 data")
@@ -44,3 +49,20 @@ def parse_upload(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES
     annotations, dates = load_csv(raw, filename)  # the one CSV reader: same rules as files on disk
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(filename).stem)[:40].strip("-.") or "upload"
     return annotations, dates, f"{stem}-{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
+def save_image_upload(contents: str, filename: str, folder: Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+    """Check an uploaded steel image (a plain file name, a complete 1600x256 JPEG/PNG) and store it in ``folder``;
+    a different image under a name already stored there is refused."""
+    raw = decode_contents(contents, filename, max_bytes, IMAGE_SUFFIXES)
+    try:
+        name = check_image_id(filename, "uploaded image")
+        decode_image(raw, filename)
+    except SteelsegError as exc:
+        raise UploadError(str(exc)) from exc
+    path = Path(folder) / name
+    if path.exists() and path.read_bytes() != raw:
+        raise UploadError(f"{name}: another image of that name was uploaded before; rename the file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    return path

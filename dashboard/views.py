@@ -15,10 +15,12 @@ from common.viz import CLASS_HEX
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.dataset import class_masks
 from common.metrics import ScoreReport, pair_dice as kaggle_pair_dice, score_pairs
+from dashboard.importer import synthetic_date
 
-__all__ = ["NO_DEFECT", "SEVERAL", "LABELS", "COLORS", "GROUP_KEYS", "long_rows", "inspections", "period_counts",
+__all__ = ["NO_DEFECT", "SEVERAL", "LABELS", "COLORS", "GROUP_KEYS", "long_rows", "newest_run_per_image",
+           "inspections", "period_counts", "data_span", "synthetic_share",
            "image_groups", "Buckets", "pie_figure", "timeline_figure", "rate_figure", "sample_ids",
-           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS"]
+           "masks_for", "pair_dice", "dice_table", "DICE_COLUMNS", "GRID_COLUMNS", "image_grid", "pr_figure"]
 
 NO_DEFECT, SEVERAL = 0, 5
 LABELS = {1: "Defect 1", 2: "Defect 2", 3: "Defect 3", 4: "Defect 4", NO_DEFECT: "No defect", SEVERAL: "Several classes"}
@@ -26,6 +28,7 @@ COLORS = {**CLASS_HEX, NO_DEFECT: "#9e9e9e", SEVERAL: "#7a4a1e"}
 GROUP_KEYS = [*CLASS_IDS, SEVERAL, NO_DEFECT]          # the pie's and the bars' partition of images
 DICE_COLUMNS = ["ImageId", "dice", *[f"dice_{c}" for c in CLASS_IDS]]
 CLASS_COLUMNS = [f"c{c}" for c in CLASS_IDS]
+TOP_MARGIN = 64   # px above the plot: Plotly's toolbar in the top ~30 px, the title below it
 
 
 def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -34,6 +37,18 @@ def long_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(dict(zip(LONG_COLUMNS, (defects["image_id"].to_numpy(),
                                                  defects["class_id"].astype(np.int64).to_numpy(),
                                                  defects["rle"].to_numpy()))))
+
+
+def newest_run_per_image(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each image's newest run (ties: the later run name), so a view over several runs counts an image once."""
+    if not len(rows):
+        return rows
+    times = pd.to_datetime(rows["inspected_at"], format="ISO8601", utc=True)
+    runs = rows[["image_id", "source"]].assign(time=times).groupby(["image_id", "source"], sort=False).max()
+    newest = runs.reset_index().sort_values(["image_id", "time", "source"]).drop_duplicates("image_id", keep="last")
+    keep = pd.MultiIndex.from_frame(rows[["image_id", "source"]]).isin(
+        pd.MultiIndex.from_frame(newest[["image_id", "source"]]))
+    return rows[keep].reset_index(drop=True)
 
 
 def inspections(rows: pd.DataFrame) -> pd.DataFrame:
@@ -60,6 +75,22 @@ def period_counts(table: pd.DataFrame) -> dict[int, int]:
     flags = table[CLASS_COLUMNS].to_numpy()
     return {**{c: int(flags[:, i].sum()) for i, c in enumerate(CLASS_IDS)},
             NO_DEFECT: int((~flags.any(axis=1)).sum())}
+
+
+def data_span(table: pd.DataFrame, start: str, end: str) -> tuple[str, str]:
+    """The period narrowed to the days holding inspections, so the time axes span the data, not empty years."""
+    if not len(table):
+        return start[:10], end[:10]
+    first, last = table["time"].min().strftime("%Y-%m-%d"), table["time"].max().strftime("%Y-%m-%d")
+    return max(start[:10], first), min(end[:10], last)
+
+
+def synthetic_share(table: pd.DataFrame) -> float:
+    """Share of the inspections whose time is the importer's synthetic date of their ImageId (no date column)."""
+    if not len(table):
+        return 0.0
+    stamps = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy()
+    return float(np.mean([s == synthetic_date(i) for s, i in zip(stamps, table["image_id"])]))
 
 
 def image_groups(table: pd.DataFrame) -> pd.Series:
@@ -97,12 +128,19 @@ def pie_figure(table: pd.DataFrame, title: str) -> go.Figure:
     fig = go.Figure(go.Pie(labels=[LABELS[k] for k in keys], values=[int(groups.get(k, 0)) for k in keys], sort=False,
                            marker={"colors": [COLORS[k] for k in keys]}, textinfo="percent", textposition="inside",
                            hovertemplate="%{label}: %{value:,} images (%{percent})<extra></extra>", hole=0.3))
-    fig.update_layout(title=title, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=320, showlegend=True)
+    fig.update_layout(title=chart_title(title), margin={"l": 10, "r": 10, "t": TOP_MARGIN, "b": 10}, height=320,
+                      showlegend=True)
     return fig
 
 
+def chart_title(text: str) -> dict:
+    """A title left-aligned just above the plot, below the band where Plotly's toolbar appears (top right)."""
+    return {"text": text, "x": 0.0, "xref": "paper", "xanchor": "left", "y": 1.0, "yref": "paper", "yanchor": "bottom",
+            "pad": {"b": 8}, "font": {"size": 15}}
+
+
 def _time_axis(fig: go.Figure, spans: Buckets, title: str, ytitle: str) -> None:
-    fig.update_layout(title=title, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    fig.update_layout(title=chart_title(title), height=320, margin={"l": 10, "r": 10, "t": TOP_MARGIN, "b": 10},
                       legend={"orientation": "h", "y": -0.2}, yaxis_title=ytitle,
                       xaxis={"range": [spans.first, spans.end], "title": None})
 
@@ -187,3 +225,59 @@ def dice_table(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, S
     table.insert(0, "ImageId", ids)
     table = table.sort_values(["dice", "ImageId"], kind="stable").reset_index(drop=True)
     return table.round(4), score_pairs(values, empty, len(ids))
+
+
+GRID_COLUMNS = ["ImageId", "source", "inspected", "classes", "defect_px", *[f"px_{c}" for c in CLASS_IDS], "dice",
+                "file"]
+
+
+def image_grid(rows: pd.DataFrame, truth: pd.DataFrame, with_file: set[str]) -> pd.DataFrame:
+    """One row per inspected image (clean ones included): classes, pixel areas, Dice against the truth (prediction
+    runs with truth only), and whether the image file is there; the page filters and sorts it."""
+    if not len(rows):
+        return pd.DataFrame(columns=GRID_COLUMNS)
+    area = rows.pivot_table(index=["source", "image_id"], columns="class_id", values="area", aggfunc="sum", fill_value=0)
+    area = area.reindex(columns=[0, *CLASS_IDS], fill_value=0)[list(CLASS_IDS)]
+    first = rows.groupby(["source", "image_id"])["inspected_at"].first()
+    out = pd.DataFrame({"ImageId": area.index.get_level_values("image_id"),
+                        "source": area.index.get_level_values("source"),
+                        "inspected": first.reindex(area.index).str.slice(0, 16).str.replace("T", " ").to_numpy()})
+    values = area.to_numpy()
+    out["classes"] = [" ".join(str(c) for c, a in zip(CLASS_IDS, row) if a) or "none" for row in values]
+    out["defect_px"] = values.sum(axis=1)
+    for i, c in enumerate(CLASS_IDS):
+        out[f"px_{c}"] = values[:, i]
+    out["dice"] = np.nan
+    preds = rows[rows["source"].str.startswith("pred:")]
+    if len(preds) and len(truth):
+        for source, part in preds.groupby("source"):
+            table, _ = dice_table(part, truth)
+            if len(table):
+                hit = out["source"] == source
+                out.loc[hit, "dice"] = out.loc[hit, "ImageId"].map(table.set_index("ImageId")["dice"]).to_numpy()
+    out["file"] = np.where(out["ImageId"].isin(with_file), "yes", "no")
+    return out.sort_values(["source", "ImageId"], kind="stable").reset_index(drop=True)
+
+
+def pr_figure(pred: pd.DataFrame, truth: pd.DataFrame, title: str) -> go.Figure:
+    """Per class, image-level precision/recall of a run as the minimum predicted area varies (the store holds
+    no confidence, so the predicted area is the score), over the run's images that have ground truth."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig = go.Figure()
+    ids = sorted(set(pred["image_id"]) & set(truth["image_id"]))
+    for c in CLASS_IDS:
+        score = pred[pred["class_id"] == c].groupby("image_id")["area"].sum().reindex(ids, fill_value=0)
+        present = truth[truth["class_id"] == c].groupby("image_id")["area"].sum().reindex(ids, fill_value=0) > 0
+        if not len(ids) or not present.any():
+            continue
+        precision, recall, cuts = precision_recall_curve(present.to_numpy(), score.to_numpy())
+        areas = [*cuts.astype(int).tolist(), None]
+        fig.add_scatter(x=recall, y=precision, name=f"{LABELS[c]} ({int(present.sum())} with truth)", mode="lines+markers",
+                        line={"color": COLORS[c], "shape": "hv"}, customdata=areas,
+                        hovertemplate=f"{LABELS[c]}: recall %{{x:.2f}}, precision %{{y:.2f}} "
+                                      "(images with at least %{customdata} px predicted)<extra></extra>")
+    fig.update_layout(title=chart_title(title), height=340, margin={"l": 10, "r": 10, "t": TOP_MARGIN, "b": 10},
+                      xaxis={"title": "recall (images with the class found)", "range": [0, 1.02]},
+                      yaxis={"title": "precision", "range": [0, 1.02]}, legend={"orientation": "h", "y": -0.25})
+    return fig

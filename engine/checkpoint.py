@@ -15,6 +15,8 @@ the file.
 from __future__ import annotations
 
 import io
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ MODEL_FACTORIES: set[str] = {"classifier.model.create_classifier", "segmenter.mo
                              "segmentation_models_pytorch.create_model"}
 
 __all__ = ["FORMAT_VERSION", "MODEL_FACTORIES", "CheckpointError", "allow_model_factory", "model_allowlist", "unwrap",
-           "save_checkpoint", "load_checkpoint", "build_model", "load_model"]
+           "load_failure", "read_torch_file", "save_checkpoint", "load_checkpoint", "build_model", "load_model"]
 
 
 class CheckpointError(SteelsegError, ValueError):
@@ -77,15 +79,36 @@ def save_checkpoint(path: Path | str, model: nn.Module, model_config: dict, stag
     return Path(path)
 
 
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line. torch's own message advises loading with
+    ``weights_only=False``, which would run code from the file: it is never repeated."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds Python objects ({found.group(1)}), not only tensors and plain values; steelseg reads "
+                "weights files as data only: save the weights (a state dict of tensors) with torch.save")
+    if isinstance(exc, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        return "the file is empty, cut short or damaged (not a whole PyTorch file): copy it again or retrain"
+    first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
+    detail = "" if isinstance(exc, pickle.UnpicklingError) else f" ({type(exc).__name__}: {first[:160]})"
+    return f"not a PyTorch weights file{detail}: give the file torch.save wrote"
+
+
+def read_torch_file(path: Path | str) -> Any:
+    """``torch.load`` of a file as data only (``weights_only=True``, on the CPU); a file torch cannot read so is a
+    CheckpointError naming it (``load_failure``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: cannot load: {load_failure(exc)}") from exc
+
+
 def load_checkpoint(path: Path | str, stage: str | None = None) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) and check its format and stage."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    payload = read_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "model" not in payload:
         raise CheckpointError(f"{path}: not a steelseg checkpoint (format {FORMAT_VERSION})")
     if stage is not None and payload.get("stage") != stage:

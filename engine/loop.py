@@ -21,7 +21,8 @@ Stage interface (all a stage writes; the loop, devices, DDP, AMP, checkpoints, r
 * ``meta``: plain values added to checkpoint meta, at least ``preprocess`` (``Preprocess.to_meta()``)
   and ``class_ids``.
 * ``write_oof(model, run_dir, device) -> Path``: called once on rank 0 after training with the best
-  weights loaded (eval mode, on ``device``); writes the stage's out-of-fold file.
+  weights loaded (eval mode, on ``device``); writes the stage's out-of-fold file(s), named in ``outputs`` (file
+  names in the run folder), which are checked with the engine's own files at start-up (``check_run_folder``).
 
 Run folder (``RunContext.run_dir``, the Hydra output dir): ``checkpoints/best.pt`` (best by monitor),
 ``checkpoints/last.pt`` (latest epoch; also carries the resume state under ``train_state``, in the same
@@ -52,10 +53,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from tqdm.auto import tqdm
 
-from common.config import ConfigError
+from common.config import ConfigError, real_number, whole_number
 from common.errors import SteelsegError
-from common.io import atomic_write_text
-from engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from common.io import atomic_write_text, check_outputs
+from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, unwrap
 from engine.distributed import (DistInfo, ShardSampler, WeightedShardSampler, all_or_none, barrier,
                                 broadcast_buffers, gather_rows, mean_over_ranks)
 from engine.optim import build_optimizer, build_scheduler, current_lrs
@@ -63,6 +64,7 @@ from engine.pretrained import check_normalisation, provenance, source_of
 
 BEST, LAST = "checkpoints/best.pt", "checkpoints/last.pt"
 METRICS_CSV, TENSORBOARD_DIR = "metrics.csv", "tensorboard"
+RUN_DIR_KEY = "run folder (hydra.run.dir)"
 # Keys of the run config that may change between a run and its resumption.
 RESUME_FREE_KEYS = ("resume", "trainer.progress", "trainer.num_workers", "trainer.device", "trainer.threads")
 
@@ -97,6 +99,7 @@ class StageSpec:
     param_groups: Callable[[nn.Module], dict[str, list[nn.Parameter]]] | None = None
     sample_weights: Sequence[float] | None = None
     write_oof: OofWriter | None = None
+    outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
@@ -112,6 +115,12 @@ class StageSpec:
         if self.sample_weights is not None and len(self.sample_weights) != len(self.train_set):
             raise ValueError(f"{self.name}: {len(self.sample_weights)} sample weights for "
                              f"{len(self.train_set)} training items")
+
+
+# (key, smallest value, null allowed) of the trainer's whole-number settings
+WHOLE_NUMBER_KEYS = (("epochs", 1, False), ("batch_size", 1, False), ("val_batch_size", 1, True), ("val_every", 1, False),
+                     ("samples_per_epoch", 1, True), ("num_workers", 0, False), ("accumulate", 1, False),
+                     ("threads", 1, True), ("patience", 0, True))
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,8 @@ class TrainerSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> "TrainerSettings":
+        """The checked settings: counts are whole numbers, sizes finite numbers, switches booleans; a bad value
+        (``trainer.epochs=abc``, ``1.5``, ``-1``) is a ConfigError naming its key, never a traceback mid-run."""
         node = dict(node)
         stop = dict(node.pop("early_stopping", None) or {})
         node.pop("device", None)
@@ -143,14 +154,21 @@ class TrainerSettings:
         unknown = sorted(set(node) - known)
         if unknown:
             raise ConfigError(f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}")
-        settings = cls(**node, patience=stop.get("patience"), min_delta=float(stop.get("min_delta", 0.0)))
-        if settings.samples_per_epoch is not None and int(settings.samples_per_epoch) < 1:
-            raise ConfigError(f"trainer.samples_per_epoch: must be >= 1 or null, got {settings.samples_per_epoch}")
-        for key in ("epochs", "batch_size", "accumulate", "val_every"):
-            if int(getattr(settings, key)) < 1:
-                raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(settings, key)}")
-        if settings.threads is not None and int(settings.threads) < 1:
-            raise ConfigError(f"trainer.threads: must be >= 1 or null (torch's default), got {settings.threads}")
+        values = {**node, "patience": stop.get("patience"), "min_delta": stop.get("min_delta", 0.0)}
+        for key, minimum, optional in WHOLE_NUMBER_KEYS:
+            where = f"trainer.early_stopping.{key}" if key == "patience" else f"trainer.{key}"
+            if key in values and values[key] is None and not optional:
+                raise ConfigError(f"{where}: expected a whole number >= {minimum}, got None")
+            if key in values:
+                values[key] = whole_number(values[key], where, minimum, note=" or null" if optional else "")
+        values["grad_clip"] = real_number(values.get("grad_clip"), "trainer.grad_clip", 0.0, note=" or null")
+        values["min_delta"] = real_number(values["min_delta"], "trainer.early_stopping.min_delta", 0.0, 0.0)
+        for key in ("channels_last", "progress"):
+            if key in values and not isinstance(values[key], bool):
+                raise ConfigError(f"trainer.{key}: expected true or false, got {values[key]!r}")
+        if "amp" in values and values["amp"] not in ("auto", True, False):
+            raise ConfigError(f"trainer.amp: expected auto, true or false, got {values['amp']!r}")
+        settings = cls(**values)
         if settings.amp_dtype not in ("float16", "bfloat16"):
             raise ConfigError(f"trainer.amp_dtype: expected float16 or bfloat16, got {settings.amp_dtype!r}")
         return settings
@@ -181,6 +199,12 @@ class FitResult:
     stopped_early: bool
     oof_path: Path | None
     monitor: str = ""
+
+
+def check_run_folder(run_dir: Path | str, outputs: Sequence[str] = ()) -> Path:
+    """Fail at start-up, not after an epoch, when the run folder or a file the run writes in it cannot be written
+    (``checkpoints/last.pt`` a directory, ``tensorboard`` a file, a read-only folder...); ``outputs``: the stage's."""
+    return check_outputs(run_dir, RUN_DIR_KEY, files=(BEST, LAST, METRICS_CSV, *outputs), folders=(TENSORBOARD_DIR,))
 
 
 # ---------------------------------------------------------------- seeding and RNG state
@@ -255,7 +279,10 @@ def read_resume_state(ctx: RunContext, stage: str) -> dict[str, Any] | None:
     path = ctx.run_dir / LAST
     if not ctx.resume or not path.is_file():
         return None
-    payload = load_checkpoint(path, stage)
+    try:
+        payload = load_checkpoint(path, stage)
+    except CheckpointError as exc:  # a damaged or foreign last.pt: say how to start over
+        raise CheckpointError(f"{exc}; to start this run over, delete {path} or set resume=false") from exc
     state = payload.get("train_state")
     if not isinstance(state, dict):
         raise SteelsegError(f"{path}: checkpoint has no resume state; start over with resume=false")
@@ -326,6 +353,7 @@ class Engine:
     def __init__(self, spec: StageSpec, settings: TrainerSettings, optimizer_cfg: Any, scheduler_cfg: Any,
                  ctx: RunContext) -> None:
         self.spec, self.settings, self.ctx = spec, settings, ctx
+        check_run_folder(ctx.run_dir, spec.outputs)
         self.info = ctx.info
         self.device = ctx.info.device
         self.amp, self.amp_dtype = _amp_settings(settings, self.device)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from common.config import ConfigError, build
+from common.config import ConfigError, build, call, real_number
 
 
 def learning_rate(value: Any, key: str) -> float:
@@ -42,12 +42,14 @@ def build_optimizer(groups: Mapping[str, list[nn.Parameter]], node: Any, key: st
     if not param_groups:
         raise ConfigError(f"{key}: the model has no trainable parameters")
     factory = build(node.get("optim"), f"{key}.optim")
-    return factory(param_groups)
+    return call(factory, f"{key}.optim", param_groups)
 
 
 def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup: float = 0.05,
                        min_lr_ratio: float = 0.01) -> LRScheduler:
     """Linear warm-up over ``warmup`` (fraction of all steps, or a step count if >= 1), then cosine to ``min_lr_ratio``."""
+    warmup = real_number(warmup, "scheduler.warmup", 0.0)
+    min_lr_ratio = real_number(min_lr_ratio, "scheduler.min_lr_ratio", 0.0)
     warmup_steps = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
     warmup_steps = min(max(warmup_steps, 0), max(total_steps - 1, 0))
 
@@ -63,6 +65,9 @@ def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup: float = 0
 def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
               final_div_factor: float = 1e4) -> LRScheduler:
     """torch OneCycleLR peaking at each group's configured lr."""
+    pct_start = real_number(pct_start, "scheduler.pct_start", 0.0)
+    div_factor = real_number(div_factor, "scheduler.div_factor", 1.0)  # a divisor of the peak
+    final_div_factor = real_number(final_div_factor, "scheduler.final_div_factor", 1.0)
     max_lr = [group["lr"] for group in optimizer.param_groups]
     return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1), pct_start=pct_start,
                       div_factor=div_factor, final_div_factor=final_div_factor)
@@ -78,7 +83,7 @@ def build_scheduler(node: Any, optimizer: Optimizer, total_steps: int, key: str 
     factory = build(node, key)
     if not callable(factory):
         raise ConfigError(f"{key}: expected a _partial_ schedule factory, got {type(factory).__name__}")
-    return factory(optimizer, total_steps=total_steps)
+    return call(factory, key, optimizer, total_steps=total_steps)
 
 
 def current_lrs(optimizer: Optimizer) -> dict[str, float]:

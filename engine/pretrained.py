@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from common.errors import ConfigError
+from engine.checkpoint import CheckpointError, read_torch_file
 
 __all__ = ["PREFIX", "WeightsPackage", "PACKAGES", "is_package_source", "package_of", "weights_file",
            "check_architecture", "timm_state_dict", "load_into_timm", "provenance", "check_normalisation", "source_of"]
@@ -172,10 +173,9 @@ def timm_state_dict(source: str, architecture: str, target: Mapping[str, torch.T
     package = package_of(source, option)
     path = weights_file(package, option)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise ConfigError(f"{option}: cannot read {path} ({type(exc).__name__}); reinstall: "
-                          f"{package.install} --force-reinstall") from exc
+        state = read_torch_file(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{option}: {exc}; reinstall: {package.install} --force-reinstall") from exc
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{option}: {path} is not a state dict of tensors")
     return map_efficientnet_pytorch(state, target, f"{option} ({path.name} onto {architecture})", optional)

@@ -11,10 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from common.config import ConfigError, build, to_plain
-from common.io import check_writable
+from common.config import ConfigError, build, to_plain, whole_number
 from engine.distributed import barrier, setup, teardown
-from engine.loop import FitResult, RunContext, StageSpec, fit, seed_everything
+from engine.loop import FitResult, RunContext, StageSpec, TrainerSettings, check_run_folder, fit, seed_everything
 
 
 def run_dir_from_hydra() -> Path:
@@ -44,10 +43,12 @@ def make_stage(cfg: DictConfig) -> StageSpec:
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> FitResult:
     """Train one fold of one stage; outputs go to ``run_dir`` (default: the Hydra output folder)."""
-    run_dir = check_writable(Path(run_dir) if run_dir is not None else run_dir_from_hydra(),
-                             "run folder (hydra.run.dir)", directory=True)
+    run_dir = check_run_folder(Path(run_dir) if run_dir is not None else run_dir_from_hydra())
     if cfg.get("fold") is None:
         raise ConfigError("fold: set the fold to train, e.g. fold=0 (or -m fold=0,1,2,3,4)")
+    whole_number(cfg.fold, "fold", note=", e.g. fold=0 (or -m fold=0,1,2,3,4)")
+    whole_number(cfg.get("seed"), "seed", default=0)
+    TrainerSettings.from_config(cfg.trainer)  # before the stage reads trainer.batch_size or any data
     info = setup(str(cfg.trainer.get("device", "auto")))
     try:
         seed_everything(int(cfg.seed))

@@ -37,6 +37,7 @@ from common.config import whole_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import ConfigError, SteelsegError
 from common.preprocess import Preprocess
+from ensemble.bundle_check import check_members, member_weight
 from ensemble.core import KINDS, GatedEnsemble, ImagePrediction, MemberInfo, cpu_count, iter_batches, \
     prepare_inputs, stack_inputs
 from ensemble.reduce import make_reducer
@@ -211,9 +212,7 @@ def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: lis
         preprocess = Preprocess.from_meta(entry.get("preprocess"))
     except ConfigError as exc:
         raise BundleError(f"{where}: bad preprocess: {exc}") from exc
-    weight = entry.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise BundleError(f"{where}: weight {weight!r} must be a number >= 0")
+    weight = member_weight(entry.get("weight", 1.0), where)
     path = folder / entry["file"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -261,6 +260,7 @@ def load_bundle(folder: Path | str, threads: int | None = None, providers: Seque
     options = session_options(threads)
     chosen = providers_for("cpu", providers)
     members = [_member(folder, entry, options, chosen) for entry in manifest["members"]]
+    check_members(members, where)
     by_kind = {kind: [m for m in members if m.kind == kind] for kind in KINDS}
     try:
         return OnnxPredictor(by_kind["classifier"], by_kind["segmenter"], rules, tta_classifier, tta_segmenter,

@@ -24,8 +24,8 @@ import torch
 from common.constants import CLASS_IDS
 from common.data_setup import check_data_node, load_folds, load_train
 from common.errors import OOFError, SteelsegError
-from common.io import check_writable
-from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, SegmenterOOF,
+from common.io import check_outputs
+from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, SegmenterOOF,
                         write_classifier_oof, write_segmenter_oof)
 from engine.checkpoint import load_checkpoint
 from ensemble.members import Member, discover, load_members
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not runs:
             raise OOFError("give at least one training output folder")
-        check_writable(args.out, "--out", directory=True)  # fail before the prediction, not after it
+        check_outputs(args.out, "--out", files=OOF_FILES)  # fail before the prediction, not after it
         cfg = compose_infer(overrides)
         plain = {**section(cfg, "tta", "ensemble"), **{k: cfg.get(k) for k in
                                                        ("device", "batch_size", "num_workers", "channels_last")}}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import re
 import time
 
 import numpy as np
@@ -173,9 +174,13 @@ def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
     device = str(cfg.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise RulesError(f"device: expected cpu, cuda, cuda:<index> or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
-    channels_last = bool(cfg.get("channels_last", True))
+    channels_last = cfg.get("channels_last", True)
+    if not isinstance(channels_last, bool):
+        raise RulesError(f"channels_last: expected true or false, got {channels_last!r}")
     amp = cfg.get("amp")
     if amp not in (None, "bfloat16", "float16"):
         raise RulesError(f"amp: expected null, bfloat16 or float16, got {amp!r}")

@@ -14,7 +14,7 @@ import pandas as pd
 from common.config import whole_number
 from common.constants import CLASS_IDS, LONG_COLUMNS
 
-from common.annotations import read_annotations
+from common.annotations import check_run_id, read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import ConfigError, DatasetError
@@ -134,6 +134,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     check_writable(cfg["output"], "output")  # fail before the prediction, not after it
     if cfg.get("store"):
         check_writable(cfg["store"], "store")
+        check_run_id(str(cfg.get("run_id") or "infer"), "run_id")
     dataset = _image_set(cfg)
     predictor, threads = build_runtime(cfg)
     paths = [dataset.path(i) for i in dataset.image_ids]

@@ -33,9 +33,9 @@ import numpy as np
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import OOFError, SteelsegError
-from common.io import check_writable
+from common.io import check_outputs, check_writable
 from common.metrics import dice_from_counts
-from common.oof import OOF, load_oof
+from common.oof import OOF, OOF_FILES, load_oof
 from ensemble.gating import Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
@@ -372,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain = {**section(cfg, "tta", "ensemble"),
                      **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
             set_threads(cfg.get("threads"))
-            oof_dir = check_writable(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
-                                     directory=True)
+            oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
+                                    files=OOF_FILES)
             made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
             print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
                   f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from common.config import ConfigError
+from common.config import ConfigError, real_number, whole_number
 from common.constants import IMAGE_SHAPE
 from common.dataset import SteelDataset
 from common.preprocess import Preprocess
@@ -30,9 +30,9 @@ def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
     full image) and the encoder stride; None = whole images."""
     if crop is None:
         return None
-    if len(crop) != 2:
-        raise ConfigError(f"{key}: expected [height, width], got {list(crop)}")
-    height, width = int(crop[0]), int(crop[1])
+    if isinstance(crop, str) or len(crop) != 2:
+        raise ConfigError(f"{key}: expected [height, width], got {crop!r}")
+    height, width = (whole_number(v, key, 1, note=" in [height, width]") for v in crop)
     full = tuple(size) if size is not None else IMAGE_SHAPE
     if height > full[0] or width > full[1] or height <= 0 or width <= 0:
         raise ConfigError(f"{key}: crop {height}x{width} does not fit the {full[0]}x{full[1]} network input "
@@ -52,8 +52,7 @@ def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ra
     ids = list(image_ids)
     if clean_ratio is None:
         return ids
-    if clean_ratio < 0:
-        raise ConfigError(f"{stage}.clean_ratio: must be >= 0 or null, got {clean_ratio}")
+    clean_ratio = real_number(clean_ratio, f"{stage}.clean_ratio", 0.0, note=" or null")
     has_defect = labels.loc[ids].to_numpy().any(axis=1)
     defect = [i for i, d in zip(ids, has_defect) if d]
     clean = [i for i, d in zip(ids, has_defect) if not d]

@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.config import ConfigError, build, to_plain
+from common.config import ConfigError, build, real_number, to_plain, whole_number
 from common.constants import CLASS_IDS
 from common.metrics import roc_auc_per_class
-from common.oof import (CLASSIFIER_FILE, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
+from common.oof import (CLASSIFIER_FILE, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
                         write_classifier_oof, write_segmenter_oof)
 from common.preprocess import Preprocess
 from engine.loop import StageSpec
@@ -46,12 +46,12 @@ class JointLoss(nn.Module):
 
     def __init__(self, pixel: nn.Module, image_weight: float = 0.5, pos_weight: Sequence[float] | None = None) -> None:
         super().__init__()
-        if not image_weight >= 0:
-            raise ConfigError(f"joint.image_loss.weight: must be >= 0, got {image_weight}")
-        if pos_weight is not None and len(pos_weight) != len(CLASS_IDS):
-            raise ConfigError(f"joint.image_loss.pos_weight: need {len(CLASS_IDS)} values, got {list(pos_weight)}")
-        self.pixel, self.image_weight = pixel, float(image_weight)
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor([float(w) for w in pos_weight]))
+        image_weight = real_number(image_weight, "joint.image_loss.weight", 0.0)
+        if pos_weight is not None and (isinstance(pos_weight, str) or len(pos_weight) != len(CLASS_IDS)):
+            raise ConfigError(f"joint.image_loss.pos_weight: need {len(CLASS_IDS)} values, got {pos_weight!r}")
+        self.pixel, self.image_weight = pixel, image_weight
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(
+            [real_number(w, "joint.image_loss.pos_weight", 0.0) for w in pos_weight]))
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
         mask_logits, label_logits = outputs
@@ -65,7 +65,7 @@ class JointMetric(SegmenterMetric):
     exact grid score per class when the class head may also veto the pair (no veto, or p >= 0.3 / 0.5 / 0.7)."""
 
     def __init__(self, threshold: float | Sequence[float], min_area: float | Sequence[float], bins: int) -> None:
-        super().__init__(threshold, min_area, bins)
+        super().__init__(threshold, min_area, bins, "joint.validation")
         self._probs: list[torch.Tensor] = []
 
     def update(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Mapping[str, Any]) -> None:
@@ -117,10 +117,11 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     preprocess = Preprocess.from_config(j.preprocess)
     crop = check_crop(j.get("crop"), "joint.crop", preprocess.size)
     validation = j.validation
-    metric = partial(JointMetric, validation.threshold, validation.min_area, int(validation.bins))
+    bins = whole_number(validation.bins, "joint.validation.bins", 2)
+    metric = partial(JointMetric, validation.threshold, validation.min_area, bins)
     metric()
     image_loss = j.get("image_loss") or {}
-    loss = JointLoss(build_loss(j.loss, "joint.loss"), float(image_loss.get("weight", 0.5)),
+    loss = JointLoss(build_loss(j.loss, "joint.loss"), image_loss.get("weight", 0.5),
                      image_loss.get("pos_weight"))
     model = build(model_config, "joint.model")
     if j.get("init_from"):
@@ -135,5 +136,5 @@ def make_stage(cfg: DictConfig) -> StageSpec:
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
               "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
               "crop": None if crop is None else list(crop), "init_from": j.get("init_from")},
-        write_oof=partial(write_joint_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
-                          bins=int(validation.bins)))
+        write_oof=partial(write_joint_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs, bins=bins),
+        outputs=OOF_FILES)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError
+from common.config import ConfigError, real_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.oof import DEFAULT_BINS, SegmenterOOF, histograms, score, score_grid
 
@@ -39,12 +39,13 @@ def truth_of(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
 def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
                   key: str = "segmenter.validation.threshold") -> list[int]:
     """Per-class threshold bins k with k / bins == threshold (thresholds must lie on the histogram grid)."""
-    values = list(threshold) if isinstance(threshold, Sequence) else [threshold] * len(CLASS_IDS)
+    values = list(threshold) if isinstance(threshold, Sequence) and not isinstance(threshold, str) else \
+        [threshold] * len(CLASS_IDS)
     if len(values) != len(CLASS_IDS):
         raise ConfigError(f"{key}: need 1 or {len(CLASS_IDS)} values, got {values}")
     out = []
     for t in values:
-        k = int(round(float(t) * bins))
+        k = int(round(real_number(t, key) * bins))
         if not 0 < k < bins or abs(k / bins - float(t)) > 1e-9:
             raise ConfigError(f"{key}: {t} is not a multiple of 1/{bins} strictly between 0 and 1")
         out.append(k)
@@ -52,11 +53,11 @@ def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
 
 
 def per_class(value: float | Sequence[float], key: str) -> list[float]:
-    """A scalar or a 4-list from config as a 4-list."""
-    values = list(value) if isinstance(value, Sequence) else [value] * len(CLASS_IDS)
-    if len(values) != len(CLASS_IDS) or any(float(v) < 0 for v in values):
+    """A scalar or a 4-list of finite numbers >= 0 from config as a 4-list."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * len(CLASS_IDS)
+    if len(values) != len(CLASS_IDS):
         raise ConfigError(f"{key}: need 1 or {len(CLASS_IDS)} non-negative values, got {values}")
-    return [float(v) for v in values]
+    return [real_number(v, key, 0.0) for v in values]
 
 
 def as_oof(hist_pos: np.ndarray, hist_neg: np.ndarray, max_prob: np.ndarray,
@@ -84,10 +85,10 @@ class SegmenterMetric:
     """Engine ``EpochMetric``: accumulates per-image histograms, computes ``oof_metrics``."""
 
     def __init__(self, threshold: float | Sequence[float], min_area: float | Sequence[float],
-                 bins: int = DEFAULT_BINS) -> None:
+                 bins: int = DEFAULT_BINS, key: str = "segmenter.validation") -> None:
         self.bins = bins
-        self.k = threshold_bin(threshold, bins)
-        self.min_area = per_class(min_area, "segmenter.validation.min_area")
+        self.k = threshold_bin(threshold, bins, f"{key}.threshold")
+        self.min_area = per_class(min_area, f"{key}.min_area")
         self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import SteelsegError
+from engine.checkpoint import CheckpointError, read_torch_file
 from engine.pretrained import check_architecture, is_package_source, load_into_timm, package_of
 
 N_CLASSES = 4
@@ -57,9 +58,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelConfigError(f"segmenter.model.pretrained_path: weights file {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise ModelConfigError(f"segmenter.model.pretrained_path: cannot load {path}: {exc}") from exc
+        state = read_torch_file(path)
+    except CheckpointError as exc:
+        raise ModelConfigError(f"segmenter.model.pretrained_path: {exc}") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

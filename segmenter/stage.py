@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.config import ConfigError, build, to_plain
+from common.config import ConfigError, build, to_plain, whole_number
 from common.constants import CLASS_IDS
 from common.data_setup import fold_split
 from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
@@ -81,7 +81,8 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     preprocess = Preprocess.from_config(s.preprocess)
     crop = check_crop(s.get("crop"), "segmenter.crop", preprocess.size)
     validation = s.validation
-    metric = partial(SegmenterMetric, validation.threshold, validation.min_area, int(validation.bins))
+    bins = whole_number(validation.bins, "segmenter.validation.bins", 2)
+    metric = partial(SegmenterMetric, validation.threshold, validation.min_area, bins)
     metric()  # checks threshold / min_area before any data is read
     loss = build_loss(s.loss)
     model = build(model_config, "segmenter.model")
@@ -99,5 +100,6 @@ def make_stage(cfg: DictConfig) -> StageSpec:
               "crop": None if crop is None else list(crop),
               "init_from": s.get("init_from")},
         write_oof=partial(write_segmenter_oof_file, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
-                          bins=int(validation.bins)))
+                          bins=bins),
+        outputs=(SEGMENTER_FILE,))
 

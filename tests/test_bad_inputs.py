@@ -605,11 +605,13 @@ def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
     ("num_workers=-1", "num_workers: expected a whole number >= 0, got -1"),
     ("threads=1.5", "threads: expected a whole number >= 0 (0 or null: every core), got 1.5"),
     ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),
+    ("device=tpu", "device: expected cpu, cuda, cuda:<index> or auto, got 'tpu'"),
+    ("channels_last=abc", "channels_last: expected true or false, got 'abc'"),
 ])
 def test_bad_counts_stop_infer_before_any_output(models, tmp_path, override, message):
     from ensemble.run import infer
 
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(SteelsegError) as err:
         infer(infer_config(models, tmp_path, override))
     assert str(err.value) == message
     assert not (tmp_path / "submission.csv").exists()
@@ -888,3 +890,449 @@ def test_csvs_for_people_neutralise_spreadsheet_formulas():
     assert safe["ImageId"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1.jpg", "'-a.jpg", "'@b.jpg", "ok.jpg"]
     assert safe["ClassId"].tolist() == [1, -2, 3, 4, 1] and safe["area"].tolist() == [0.5, -1.0, 2.0, 3.0, 4.0]
     assert frame["ImageId"][0].startswith("=")  # the input is left as it is
+
+
+# ============================================================================ issue 22: data and training
+
+OLD_HEADER = "ImageId_ClassId,EncodedPixels"
+OLD_CASES = {  # a 2019-format file: four rows per image
+    "a row missing (its defect lost)": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,"],
+                                        "line 2: image 'a.jpg' has no row for class(es) [4]"),
+    "two rows missing, not the first": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "b.jpg_2,", "b.jpg_3,"],
+                                        "line 6: image 'b.jpg' has no row for class(es) [1, 4]"),
+    "duplicate row": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_2,1 5"],
+                      "line 6: duplicate row for image 'a.jpg' class 2 (first at line 3)"),
+    "ClassId 0": (["a.jpg_0,", "a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,"], "line 2: unknown ClassId '0'"),
+    "ClassId 5": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_5,"], "line 6: unknown ClassId '5'"),
+    "ClassId superscript two": (["a.jpg_1,1 10", "a.jpg_\u00b2,"], "line 3: unknown ClassId '\u00b2'"),
+    "ClassId Arabic-Indic one": (["a.jpg_\u0661,1 10"], "line 2: unknown ClassId '\u0661'"),
+    "no class suffix": (["a.jpg,1 10"], "line 2: ImageId_ClassId 'a.jpg' has no '_<class>' suffix"),
+}
+
+
+@pytest.mark.parametrize("reader", ["annotations", "metric CLI", "importer CLI", "dashboard upload"])
+@pytest.mark.parametrize("case", list(OLD_CASES))
+def test_2019_format_rows_are_checked_by_every_reader(tmp_path, capsys, case, reader):
+    rows, message = OLD_CASES[case]
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "\n".join(rows) + "\n")
+    refused = read_via(reader, path, capsys)
+    assert refused is not None and f"{path.name}, {message}" in refused, refused
+
+
+def test_validator_names_the_classes_a_2019_image_lacks(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "\n".join(OLD_CASES["a row missing (its defect lost)"][0]) + "\n")
+    assert validate(path) == [f"{path}: image 'a.jpg' has no row for class(es) [4]"]
+
+
+def test_a_complete_2019_file_keeps_its_defect_and_clean_images(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text(OLD_HEADER + "\n" + "".join(f"{i}_{c},{'1 10' if (i, c) == ('b.jpg', 4) else ''}\n"
+                                                for i in ("a.jpg", "b.jpg") for c in (1, 2, 3, 4)))
+    ann = read_annotations(path)
+    assert ann.image_ids == ("a.jpg", "b.jpg") and ann.rows.values.tolist() == [["b.jpg", 4, "1 10"]]
+
+
+def exif_image(shape: tuple[int, int] = (256, 1600), orientation: int = 6, fmt: str = "JPEG") -> tuple[bytes, bytes]:
+    """(file bytes with an EXIF orientation tag, the same image saved without one), written by PIL."""
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged, plain = io.BytesIO(), io.BytesIO()
+    image.save(tagged, fmt, exif=exif.tobytes())
+    image.save(plain, fmt)
+    return tagged.getvalue(), plain.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_orientation_is_ignored_by_every_reader(tmp_path, fmt, orientation):
+    """One rule: the pixels as stored. Training's dataset, infer, the dashboard and EDA read through read_image,
+    the service through decode_image; the header check agrees with both."""
+    from common.dataset import dataset_from
+    from common.images import decode_image, read_size
+
+    tagged, plain = exif_image(orientation=orientation, fmt=fmt)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(tagged)
+    expected = decode_image(plain, "plain", channels=1)
+    assert read_size(path) == (256, 1600)
+    assert np.array_equal(read_image(path, channels=1), expected)
+    assert np.array_equal(decode_image(tagged, "upload", channels=3, shape=None)[..., 0], expected)
+    check_image_files(tmp_path, ["a.jpg"], full=True)
+    assert dataset_from(tmp_path, None, "header").image("a.jpg", channels=1).shape == (256, 1600)
+
+
+def test_a_rotated_file_is_refused_at_start_up_naming_it(tiny_dataset, tmp_path):
+    """A 1600x256 file whose EXIF says 'rotate to 256x1600' is refused by the header check, before any epoch."""
+    from test_engine import run_inprocess
+
+    victim = sorted((tiny_dataset / "train_images").iterdir())[1]
+    victim.write_bytes(exif_image(shape=(1600, 256))[0])
+    with pytest.raises(ImageError, match=rf"^{victim}: image is 1600x256, expected 256x1600$"):
+        run_inprocess(tiny_dataset, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "BMP", "TIFF"])
+def test_other_formats_named_jpg_are_refused_by_the_header_check(tmp_path, fmt):
+    from PIL import Image
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray(np.zeros((256, 1600), np.uint8)).save(path, fmt)
+    with pytest.raises(ImageError, match=rf"^{path}: not a JPEG or PNG file \(first bytes "):
+        check_image_files(tmp_path, ["a.jpg"])
+    with pytest.raises(ImageError, match=rf"^{path}: not a JPEG or PNG file"):
+        read_image(path)
+
+
+def test_every_output_of_a_fixed_layout_is_checked_at_once(tmp_path):
+    from common.io import check_outputs
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "last.pt").mkdir(parents=True)
+    with pytest.raises(WriteError, match=rf"^key: {run / 'checkpoints' / 'last.pt'} is a directory where a file is "
+                                         r"written: remove it or choose another key$"):
+        check_outputs(run, "key", files=["checkpoints/best.pt", "checkpoints/last.pt"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tensorboard").write_text("x")
+    with pytest.raises(WriteError, match=r"other/tensorboard is a file where a folder is made"):
+        check_outputs(tmp_path / "other", "key", folders=["tensorboard"])
+    (tmp_path / "other" / "checkpoints").write_text("x")
+    with pytest.raises(WriteError, match=r"other/checkpoints is a file where a folder is made"):
+        check_outputs(tmp_path / "other", "key", files=["checkpoints/last.pt"])
+    assert check_outputs(tmp_path / "new" / "run", "key", files=["a/b.pt"], folders=["tb"]) == tmp_path / "new" / "run"
+    assert not (tmp_path / "new").exists()  # nothing is created
+
+
+@pytest.mark.parametrize("blocked, message", [
+    ("checkpoints/last.pt", "checkpoints/last.pt is a directory where a file is written"),
+    ("checkpoints/best.pt", "checkpoints/best.pt is a directory where a file is written"),
+    ("metrics.csv", "metrics.csv is a directory where a file is written"),
+    ("oof_classifier.csv", "oof_classifier.csv is a directory where a file is written"),
+])
+def test_a_run_folder_output_in_the_way_stops_training_before_the_first_epoch(tiny_dataset, tmp_path, monkeypatch,
+                                                                               blocked, message):
+    from engine.loop import Engine
+    from test_engine import run_inprocess
+
+    def never(self):
+        raise AssertionError("an epoch started")
+
+    monkeypatch.setattr(Engine, "_train_epoch", never)
+    (tmp_path / "run" / blocked).mkdir(parents=True)
+    with pytest.raises(WriteError, match=rf"^run folder \(hydra\.run\.dir\): {tmp_path / 'run'}/{message}"):
+        run_inprocess(tiny_dataset, tmp_path / "run")
+
+
+def test_a_file_named_tensorboard_stops_training_before_the_first_epoch(tiny_dataset, tmp_path):
+    from test_engine import run_inprocess
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").write_text("notes")
+    with pytest.raises(WriteError, match=r"run/tensorboard is a file where a folder is made: remove it"):
+        run_inprocess(tiny_dataset, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["tensorboard"]
+
+
+def test_ensemble_oof_outputs_in_the_way_are_found_before_the_prediction(models, tmp_path, capsys):
+    from ensemble.oof import main as oof_main
+    from ensemble.threshold_search import main as search_main
+    from ensemble_helpers import run_folder
+
+    run = run_folder(tmp_path / "seg_run", "segmenter")
+    (tmp_path / "oof" / "oof_segmenter.npz").mkdir(parents=True)
+    (tmp_path / "t_oof" / "oof_classifier.csv").mkdir(parents=True)
+    cases = [(oof_main, [str(run), "--out", str(tmp_path / "oof")], "--out: ", "oof/oof_segmenter.npz is a directory"),
+             (search_main, [str(run), "--out", str(tmp_path / "t.json")], "--oof-dir: ",
+              "t_oof/oof_classifier.csv is a directory")]
+    for main, argv, key, message in cases:
+        assert main([*argv, "tta=none", "progress=false"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {key}") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"epochs": "abc"}, "trainer.epochs: expected a whole number >= 1, got 'abc'"),
+    ({"epochs": 1.5}, "trainer.epochs: expected a whole number >= 1, got 1.5"),
+    ({"epochs": None}, "trainer.epochs: expected a whole number >= 1, got None"),
+    ({"batch_size": "abc"}, "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
+    ({"val_batch_size": "x"}, "trainer.val_batch_size: expected a whole number >= 1 or null, got 'x'"),
+    ({"num_workers": "abc"}, "trainer.num_workers: expected a whole number >= 0, got 'abc'"),
+    ({"accumulate": 0}, "trainer.accumulate: expected a whole number >= 1, got 0"),
+    ({"val_every": True}, "trainer.val_every: expected a whole number >= 1, got True"),
+    ({"samples_per_epoch": "abc"}, "trainer.samples_per_epoch: expected a whole number >= 1 or null, got 'abc'"),
+    ({"threads": "abc"}, "trainer.threads: expected a whole number >= 1 or null, got 'abc'"),
+    ({"grad_clip": "abc"}, "trainer.grad_clip: expected a finite number >= 0 or null, got 'abc'"),
+    ({"grad_clip": math.nan}, "trainer.grad_clip: expected a finite number >= 0 or null, got nan"),
+    ({"early_stopping": {"patience": "abc"}}, "trainer.early_stopping.patience: expected a whole number >= 0 or null"),
+    ({"early_stopping": {"min_delta": "abc"}}, "trainer.early_stopping.min_delta: expected a finite number >= 0"),
+    ({"amp": "abc"}, "trainer.amp: expected auto, true or false, got 'abc'"),
+    ({"progress": "abc"}, "trainer.progress: expected true or false, got 'abc'"),
+    ({"channels_last": 1}, "trainer.channels_last: expected true or false, got 1"),
+])
+def test_trainer_values_of_the_wrong_kind_name_their_key(node, message):
+    from engine.loop import TrainerSettings
+
+    with pytest.raises(ConfigError) as err:
+        TrainerSettings.from_config(node)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_trainer_values_given_as_numbers_are_kept():
+    from engine.loop import TrainerSettings
+
+    settings = TrainerSettings.from_config({"epochs": "3", "grad_clip": "1.5", "early_stopping": {"patience": 2}})
+    assert (settings.epochs, settings.grad_clip, settings.patience, settings.min_delta) == (3, 1.5, 2, 0.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fold=abc", "fold: expected a whole number >= 0, e.g. fold=0 (or -m fold=0,1,2,3,4), got 'abc'"),
+    ("seed=abc", "seed: expected a whole number >= 0, got 'abc'"),
+    ("trainer.batch_size=abc", "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
+    ("data.folds.n_splits=abc", "data.folds.n_splits: expected a whole number >= 2, got 'abc'"),
+    ("optimizer.lr.head=abc", "optimizer.lr.head: expected a number such as 1e-3, got 'abc'"),
+    ("optimizer.optim.weight_decay=abc", "optimizer.optim: AdamW refuses these settings (TypeError: "),
+    ("scheduler.warmup=abc", "scheduler.warmup: expected a finite number >= 0, got 'abc'"),
+    ("scheduler.min_lr_ratio=abc", "scheduler.min_lr_ratio: expected a finite number >= 0, got 'abc'"),
+    ("scheduler=onecycle scheduler.pct_start=abc", "scheduler.pct_start: expected a finite number >= 0, got 'abc'"),
+    ("scheduler=onecycle scheduler.div_factor=0", "scheduler.div_factor: expected a finite number >= 1, got 0"),
+    ("scheduler=onecycle scheduler.pct_start=2", "scheduler: one_cycle refuses these settings (ValueError: "),
+    ("classifier.thresholds=[a,b,c,d]", "classifier.thresholds: expected a finite number >= 0, got 'a'"),
+    ("classifier.thresholds=abc", "classifier.thresholds: need 4 values, got 'abc'"),
+    ("classifier.loss.pos_weight=[a,1,1,1]", "classifier.loss.pos_weight: expected a finite number >= 0, got 'a'"),
+])
+def test_numbers_given_as_text_stop_training_naming_the_key(tiny_dataset, tmp_path, override, message):
+    from test_engine import run_inprocess
+
+    with pytest.raises(ConfigError) as err:
+        run_inprocess(tiny_dataset, tmp_path / "run", *override.split())
+    assert str(err.value).startswith(message), str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("function, kwargs, message", [
+    ("threshold_bin", {"threshold": "abc"}, "segmenter.validation.threshold: expected a finite number, got 'abc'"),
+    ("per_class", {"value": ["a", 1, 1, 1], "key": "joint.validation.min_area"},
+     "joint.validation.min_area: expected a finite number >= 0, got 'a'"),
+    ("check_crop", {"crop": ["a", 128], "key": "joint.crop"}, "joint.crop: expected a whole number >= 1 in [height"),
+    ("check_crop", {"crop": "ab", "key": "joint.crop"}, "joint.crop: expected [height, width], got 'ab'"),
+    ("JointLoss", {"pixel": torch.nn.Identity(), "image_weight": "abc"},
+     "joint.image_loss.weight: expected a finite number >= 0, got 'abc'"),
+    ("JointLoss", {"pixel": torch.nn.Identity(), "pos_weight": ["a", 1, 1, 1]},
+     "joint.image_loss.pos_weight: expected a finite number >= 0, got 'a'"),
+    ("JointMetric", {"threshold": 0.5, "min_area": "abc", "bins": 100},
+     "joint.validation.min_area: expected a finite number >= 0, got 'abc'"),
+])
+def test_segmenter_and_joint_numbers_given_as_text_name_their_key(function, kwargs, message):
+    import segmenter.data
+    import segmenter.joint
+    import segmenter.metrics
+
+    target = next(getattr(m, function) for m in (segmenter.metrics, segmenter.data, segmenter.joint)
+                  if hasattr(m, function))
+    with pytest.raises(ConfigError) as err:
+        target(**kwargs)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_clean_ratio_given_as_text_names_the_key():
+    from segmenter.data import select_training_ids
+
+    labels = pd.DataFrame({1: [1, 0]}, index=["a.jpg", "b.jpg"])
+    with pytest.raises(ConfigError, match=r"^joint\.clean_ratio: expected a finite number >= 0 or null, got 'abc'"):
+        select_training_ids(labels, ["a.jpg", "b.jpg"], "abc", 0, "joint")
+
+
+def torch_files(base: Path) -> dict[str, Path]:
+    """Files torch.load(weights_only=True) refuses, each of another kind."""
+    good = save_tiny(base / "good.pt", "classifier")
+    data = good.read_bytes()
+    files = {"random bytes": np.random.default_rng(0).bytes(5000), "truncated": data[:len(data) // 2], "empty": b"",
+             "text": b"hello world\n"}
+    out = {}
+    for name, raw in files.items():
+        out[name] = base / f"{name.replace(' ', '_')}.pt"
+        out[name].write_bytes(raw)
+    out["a pickled function"] = base / "function.pt"
+    torch.save({"format": 1, "hook": print}, out["a pickled function"])
+    out["legacy pickle with a class"] = base / "legacy.pt"
+    torch.save({"x": Path("/")}, out["legacy pickle with a class"], _use_new_zipfile_serialization=False)
+    out["a numpy archive"] = base / "arrays.npz"
+    np.savez(out["a numpy archive"], a=np.zeros(3))
+    return out
+
+
+TORCH_REASONS = {"random bytes": "not a PyTorch weights file", "truncated": "cut short or damaged",
+                 "empty": "the file is empty", "text": "not a PyTorch weights file",
+                 "a pickled function": "it holds Python objects (print)",
+                 "legacy pickle with a class": "it holds Python objects (pathlib",
+                 "a numpy archive": "not a PyTorch weights file"}
+
+
+@pytest.mark.parametrize("case", list(TORCH_REASONS))
+def test_a_file_torch_cannot_read_as_data_is_one_line_without_torch_advice(tmp_path, case):
+    path = torch_files(tmp_path)[case]
+    with pytest.raises(CheckpointError) as err:
+        load_model(path, "classifier")
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot load: ") and TORCH_REASONS[case] in message, message
+    assert "weights_only" not in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("option", ["classifier", "segmenter"])
+def test_a_damaged_pretrained_path_names_the_option_without_torch_advice(tmp_path, option):
+    path = torch_files(tmp_path)["a pickled function"]
+    if option == "classifier":
+        from classifier.model import create_classifier as create
+
+        kwargs = {"name": "test_resnet", "pretrained_path": str(path)}
+    else:
+        from segmenter.model import create_segmenter as create
+
+        kwargs = {"encoder_name": "tu-test_resnet", "pretrained_path": str(path)}
+    with pytest.raises(SteelsegError) as err:
+        create(**kwargs)
+    message = str(err.value)
+    assert message.startswith(f"{option}.model.pretrained_path: {path}: cannot load: it holds Python objects"), message
+    assert "weights_only" not in message
+
+
+@pytest.mark.parametrize("case", ["random bytes", "truncated", "a pickled function"])
+def test_a_damaged_last_pt_says_how_to_start_over(tiny_dataset, tmp_path, case):
+    from test_engine import run_inprocess
+
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(torch_files(tmp_path)[case].read_bytes())
+    with pytest.raises(CheckpointError) as err:
+        run_inprocess(tiny_dataset, tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"{last}: cannot load: ") and TORCH_REASONS[case] in message, message
+    assert "weights_only" not in message
+    assert message.endswith(f"; to start this run over, delete {last} or set resume=false"), message
+
+
+def test_a_last_pt_of_another_stage_says_how_to_start_over(tiny_dataset, tmp_path):
+    from test_engine import run_inprocess
+
+    last = save_tiny(tmp_path / "run" / "checkpoints" / "last.pt", "segmenter")
+    with pytest.raises(CheckpointError, match=rf"^{last}: checkpoint of stage 'segmenter', expected 'classifier'; "
+                                              rf"to start this run over, delete {last} or set resume=false$"):
+        run_inprocess(tiny_dataset, tmp_path / "run")
+
+
+def test_infer_with_a_damaged_or_foreign_checkpoint_names_it(models, tmp_path):
+    from ensemble.run import infer
+
+    bad = torch_files(tmp_path)["random bytes"]
+    with pytest.raises(CheckpointError, match=rf"^{bad}: cannot load: not a PyTorch weights file"):
+        infer(infer_config(models, tmp_path, f"checkpoints.classifier=[{bad}]"))
+    with pytest.raises(CheckpointError, match=rf"{models['seg']}: checkpoint of stage 'segmenter', expected"):
+        infer(infer_config(models, tmp_path, f"checkpoints.classifier=[{models['seg']}]"))
+    assert not (tmp_path / "submission.csv").exists()
+
+
+@pytest.mark.parametrize("tool, blocker, fragment", [
+    ("train.py", "file", "hydra.run.dir: {blocker}: cannot write (File exists)"),
+    ("train.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
+    ("infer.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
+    ("prepare.py", "proc", "hydra.run.dir: {blocker}: cannot write (No such file or directory)"),
+])
+def test_hydra_cannot_make_its_run_folder_is_one_line(tmp_path, tool, blocker, fragment):
+    (tmp_path / "file").write_text("x")
+    where = {"file": tmp_path / "file", "under a file": tmp_path / "file" / "run",
+             "proc": Path("/proc/steelseg-none/run")}[blocker]
+    done = run_cli(tool, f"hydra.run.dir={where}", *(["fold=0"] if tool == "train.py" else []))
+    reported = where.parent if blocker == "proc" else where
+    assert_user_error(done, fragment.format(blocker=reported))
+
+
+def test_hydra_cannot_make_its_sweep_folder_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    done = run_cli("train.py", "-m", "fold=0", f"hydra.sweep.dir={tmp_path / 'file' / 'sweep'}")
+    assert_user_error(done, f"hydra.sweep.dir: {tmp_path / 'file' / 'sweep'}: cannot write (Not a directory)")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=abc"], ["fold: expected a whole number >= 0"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=abc"],
+     ["optimizer.lr.head: expected a number such as 1e-3, got 'abc'"]),
+    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "trainer.epochs=abc"],
+     ["trainer.epochs: expected a whole number >= 1, got 'abc'"]),
+    (["prepare.py", "debug=smoke", "data.folds.n_splits=abc", "data.folds.path=/tmp/steelseg-none-folds.csv"],
+     ["data.folds.n_splits: expected a whole number >= 2, got 'abc'"]),
+])
+def test_numbers_given_as_text_on_the_command_line_exit_2(tmp_path, args, fragments):
+    done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
+    assert_user_error(done, *fragments)
+
+
+def test_train_cli_with_a_random_bytes_last_pt_names_it(tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(np.random.default_rng(1).bytes(4096))
+    done = run_cli("train.py", "experiment=joint/demo", "debug=smoke", "fold=0", f"hydra.run.dir={tmp_path}/run")
+    assert_user_error(done, f"{last}: cannot load: not a PyTorch weights file", "set resume=false")
+    assert "weights_only" not in done.stderr
+
+
+def test_threshold_search_with_a_random_bytes_checkpoint_names_it(tmp_path, capsys):
+    from ensemble.threshold_search import main
+    from ensemble_helpers import run_folder
+
+    run = run_folder(tmp_path / "seg_run", "segmenter")
+    bad = run / "1_fold=1" / "checkpoints" / "best.pt"
+    bad.write_bytes(np.random.default_rng(2).bytes(4096))
+    assert main([str(run), "--out", str(tmp_path / "t.json"), "tta=none", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: cannot load: not a PyTorch weights file") and err.count("\n") == 1, err
+    assert "weights_only" not in err
+
+
+@pytest.mark.parametrize("fmt", ["new", "old"])
+def test_a_two_line_image_id_makes_a_submission_invalid_naming_the_line(tmp_path, capsys, fmt):
+    from common.submission import main
+
+    path = tmp_path / "sub.csv"
+    if fmt == "new":
+        path.write_text(HEADER + "\n" + "".join(f'"two\nlines.jpg",,{c}\n' for c in (1, 2, 3, 4)), newline="")
+    else:
+        path.write_text(OLD_HEADER + "\n" + "".join(f'"two\nlines.jpg_{c}",\n' for c in (1, 2, 3, 4)), newline="")
+    problems = validate(path)
+    assert problems[0] == (f"{path}, line 2: ImageId 'two\\nlines.jpg' holds the control or format character U+000A "
+                           "(unnamed); rename the file") and len(problems) == 4, problems
+    assert main(["validate", str(path)]) == 1 and "INVALID, 4 problem(s)" in capsys.readouterr().err
+
+
+def test_the_submission_writer_refuses_an_image_id_no_row_can_hold(tmp_path):
+    with pytest.raises(AnnotationError, match=r"image list: ImageId 'two\\nlines\.jpg' holds the control"):
+        with open_submission(tmp_path / "sub.csv", ["ok.jpg", "two\nlines.jpg"]):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_infer_with_an_incomplete_2019_truth_names_its_line(models, tmp_path):
+    from ensemble.run import infer
+
+    truth = tmp_path / "old.csv"
+    truth.write_text(OLD_HEADER + "\nimg000.jpg_1,\nimg000.jpg_2,\nimg000.jpg_4,\n")
+    with pytest.raises(AnnotationError, match=rf"^{truth}, line 2: image 'img000.jpg' has no row for class\(es\) \[3\]"):
+        infer(infer_config(models, tmp_path, "evaluate=true", f"truth={truth}"))
+    assert not (tmp_path / "submission.csv").exists()
+
+
+@pytest.mark.parametrize("name, data", [("JPEG cut in half", jpeg_bytes()[:40_000]), ("PNG cut", png_bytes()[:-12])])
+def test_a_truncated_image_is_found_by_the_header_check_before_training(tiny_dataset, tmp_path, name, data):
+    from test_engine import run_inprocess
+
+    victim = sorted((tiny_dataset / "train_images").iterdir())[2]
+    victim.write_bytes(data)
+    with pytest.raises(ImageError, match=rf"^{victim}: truncated"):
+        run_inprocess(tiny_dataset, tmp_path / "run", "data.check_images=header")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -72,6 +72,7 @@ def test_balanced_weights_equalise_groups():
     half = sample_weights(labels, {"mode": "balanced", "power": 0.5})
     assert half[0] == pytest.approx(6 ** -0.5) and half[6] == pytest.approx(1.0)
     assert sample_weights(labels, None) is None
+    assert sample_weights(labels, {"mode": "balanced", "power": 0}) is None   # power 0: plain shuffling
     with pytest.raises(ConfigError, match="sampling.power"):
         sample_weights(labels, {"mode": "balanced", "power": 2})
 

@@ -12,7 +12,14 @@ ROOTS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    """Every option of a config group. The experiment group nests its options by stage (``experiment/joint/demo.yaml``
+    is ``experiment=joint/demo``); elsewhere a subfolder is a group of its own (``hydra/launcher``)."""
+    folder = CONFIGS / group
+    files = folder.rglob("*.yaml") if group == "experiment" else folder.glob("*.yaml")
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in files)
+
+
+EXPERIMENTS = group_options("experiment")
 
 
 def compose_root(name: str, overrides: list[str]):
@@ -30,7 +37,7 @@ def test_root_configs_compose_with_every_group_option(root: str):
             continue
         for option in group_options(group):
             overrides = [f"{group}={option}"]
-            if group == "data" and option == "kaggle":
+            if (group, option) == ("data", "kaggle") or group == "experiment":   # competition recipes read Kaggle data
                 overrides.append("data.root=/tmp/some-root")
             cfg = compose_root(root, overrides)
             OmegaConf.to_container(cfg, resolve=False)  # every node is well formed
@@ -47,3 +54,22 @@ def test_prepare_writes_folds_and_reports_the_all_empty_score(tmp_path: Path):
     assert "all-empty submission scores 0." in text
     assert Path(cfg.data.folds.path).is_file()
     assert summarize(cfg.data) == text                      # cached data and folds are reused unchanged
+
+
+def test_the_experiment_group_is_found_recursively():
+    assert {"joint/demo", "joint/quality", "classifier/competition", "segmenter/competition"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("root", ["train", "infer"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_train_and_infer(root: str, experiment: str):
+    overrides = [f"experiment={experiment}", "data.root=/tmp/some-root", "fold=0"]
+    cfg = compose_root(root, overrides if root == "train" else overrides[:-1])
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    run_name = plain["run_name"]
+    assert run_name and "${" not in str(run_name)
+    if root == "infer":        # infer predicts with the recipe's own runs
+        assert cfg.train_run == run_name
+        assert list(cfg.checkpoints.runs) == [f"outputs/train/*/{run_name}"]
+    else:                      # the recipe's stage is the one it trains
+        assert cfg.hydra.runtime.choices.stage == experiment.split("/")[0]

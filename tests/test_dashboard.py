@@ -305,13 +305,13 @@ def test_exports_csv_of_the_filtered_inspections_and_png_of_a_comparison(board, 
 
 
 def test_poll_picks_up_any_writer_and_follows_the_newest_day(board):
-    version, end, text = board.poll(None, ["follow"], "2021-12-31")
+    version, end, text, _ = board.poll(None, ["follow"], "2021-12-31")
     assert version and end is NO_UPDATE and "rows" in text
     assert board.poll(version, ["follow"], "2021-12-31")[:2] == (NO_UPDATE, NO_UPDATE)
     rows = pd.DataFrame({"ImageId": ["line1.jpg", "line2.jpg"], "ClassId": [3, 1], "EncodedPixels": ["1 10", ""]})
     with closing(connect(board.db)) as conn:                       # what `infer.py store=...` does
         append_rows(conn, rows, "pred:line", "line", dates="2026-03-04T10:00:00+00:00")
-    new, end, _ = board.poll(version, ["follow"], "2021-12-31")
+    new, end, _, _ = board.poll(version, ["follow"], "2021-12-31")
     assert new != version and end == "2026-03-04"
     assert board.poll(version, [], "2021-12-31")[1] is NO_UPDATE           # not following: the period stays
     assert ALL_RUNS in [o["value"] for o in board.source_options()[0]]

@@ -119,7 +119,7 @@ def test_cpu_runs_train_channels_last_on_the_configured_threads(tiny_dataset: Pa
     finally:
         torch.set_num_threads(before)
     assert seen == {"threads": 1, "channels_last": True}
-    with pytest.raises(ConfigError, match=r"trainer\.threads: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"trainer\.threads: expected a whole number >= 1"):
         TrainerSettings.from_config({"threads": 0})
 
 
