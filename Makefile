@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo quality test test-slow test-e2e bench venv clean
+.PHONY: demo quality test test-slow test-e2e test-runtime bench venv clean
 
 # The demo: synthetic data -> joint two-headed models (2 folds) -> ensemble OOF predicted as infer.py predicts ->
 # threshold search (kept honest by the held-out-fold estimate) -> infer.py on the held-out synthetic test set ->
@@ -83,6 +83,12 @@ test-slow: $(STAMP)
 # threshold search and infer.py run on the outputs; the GPU check's CPU dry run. .ci/run runs it after `make test`.
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_recipes.py tests/test_gpu_check.py
+
+# The torch-free runtime as a line PC gets it: a fresh venv from requirements-runtime.txt alone (+ the steelseg
+# wheel), torch absent, infer.py runtime=onnx and ensemble.serve --load-test on an exported bundle (~4 min first,
+# faster once ~/.cache/pip holds the wheels). .ci/run runs it.
+test-runtime: $(STAMP)
+	$(PY) -m pytest -q tests/test_runtime.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rle.py

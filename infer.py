@@ -1,7 +1,8 @@
 """``python infer.py`` -> submission.csv from trained checkpoints (see configs/infer.yaml).
 
 Examples: ``python infer.py checkpoints.classifier=[multirun/cls] checkpoints.segmenter=[multirun/seg]
-thresholds=thresholds.json evaluate=true``. Restarts itself once with the fast glibc allocator settings
+thresholds=thresholds.json evaluate=true``; installed (``pip install ".[runtime]"``), the same command is
+``steelseg-infer runtime=onnx bundle=BUNDLE ...`` (configs/ is package data beside this module). Restarts itself once with the fast glibc allocator settings
 (they only work when set before Python starts), before anything heavy is imported.
 """
 import os
@@ -37,8 +38,14 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get("score", {}).get("score")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: fast allocator settings, then the Hydra app with its command-line errors as one line."""
+    _reexec_with_fast_env()
     from common.errors import hydra_command_line_errors
 
     with hydra_command_line_errors():
         main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -37,8 +37,9 @@ from common.errors import SteelsegError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text",
-           "check_writable", "check_outputs", "place_error", "remove_stale_temps", "read_csv", "parse_csv_text", "FORMULA_PREFIXES",
+__all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text", "temp_dir_beside",
+           "check_writable", "check_outputs", "place_error", "remove_stale_temps", "read_csv", "parse_csv_text",
+           "FORMULA_PREFIXES",
            "spreadsheet_safe"]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula (OWASP)
@@ -147,6 +148,16 @@ def _new_file_mode(path: Path) -> int:
         return path.stat().st_mode & 0o7777
     except OSError:
         return 0o666 & ~_umask()
+
+
+def temp_dir_beside(path: Path | str) -> Path:
+    """An empty temp folder next to ``path`` with the mode mkdir would give (0o777 minus the umask, not
+    mkdtemp's 0o700), so a folder built there and renamed to ``path`` is shared as the umask says."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    folder.chmod(0o777 & ~_umask())
+    return folder
 
 
 def _temp_file(path: Path) -> tuple[int, str]:

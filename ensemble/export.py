@@ -21,7 +21,6 @@ import json
 import platform
 import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,7 +34,7 @@ from torch import nn
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
-from common.io import atomic_write_text, check_writable
+from common.io import atomic_write_text, check_writable, temp_dir_beside
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches
 from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
@@ -155,8 +154,7 @@ def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None 
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: exists; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staged = temp_dir_beside(out)
     try:
         entries, checks, counts = [], {}, {}
         for member in predictor.members:
