@@ -74,7 +74,7 @@ quality: $(STAMP)
 	$(call pipeline,$(QUALITY_RECIPES),$(QUALITY_ARGS),$(QUALITY_OUT),$(QUALITY_RUN_NAME))
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -83,6 +83,7 @@ test-slow: $(STAMP)
 # threshold search and infer.py run on the outputs; the GPU check's CPU dry run. .ci/run runs it after `make test`.
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q -s tests/test_recipes.py tests/test_gpu_check.py
+	$(PY) -m pytest -q -m "browser and not slow" tests/test_dashboard_e2e.py tests/test_dashboard_browser.py
 
 # The torch-free runtime as a line PC gets it: a fresh venv from requirements-runtime.txt alone (+ the steelseg
 # wheel), torch absent, infer.py runtime=onnx and ensemble.serve --load-test on an exported bundle (~4 min first,

@@ -601,7 +601,7 @@ def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("batch_size=0", "batch_size: expected a whole number >= 1, got 0"),
+    ("batch_size=0", "batch_size: expected a whole number >= 1 (or auto: chosen for the device), got 0"),
     ("num_workers=-1", "num_workers: expected a whole number >= 0, got -1"),
     ("threads=1.5", "threads: expected a whole number >= 0 (0 or null: every core), got 1.5"),
     ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),

@@ -27,7 +27,8 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed")]
 RELATIVE_REAL = Path("..") / "shared" / "data" / "severstal"      # the README's command, from the repository
 OVERLAP_JS = """
 const a = document.querySelector('#' + arguments[0] + ' .modebar-container'), b = document.querySelector('#' + arguments[0] + ' .gtitle');
