@@ -13,8 +13,10 @@ Prints one table (and writes it to ``<work>/gpu_check.md``):
   busy (nvidia-smi samples), and, from a second, synchronised ``profile=true`` run, where the time goes.
 
 * AMP parity: the same ensemble in float32 and under autocast (bf16 on CUDA where supported, fp16 otherwise; on
-  the CPU bf16, to exercise the path) on ``--profile-images`` images, masks compared pair by pair
-  (``ensemble.export.parity``: identical or Dice >= 0.999 per mask);
+  the CPU bf16, to exercise the path) on ``--profile-images`` images (``ensemble.export.parity``): the verdict is
+  max |p_amp - p_float32| of the segmentation and classifier probabilities against ``AMP_TOLERANCE``; the masks
+  are compared pair by pair and printed, not judged (networks trained for one epoch put many pixels within a
+  rounding of the threshold, so masks of untrained members flip where trained ones would not);
 * a headline line: ensemble images/s against the 300 target, training images/s per recipe.
 
 ``--profile`` instead runs torch.profiler on one batch (an image and its hflip, as the ensemble runs them) of
@@ -55,6 +57,8 @@ OFFLINE = {"classifier": ["classifier.model.pretrained=false", "classifier.model
            "segmenter": ["segmenter.model.encoder_weights=null", "segmenter.model.pretrained_path=null"],
            "joint": ["joint.model.encoder_weights=null", "joint.model.pretrained_path=null"]}
 TARGET_IMAGES_PER_S = 300.0
+# max |p_amp - p_float32| allowed per dtype: a few units of its rounding (bf16 keeps 8 bits, fp16 11)
+AMP_TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 
 
 def env() -> dict[str, str]:
@@ -327,9 +331,14 @@ def _main(args: argparse.Namespace) -> int:
         report = parity(Predictor(**kw), Predictor(**kw, amp_dtype=dtype), paths, min(args.batch, 8))
         seconds = time.perf_counter() - start
         name = str(dtype).removeprefix("torch.")
-        return ("ok" if report.ok else "FAILED",
+        tolerance = AMP_TOLERANCE[name]
+        # The verdict is on the probabilities: these networks are barely trained, so many of their pixels sit
+        # within a rounding of the threshold and flip; the mask figures are printed for trained members.
+        ok = max(report.max_seg_diff, report.max_cls_diff) <= tolerance
+        return ("ok" if ok else "FAILED",
                 f"{name} vs float32, {1e3 * seconds / max(len(paths), 1) / 2:.1f} ms per image per run; "
-                + report.format().removeprefix("parity: "), None)
+                f"verdict max |dp| <= {tolerance:g}; masks: "
+                + report.format().removeprefix("parity: ").rsplit(" -> ", 1)[0], None)
     check.step("AMP parity: masks under autocast vs float32", amp_parity)
 
     table = check.table()

@@ -101,6 +101,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     sections = rows["infer.py: time per image by section"]
     for name in ("decode_in_workers", "waiting_for_data", "host_to_device", "forward", "postprocess", "rle", "write"):
         assert name in sections
+    amp = rows["AMP parity: masks under autocast vs float32"]
+    assert "| ok |" in amp and "bfloat16 vs float32" in amp and "verdict max |dp| <= 0.02" in amp and "min Dice" in amp
     print(table)
 
 
