@@ -96,6 +96,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_threshold.py
 	$(PY) benchmarks/bench_infer.py
 	$(PY) benchmarks/bench_postprocess.py
+	$(PY) benchmarks/bench_tail.py
 	$(PY) benchmarks/bench_onnx.py
 	$(PY) benchmarks/bench_train_cpu.py
 

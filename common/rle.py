@@ -126,6 +126,8 @@ def encode(mask: np.ndarray) -> str:
         return ""
     h, w = mask.shape
     if mask.itemsize == 1 and mask.flags.c_contiguous and w % 8 == 0 and h > 1:
+        if not mask.view(np.uint64).max():  # most (image, class) pairs are empty: 8 us instead of 45
+            return ""
         changes = _changes_by_words(mask.view(np.uint8))
     else:
         changes = _changes_column_major(mask)

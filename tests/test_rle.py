@@ -40,6 +40,14 @@ def test_empty_values():
         assert decode(empty).dtype == np.uint8
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.int8])
+@pytest.mark.parametrize("row, col, expected", [(0, 0, "1 1"), (255, 1599, "409600 1"), (7, 3, "776 1")])
+def test_one_pixel_is_not_taken_for_an_empty_mask(dtype, row, col, expected):
+    mask = np.zeros((256, 1600), dtype)  # the empty-mask shortcut reads the mask 8 bytes at a time
+    mask[row, col] = 1
+    assert encode(mask) == expected
+
+
 def test_full_mask_and_custom_shape():
     assert encode(np.ones((256, 1600), bool)) == "1 409600"
     assert decode("1 409600").all()
