@@ -20,7 +20,8 @@ from common.oof import CLASSIFIER_FILE, ClassifierOOF, write_classifier_oof
 from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.augment import build_augment
-from engine.loop import StageSpec, predict
+from engine.loop import predict
+from engine.stage import StageSpec
 
 __all__ = ["STAGE", "ClassifierLoss", "write_oof", "make_stage"]
 

@@ -14,8 +14,10 @@ _EXPORTS = {
     "engine.checkpoint": ("CheckpointError", "build_model", "load_checkpoint", "load_model", "model_allowlist",
                           "allow_model_factory", "save_checkpoint", "unwrap"),
     "engine.distributed": ("DistInfo", "setup", "teardown"),
-    "engine.loop": ("BEST", "LAST", "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec",
-                    "TrainerSettings", "as_float", "fit", "predict", "seed_everything"),
+    "engine.loop": ("Engine", "as_float", "fit", "predict"),
+    "engine.settings": ("TrainerSettings",),
+    "engine.stage": ("EpochMetric", "StageSpec"),
+    "engine.state": ("BEST", "LAST", "METRICS_CSV", "FitResult", "RunContext", "seed_everything"),
     "engine.pretrained": ("PACKAGES", "WeightsPackage", "is_package_source", "load_into_timm", "provenance"),
     "engine.run": ("train",),
 }

@@ -13,7 +13,10 @@ from omegaconf import DictConfig
 
 from common.config import ConfigError, build, to_plain, whole_number
 from engine.distributed import barrier, setup, teardown
-from engine.loop import FitResult, RunContext, StageSpec, TrainerSettings, check_run_folder, fit, seed_everything
+from engine.loop import fit
+from engine.settings import TrainerSettings
+from engine.stage import StageSpec
+from engine.state import FitResult, RunContext, check_run_folder, seed_everything
 
 
 def run_dir_from_hydra() -> Path:

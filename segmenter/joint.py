@@ -23,7 +23,7 @@ from common.metrics import roc_auc_per_class
 from common.oof import (CLASSIFIER_FILE, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
                         write_classifier_oof, write_segmenter_oof)
 from common.preprocess import Preprocess
-from engine.loop import StageSpec
+from engine.stage import StageSpec
 from segmenter.data import SegmentationDataset, check_crop
 from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
 from segmenter.model import param_groups

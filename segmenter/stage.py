@@ -17,7 +17,7 @@ from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
 from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.checkpoint import load_checkpoint, unwrap
-from engine.loop import StageSpec
+from engine.stage import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
 from segmenter.metrics import SegmenterMetric, to_full_size, truth_of
 from segmenter.model import param_groups

@@ -1077,7 +1077,7 @@ def test_ensemble_oof_outputs_in_the_way_are_found_before_the_prediction(models,
     ({"channels_last": 1}, "trainer.channels_last: expected true or false, got 1"),
 ])
 def test_trainer_values_of_the_wrong_kind_name_their_key(node, message):
-    from engine.loop import TrainerSettings
+    from engine.settings import TrainerSettings
 
     with pytest.raises(ConfigError) as err:
         TrainerSettings.from_config(node)
@@ -1085,7 +1085,7 @@ def test_trainer_values_of_the_wrong_kind_name_their_key(node, message):
 
 
 def test_trainer_values_given_as_numbers_are_kept():
-    from engine.loop import TrainerSettings
+    from engine.settings import TrainerSettings
 
     settings = TrainerSettings.from_config({"epochs": "3", "grad_clip": "1.5", "early_stopping": {"patience": 2}})
     assert (settings.epochs, settings.grad_clip, settings.patience, settings.min_delta) == (3, 1.5, 2, 0.0)

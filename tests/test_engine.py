@@ -19,7 +19,9 @@ from classifier.metrics import classifier_metrics
 from engine.checkpoint import load_checkpoint, load_model
 from common.config import ConfigError
 from engine.distributed import DistInfo, ShardSampler, WeightedShardSampler
-from engine.loop import Engine, TrainerSettings, _amp_settings, _loader_options, config_differences, cpu_has_bf16
+from engine.loop import Engine, _loader_options
+from engine.settings import TrainerSettings, amp_settings, cpu_has_bf16
+from engine.state import config_differences
 from engine.optim import cosine_with_warmup, one_cycle
 from engine.run import train
 
@@ -138,11 +140,11 @@ def test_bf16_autocast_falls_back_to_float32_on_cpus_without_bf16_units():
     """The recipes ask for CPU bf16 autocast; a CPU without bf16 units trains in float32 and says so."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     settings = TrainerSettings.from_config({"amp": True, "amp_dtype": "bfloat16"})
-    assert _amp_settings(settings, cpu, bf16_cpu=lambda: True) == (True, torch.bfloat16)
+    assert amp_settings(settings, cpu, bf16_cpu=lambda: True) == (True, torch.bfloat16)
     with pytest.warns(UserWarning, match=r"trainer\.amp: this CPU has no bf16 units .* float32"):
-        assert _amp_settings(settings, cpu, bf16_cpu=lambda: False) == (False, torch.bfloat16)
-    assert _amp_settings(settings, cuda, bf16_cpu=lambda: False) == (True, torch.bfloat16)  # GPUs: not asked
-    assert _amp_settings(TrainerSettings.from_config({}), cpu, bf16_cpu=lambda: False)[0] is False  # auto: off
+        assert amp_settings(settings, cpu, bf16_cpu=lambda: False) == (False, torch.bfloat16)
+    assert amp_settings(settings, cuda, bf16_cpu=lambda: False) == (True, torch.bfloat16)  # GPUs: not asked
+    assert amp_settings(TrainerSettings.from_config({}), cpu, bf16_cpu=lambda: False)[0] is False  # auto: off
     assert isinstance(cpu_has_bf16(), bool)
 
 
@@ -150,10 +152,10 @@ def test_amp_dtype_auto_is_bf16_where_the_device_has_it_and_the_loaders_keep_a_g
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     auto = TrainerSettings.from_config({})
     assert auto.amp_dtype == "auto"
-    assert _amp_settings(auto, cuda, bf16_cuda=lambda: True) == (True, torch.bfloat16)  # Ampere and later
-    assert _amp_settings(auto, cuda, bf16_cuda=lambda: False) == (True, torch.float16)  # older GPUs: GradScaler
+    assert amp_settings(auto, cuda, bf16_cuda=lambda: True) == (True, torch.bfloat16)  # Ampere and later
+    assert amp_settings(auto, cuda, bf16_cuda=lambda: False) == (True, torch.float16)  # older GPUs: GradScaler
     on = TrainerSettings.from_config({"amp": True})
-    assert _amp_settings(on, cpu, bf16_cpu=lambda: True, bf16_cuda=lambda: False) == (True, torch.bfloat16)
+    assert amp_settings(on, cpu, bf16_cpu=lambda: True, bf16_cuda=lambda: False) == (True, torch.bfloat16)
     with pytest.raises(ConfigError, match=r"trainer\.amp_dtype: expected auto, float16 or bfloat16"):
         TrainerSettings.from_config({"amp_dtype": "fp8"})
     assert _loader_options(0, cpu) == {"num_workers": 0, "pin_memory": False}

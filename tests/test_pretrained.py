@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from common.errors import ConfigError
 from engine import pretrained
 from engine.checkpoint import load_checkpoint, load_model
-from engine.loop import StageSpec
+from engine.stage import StageSpec
 from classifier.model import create_classifier
 from segmenter.model import ModelConfigError, create_joint, create_segmenter
 
