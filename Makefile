@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo quality test test-slow test-e2e test-runtime bench venv clean
+.PHONY: demo quality lint test test-slow test-e2e test-runtime bench venv clean
 
 # The demo: synthetic data -> joint two-headed models (2 folds) -> ensemble OOF predicted as infer.py predicts ->
 # threshold search (kept honest by the held-out-fold estimate) -> infer.py on the held-out synthetic test set ->
@@ -73,7 +73,14 @@ demo: $(STAMP)
 quality: $(STAMP)
 	$(call pipeline,$(QUALITY_RECIPES),$(QUALITY_ARGS),$(QUALITY_OUT),$(QUALITY_RUN_NAME))
 
-test: $(STAMP)
+# Lint and type check: ruff's rules, ruff's formatting, mypy --strict on the light core (settings and the checked
+# files in pyproject.toml). `make test` runs it first, so a lint or type error fails `make test` and CI.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 test-slow: $(STAMP)
