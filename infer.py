@@ -2,8 +2,9 @@
 
 Examples: ``python infer.py checkpoints.classifier=[multirun/cls] checkpoints.segmenter=[multirun/seg]
 thresholds=thresholds.json evaluate=true``; installed (``pip install ".[runtime]"``), the same command is
-``steelseg-infer runtime=onnx bundle=BUNDLE ...`` (configs/ is package data beside this module). Restarts itself once with the fast glibc allocator settings
-(they only work when set before Python starts), before anything heavy is imported.
+``steelseg-infer runtime=onnx bundle=BUNDLE ...`` (configs/ is package data beside this module). Restarts itself
+once with the fast glibc allocator settings (they only work when set before Python starts), before anything heavy
+is imported.
 """
 import os
 import sys

@@ -287,7 +287,8 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
         counts_png = plot_counts(counts, per_image, src.name, out / f"{slug}_counts.png")
         areas_png = plot_areas(t, src.name, out / f"{slug}_areas.png")
         parts += [f"<h2>{html.escape(src.name)}</h2>",
-                  f"<p><code>{html.escape(src.path)}</code>: {len(t)} images, {summary['sources'][src.name]['masks']} masks.</p>",
+                  f"<p><code>{html.escape(src.path)}</code>: {len(t)} images, "
+                  f"{summary['sources'][src.name]['masks']} masks.</p>",
                   "<h3>Images per class</h3>", _table_html(counts), "<h3>Labels per image</h3>", _table_html(per_image),
                   f'<img src="{counts_png}">', "<h3>Class combinations</h3>", _table_html(combos),
                   "<h3>Mask area per class (pixels)</h3>", _table_html(areas), f'<img src="{areas_png}">',

@@ -326,7 +326,9 @@ def _monitor_of(metrics_csv: Path) -> str | None:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    def fmt(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

@@ -112,7 +112,8 @@ def main() -> None:
     prob = probability_maps(truth, args.seed)
     present = truth.reshape(*truth.shape[:2], -1).any(-1)
     cls_prob = np.where(present, 0.9, 0.1)
-    print(f"{args.images} images ({source}), batches of {args.batch}, one thread, best of {args.repeat} in CPU time; machine shared")
+    print(f"{args.images} images ({source}), batches of {args.batch}, one thread, best of {args.repeat} in CPU time; "
+          "machine shared")
     print("CPU: post-processing of float32 maps on the CPU (max, thresholds, components, areas) + RLE;")
     print("GPU: what stays on the CPU when the GPU thresholds (components + areas of the pairs it hands over) + RLE")
     print(f"{'rules':30s} {'baseline':>9s} {'ours':>7s} {'speed-up':>8s} {'RLE':>6s} {'CPU total':>9s} "

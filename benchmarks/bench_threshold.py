@@ -66,9 +66,11 @@ def main() -> None:
           f"({(oof.hist_pos.nbytes + oof.hist_neg.nbytes) / 2**20:.0f} MiB of histograms)")
     print(f"grid per class and mode: {len(grid.k)} pixel x {len(grid.min_area)} area x {len(grid.label_threshold)} "
           f"label x {len(grid.classifier_threshold)} classifier thresholds = {points} points; "
-          f"{len(SEARCH_MODES)} modes x 4 classes = {points * len(SEARCH_MODES) * 4 * args.images / 1e9:.1f} G image-evaluations brute force")
+          f"{len(SEARCH_MODES)} modes x 4 classes = {points * len(SEARCH_MODES) * 4 * args.images / 1e9:.1f} G "
+          "image-evaluations brute force")
     print(f"search time: {seconds:.2f} s{' (with 5-fold tune-on-other-folds)' if args.cv else ''}")
-    print(f"peak RSS: {rss2 / 1024:.0f} MiB (data {(rss1 - rss0) / 1024:.0f} MiB, search added {(rss2 - rss1) / 1024:.0f} MiB)")
+    print(f"peak RSS: {rss2 / 1024:.0f} MiB (data {(rss1 - rss0) / 1024:.0f} MiB, "
+          f"search added {(rss2 - rss1) / 1024:.0f} MiB)")
     print(f"scores: all-empty {s['baseline']:.4f}, default thresholds {s['default']:.4f}, "
           f"tuned ({s['best_mode']}) {s['tuned']:.4f}" + (f", tuned-on-other-folds {s['cross_validated']:.4f}" if args.cv else ""))
     for mode, r in s["modes"].items():

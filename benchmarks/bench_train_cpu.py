@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     per_job = max(1, cores // args.jobs)
     print(f"recipe: {' '.join(args.overrides)}; {cores} cores; {args.seconds:.0f} s per variant")
     base = measure(args.overrides, "nchw", cores, args.seconds)
-    rows = [("NCHW, 1 process x %d threads (baseline)" % cores, base),
-            ("channels_last, 1 process x %d threads" % cores, measure(args.overrides, "channels_last", cores,
+    rows = [(f"NCHW, 1 process x {cores} threads (baseline)", base),
+            (f"channels_last, 1 process x {cores} threads", measure(args.overrides, "channels_last", cores,
                                                                          args.seconds)),
-            ("channels_last, %d processes x %d thread(s), summed" % (args.jobs, per_job),
+            (f"channels_last, {args.jobs} processes x {per_job} thread(s), summed",
              measure(args.overrides, "channels_last", per_job, args.seconds, jobs=args.jobs)),
-            ("channels_last + bf16 autocast, 1 process x %d threads" % cores,
+            (f"channels_last + bf16 autocast, 1 process x {cores} threads",
              measure(args.overrides, "channels_last", cores, args.seconds, bf16=True))]
     for name, rate in rows:
         print(f"  {name:<58} {rate:8.1f} img/s   {rate / base:5.2f}x")

@@ -123,7 +123,7 @@ def check_four_rows(seen: dict[tuple[str, int], int], path: str) -> None:
     """A 2019-format file lists every image x class: an image with fewer than four rows is an error naming it and
     its first line (a lost row may have held a defect, which would otherwise be read as clean)."""
     classes: dict[str, list[int]] = {}
-    for (image_id, class_id), line in seen.items():
+    for (image_id, _class_id), line in seen.items():
         classes.setdefault(image_id, []).append(line)
     for image_id, lines in classes.items():
         missing = [c for c in CLASS_IDS if (image_id, c) not in seen]

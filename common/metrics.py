@@ -60,7 +60,8 @@ def _image_means(rows: np.ndarray) -> np.ndarray:
 
 
 def _resampled_means(columns: np.ndarray, draws: int, seed: int, chunk: int = 250) -> np.ndarray:
-    """Means of (n_images, k) per-image columns over ``draws`` resamples of the images (with replacement): (draws, k)."""
+    """Means of (n_images, k) per-image columns over ``draws`` resamples of the images (with replacement):
+    (draws, k)."""
     rng = np.random.default_rng(seed)
     n, out = len(columns), []
     for start in range(0, draws, chunk):

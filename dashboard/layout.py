@@ -22,7 +22,7 @@ NUMERIC = {"defect_px", "px_1", "px_2", "px_3", "px_4", "dice"}
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % rgb
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _swatch(colour: str, label: str) -> html.Span:

@@ -3,8 +3,8 @@
 The dashboard takes the Hydra overrides of ``infer.py`` (``--infer checkpoints.segmenter=[runs/seg]
 --infer thresholds=t.json``); without them it uses infer.py's defaults, the demo's training runs
 (``outputs/train/<stage>/demo`` after ``make demo``). Which checkpoints exist is checked on every page
-load (the files, and under ``checkpoints.runs`` the kind each records), so models trained while the dashboard runs are found on the next reload; they
-are loaded on the first prediction and kept until their files change.
+load (the files, and under ``checkpoints.runs`` the kind each records), so models trained while the dashboard
+runs are found on the next reload; they are loaded on the first prediction and kept until their files change.
 """
 from __future__ import annotations
 

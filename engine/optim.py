@@ -47,7 +47,8 @@ def build_optimizer(groups: Mapping[str, list[nn.Parameter]], node: Any, key: st
 
 def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup: float = 0.05,
                        min_lr_ratio: float = 0.01) -> LRScheduler:
-    """Linear warm-up over ``warmup`` (fraction of all steps, or a step count if >= 1), then cosine to ``min_lr_ratio``."""
+    """Linear warm-up over ``warmup`` (fraction of all steps, or a step count if >= 1), then cosine to
+    ``min_lr_ratio``."""
     warmup = real_number(warmup, "scheduler.warmup", 0.0)
     min_lr_ratio = real_number(min_lr_ratio, "scheduler.min_lr_ratio", 0.0)
     warmup_steps = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))

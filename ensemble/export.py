@@ -1,4 +1,4 @@
-"""``python -m ensemble.export [infer overrides] --out BUNDLE``: the ensemble ``infer.py`` would run, as a deploy bundle.
+"""``python -m ensemble.export [overrides] --out BUNDLE``: the ensemble ``infer.py`` would run, as a deploy bundle.
 
 The overrides are ``infer.py``'s (``checkpoints.classifier=[...] checkpoints.segmenter=[...] thresholds=t.json
 tta=flips ensemble.gating.mode=soft ...``), so the bundle is exactly that ensemble: one ONNX file per member

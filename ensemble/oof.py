@@ -5,7 +5,7 @@ validation images through ``ensemble.predict.Predictor``: the same preprocessing
 (classifiers, segmenters, joint models) as inference, without gating (the search decides that). The result is
 the two OOF files of ``common.oof`` in one folder, so thresholds are tuned on what inference will produce:
 
-    python -m ensemble.oof outputs/train/joint/demo [outputs/train/segmenter/x ...] --out outputs/oof/demo [tta=flips ...]
+    python -m ensemble.oof outputs/train/joint/demo [RUN ...] --out outputs/oof/demo [tta=flips ...]
     python -m ensemble.threshold_search outputs/oof/demo --out thresholds.json
 
 All runs must share one folds file (their checkpoints' ``config.data.folds.path``).
@@ -127,7 +127,8 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ensemble.oof", description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (tta=..., ensemble.reducer=..., device=...).")
+        epilog="Arguments with '=' are Hydra overrides of the infer config "
+               "(tta=..., ensemble.reducer=..., device=...).")
     parser.add_argument("runs", nargs="+", help="training output folders (cross-validation runs); then overrides")
     parser.add_argument("--out", type=Path, required=True, help="folder for oof_segmenter.npz and oof_classifier.csv")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="probability histogram bins (default 100)")

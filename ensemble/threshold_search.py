@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class ClassCounts:
     truth: np.ndarray
 
     @classmethod
-    def of(cls, oof: OOF, c: int) -> "ClassCounts":
+    def of(cls, oof: OOF, c: int) -> ClassCounts:
         return cls(*oof.tails(c))
 
     def at(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +112,10 @@ class Grid:
 
     @classmethod
     def make(cls, bins: int, pixel_threshold=None, min_area=None, classifier_threshold=None,
-             label_threshold=None, area_scale: float = 2.0) -> "Grid":
-        pick = lambda v, key: np.unique(np.asarray(DEFAULT_GRID[key] if v is None else v, np.float64))
+             label_threshold=None, area_scale: float = 2.0) -> Grid:
+        def pick(v: Any, key: str) -> np.ndarray:
+            return np.unique(np.asarray(DEFAULT_GRID[key] if v is None else v, np.float64))
+
         pixel = pick(pixel_threshold, "pixel_threshold")  # the default grid snaps to the bin edges
         k = np.unique(np.clip(np.round(pixel * bins).astype(np.int64), 1, bins - 1))
         if pixel_threshold is not None and not np.allclose(k / bins, np.clip(pixel, 1 / bins, (bins - 1) / bins)):

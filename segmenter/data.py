@@ -44,7 +44,8 @@ def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
 
 def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None,
                         seed: int, stage: str = "segmenter") -> list[str]:
-    """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per defect one.
+    """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per
+    defect one.
 
     ``clean_ratio=0`` trains on defect images only. The clean images are a fixed random draw (seeded); asking
     for more than the fold has is an error, so nothing changes silently.

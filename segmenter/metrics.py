@@ -76,7 +76,7 @@ def oof_metrics(oof: SegmenterOOF, k: Sequence[int], min_area: Sequence[float]) 
     best = grid.reshape(len(CLASS_IDS), -1).max(axis=1)
     out = {"kaggle": report.overall, "kaggle_baseline": report.baseline,
            "kaggle_gain": report.overall - report.baseline, "kaggle_best_grid": float(best.mean())}
-    for i, c in enumerate(CLASS_IDS):
+    for c in CLASS_IDS:
         out[f"kaggle_{c}"] = report.per_class[c]
     return out
 

@@ -789,7 +789,7 @@ def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
     assert stop.value.code == 2 and capsys.readouterr().err == "error: sub.csv, line 3: bad\n"
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         with exit_on_user_error():
-            1 / 0
+            _ = 1 / 0
 
 
 @pytest.mark.parametrize("args, fragments", [

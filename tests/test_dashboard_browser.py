@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed")]
 RELATIVE_REAL = Path("..") / "shared" / "data" / "severstal"      # the README's command, from the repository
 OVERLAP_JS = """
-const a = document.querySelector('#' + arguments[0] + ' .modebar-container'), b = document.querySelector('#' + arguments[0] + ' .gtitle');
+const a = document.querySelector('#' + arguments[0] + ' .modebar-container'),
+      b = document.querySelector('#' + arguments[0] + ' .gtitle');
 if (!a || !b) { return null; }
 const r = a.querySelector('.modebar').getBoundingClientRect(), t = b.getBoundingClientRect();
 return {overlap: !(r.right <= t.left || t.right <= r.left || r.bottom <= t.top || t.bottom <= r.top),
@@ -70,10 +71,11 @@ def grid_rows(driver) -> list[dict]:
     """The grid's rows as shown (after the browser's filter and sort), one dict per row."""
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#grid tr'), tr => Object.fromEntries(Array.from("
-        "tr.querySelectorAll('td[data-dash-column]'), td => [td.dataset.dashColumn, td.innerText]))).filter(r => r.ImageId)")
+        "tr.querySelectorAll('td[data-dash-column]'), td => [td.dataset.dashColumn, td.innerText])))"
+        ".filter(r => r.ImageId)")
 
 
-def test_round2_in_the_browser(browser, shots, tmp_path):
+def test_round2_in_the_browser(browser, shots, tmp_path):  # noqa: F811 - shots: the fixture imported above
     from synthetic.generator import generate_dataset
 
     root = generate_dataset(tmp_path / "data", n_train=12, n_test=4, seed=5)
@@ -182,7 +184,7 @@ def test_round2_in_the_browser(browser, shots, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_real_relative_root(browser, shots, tmp_path, capsys):
+def test_real_relative_root(browser, shots, tmp_path, capsys):  # noqa: F811 - shots: the fixture imported above
     """The README's relative command on the real data: images load, the live line counts images once; timings."""
     if not (REPO / RELATIVE_REAL).is_dir():
         pytest.skip(f"{REPO / RELATIVE_REAL}: real data not here")

@@ -56,7 +56,8 @@ YEAR = ("2021-01-01", "2021-12-31")
 FIGURE_JS = """
 const el = document.querySelector('#' + arguments[0] + ' .js-plotly-plot');
 if (!el || !el._fullData) { return null; }
-const plain = v => (v == null ? null : Array.from(v, x => (x != null && typeof x === 'object' && x.length !== undefined) ? Array.from(x) : x));
+const plain = v => (v == null ? null : Array.from(v, x =>
+  (x != null && typeof x === 'object' && x.length !== undefined) ? Array.from(x) : x));
 return {title: el._fullLayout.title.text, ticks: Array.from(el.querySelectorAll('.ytick text'), t => t.textContent),
         traces: el._fullData.map(t => ({name: t.name, x: plain(t.x), y: plain(t.y), labels: plain(t.labels),
                                         values: plain(t.values), customdata: plain(t.customdata)}))};
@@ -68,10 +69,13 @@ return entries.map(e => ({name: new URL(e.name).pathname, transfer: e.transferSi
 """
 VIEWER_JS = """
 const plot = document.getElementById('viewer-plot');
-if (!plot || !plot._fullLayout || plot.querySelectorAll('image').length < plot._fullLayout.images.length) { return null; }
+if (!plot || !plot._fullLayout || plot.querySelectorAll('image').length < plot._fullLayout.images.length) {
+  return null;
+}
 const body = document.querySelector('#viewer .viewer-body').getBoundingClientRect();
 return {window: window.innerWidth, left: body.left, right: body.right, width: plot._fullLayout.width,
-        x: plot._fullLayout.xaxis.range.slice(), y: plot._fullLayout.yaxis.range.slice(), images: plot._fullLayout.images.length};
+        x: plot._fullLayout.xaxis.range.slice(), y: plot._fullLayout.yaxis.range.slice(),
+        images: plot._fullLayout.images.length};
 """
 IMAGES_LOADED_JS = """
 const imgs = Array.from(document.querySelectorAll(arguments[0]));
@@ -305,7 +309,6 @@ def synthetic(tmp_path_factory):
 def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path):
     url, root, db, models = synthetic
     board = Dashboard.from_root(db, find_root(root))
-    train = read_annotations(root / "train.csv").rows
     test_truth = read_annotations(root / "test_truth.csv").rows
     test_ids = sorted(p.name for p in (root / "test_images").iterdir())
     full = board.update_cards(*YEAR, "train")[:5]

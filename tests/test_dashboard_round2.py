@@ -227,7 +227,9 @@ def test_uploaded_images_are_checked_stored_and_predicted(board, root, tmp_path)
 
     board.predictor = Fake()
     good, other = [p.read_bytes() for p in sorted((root / "test_images").iterdir())[:2]]
-    data = lambda raw: "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+    def data(raw: bytes) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+
     small = __import__("cv2").imencode(".png", np.zeros((10, 10), np.uint8))[1].tobytes()
     children, source = board.predict_uploaded([data(good), data(small), data(b"x")], ["new1.jpg", "small.png", "a.txt"])
     text = repr(children)

@@ -18,8 +18,10 @@ def rows(*items):
 
 
 def test_dice_hand_cases():
-    a = np.zeros((4, 4), np.uint8); a[0, :2] = 1               # 2 pixels
-    b = np.zeros((4, 4), np.uint8); b[0, 1:4] = 1              # 3 pixels, 1 shared
+    a = np.zeros((4, 4), np.uint8)
+    a[0, :2] = 1  # 2 pixels
+    b = np.zeros((4, 4), np.uint8)
+    b[0, 1:4] = 1  # 3 pixels, 1 shared
     assert dice(a, b) == pytest.approx(2 * 1 / 5)
     assert dice(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
     assert dice(a, np.zeros((4, 4))) == 0.0

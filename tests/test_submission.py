@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,8 +85,10 @@ def test_validate_cli(tmp_path):
         (images / name).write_bytes(b"")
     good = tmp_path / "sub.csv"
     _write(good)
-    run = lambda f: subprocess.run([sys.executable, "-m", "common.submission", "validate", str(f), "--images", str(images)],
-                                   capture_output=True, text=True)
+    def run(f: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "common.submission", "validate", str(f), "--images", str(images)],
+                              capture_output=True, text=True)
+
     ok = run(good)
     assert ok.returncode == 0 and "valid" in ok.stdout
     good.write_text(good.read_text().rsplit("\n", 2)[0] + "\n")  # drop the last row
