@@ -12,7 +12,8 @@ from typing import Any, Collection, Iterator, Mapping
 
 from common.errors import ConfigError, SteelsegError
 
-__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "whole_number", "real_number"]
+__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "whole_number",
+           "required_whole_number", "real_number"]
 
 
 def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = None, note: str = "") -> int | None:
@@ -20,6 +21,11 @@ def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = N
     when it is None; text, fractions and booleans are a ConfigError naming ``key`` (``note`` says what null means)."""
     if value is None:
         return default
+    return required_whole_number(value, key, minimum, note)
+
+
+def required_whole_number(value: Any, key: str, minimum: int = 0, note: str = "") -> int:
+    """``whole_number`` of a setting without a default: null is a ConfigError naming ``key`` too."""
     if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from common.annotations import read_annotations
-from common.config import build, check_allowed, whole_number
+from common.config import build, check_allowed, required_whole_number, whole_number
 from common.constants import CLASS_IDS
 from common.dataset import SteelDataset, dataset_from
 from common.errors import DatasetError
@@ -89,7 +89,7 @@ def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
         folds = read_folds(path, dataset.image_ids)
     else:
         check_writable(path, "data.folds.path")  # e.g. a read-only data root: say which setting to change
-        folds = make_folds(dataset.labels, whole_number(folds_cfg["n_splits"], "data.folds.n_splits", 2),
+        folds = make_folds(dataset.labels, required_whole_number(folds_cfg["n_splits"], "data.folds.n_splits", 2),
                            whole_number(folds_cfg["seed"], "data.folds.seed"))
         write_folds(folds, path, key="data.folds.path")
     check_folds(folds, dataset.labels, f"{path} (data.folds.path)")

@@ -12,8 +12,9 @@ from common.io import CsvError, atomic_write_text, read_csv
 __all__ = ["make_folds", "check_folds", "write_folds", "read_folds", "split_ids"]
 
 
-def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
-    """Assign each image of a presence table (index ImageId, columns 1..4) a fold in [0, n_splits)."""
+def make_folds(labels: pd.DataFrame, n_splits: int = 5, seed: int | None = 42) -> pd.DataFrame:
+    """Assign each image of a presence table (index ImageId, columns 1..4) a fold in [0, n_splits) (seed None:
+    an unseeded split)."""
     if n_splits < 2:
         raise ConfigError(f"data.folds.n_splits: must be >= 2, got {n_splits}")
     if len(labels) < n_splits:

@@ -450,6 +450,15 @@ def test_read_only_place_names_the_key(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "x.json", "{}")
 
 
+def test_null_fold_count_names_the_key(tiny_dataset):
+    """data.folds.n_splits: null is a one-line ConfigError (it was a TypeError from deep in make_folds)."""
+    dataset = dataset_from(tiny_dataset / "train_images", read_annotations(tiny_dataset / "train.csv"))
+    folds = {"path": str(tiny_dataset / "folds.csv"), "n_splits": None, "seed": 0}
+    with pytest.raises(ConfigError, match=r"^data\.folds\.n_splits: expected a whole number >= 2, got None$"):
+        load_folds({"folds": folds}, dataset)
+    assert not (tiny_dataset / "folds.csv").exists()
+
+
 def test_read_only_data_root_names_data_folds_path(tiny_dataset, monkeypatch):
     dataset = dataset_from(tiny_dataset / "train_images", read_annotations(tiny_dataset / "train.csv"))
     read_only(monkeypatch, tiny_dataset)
