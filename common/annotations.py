@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -110,7 +112,7 @@ def check_row(fmt: str, key: object, cls: object, rle: object, where: str,
     return image_id, class_id, str(rle).strip()
 
 
-def iter_rows(frame: pd.DataFrame, fmt: str, lines: list[int] | None = None):
+def iter_rows(frame: pd.DataFrame, fmt: str, lines: list[int] | None = None) -> Iterator[tuple[int, Any, Any, Any]]:
     """Yield (line number, key, class, rle) of a raw frame; ``lines`` are the file's line numbers
     of the rows (default: row i is on line i + 2, after the header)."""
     id_col = "ImageId" if fmt == NEW_FORMAT else "ImageId_ClassId"
@@ -137,7 +139,8 @@ def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool =
                 shape: tuple[int, int] = IMAGE_SHAPE, lines: list[int] | None = None) -> Annotations:
     """Turn a raw CSV frame (all columns as text) of either format into validated long form."""
     fmt = detect_format(list(frame.columns), path)
-    ids, classes, rles, seen = [], [], [], {}
+    ids, classes, rles = [], [], []
+    seen: dict[tuple[str, int], int] = {}
     mentioned: dict[str, None] = {}
     for line, key, cls, rle in iter_rows(frame, fmt, lines):
         where = f"{path}, line {line}"
@@ -182,6 +185,6 @@ def labels_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> 
     unknown = set(rows["ImageId"]) - set(table.index)
     if unknown:
         raise AnnotationError(f"annotation rows name images outside the image list: {sorted(unknown)[:5]}")
-    for class_id, group in rows.groupby("ClassId"):
-        table.loc[group["ImageId"].to_numpy(), int(class_id)] = 1
+    for class_id, group in rows.groupby("ClassId"):  # the stubs type group keys as any scalar; ClassId holds ints
+        table.loc[group["ImageId"].to_numpy(), int(cast(int, class_id))] = 1
     return table

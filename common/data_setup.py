@@ -99,7 +99,7 @@ def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
 def summary_table(dataset: SteelDataset) -> pd.DataFrame:
     """Per class: images with the class, share of images, median and max mask area in pixels."""
     rows = dataset.annotations
-    areas = rows["EncodedPixels"].map(area) if len(rows) else pd.Series(dtype=np.int64)
+    areas: pd.Series[int] = rows["EncodedPixels"].map(area) if len(rows) else pd.Series(dtype=np.int64)
     out = []
     for c in CLASS_IDS:
         a = areas[rows["ClassId"] == c] if len(rows) else areas

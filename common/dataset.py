@@ -175,7 +175,8 @@ def load_split(root: Path | str, split: str = "train", csv: Path | str | None = 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root not found")
-    if csv is None and DEFAULT_CSV.get(split):
-        csv = root / DEFAULT_CSV[split]
+    default = DEFAULT_CSV.get(split)
+    if csv is None and default:
+        csv = root / default
     annotations = read_annotations(csv) if csv is not None else None
     return dataset_from(root / f"{split}_images", annotations, check)

@@ -103,8 +103,8 @@ def header_size(data: bytes | Path | str, path: Path | str = "<bytes>") -> tuple
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source, formats=["JPEG", "PNG"]) as img:
                 width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: the header claims an image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels "
+    except Image.DecompressionBombError as exc:  # raised only while Image.MAX_IMAGE_PIXELS is set
+        raise ImageError(f"{path}: the header claims an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
                          f"(a decompression bomb?); not decoded") from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: unreadable image header ({exc})") from exc

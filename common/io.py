@@ -26,11 +26,12 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from common.errors import SteelsegError
 
@@ -108,7 +109,8 @@ def _pid_running(pid: int) -> bool:
 def remove_stale_temps(path: Path | str, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
     """Remove the leftover temp files of ``path`` (see the module doc for which); return those removed."""
     path = Path(path)
-    pattern, host, now, removed = _temp_pattern(path.name), _host_tag(), time.time(), []
+    pattern, host, now = _temp_pattern(path.name), _host_tag(), time.time()
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
@@ -175,7 +177,7 @@ def _temp_file(path: Path) -> tuple[int, str]:
 
 
 @contextmanager
-def atomic_open(path: Path | str, mode: str = "w", key: str | None = None, **kwargs) -> Iterator[IO]:
+def atomic_open(path: Path | str, mode: str = "w", key: str | None = None, **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds.
 
     ``key``: the setting that named the file, for the error message. A full disk, a read-only place or a
@@ -290,7 +292,7 @@ class CsvTable:
             if len(row) != len(self.header):
                 raise CsvError(f"{self.name}, line {line}: {len(row)} fields, the header has {len(self.header)}")
 
-    def frame(self) -> "pd.DataFrame":
+    def frame(self) -> pd.DataFrame:
         """All columns as text (no NaN: empty fields stay ''); rows of another width are an error."""
         import pandas as pd
 
@@ -361,7 +363,7 @@ def read_csv(source: Path | str | bytes, name: str | None = None, comment: str |
     return parse_csv_text(text, name, comment)
 
 
-def spreadsheet_safe(frame: "pd.DataFrame") -> "pd.DataFrame":
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of a pandas frame for CSVs people open in a spreadsheet: text cells starting with ``= + - @``, tab or
     CR get a leading ``'`` (OWASP CSV injection); numbers stay numbers. Kaggle files (submissions, train.csv) are
     read by programs and never pass through here."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from common.errors import DatasetError
 from common.io import CsvError, read_csv
@@ -60,7 +61,7 @@ def find_root(root: Path | str) -> DataRoot:
 
 def with_overrides(data: DataRoot, **parts: Path | str | None) -> DataRoot:
     """Replace parts given explicitly (None leaves a part as found); named files must exist."""
-    changes = {}
+    changes: dict[str, Any] = {}  # DataRoot field name -> Path
     for key, value in parts.items():
         if value is None:
             continue

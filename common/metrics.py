@@ -56,7 +56,8 @@ def _image_means(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, np.float64)
     if rows.ndim != 2 or len(rows) < 2:
         raise ValueError(f"expected per-pair values of at least 2 images as (n_images, 4), got shape {rows.shape}")
-    return rows.mean(axis=1)
+    means: np.ndarray = rows.mean(axis=1)
+    return means
 
 
 def _resampled_means(columns: np.ndarray, draws: int, seed: int, chunk: int = 250) -> np.ndarray:
@@ -139,7 +140,7 @@ class ScoreReport:
         """Share of the gap between the all-empty score and 1.0 that the score closes."""
         return gap_closed(self.overall, self.baseline)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, float]:
         """Flat dict for CSV/JSON logs."""
         out = {"score": self.overall, "baseline": self.baseline, "gap_closed": self.gap_closed,
                "n_images": self.n_images}
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         image_ids = list_images(args.images)
         truth = read_annotations(args.truth)
 
-        def scored(path: Path) -> np.ndarray:
+        def scored(path: Path) -> tuple[np.ndarray, np.ndarray]:
             sub = read_annotations(path)
             missing = sorted(set(image_ids) - set(sub.image_ids))
             if missing:

@@ -76,7 +76,8 @@ def torch_int32(x: Any) -> Any:
 
 def binarize(probs: np.ndarray, k: int, bins: int = DEFAULT_BINS) -> np.ndarray:
     """The pixel rule the histograms score exactly: predicted where ``bin_index(p) >= k``."""
-    return bin_index(probs, bins) >= k
+    predicted: np.ndarray = bin_index(probs, bins) >= k
+    return predicted
 
 
 def histograms(probs: Any, truth: Any, bins: int = DEFAULT_BINS) -> tuple[Any, Any, Any]:
@@ -131,14 +132,15 @@ class SegmenterOOF:
 
     @property
     def bins(self) -> int:
-        return self.hist_pos.shape[-1]
+        return int(self.hist_pos.shape[-1])
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def true_area(self) -> np.ndarray:
         """Truth pixels per (image, class), (N, 4)."""
-        return self.hist_pos.sum(-1, dtype=np.int64)
+        area: np.ndarray = self.hist_pos.sum(-1, dtype=np.int64)
+        return area
 
     def validate(self, where: str = "<oof>") -> "SegmenterOOF":
         """Raise OOFError unless shapes, dtypes and counts are consistent."""
@@ -269,7 +271,8 @@ def read_classifier_oof(path: Path | str) -> ClassifierOOF:
     except CsvError as exc:
         raise OOFError(str(exc)) from exc
     cols = {name: table.header.index(name) for name in ["ImageId", "fold", *PROB_COLUMNS]}
-    ids, folds, probs, seen = [], [], [], {}
+    ids, folds, probs = [], [], []
+    seen: dict[str, int] = {}
     for line, row in zip(table.lines, table.rows):
         image_id = row[cols["ImageId"]]
         if image_id in seen:
@@ -304,7 +307,7 @@ class OOF:
 
     @property
     def bins(self) -> int:
-        return self.hist_pos.shape[2]
+        return int(self.hist_pos.shape[2])
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -323,7 +326,8 @@ class OOF:
 
     def truth_present(self) -> np.ndarray:
         """(N, 4) 0/1: the class has at least one true pixel."""
-        return (self.hist_pos.sum(-1) > 0).astype(np.int64)
+        present: np.ndarray = (self.hist_pos.sum(-1) > 0).astype(np.int64)
+        return present
 
 
 def find_files(entries: Sequence[Path | str], name: str) -> list[Path]:

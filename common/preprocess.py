@@ -71,7 +71,7 @@ class Preprocess:
                 "size": None if self.size is None else list(self.size)}
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[int, tuple[float, ...], tuple[float, ...], tuple[int, int] | None]:
         """Models with equal keys take the same input tensor (inference prepares it once)."""
         return self.channels, self.mean, self.std, self.size
 

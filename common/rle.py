@@ -22,6 +22,7 @@ import unicodedata
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from common.constants import IMAGE_SHAPE
 from common.errors import RLEError
@@ -62,7 +63,7 @@ def _decimal_table(limit: int = _TABLE_LIMIT) -> np.ndarray:
     return table.view(np.uint64).ravel()
 
 
-def format_ints(values) -> str:
+def format_ints(values: npt.ArrayLike) -> str:
     """Space-separated decimal text of non-negative ints (a list or an int array), via a lookup table."""
     values = np.asarray(values, dtype=np.int64)
     if values.size == 0:
@@ -75,7 +76,8 @@ def format_ints(values) -> str:
 def _format(values: np.ndarray) -> str:
     """``format_ints`` of a non-empty int array known to lie in [0, _TABLE_LIMIT)."""
     text = _decimal_table()[values].view(np.uint8)
-    return text[text != 0].tobytes()[:-1].decode("ascii")
+    digits: bytes = text[text != 0].tobytes()
+    return digits[:-1].decode("ascii")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -219,6 +221,7 @@ def _counts(rle: object, shape: tuple[int, int]) -> np.ndarray:
             return np.zeros(0, np.int64)
         if not isinstance(rle, str):
             raise RLEError(f"RLE must be a string, got {type(rle).__name__}: {rle!r}")
+    foreign: bytes | bool
     try:
         foreign = rle.encode("ascii").translate(None, _ALLOWED)
     except UnicodeEncodeError:

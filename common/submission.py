@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO
 
 from common.annotations import check_image_id, check_row, detect_format
 from common.constants import CLASS_IDS, NEW_FORMAT, SUBMISSION_HEADERS
@@ -29,7 +30,7 @@ HEADERS = SUBMISSION_HEADERS
 class SubmissionWriter:
     """Accepts rows one at a time (``write``) and checks the image x class coverage."""
 
-    def __init__(self, handle, image_ids: Iterable[str], fmt: str, path: Path) -> None:
+    def __init__(self, handle: IO[str], image_ids: Iterable[str], fmt: str, path: Path) -> None:
         if fmt not in HEADERS:
             raise SubmissionError(f"submission format {fmt!r}: choose 'new' or 'old'")
         self.path, self.fmt = path, fmt

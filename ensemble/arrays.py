@@ -6,6 +6,7 @@ import: torch is looked up only for an object that is already a tensor.
 """
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
@@ -22,9 +23,7 @@ def is_torch(x: Any) -> bool:
 def namespace(x: Any) -> ModuleType:
     """``torch`` for a tensor, ``numpy`` for anything else."""
     if is_torch(x):
-        import torch
-
-        return torch
+        return importlib.import_module("torch")
     return np
 
 

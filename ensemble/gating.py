@@ -71,6 +71,13 @@ class Gate:
                              "members, or their OOF); use ensemble.gating.mode=none or label without them")
 
 
+def _given(cls_prob: np.ndarray | None) -> np.ndarray:
+    """The classifier probabilities of a mode that needs them (``Gate.check`` refuses None before any call)."""
+    if cls_prob is None:
+        raise TypeError("a gating mode that needs classifier probabilities was called without them")
+    return cls_prob
+
+
 class LabelGate(Gate):
     """Mode ``label``: no classifier; the label threshold on the segmentation maximum decides presence."""
 
@@ -85,11 +92,11 @@ class VetoGate(Gate):
     needs_classifier = True
     on_low = "drop"
 
-    def needed(self, cls_prob, rules):
-        return (cls_prob >= np.asarray(rules.classifier_threshold)).any(axis=1)
+    def needed(self, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray:
+        return np.asarray((_given(cls_prob) >= np.asarray(rules.classifier_threshold)).any(axis=1))
 
-    def classifier_value(self, cls_prob, c):
-        return cls_prob[:, c]
+    def classifier_value(self, cls_prob: np.ndarray | None, c: int) -> np.ndarray:
+        return _given(cls_prob)[:, c]
 
 
 class ImageGate(Gate):
@@ -100,13 +107,15 @@ class ImageGate(Gate):
     needs_classifier = True
     on_low = "drop"
 
-    def needed(self, cls_prob, rules):
-        return cls_prob.max(axis=1) >= rules.image_threshold
+    def needed(self, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray:
+        seen: np.ndarray = _given(cls_prob).max(axis=1) >= rules.image_threshold
+        return seen
 
-    def classifier_value(self, cls_prob, c):
-        return cls_prob.max(axis=1)
+    def classifier_value(self, cls_prob: np.ndarray | None, c: int) -> np.ndarray:
+        highest: np.ndarray = _given(cls_prob).max(axis=1)
+        return highest
 
-    def threshold(self, rules, c):
+    def threshold(self, rules: Rules, c: int) -> float:
         return rules.image_threshold
 
 
@@ -117,8 +126,8 @@ class ScaleGate(Gate):
     needs_classifier = True
     on_low = "scale"
 
-    def classifier_value(self, cls_prob, c):
-        return cls_prob[:, c]
+    def classifier_value(self, cls_prob: np.ndarray | None, c: int) -> np.ndarray:
+        return _given(cls_prob)[:, c]
 
 
 class SoftGate(Gate):
@@ -128,14 +137,15 @@ class SoftGate(Gate):
     name = "soft"
     needs_classifier = True
 
-    def pixel_bin(self, k, cls_prob, c, bins):
-        q = cls_prob[:, c]
+    def pixel_bin(self, k: int, cls_prob: np.ndarray | None, c: int, bins: int) -> np.ndarray:
+        q = _given(cls_prob)[:, c]
         with np.errstate(divide="ignore", invalid="ignore"):
             kk = np.where(q > 0, np.ceil(k / np.maximum(q, 1e-12) - 1e-9), bins)
         return np.minimum(kk, bins).astype(np.int64)
 
-    def label_value(self, max_prob, cls_prob, c):
-        return max_prob[:, c] * cls_prob[:, c]
+    def label_value(self, max_prob: np.ndarray, cls_prob: np.ndarray | None, c: int) -> np.ndarray:
+        gated: np.ndarray = max_prob[:, c] * _given(cls_prob)[:, c]
+        return gated
 
 
 GATES: dict[str, Gate] = {g.name: g for g in (Gate(), LabelGate(), VetoGate(), ImageGate(), ScaleGate(), SoftGate())}

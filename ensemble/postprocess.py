@@ -98,14 +98,16 @@ def threshold_masks(prob: Any, pairs: PairRules, bins: int, resolve_overlap: boo
             crowded = masks.sum(dim=1, keepdim=True) > 1
             own = torch.arange(prob.shape[1], device=prob.device).view(1, -1, 1, 1) == winner
             masks &= ~crowded | own
-        return masks.to(torch.uint8).cpu().numpy()
+        on_cpu: np.ndarray = masks.to(torch.uint8).cpu().numpy()
+        return on_cpu
     prob = np.asarray(prob)
     masks = (bin_index(prob, bins) >= pairs.k[:, :, None, None]) & pairs.keep[:, :, None, None]
     if resolve_overlap:
         winner = np.where(masks, prob, -1.0).argmax(axis=1)[:, None]
         crowded = masks.sum(axis=1, keepdims=True) > 1
         masks &= ~crowded | (np.arange(prob.shape[1]).reshape(1, -1, 1, 1) == winner)
-    return masks.astype(np.uint8)
+    binary: np.ndarray = masks.astype(np.uint8)
+    return binary
 
 
 def finish_mask(mask: np.ndarray, min_component: int, min_area: float) -> None:
@@ -147,9 +149,12 @@ def _threshold_pairs(prob: Any, cuts: np.ndarray, active: np.ndarray, masks: np.
 
 def max_probability(prob: Any) -> np.ndarray:
     """(B, 4) per-class maximum of (B, 4, H, W) probabilities (NumPy or torch), as NumPy on the CPU."""
+    maximum: np.ndarray
     if _is_torch(prob):
-        return prob.flatten(2).amax(-1).float().cpu().numpy()
-    return np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+        maximum = prob.flatten(2).amax(-1).float().cpu().numpy()
+    else:
+        maximum = np.asarray(prob).reshape(*prob.shape[:2], -1).max(-1)
+    return maximum
 
 
 def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules, max_prob: np.ndarray | None = None

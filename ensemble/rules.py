@@ -126,8 +126,8 @@ def rules_from_config(postprocess: Mapping[str, Any], gating: Mapping[str, Any])
     unknown = set(gating) - {"mode", "image_threshold", "area_scale"}
     if unknown:
         raise RulesError(f"ensemble.gating: unknown keys {sorted(unknown)}")
-    kwargs = {k: (list(v) if not isinstance(v, (int, float, bool, str)) and v is not None else v)
-              for k, v in postprocess.items()}
+    kwargs: dict[str, Any] = {k: (list(v) if not isinstance(v, (int, float, bool, str)) and v is not None else v)
+                              for k, v in postprocess.items()}  # checked by Rules.__post_init__
     return Rules(**kwargs, gating=str(gating.get("mode", "veto")),
                  image_threshold=gating.get("image_threshold", 0.5),
                  area_scale=gating.get("area_scale", 2.0))
