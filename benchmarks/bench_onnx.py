@@ -96,8 +96,8 @@ def trained_config(args: argparse.Namespace) -> tuple[dict | None, str]:
 
 
 def count_nodes(path: Path, level: str) -> tuple[int, str]:
-    """(node count, the most common node types) of ``path`` after ONNX Runtime's optimisation at ``level``
-    (``optimized_model_filepath``; ``disable``: the exported graph)."""
+    """(node count, the most common node types and the activations fused into convs) of ``path`` after ONNX Runtime's
+    optimisation at ``level`` (``optimized_model_filepath``; ``disable``: the exported graph)."""
     import onnx
     import onnxruntime as ort
 
@@ -109,8 +109,10 @@ def count_nodes(path: Path, level: str) -> tuple[int, str]:
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     nodes = onnx.load(str(out)).graph.node
     out.unlink()
-    kinds = collections.Counter(n.op_type for n in nodes)
-    return len(nodes), ", ".join(f"{k} {v}" for k, v in kinds.most_common(7))
+    kinds = collections.Counter(f"{'nchwc.' if n.domain.endswith('nchwc') else ''}{n.op_type}" for n in nodes)
+    fused = collections.Counter(a.s.decode() for n in nodes for a in n.attribute if a.name == "activation")
+    text = ", ".join(f"{k} {v}" for k, v in kinds.most_common(7))
+    return len(nodes), text + (f"; activations fused into convs: {dict(fused)}" if fused else "")
 
 
 def resize_share(path: Path, shape: tuple[int, ...], batch: int) -> float:

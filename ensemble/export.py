@@ -11,9 +11,10 @@ images of the config (default: the synthetic test set) and writes ``parity.json`
 Flips in the graph (the default with the ``mean`` reducer; ``--no-flips-in-graph`` turns it off): each member's
 file takes the plain batch and runs its TTA inside (``FlipsInGraph``): every flip of the batch in one pass, the
 probabilities un-flipped and averaged at the network's output size, then resized to 256x1600 once instead of once
-per flip (the final Resize was 40% of ONNX Runtime's time for the demo's 64x416 members). Bilinear resizing is
-linear and commutes with the flips, so the masks are torch's (``--parity`` shows it: differences of float
-rounding, ~1e-7). The runtime then runs each member once (``bundle.json``: ``tta_in_graph`` per member).
+per flip (for the demo's 64x416 members Resize fell from 26% to 11% of ONNX Runtime's kernel time,
+``benchmarks/bench_onnx.py``). Bilinear resizing is linear and commutes with the flips, so the masks are torch's up
+to float rounding (``--parity`` on the demo's 100 test images: every mask identical, max |dp| 5e-5). The runtime then runs each member once
+(``bundle.json``: ``tta_in_graph`` per member).
 
 ``--int8``: the member files are quantised to INT8 (ONNX Runtime static quantisation, QDQ, per-channel weights,
 calibrated on ``--calibration-images`` training images of the config's data root; the final Resize and Sigmoid stay
