@@ -20,7 +20,7 @@ run once on the plain batch, and its output enters the reducer once, the mean ov
 ``bundle.json`` (format ``steelseg-bundle``, version 2; version 1, without ``tta_in_graph``, still loads) holds
 plain data only, nothing executed::
 
-    {"format": "steelseg-bundle", "version": 1, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
+    {"format": "steelseg-bundle", "version": 2, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
      "members": [{"name": "classifier_0", "kind": "classifier", "file": "classifier_0.onnx", "sha256": "...",
                   "weight": 1.0, "preprocess": {"channels": 3, "mean": [...], "std": [...], "size": [96, 600]},
                   "input": "input", "outputs": ["labels"], "tta_in_graph": ["none", "hflip"],
@@ -298,6 +298,9 @@ def load_bundle(folder: Path | str, threads: int | None = None, providers: Seque
     members = [_member(folder, entry, options, chosen, flips["classifier" if entry["kind"] == "classifier" else
                                                             "segmenter"]) for entry in manifest["members"]]
     check_members(members, where)
+    if reducer != "mean" and any(m.tta_in_graph for m in members):
+        raise BundleError(f"{where}: reducer {reducer!r} with members whose graphs average their flips (tta_in_graph): "
+                          "only the mean reducer can; re-export the bundle")
     by_kind = {kind: [m for m in members if m.kind == kind] for kind in KINDS}
     try:
         return OnnxPredictor(by_kind["classifier"], by_kind["segmenter"], rules, tta_classifier, tta_segmenter,

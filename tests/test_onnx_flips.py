@@ -105,6 +105,10 @@ def test_manifest_flips_must_match_its_tta(setup, tmp_path):
     with pytest.raises(BundleError, match=r"joint_0: tta_in_graph \['none', 'vflip'\] differs from the bundle's "
                                           r"joint TTA \['none', 'hflip'\]"):
         load_bundle(copy)
+    manifest["members"][1]["tta_in_graph"] = ["none", "hflip"]
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "reducer": "geometric"}))
+    with pytest.raises(BundleError, match="reducer 'geometric' with members whose graphs average their flips"):
+        load_bundle(copy)
 
 
 def test_optimisation_levels():
