@@ -237,7 +237,9 @@ def quantize_bundle(folder: Path, calibration: Sequence[Path | str], log: Any = 
         source = path.with_name(f"{path.stem}.float32.onnx")
         path.rename(source)
         try:
-            batches = calibration_batches(calibration, Preprocess.from_meta(entry["preprocess"]))
+            # one image per run: a full-size U-Net's calibration run on a batch of 8 (16 with the flips) was killed
+            # for memory on this 24 GB machine
+            batches = calibration_batches(calibration, Preprocess.from_meta(entry["preprocess"]), batch_size=1)
             kept = quantize_int8(source, path, batches)
         finally:
             source.unlink(missing_ok=True)
