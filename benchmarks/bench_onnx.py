@@ -1,4 +1,4 @@
-"""CPU speed of the deploy bundle, side by side in one run: torch eager against ONNX Runtime's options, OpenVINO and INT8.
+"""CPU speed of the deploy bundle, side by side in one run: torch eager vs ONNX Runtime's options, OpenVINO, INT8.
 
 The same streaming prediction on every row (read + decode, preprocessing, members x TTA, reducer, gate,
 post-processing; ``iter_predictions``), the same images and batch size, in one process, at 1 thread and at every
@@ -331,7 +331,8 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="trained,demo,competition", help="comma-separated: trained, demo, competition")
+    parser.add_argument("--sets", default="trained,demo,competition",
+                        help="comma-separated: trained, demo, competition")
     parser.add_argument("--images", type=int, default=8, help="images per timed run (trained and demo sets)")
     parser.add_argument("--competition-images", type=int, default=4, help="images per timed run (competition set)")
     parser.add_argument("--batch-size", type=int, default=4)

@@ -25,8 +25,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     joint = save_checkpoint(base / "joint.pt", build(dict(JOINT)), JOINT, "joint",
                             {"preprocess": {**PRE, "size": [64, 416]}, "fold": 0})
-    args = [f"checkpoints.joint=[{joint}]", "checkpoints.runs=[]", f"data.root={root}", f"images={root / 'train_images'}",
-            "tta=none", "ensemble.gating.mode=none"]
+    args = [f"checkpoints.joint=[{joint}]", "checkpoints.runs=[]", f"data.root={root}",
+            f"images={root / 'train_images'}", "tta=none", "ensemble.gating.mode=none"]
     return {"base": base, "root": root, "args": args}
 
 
