@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import os
 import shutil
@@ -303,18 +304,19 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
     same: dict[str, str] = {}
     for threads in args.threads:
         set_threads(threads)
-        built = {label: make(threads) for label, make in rows}
-        built = {label: p for label, p in built.items() if p is not None}
-        for _ in range(args.repeats):  # alternate, so drift on a shared machine hits every row alike
-            for label, predictor in built.items():
+        for repeat in range(args.repeats):  # alternate, so drift on a shared machine hits every row alike
+            for label, make in rows:  # one predictor alive at a time: full-size sessions hold GBs each
+                predictor = make(threads)
+                if predictor is None:
+                    continue
                 rate = measure(predictor, paths, args.batch_size)
                 table[label][threads] = max(table[label].get(threads, 0.0), rate)
-        if threads == args.threads[-1]:
-            for label, predictor in built.items():
-                if label != "torch eager":
+                if threads == args.threads[-1] and repeat == 0 and label != "torch eager":
                     r = parity(reference, predictor, paths, args.batch_size)
                     same[label] = (f"{r.differing_pixels} px differ, max|dp| {r.max_seg_diff:.1e}" if r.pairs_below
                                    == 0 else f"{r.pairs_below} masks Dice<0.999, {r.differing_pixels} px differ")
+                del predictor
+                gc.collect()
     if not any(label.startswith("OpenVINO") for label in table):
         print("  OpenVINO: not importable here (pip install -r requirements-openvino.txt to include it)")
     header = " | ".join(f"{t} thread{'s' if t > 1 else ''}: img/s (x torch)" for t in args.threads)
