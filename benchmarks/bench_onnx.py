@@ -311,6 +311,7 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
                     continue
                 rate = measure(predictor, paths, args.batch_size)
                 table[label][threads] = max(table[label].get(threads, 0.0), rate)
+                print(f"    {threads} thread(s), repeat {repeat + 1}: {label}: {rate:.2f} images/s", flush=True)
                 if threads == args.threads[-1] and repeat == 0 and label != "torch eager":
                     r = parity(reference, predictor, paths, args.batch_size)
                     same[label] = (f"{r.differing_pixels} px differ, max|dp| {r.max_seg_diff:.1e}" if r.pairs_below
