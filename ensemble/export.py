@@ -8,6 +8,19 @@ tuned thresholds, class ids, versions and sha256 checksums. Every member is chec
 Runtime and torch must agree on a probe batch (``export_check``). ``--parity`` then runs both runtimes on the
 images of the config (default: the synthetic test set) and writes ``parity.json`` beside the bundle files.
 
+Flips in the graph (the default with the ``mean`` reducer; ``--no-flips-in-graph`` turns it off): each member's
+file takes the plain batch and runs its TTA inside (``FlipsInGraph``): every flip of the batch in one pass, the
+probabilities un-flipped and averaged at the network's output size, then resized to 256x1600 once instead of once
+per flip (for the demo's 64x416 members Resize fell from 26% to 11% of ONNX Runtime's kernel time,
+``benchmarks/bench_onnx.py``). Bilinear resizing is linear and commutes with the flips, so the masks are torch's up
+to float rounding (``--parity`` on the demo's 100 test images: every mask identical, max |dp| 5e-5). The runtime
+then runs each member once (``bundle.json``: ``tta_in_graph`` per member).
+
+``--int8``: the member files are quantised to INT8 (ONNX Runtime static quantisation, QDQ, per-channel weights,
+calibrated on ``--calibration-images`` training images of the config's data root; the final Resize and Sigmoid stay
+float). Measured on the demo its held-out score stays inside float32's bootstrap interval but lower (README
+"Deploy"), so it is an option, off by default.
+
 Export pitfalls handled: models are rebuilt with timm's ``exportable`` layer config and memory-efficient
 Swish switched off (``set_swish(memory_efficient=False)`` where an encoder has it); the torch.export-based
 exporter (dynamo) handles smp decoders, padding and the antialiased resize of ``segmenter.model.Rescaled``.
@@ -36,18 +49,21 @@ from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
 from common.io import atomic_write_text, check_writable, temp_dir_beside
 from common.metrics import dice
-from ensemble.core import GatedEnsemble, iter_batches
+from ensemble.core import GatedEnsemble, iter_batches, split_joint
 from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
     session_options, sha256_of
-from ensemble.predict import MemberNet, Predictor, build_predictor
+from ensemble.predict import MemberNet, Predictor, build_predictor, to_image_size
+from ensemble.tta import Flip
 
-__all__ = ["OPSET", "PARITY_DICE", "ExportError", "exportable_layers", "make_exportable", "export_net", "check_net",
+__all__ = ["OPSET", "PARITY_DICE", "ExportError", "exportable_layers", "make_exportable", "FlipsInGraph", "graph_flips",
+           "export_net", "check_net", "quantize_int8", "calibration_images", "calibration_batches", "quantize_bundle",
            "export_bundle", "ParityReport", "parity", "main"]
 
 OPSET = 18              # Resize with antialias (segmenter.model.Rescaled) needs opset >= 18
 PARITY_DICE = 0.999     # per (image, class) pair Dice the ONNX runtime must reach against torch
 CHECK_TOLERANCE = 1e-3  # max |torch - onnx| probability on the probe batch
 PROBE_BATCHES = (1, 3)  # batch sizes the export check runs (the file was traced with 2)
+CALIBRATION_IMAGES = 32  # --int8: training images the activation ranges are calibrated on
 
 
 class ExportError(SteelsegError, RuntimeError):
@@ -69,6 +85,40 @@ def make_exportable(model: nn.Module) -> nn.Module:
         if hasattr(module, "set_swish"):
             module.set_swish(memory_efficient=False)
     return model
+
+
+class FlipsInGraph(nn.Module):
+    """A member's network with its TTA inside: the flips of a batch in one pass, un-flipped and averaged at the
+    network's output size, resized to the image size once (the mean reducer's result, with 1 resize, not 1 per flip)."""
+
+    def __init__(self, net: MemberNet, flips: Sequence[Flip]) -> None:
+        super().__init__()
+        self.net, self.flips, self.kind = net, list(flips), net.kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch, n = x.shape[0], len(self.flips)
+        out = self.net.model(torch.cat([flip.augment(x) for flip in self.flips]))
+        masks, labels = split_joint(out) if self.kind == "joint" else (out, out)
+
+        def mean(y: torch.Tensor, unflip: bool) -> torch.Tensor:  # slices, not chunk: keeps the batch dynamic
+            parts = [y[i * batch:(i + 1) * batch] for i in range(n)]
+            return sum(f.deaugment(p) if unflip else p for f, p in zip(self.flips, parts)) / n
+
+        labels = mean(torch.sigmoid(labels.float()), False)
+        if self.kind == "classifier":
+            return labels
+        masks = to_image_size(mean(torch.sigmoid(masks.float()), True))
+        return (masks, labels) if self.kind == "joint" else masks
+
+
+def graph_flips(predictor: GatedEnsemble, member: Any) -> list[Flip]:
+    """The TTA flips of ``member`` (the classifier's or the segmenter's set, by kind) that its graph can hold: all
+    of them with the mean reducer (linear: flip-then-average equals the reducer's mean), none otherwise or when the
+    set is ``none`` alone (nothing to average)."""
+    flips = list(predictor.tta_classifier if member.kind == "classifier" else predictor.tta_segmenter)
+    if predictor.reducer != "mean" or [f.name for f in flips] == ["none"]:
+        return []
+    return flips
 
 
 def _probe(shape: tuple[int, ...], batch: int, seed: int = 0) -> torch.Tensor:
@@ -120,6 +170,86 @@ def check_net(net: MemberNet, shape: tuple[int, int, int], path: Path) -> float:
     return worst
 
 
+def calibration_images(root: Path | str, count: int) -> list[Path]:
+    """``count`` training images of the data root ``root`` (``train_images/``), evenly spread over the sorted names:
+    the inputs INT8 activations are calibrated on; a bad count or a root without them is an ``ExportError``."""
+    from common.dataset import list_images
+
+    folder = Path(root) / "train_images"
+    names = list_images(folder) if folder.is_dir() else []
+    if not names:
+        raise ExportError(f"--int8: no training images in {folder} to calibrate on; set data.root (or data=...) to a "
+                          "dataset root with train_images/")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(names):
+        raise ExportError(f"--calibration-images {count}: give a whole number from 1 to {len(names)} (the training "
+                          f"images in {folder})")
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [folder / names[i] for i in sorted(set(picks.tolist()))]
+
+
+def calibration_batches(paths: Sequence[Path | str], preprocess: Any, batch_size: int = 8) -> list[np.ndarray]:
+    """Float32 network inputs of ``paths`` (read by content, ``preprocess`` applied), in batches."""
+    from ensemble.core import read_inputs
+
+    inputs = [read_inputs(p, [preprocess])[0] for p in paths]
+    return [np.stack(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+
+
+def quantize_int8(src: Path, dst: Path, batches: Sequence[np.ndarray]) -> list[str]:
+    """Write ``src`` quantised to INT8 as ``dst`` (ONNX Runtime static quantisation: QDQ, per-channel signed weights,
+    unsigned activations calibrated on ``batches``); Resize and Sigmoid stay float. Returns the node types kept
+    float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str) -> None:
+            self.items = iter([{name: b} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    staged = dst.with_name(dst.stem + ".pre.onnx")
+    try:  # the exporter's graph has shapes the symbolic inference cannot follow; ONNX's own inference suffices
+        quant_pre_process(str(src), str(staged), skip_symbolic_shape=True)
+        graph = onnx.load(str(staged)).graph
+        kept = ("Resize", "Sigmoid")
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantize_static(str(staged), str(dst), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=[n.name for n in graph.node if n.op_type in kept])
+    finally:
+        staged.unlink(missing_ok=True)
+    return list(kept)
+
+
+def quantize_bundle(folder: Path, calibration: Sequence[Path | str], log: Any = print) -> None:
+    """Quantise every float32 member file of the bundle ``folder`` to INT8 in place (``quantize_int8``, calibrated on
+    the image files ``calibration``), updating ``bundle.json`` (sha256, ``precision``)."""
+    from common.preprocess import Preprocess
+
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    for entry in manifest["members"]:
+        if entry.get("precision", "float32") != "float32":
+            continue
+        path = folder / entry["file"]
+        source = path.with_name(f"{path.stem}.float32.onnx")
+        path.rename(source)
+        try:
+            # one image per run: a full-size U-Net's calibration run on a batch of 8 (16 with the flips) was killed
+            # for memory on this 24 GB machine
+            batches = calibration_batches(calibration, Preprocess.from_meta(entry["preprocess"]), batch_size=1)
+            kept = quantize_int8(source, path, batches)
+        finally:
+            source.unlink(missing_ok=True)
+        entry.update(sha256=sha256_of(path), precision="int8")
+        log(f"  {entry['name']}: INT8 (QDQ, per-channel, {len(calibration)} calibration images; {'/'.join(kept)} "
+            f"float), {path.stat().st_size / 1e6:.1f} MB")
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
 def _versions(opset: int) -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -149,8 +279,11 @@ def _replace_folder(staged: Path, out: Path, force: bool) -> None:
 
 
 def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None = None, opset: int = OPSET,
-                  force: bool = False, log: Any = print) -> Path:
-    """Write ``predictor`` as a bundle folder ``out`` (built in a temp folder beside it, moved in when complete)."""
+                  force: bool = False, log: Any = print, flips_in_graph: bool = True,
+                  int8_calibration: Sequence[Path | str] | None = None) -> Path:
+    """Write ``predictor`` as a bundle folder ``out`` (built in a temp folder beside it, moved in when complete);
+    ``flips_in_graph``: each member's TTA inside its file (``FlipsInGraph``, mean reducer only);
+    ``int8_calibration``: image files to calibrate INT8 members on (None: float32 members)."""
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out}: exists; choose another --out or pass --force to replace it")
@@ -162,13 +295,16 @@ def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None 
             name = f"{member.kind}_{index}"
             path = staged / f"{name}.onnx"
             net, shape = make_exportable(predictor.net(member)).cpu(), _input_shape(member)
+            flips = graph_flips(predictor, member) if flips_in_graph else []
+            net = FlipsInGraph(net, flips) if flips else net
             export_net(net, shape, path, opset)
             checks[name] = check_net(net, shape, path)
             entries.append({"name": name, "kind": member.kind, "file": path.name, "sha256": sha256_of(path),
                             "weight": member.weight, "preprocess": member.preprocess.to_meta(), "input": "input",
-                            "outputs": list(OUTPUTS[member.kind]), "source": str(member.path), "fold": member.fold})
+                            "outputs": list(OUTPUTS[member.kind]), "tta_in_graph": [f.name for f in flips],
+                            "precision": "float32", "source": str(member.path), "fold": member.fold})
             log(f"  {name}: {member.path} -> {path.name} ({path.stat().st_size / 1e6:.1f} MB, input {list(shape)}, "
-                f"max |torch - onnx| {checks[name]:.1e})")
+                f"TTA in graph {[f.name for f in flips] or 'no'}, max |torch - onnx| {checks[name]:.1e})")
         manifest = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "class_ids": list(CLASS_IDS),
             "image_shape": list(IMAGE_SHAPE), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -179,6 +315,8 @@ def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None 
             "versions": _versions(opset), "opset": opset, "export_check": checks,
         }
         atomic_write_text(staged / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        if int8_calibration is not None:
+            quantize_bundle(staged, int8_calibration, log)
         _replace_folder(staged, out, force)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -273,6 +411,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="compare the bundle with torch on the config's images (images=...; default the "
                              "synthetic test set) and write BUNDLE/parity.json")
     parser.add_argument("--parity-limit", type=int, default=None, help="only the first N images for --parity")
+    parser.add_argument("--no-flips-in-graph", dest="flips_in_graph", action="store_false",
+                        help="leave the TTA flips to the runtime (one batched run per member, a resize per flip) "
+                             "instead of inside each member's graph (the default with the mean reducer)")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantise the members to INT8 (static, QDQ, per-channel; measured on the demo: 0.95-1.09x "
+                             "the float32 speed on an AVX2 CPU and a held-out loss: README Deploy)")
+    parser.add_argument("--calibration-images", type=int, default=None,
+                        help=f"--int8: training images of the data root to calibrate on (default {CALIBRATION_IMAGES})")
     parser.add_argument("overrides", nargs="*", help="infer.py overrides, e.g. checkpoints.segmenter=[runs/seg]")
     return parser
 
@@ -292,12 +438,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ExportError(f"--parity-limit {args.parity_limit}: give at least 1 image (or leave it out for all)")
         if args.out.exists() and not args.force:  # checked before the members are loaded and exported
             raise ExportError(f"--out {args.out}: exists; choose another --out or pass --force to replace it")
+        if args.calibration_images is not None and not args.int8:
+            raise ExportError(f"--calibration-images {args.calibration_images}: only used with --int8; add --int8 or "
+                              "leave it out")
         check_writable(args.out, "--out", directory=True)
         cfg = _compose(overrides)
+        calibration = calibration_images(cfg["data"]["root"], CALIBRATION_IMAGES if args.calibration_images is None
+                                         else args.calibration_images) if args.int8 else None
         with exportable_layers():
             predictor = build_predictor(cfg)
         print(f"export: {len(predictor.members)} members -> {args.out}")
-        out = export_bundle(predictor, args.out, cfg.get("thresholds"), args.opset, args.force)
+        out = export_bundle(predictor, args.out, cfg.get("thresholds"), args.opset, args.force,
+                            flips_in_graph=args.flips_in_graph, int8_calibration=calibration)
         print(f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
               f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})")
         if args.parity:

@@ -13,12 +13,18 @@ submission, ``evaluate=``, ``store=``) on the bundle. The work order (gate, TTA,
 ``ensemble.core.GatedEnsemble``, the one the PyTorch predictor runs; each ONNX file already gives
 probabilities at the image size (``ensemble.predict.MemberNet``).
 
-``bundle.json`` (format ``steelseg-bundle``, version 1) holds plain data only, nothing executed::
+A member whose entry lists ``tta_in_graph`` (the export's default with the mean reducer) holds its TTA flips in
+its graph (``ensemble.export.FlipsInGraph``: one pass, the flips averaged before the one resize to 256x1600): it is
+run once on the plain batch, and its output enters the reducer once, the mean over its flips.
 
-    {"format": "steelseg-bundle", "version": 1, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
+``bundle.json`` (format ``steelseg-bundle``, version 2; version 1, without ``tta_in_graph``, still loads) holds
+plain data only, nothing executed::
+
+    {"format": "steelseg-bundle", "version": 2, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
      "members": [{"name": "classifier_0", "kind": "classifier", "file": "classifier_0.onnx", "sha256": "...",
                   "weight": 1.0, "preprocess": {"channels": 3, "mean": [...], "std": [...], "size": [96, 600]},
-                  "input": "input", "outputs": ["labels"], "source": "...best.pt", "fold": 0}, ...],
+                  "input": "input", "outputs": ["labels"], "tta_in_graph": ["none", "hflip"],
+                  "precision": "float32", "source": "...best.pt", "fold": 0}, ...],
      "tta": {"classifier": ["none"], "segmenter": ["none", "hflip"]}, "reducer": "mean",
      "rules": {Rules.to_dict(): thresholds, areas, gating, bins}, "thresholds": "source file or null",
      "versions": {...}, "opset": 18, "export_check": {"classifier_0": max |torch - onnx|, ...}}
@@ -42,13 +48,15 @@ from ensemble.core import KINDS, GatedEnsemble, ImagePrediction, MemberInfo, cpu
     prepare_inputs, stack_inputs
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds
-from ensemble.tta import transforms
+from ensemble.tta import Flip, transforms
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST", "OUTPUTS", "BundleError", "sha256_of", "read_manifest",
-           "BundleMember", "OnnxPredictor", "session_options", "load_bundle", "providers_for",
-           "predictor_from_config"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "READABLE_VERSIONS", "MANIFEST", "OUTPUTS", "BundleError", "sha256_of",
+           "read_manifest", "BundleMember", "OnnxPredictor", "OPTIMIZATION_LEVELS", "session_options", "load_bundle",
+           "providers_for", "predictor_from_config"]
 
-BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST = "steelseg-bundle", 1, "bundle.json"
+BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST = "steelseg-bundle", 2, "bundle.json"
+READABLE_VERSIONS = (1, 2)  # 2 added tta_in_graph: a version-1 runtime would flip a flip-averaging graph again
+NO_FLIP = transforms(["none"])[0]
 OUTPUTS: dict[str, tuple[str, ...]] = {"classifier": ("labels",), "segmenter": ("masks",), "joint": ("masks", "labels")}
 
 
@@ -86,8 +94,9 @@ def read_manifest(folder: Path | str) -> dict[str, Any]:
         raise BundleError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
-    if manifest.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle version {manifest.get('version')!r}, this runtime reads {BUNDLE_VERSION}; "
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise BundleError(f"{path}: bundle version {manifest.get('version')!r}, this runtime reads "
+                          f"{' and '.join(map(str, READABLE_VERSIONS))}; "
                           "re-export with this version of steelseg")
     if manifest.get("class_ids") != list(CLASS_IDS) or manifest.get("image_shape") != list(IMAGE_SHAPE):
         raise BundleError(f"{path}: bundle for classes {manifest.get('class_ids')} and images "
@@ -121,6 +130,7 @@ class BundleMember(MemberInfo):
 
     name: str = field(kw_only=True)
     session: Any = field(kw_only=True)
+    tta_in_graph: tuple[str, ...] = field(default=(), kw_only=True)  # TTA flips the graph runs and averages itself
 
     @property
     def input_name(self) -> str:
@@ -139,6 +149,17 @@ class OnnxPredictor(GatedEnsemble):
     def _run(self, member: BundleMember, x: np.ndarray) -> Any:
         outputs = member.session.run(None, {member.input_name: np.ascontiguousarray(x, np.float32)})
         return tuple(outputs) if member.kind == "joint" else outputs[0]
+
+    def _run_flips(self, member: BundleMember, x: np.ndarray, flips: list[Flip]) -> list[tuple[Flip, Any]]:
+        """A member with its TTA in the graph: one run on the plain batch, whose output is already the mean over
+        ``flips``; any other member: ``GatedEnsemble._run_flips``."""
+        if not member.tta_in_graph:
+            return super()._run_flips(member, x, flips)
+        if tuple(f.name for f in flips) != member.tta_in_graph or self.reducer != "mean":
+            raise BundleError(f"{member.name}: its graph averages the TTA flips {list(member.tta_in_graph)} (mean "
+                              f"reducer); this ensemble asks for {[f.name for f in flips]} with reducer "
+                              f"{self.reducer!r}: re-export with those settings or with --no-flips-in-graph")
+        return [(NO_FLIP, self._run(member, x))]
 
     def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
                  ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
@@ -167,15 +188,24 @@ class OnnxPredictor(GatedEnsemble):
                 f"reducer {self.reducer}, gating {self.rules.gating}, {self.threads} threads")
 
 
-def session_options(threads: int | None = None) -> Any:
-    """ONNX Runtime options: ``threads`` intra-op threads (default: every core), full graph optimisation."""
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def session_options(threads: int | None = None, optimization: str = "all") -> Any:
+    """ONNX Runtime options: ``threads`` intra-op threads (default: every core), graph ``optimization`` level
+    (``all``, the default, adds the CPU layout transform NCHWc: the fastest level in ``benchmarks/bench_onnx.py``)."""
     import onnxruntime as ort
+
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ConfigError(f"optimization: {optimization!r} is not one of {list(OPTIMIZATION_LEVELS)}")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = whole_number(threads, "threads", note=" (0 or null: every core)") or cpu_count()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               "ORT_DISABLE_ALL" if optimization == "disable" else
+                                               f"ORT_ENABLE_{optimization.upper()}")
     options.log_severity_level = 3
     return options
 
@@ -204,7 +234,8 @@ def providers_for(device: str = "cpu", providers: Sequence[str] | None = None) -
     return chosen
 
 
-def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: list[str]) -> BundleMember:
+def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: list[str], tta: list[str]
+            ) -> BundleMember:
     import onnxruntime as ort
 
     where = f"{folder / MANIFEST}: member {entry['name']}"
@@ -213,6 +244,9 @@ def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: lis
     except ConfigError as exc:
         raise BundleError(f"{where}: bad preprocess: {exc}") from exc
     weight = member_weight(entry.get("weight", 1.0), where)
+    in_graph = entry.get("tta_in_graph", [])
+    if in_graph and in_graph != tta:
+        raise BundleError(f"{where}: tta_in_graph {in_graph!r} differs from the bundle's {entry['kind']} TTA {tta!r}")
     path = folder / entry["file"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -223,7 +257,7 @@ def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: lis
         raise BundleError(f"{path}: a {entry['kind']} member needs 1 input and outputs {list(OUTPUTS[entry['kind']])}, "
                           f"the file has {len(session.get_inputs())} input(s) and outputs {outputs}")
     return BundleMember(entry["kind"], path, preprocess, float(weight), entry.get("fold"), name=entry["name"],
-                        session=session)
+                        session=session, tta_in_graph=tuple(in_graph))
 
 
 def _rules(manifest: Mapping[str, Any], where: str) -> Rules:
@@ -241,8 +275,9 @@ def _rules(manifest: Mapping[str, Any], where: str) -> Rules:
 
 
 def load_bundle(folder: Path | str, threads: int | None = None, providers: Sequence[str] | None = None,
-                thresholds: Path | str | None = None) -> OnnxPredictor:
-    """A predictor from a bundle folder; ``thresholds``: a thresholds file replacing the bundle's tuned values."""
+                thresholds: Path | str | None = None, optimization: str = "all") -> OnnxPredictor:
+    """A predictor from a bundle folder; ``thresholds``: a thresholds file replacing the bundle's tuned values;
+    ``optimization``: ONNX Runtime's graph optimisation level (``session_options``)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     where = str(folder / MANIFEST)
@@ -257,10 +292,15 @@ def load_bundle(folder: Path | str, threads: int | None = None, providers: Seque
         make_reducer(reducer)
     except (ValueError, TypeError) as exc:
         raise BundleError(f"{where}: {exc}") from exc
-    options = session_options(threads)
+    options = session_options(threads, optimization)
     chosen = providers_for("cpu", providers)
-    members = [_member(folder, entry, options, chosen) for entry in manifest["members"]]
+    flips = {"classifier": [f.name for f in tta_classifier], "segmenter": [f.name for f in tta_segmenter]}
+    members = [_member(folder, entry, options, chosen, flips["classifier" if entry["kind"] == "classifier" else
+                                                            "segmenter"]) for entry in manifest["members"]]
     check_members(members, where)
+    if reducer != "mean" and any(m.tta_in_graph for m in members):
+        raise BundleError(f"{where}: reducer {reducer!r} with members whose graphs average their flips (tta_in_graph): "
+                          "only the mean reducer can; re-export the bundle")
     by_kind = {kind: [m for m in members if m.kind == kind] for kind in KINDS}
     try:
         return OnnxPredictor(by_kind["classifier"], by_kind["segmenter"], rules, tta_classifier, tta_segmenter,

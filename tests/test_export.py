@@ -49,7 +49,8 @@ def plain(s: dict, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Classifier (2 folds, 96x600 input), full-size segmenter and a joint model behind Rescaled (antialiased
-    half-size input), exported once through the CLI with --parity."""
+    half-size input), exported once through the CLI with --parity, the flips left to the runtime (so the tests
+    below can change its TTA and reducer; flips in the graph: tests/test_onnx_flips.py)."""
     base = tmp_path_factory.mktemp("export")
     images, truth = image_folder(base / "images", 4)
     truth.to_csv(base / "truth.csv", index=False)
@@ -61,7 +62,7 @@ def setup(tmp_path_factory):
     for k in (0, 1):  # the classifier at a lower input size
         save_tiny(s["cls"] / f"{k}_fold={k}" / "checkpoints" / "best.pt", "classifier", k, k, size=[96, 600])
     s["bundle"] = base / "bundle"
-    assert export_main([*overrides(s), "--out", str(s["bundle"]), "--parity"]) == 0
+    assert export_main([*overrides(s), "--out", str(s["bundle"]), "--parity", "--no-flips-in-graph"]) == 0
     return s
 
 
@@ -147,6 +148,8 @@ def test_tampered_and_bad_bundles(setup, tmp_path):
         (tmp_path / "b" / MANIFEST).write_text(json.dumps({**manifest, change[0]: change[1]}))
         with pytest.raises(BundleError, match=message):
             load_bundle(tmp_path / "b")
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps({**manifest, "version": 1}))  # before tta_in_graph: readable
+    assert len(load_bundle(tmp_path / "b").members) == 4
     evil = {**manifest, "members": [{**manifest["members"][0], "file": "../escape.onnx"}]}
     (tmp_path / "b" / MANIFEST).write_text(json.dumps(evil))
     with pytest.raises(BundleError, match="must be a file name inside the bundle"):
