@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -61,14 +61,13 @@ class OnDemand:
 
     def checkpoints(self) -> dict[str, list[Path]]:
         """Checkpoint files per member kind that the config names (per kind, else ``checkpoints.runs``), on disk now."""
-        from ensemble.members import expand
+        from ensemble.members import entry_files
         from ensemble.predict import member_entries  # the one rule infer.py uses to turn the config into members
 
         found: dict[str, list[Path]] = {}
         for kind, entries in member_entries(self.config()["checkpoints"]).items():
             for entry in entries:
-                path = entry["path"] if isinstance(entry, Mapping) and "path" in entry else entry
-                found.setdefault(kind, []).extend(expand(path, kind))
+                found.setdefault(kind, []).extend(entry_files(entry, kind)[0])
         return found
 
     def status(self) -> str:
