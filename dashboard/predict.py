@@ -23,7 +23,6 @@ __all__ = ["FIX", "PredictionError", "Progress", "OnDemand"]
 
 FIX = ("run `make demo` to train the demo models, or start the dashboard with "
        "--infer checkpoints.segmenter=[PATH] (a checkpoint or training output folder; likewise classifier, joint)")
-CONFIG_KEYS = ("checkpoints", "tta", "ensemble", "postprocess", "thresholds", "device", "channels_last", "batch_size")
 
 
 class PredictionError(SteelsegError, RuntimeError):
@@ -53,10 +52,9 @@ class OnDemand:
     def config(self) -> dict[str, Any]:
         """The plain sections of the composed infer config that prediction uses (composed once)."""
         if self._cfg is None:
-            from ensemble.settings import compose_infer, section
+            from ensemble.settings import compose_infer, predictor_config
 
-            cfg = compose_infer(self.overrides)
-            self._cfg = section(cfg, *CONFIG_KEYS)
+            self._cfg = predictor_config(compose_infer(self.overrides))
         return self._cfg
 
     def checkpoints(self) -> dict[str, list[Path]]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import re
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.config import whole_number
+from common.devices import choose_device
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
 from common.preprocess import Preprocess
 from ensemble.arrays import take
@@ -232,32 +232,31 @@ def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
     return entries
 
 
-def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
-    """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ...)."""
-    device = str(cfg.get("device", "cpu"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise RulesError(f"device: expected cpu, cuda, cuda:<index> or auto, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
+def build_predictor(cfg: Mapping[str, Any], members: Mapping[str, Sequence[Member]] | None = None,
+                    rules: Rules | None = None) -> Predictor:
+    """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ``device``, ...):
+    the one builder of infer.py, the ensemble OOF and the CV report, so all predict alike; ``members`` (kind ->
+    loaded members) and ``rules`` stand in for the ones the config names."""
+    device = torch.device(choose_device(cfg.get("device", "cpu"), torch.cuda.device_count()))
     channels_last = cfg.get("channels_last", True)
     if not isinstance(channels_last, bool):
         raise RulesError(f"channels_last: expected true or false, got {channels_last!r}")
-    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), torch.device(device))
+    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), device)
     compile_as = compile_mode(cfg.get("compile"))
-    if device.startswith("cuda"):
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
-    entries = member_entries(cfg["checkpoints"])
+    if members is None:
+        entries = member_entries(cfg["checkpoints"])
+        members = {kind: load_members(entries[kind], kind, channels_last) for kind in KINDS}
     predictor = Predictor(
-        classifiers=load_members(entries["classifier"], "classifier", channels_last),
-        segmenters=load_members(entries["segmenter"], "segmenter", channels_last),
-        joints=load_members(entries["joint"], "joint", channels_last),
-        rules=load_rules(cfg),
+        classifiers=list(members.get("classifier", [])),
+        segmenters=list(members.get("segmenter", [])),
+        joints=list(members.get("joint", [])),
+        rules=load_rules(cfg) if rules is None else rules,
         tta_classifier=transforms(list(cfg["tta"]["classifier"])),
         tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),
         reducer=str(cfg["ensemble"].get("reducer", "mean")),
-        device=torch.device(device),
+        device=device,
         channels_last=channels_last,
         amp_dtype=amp_dtype,
         compile=compile_as,

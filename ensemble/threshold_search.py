@@ -366,11 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if has_checkpoints(runs) and not args.from_files:
             from ensemble.oof import ensemble_oof
             from ensemble.predict import set_threads
-            from ensemble.settings import compose_infer, section
+            from ensemble.settings import compose_infer, predictor_config
 
             cfg = compose_infer(overrides)
-            plain = {**section(cfg, "tta", "ensemble"),
-                     **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
+            plain = predictor_config(cfg)
             set_threads(cfg.get("threads"))
             oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
                                     files=OOF_FILES)

@@ -1,0 +1,33 @@
+"""Rules with one home, checked where they are used: the CV report predicts its holdout with infer.py's predictor
+(``ensemble.predict.build_predictor``: reducer and classifier TTA included)."""
+from __future__ import annotations
+
+from analysis.report import holdout_table
+from ensemble.rules import Rules
+from ensemble_helpers import image_folder, save_tiny
+
+
+def test_the_report_holdout_predicts_with_the_infer_configs_reducer_and_classifier_tta(tmp_path, monkeypatch):
+    import ensemble.predict as predict
+
+    built, original = [], predict.build_predictor
+
+    def spy(cfg, members=None, rules=None):
+        built.append(original(cfg, members, rules))
+        return built[-1]
+
+    monkeypatch.setattr(predict, "build_predictor", spy)
+    save_tiny(tmp_path / "run" / "cls" / "checkpoints" / "best.pt", "classifier", size=[64, 400])
+    save_tiny(tmp_path / "run" / "seg" / "checkpoints" / "best.pt", "segmenter", size=[64, 400])
+    images, truth = image_folder(tmp_path / "holdout", 2)
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    infer = {"tta": {"classifier": ["none", "hflip", "vflip"], "segmenter": ["none", "hflip"]},
+             "ensemble": {"reducer": "max"}, "device": "cpu", "channels_last": True}
+    rules = Rules(gating="veto")
+    table, _ = holdout_table([tmp_path / "run"], images, tmp_path / "truth.csv", rules, Rules(gating="none"), infer,
+                             limit=2)
+    assert table["variant"].tolist()[:2] == ["ensemble, TTA none+hflip, gated (veto), tuned", "ensemble, no TTA, gated, tuned"]
+    full, no_tta = built[0], built[1]
+    assert full.reducer == "max" and len(full.tta_classifier) == 3 and len(full.tta_segmenter) == 2
+    assert no_tta.reducer == "max" and len(no_tta.tta_classifier) == len(no_tta.tta_segmenter) == 1
+    assert all(p.reducer == "max" for p in built) and len(built) == len(table)
