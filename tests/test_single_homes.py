@@ -2,6 +2,8 @@
 (``ensemble.predict.build_predictor``: reducer and classifier TTA included)."""
 from __future__ import annotations
 
+import pytest
+
 from analysis.report import holdout_table
 from ensemble.rules import Rules
 from ensemble_helpers import image_folder, save_tiny
@@ -31,3 +33,30 @@ def test_the_report_holdout_predicts_with_the_infer_configs_reducer_and_classifi
     assert full.reducer == "max" and len(full.tta_classifier) == 3 and len(full.tta_segmenter) == 2
     assert no_tta.reducer == "max" and len(no_tta.tta_classifier) == len(no_tta.tta_segmenter) == 1
     assert all(p.reducer == "max" for p in built) and len(built) == len(table)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_finished_folder_replaces_the_old_one_whole(tmp_path, monkeypatch, exchange):
+    """``common.io.replace_folder`` (the bundle write): the new folder's files only, no old file left beside them,
+    no temp folder left behind; without an atomic swap the two-rename fallback gives the same result."""
+    import os
+
+    from common import io
+
+    if not exchange:
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "old.onnx").write_text("old")
+    old_umask = os.umask(0o022)
+    try:
+        staged = io.temp_dir_beside(out)
+    finally:
+        os.umask(old_umask)
+    (staged / "new.onnx").write_text("new")
+    assert io.replace_folder(staged, out) == out
+    assert [p.name for p in out.iterdir()] == ["new.onnx"] and (out.stat().st_mode & 0o777) == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    fresh = io.temp_dir_beside(tmp_path / "second")
+    io.replace_folder(fresh, tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "second"]
