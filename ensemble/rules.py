@@ -24,11 +24,9 @@ from common.constants import CLASS_IDS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
 
-__all__ = ["GATING_MODES", "CLASSIFIER_MODES", "PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
+__all__ = ["PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
            "Rules", "rules_from_config", "write_thresholds", "read_thresholds"]
 
-GATING_MODES = ("none", "image", "veto", "soft", "scale", "label")
-CLASSIFIER_MODES = ("image", "veto", "soft", "scale")
 PER_CLASS = ("pixel_threshold", "min_area", "min_component", "classifier_threshold", "label_threshold")
 TUNED = ("pixel_threshold", "min_area", "classifier_threshold", "label_threshold")
 FILE_FORMAT, FILE_VERSION = "steelseg-thresholds", 1
@@ -92,8 +90,9 @@ class Rules:
             if not 0 < t < 1 or abs(round(t * bins) - t * bins) > 1e-6:
                 raise RulesError(f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
                                  f"and 1 (postprocess.bins)")
-        if self.gating not in GATING_MODES:
-            raise RulesError(f"ensemble.gating.mode: unknown mode {self.gating!r}; choose from {list(GATING_MODES)}")
+        from ensemble.gating import get_gate  # the registry of modes (it imports this module)
+
+        get_gate(self.gating)
         image_threshold = _number(self.image_threshold, "ensemble.gating.image_threshold", False)
         area_scale = _number(self.area_scale, "ensemble.gating.area_scale", False)
         if not 0 <= image_threshold <= 1 or area_scale < 1:
@@ -106,6 +105,9 @@ class Rules:
 
     @property
     def needs_classifier(self) -> bool:
+        """True when the gating mode needs classifier probabilities (``ensemble.gating.CLASSIFIER_MODES``)."""
+        from ensemble.gating import CLASSIFIER_MODES
+
         return self.gating in CLASSIFIER_MODES
 
     @property

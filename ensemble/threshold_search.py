@@ -36,7 +36,7 @@ from common.errors import OOFError, SteelsegError
 from common.io import check_outputs, check_writable
 from common.metrics import dice_from_counts
 from common.oof import OOF, OOF_FILES, load_oof
-from ensemble.gating import Gate, get_gate, pair_rules
+from ensemble.gating import SEARCH_MODES, Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
@@ -44,7 +44,6 @@ __all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores"
            "pair_outcomes", "score_rules", "search", "cross_validated", "classes_to_switch_off", "switch_off",
            "run_search", "main"]
 
-SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
 OFF_AREA = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1  # min_area above any mask's area: the class is never predicted
 DEFAULT_GRID = {
     "pixel_threshold": [round(x, 2) for x in np.arange(0.2, 0.85, 0.05)],

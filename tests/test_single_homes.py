@@ -60,3 +60,31 @@ def test_a_finished_folder_replaces_the_old_one_whole(tmp_path, monkeypatch, exc
     fresh = io.temp_dir_beside(tmp_path / "second")
     io.replace_folder(fresh, tmp_path / "second")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "second"]
+
+
+def test_gating_mode_names_come_from_the_registry():
+    """``ensemble.gating.GATES`` is the one list of modes: the config's comment, every ensemble config's mode, the
+    README's option list and the ``Rules`` doc name exactly those; the search modes and those needing a
+    classifier are read off the gates."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from ensemble.gating import CLASSIFIER_MODES, GATES, MODES, SEARCH_MODES
+    from ensemble.rules import Rules
+
+    repo = Path(__file__).resolve().parents[1]
+    default = (repo / "configs" / "ensemble" / "default.yaml").read_text()
+    comment = re.search(r"^\s*mode:\s*\w+\s*#\s*([\w |]+)$", default, re.M).group(1)
+    assert sorted(m.strip() for m in comment.split("|")) == sorted(MODES)
+    for path in (repo / "configs" / "ensemble").glob("*.yaml"):
+        mode = (yaml.safe_load(path.read_text()).get("gating") or {}).get("mode")
+        assert mode is None or mode in GATES, f"{path.name}: gating.mode {mode!r}"
+    readme = re.search(r"ensemble\.gating\.mode=(\w+(?:\|\w+)+)", (repo / "README.md").read_text()).group(1)
+    assert sorted(readme.split("|")) == sorted(MODES)
+    doc = re.search(r"gating \(``ensemble.gating``\): ([\w |]+);", Rules.__doc__).group(1)
+    assert sorted(m.strip() for m in doc.split("|")) == sorted(MODES)
+    assert set(SEARCH_MODES) == set(MODES) - {"label"}
+    assert {m for m in MODES if Rules(gating=m).needs_classifier} == set(CLASSIFIER_MODES) == {
+        name for name, gate in GATES.items() if gate.needs_classifier}
