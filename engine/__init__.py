@@ -14,6 +14,7 @@ _EXPORTS = {
     "engine.checkpoint": ("CheckpointError", "build_model", "load_checkpoint", "load_model", "model_allowlist",
                           "allow_model_factory", "save_checkpoint", "unwrap"),
     "engine.distributed": ("DistInfo", "setup", "teardown"),
+    "engine.losses": ("ImageBCE",),
     "engine.loop": ("BEST", "LAST", "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec",
                     "TrainerSettings", "as_float", "fit", "predict", "seed_everything"),
     "engine.pretrained": ("PACKAGES", "WeightsPackage", "is_package_source", "load_into_timm", "provenance"),

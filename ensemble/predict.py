@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.config import whole_number
 from common.devices import choose_device
-from common.constants import IMAGE_SHAPE, LONG_COLUMNS
+from common.constants import LONG_COLUMNS
 from common.preprocess import Preprocess
 from ensemble.arrays import take
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
@@ -36,7 +36,7 @@ from ensemble.timing import Timer
 from ensemble.tta import transforms
 from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "AMP_CHOICES",
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "AMP_CHOICES",
            "COMPILE_MODES", "amp_dtype_for", "batch_for_memory", "compile_mode", "Predictor", "rows_of", "load_rules",
            "member_entries", "build_predictor", "predict_images"]
 
@@ -66,12 +66,6 @@ def set_threads(threads: int | None) -> int:
     return count
 
 
-def to_image_size(prob: torch.Tensor) -> torch.Tensor:
-    """Probabilities of a member run at another input size, resized to the image size: the rule validation and
-    the stage OOF use too (``segmenter.metrics.to_full_size``)."""
-    return to_full_size(prob, IMAGE_SHAPE)
-
-
 class MemberNet(nn.Module):
     """A member's network whose outputs are probabilities: (B, 4) class probabilities for a classifier,
     (B, 4, 256, 1600) mask probabilities for a segmenter, both (as a pair) for a joint member."""
@@ -84,9 +78,9 @@ class MemberNet(nn.Module):
         out = self.model(x)
         if self.kind == "joint":
             mask_logits, label_logits = split_joint(out)
-            return to_image_size(torch.sigmoid(mask_logits.float())), torch.sigmoid(label_logits.float())
+            return to_full_size(torch.sigmoid(mask_logits.float())), torch.sigmoid(label_logits.float())
         prob = torch.sigmoid(out.float())
-        return prob if self.kind == "classifier" else to_image_size(prob)
+        return prob if self.kind == "classifier" else to_full_size(prob)  # the rule validation and the stage OOF use
 
 
 AMP_CHOICES = ("auto", "bfloat16", "float16", None)

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from common.constants import CLASS_IDS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
+from common.oof import grid_bin
 
 __all__ = ["PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
            "Rules", "rules_from_config", "write_thresholds", "read_thresholds"]
@@ -87,7 +88,7 @@ class Rules:
                 raise RulesError(f"postprocess.{key}: values out of range: {list(value)}")
             object.__setattr__(self, key, value)
         for t in self.pixel_threshold:
-            if not 0 < t < 1 or abs(round(t * bins) - t * bins) > 1e-6:
+            if grid_bin(t, bins) is None:
                 raise RulesError(f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
                                  f"and 1 (postprocess.bins)")
         from ensemble.gating import get_gate  # the registry of modes (it imports this module)
@@ -113,7 +114,7 @@ class Rules:
     @property
     def pixel_bins(self) -> tuple[int, ...]:
         """Pixel thresholds as bin indices k (threshold k / bins)."""
-        return tuple(int(round(t * self.bins)) for t in self.pixel_threshold)
+        return tuple(int(grid_bin(t, self.bins)) for t in self.pixel_threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -76,9 +76,8 @@ class ClassCounts:
     def gain(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """(score gain of predicting the mask instead of nothing, predicted area) per image."""
         inter, pred = self.at(k)
-        denom = pred + self.truth
-        dice = np.divide(2.0 * inter, denom, out=np.zeros(len(denom)), where=denom > 0)
-        return dice - (self.truth == 0), pred
+        # pairs with no predicted pixel are never kept (area rank 0 in class_scores): their gain is not used
+        return dice_from_counts(inter, pred, self.truth) - (self.truth == 0), pred
 
 
 def _ranks(grid: np.ndarray, values: np.ndarray) -> np.ndarray:

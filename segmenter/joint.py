@@ -24,6 +24,7 @@ from common.oof import (CLASSIFIER_FILE, OOF_FILES, SEGMENTER_FILE, ClassifierOO
                         write_classifier_oof, write_segmenter_oof)
 from common.preprocess import Preprocess
 from engine.loop import StageSpec
+from engine.losses import ImageBCE
 from segmenter.data import SegmentationDataset, check_crop
 from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
 from segmenter.model import param_groups
@@ -47,17 +48,12 @@ class JointLoss(nn.Module):
     def __init__(self, pixel: nn.Module, image_weight: float = 0.5, pos_weight: Sequence[float] | None = None) -> None:
         super().__init__()
         image_weight = real_number(image_weight, "joint.image_loss.weight", 0.0)
-        if pos_weight is not None and (isinstance(pos_weight, str) or len(pos_weight) != len(CLASS_IDS)):
-            raise ConfigError(f"joint.image_loss.pos_weight: need {len(CLASS_IDS)} values, got {pos_weight!r}")
         self.pixel, self.image_weight = pixel, image_weight
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(
-            [real_number(w, "joint.image_loss.pos_weight", 0.0) for w in pos_weight]))
+        self.image = ImageBCE(pos_weight, "joint.image_loss.pos_weight")
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
         mask_logits, label_logits = outputs
-        image = nn.functional.binary_cross_entropy_with_logits(label_logits.float(), image_targets(masks).float(),
-                                                               pos_weight=self.pos_weight)
-        return self.pixel(mask_logits, masks) + self.image_weight * image
+        return self.pixel(mask_logits, masks) + self.image_weight * self.image(label_logits, image_targets(masks))
 
 
 class JointMetric(SegmenterMetric):
