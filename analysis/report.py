@@ -226,6 +226,16 @@ def _draw_holdout(out: Path, dataset, masks_of: dict[str, np.ndarray]) -> str | 
     return "holdout_examples.png"
 
 
+def _save(fig: Any, out: Path, name: str, names: list[str]) -> None:
+    """Write ``fig`` as the PNG ``out / name``, close it and list its name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+
+
 def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.DataFrame,
            runs: Sequence[Path]) -> list[str]:
     import matplotlib
@@ -248,10 +258,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"threshold curves (gating {best.mode}; each point: best over the other parameters)")
-    fig.tight_layout()
-    fig.savefig(out / "threshold_curves.png", dpi=90)
-    plt.close(fig)
-    names.append("threshold_curves.png")
+    _save(fig, out, "threshold_curves.png", names)
 
     overall = folds[folds["fold"] == "all"].set_index("setting")
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -259,10 +266,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
     ax.set_ylim(max(0.0, overall[CLASSES].to_numpy().min() - 0.05), 1.0)
     ax.set_ylabel("Kaggle score (OOF)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "scores_by_setting.png", dpi=90)
-    plt.close(fig)
-    names.append("scores_by_setting.png")
+    _save(fig, out, "scores_by_setting.png", names)
 
     if oof.cls_prob is not None:
         from sklearn.metrics import roc_curve
@@ -279,10 +283,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
         ax.set_ylabel("true positive rate")
         ax.set_title("classifier ROC (OOF)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "classifier_roc.png", dpi=90)
-        plt.close(fig)
-        names.append("classifier_roc.png")
+        _save(fig, out, "classifier_roc.png", names)
 
     for i, run in enumerate(runs):
         curves = sorted(Path(run).glob("fold*/metrics.csv")) or sorted(Path(run).glob("**/metrics.csv"))
@@ -309,11 +310,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
             metric_ax.legend(fontsize=7)
         metric_ax.grid(alpha=0.3)
         fig.suptitle(f"learning curves: {run}")
-        fig.tight_layout()
-        name = f"learning_curves_{i}.png"
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        names.append(name)
+        _save(fig, out, f"learning_curves_{i}.png", names)
     return names
 
 

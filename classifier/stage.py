@@ -20,7 +20,7 @@ from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.augment import build_augment
 from engine.losses import ImageBCE
-from engine.loop import StageSpec, predict
+from engine.loop import StageSpec, predict, val_batch_size
 
 __all__ = ["STAGE", "ClassifierLoss", "write_oof", "make_stage"]
 
@@ -64,5 +64,5 @@ def make_stage(cfg: DictConfig) -> StageSpec:
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS), "thresholds": thresholds},
         param_groups=param_groups, sample_weights=weights,
         write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold),
-                          batch_size=int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)),
+                          batch_size=val_batch_size(cfg.trainer)),
         outputs=(CLASSIFIER_FILE,))

@@ -16,7 +16,7 @@ _EXPORTS = {
     "engine.distributed": ("DistInfo", "setup", "teardown"),
     "engine.losses": ("ImageBCE",),
     "engine.loop": ("BEST", "LAST", "METRICS_CSV", "EpochMetric", "FitResult", "RunContext", "StageSpec",
-                    "TrainerSettings", "as_float", "fit", "predict", "seed_everything"),
+                    "TrainerSettings", "as_float", "fit", "predict", "seed_everything", "val_batch_size"),
     "engine.pretrained": ("PACKAGES", "WeightsPackage", "is_package_source", "load_into_timm", "provenance"),
     "engine.run": ("train",),
 }

@@ -302,6 +302,12 @@ def cpu_has_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def val_batch_size(trainer: Any) -> int:
+    """Images per validation batch, the stages' OOF writing too: ``val_batch_size``, else ``batch_size`` (of the
+    trainer config or ``TrainerSettings``)."""
+    return int(getattr(trainer, "val_batch_size", None) or trainer.batch_size)
+
+
 def _amp_dtype_name(amp_dtype: str, device: torch.device, bf16_cuda: Callable[[], bool]) -> str:
     """``trainer.amp_dtype`` resolved: ``auto`` is bfloat16 (no gradient scaler) on a CUDA device that has it and on
     the CPU, float16 (with the scaler) on older GPUs."""
@@ -389,8 +395,7 @@ class Engine:
         groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
         self.optimizer = build_optimizer(groups, optimizer_cfg)
         self.train_loader, self.sampler, self.generator = self._train_loader()
-        val_bs = settings.val_batch_size or settings.batch_size
-        self.val_loader = DataLoader(spec.val_set, batch_size=val_bs, sampler=ShardSampler(len(spec.val_set), self.info),
+        self.val_loader = DataLoader(spec.val_set, batch_size=val_batch_size(settings), sampler=ShardSampler(len(spec.val_set), self.info),
                                      **_loader_options(settings.num_workers, self.device))
         if len(self.train_loader) == 0:
             raise ConfigError(f"{spec.name}: the training set of fold {ctx.fold} is empty")
