@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.config import whole_number
+from common.config import check_known, whole_number
 from common.devices import choose_device
 from common.constants import LONG_COLUMNS
 from common.preprocess import Preprocess
@@ -216,9 +216,7 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
 def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Checkpoint entries per kind: ``checkpoints.classifier|segmenter|joint`` when any is given; otherwise every
     checkpoint under ``checkpoints.runs`` (training folders, files or glob patterns), by the kind its file records."""
-    unknown = set(ckpt) - {"runs", *KINDS}
-    if unknown:
-        raise RulesError(f"checkpoints: unknown key(s) {sorted(unknown)}; known: runs, {', '.join(KINDS)}")
+    check_known(ckpt, ("runs", *KINDS), "checkpoints", RulesError)
     entries = {kind: list(ckpt.get(kind) or []) for kind in KINDS}
     if not any(entries.values()) and ckpt.get("runs"):
         for kind, paths in discover(expand_runs(ckpt["runs"])).items():

@@ -88,3 +88,20 @@ def test_gating_mode_names_come_from_the_registry():
     assert set(SEARCH_MODES) == set(MODES) - {"label"}
     assert {m for m in MODES if Rules(gating=m).needs_classifier} == set(CLASSIFIER_MODES) == {
         name for name, gate in GATES.items() if gate.needs_classifier}
+
+
+def test_unknown_keys_are_refused_by_one_helper():
+    """``common.config.check_known``: the sampling, preprocessing and ``checkpoints`` nodes name the typo and the
+    known keys in one line."""
+    from common.config import ConfigError, check_known
+    from common.preprocess import Preprocess
+    from ensemble.predict import member_entries
+    from ensemble.rules import RulesError
+
+    check_known({"mode": 1}, ("mode", "power"), "x")
+    with pytest.raises(ConfigError, match=r"^x: unknown key\(s\) \['pwer'\]; known: mode, power$"):
+        check_known({"mode": 1, "pwer": 2}, ("mode", "power"), "x")
+    with pytest.raises(ConfigError, match=r"^preprocess: unknown key\(s\) \['sise'\]; known: channels, mean, std, size$"):
+        Preprocess.from_config({"sise": [1, 2]})
+    with pytest.raises(RulesError, match=r"^checkpoints: unknown key\(s\) \['join'\]; known: runs, classifier, segmenter"):
+        member_entries({"join": []})
