@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -127,21 +127,21 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _holdout_predictor(kinds: dict[str, list], rules: Rules, tta: list[str], gated: bool):
-    from ensemble.predict import Predictor
-    from ensemble.tta import transforms
+def _holdout_predictor(kinds: dict[str, list], rules: Rules, infer: Mapping[str, Any], gated: bool):
+    """The infer config's predictor (``build_predictor``: TTA, reducer, device...) over these members and rules."""
+    from ensemble.predict import build_predictor
 
-    flips = transforms(tta)
-    rules = rules if gated else replace(rules, gating="none")
-    return Predictor(kinds["classifier"] if gated else [], kinds["segmenter"], rules, flips, flips,
-                     joints=kinds["joint"])
+    if gated:
+        return build_predictor(infer, kinds, rules)
+    return build_predictor(infer, {**kinds, "classifier": []}, replace(rules, gating="none"))
 
 
-def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules, alone: Rules, tta: list[str],
-                  limit: int, out: Path | None = None, draw: int = 4) -> tuple[pd.DataFrame, str | None]:
+def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules, alone: Rules,
+                  infer: Mapping[str, Any], limit: int, out: Path | None = None, draw: int = 4
+                  ) -> tuple[pd.DataFrame, str | None]:
     """Score checkpoint variants on a labelled holdout (what each stage adds), each beside the first (full) variant
     with a paired bootstrap interval of the difference, so that a few images' luck is not read as a stage's worth;
-    optionally draw a few images."""
+    optionally draw a few images. ``infer``: the infer config's ``predictor_config`` (TTA, reducer, device...)."""
     from common.annotations import read_annotations
     from common.dataset import dataset_from
     from common.metrics import pair_dice, paired_difference, score_pairs, with_interval
@@ -151,28 +151,30 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
     dataset = dataset_from(images, read_annotations(truth))
     ids = list(dataset.image_ids[:limit])
     found = discover(runs)
-    members = {kind: load_members(paths, kind) for kind, paths in found.items()}
+    members = {kind: load_members(paths, kind, bool(infer.get("channels_last", True))) for kind, paths in found.items()}
     if not members["segmenter"] and not members["joint"]:
         raise SteelsegError(f"no segmenter or joint checkpoints under {[str(r) for r in runs]}")
     has_labels = bool(members["classifier"] or members["joint"])
     first_fold = sorted({m.fold for ms in members.values() for m in ms}, key=str)[0]
     one_fold = {k: [m for m in v if m.fold == first_fold] for k, v in members.items()}
-    variants = {f"ensemble, TTA {'+'.join(tta)}, gated ({rules.gating}), tuned": (members, rules, tta, True)}
-    if tta != ["none"]:
-        variants["ensemble, no TTA, gated, tuned"] = (members, rules, ["none"], True)
-    variants[f"one fold ({first_fold}), TTA, gated, tuned"] = (one_fold, rules, tta, True)
-    variants["segmenters alone (no classifier gate), TTA, tuned for no gate"] = (members, alone, tta, False)
+    tta = list(infer["tta"]["segmenter"])
+    no_tta = {**infer, "tta": {"classifier": ["none"], "segmenter": ["none"]}}
+    variants = {f"ensemble, TTA {'+'.join(tta)}, gated ({rules.gating}), tuned": (members, rules, infer, True)}
+    if infer["tta"] != no_tta["tta"]:
+        variants["ensemble, no TTA, gated, tuned"] = (members, rules, no_tta, True)
+    variants[f"one fold ({first_fold}), TTA, gated, tuned"] = (one_fold, rules, infer, True)
+    variants["segmenters alone (no classifier gate), TTA, tuned for no gate"] = (members, alone, infer, False)
     if members["joint"] and (members["segmenter"] or members["classifier"]):
         variants["joint members only, TTA, gated, tuned"] = (
-            {"classifier": [], "segmenter": [], "joint": members["joint"]}, rules, tta, True)
+            {"classifier": [], "segmenter": [], "joint": members["joint"]}, rules, infer, True)
         if members["segmenter"] and (members["classifier"] or not rules.needs_classifier):
             variants["separate members only, TTA, gated, tuned"] = (
-                {**members, "joint": []}, rules, tta, True)
+                {**members, "joint": []}, rules, infer, True)
     rows, drawn, full = [], None, None
-    for name, (kinds, r, flips, gated) in variants.items():
+    for name, (kinds, r, settings, gated) in variants.items():
         if gated and r.needs_classifier and not (kinds["classifier"] or kinds["joint"]):
             continue
-        predictor = _holdout_predictor(kinds, r, flips, gated and has_labels)
+        predictor = _holdout_predictor(kinds, r, settings, gated and has_labels)
         masks_of, pred = {}, []
         for image_id, _, masks in predictor.iter_predictions([dataset.path(i) for i in ids]):
             pred.extend(row for row in rows_of(image_id, masks) if row[2])
@@ -224,6 +226,16 @@ def _draw_holdout(out: Path, dataset, masks_of: dict[str, np.ndarray]) -> str | 
     return "holdout_examples.png"
 
 
+def _save(fig: Any, out: Path, name: str, names: list[str]) -> None:
+    """Write ``fig`` as the PNG ``out / name``, close it and list its name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    names.append(name)
+
+
 def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.DataFrame,
            runs: Sequence[Path]) -> list[str]:
     import matplotlib
@@ -246,10 +258,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"threshold curves (gating {best.mode}; each point: best over the other parameters)")
-    fig.tight_layout()
-    fig.savefig(out / "threshold_curves.png", dpi=90)
-    plt.close(fig)
-    names.append("threshold_curves.png")
+    _save(fig, out, "threshold_curves.png", names)
 
     overall = folds[folds["fold"] == "all"].set_index("setting")
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -257,10 +266,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
     ax.set_ylim(max(0.0, overall[CLASSES].to_numpy().min() - 0.05), 1.0)
     ax.set_ylabel("Kaggle score (OOF)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "scores_by_setting.png", dpi=90)
-    plt.close(fig)
-    names.append("scores_by_setting.png")
+    _save(fig, out, "scores_by_setting.png", names)
 
     if oof.cls_prob is not None:
         from sklearn.metrics import roc_curve
@@ -277,10 +283,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
         ax.set_ylabel("true positive rate")
         ax.set_title("classifier ROC (OOF)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "classifier_roc.png", dpi=90)
-        plt.close(fig)
-        names.append("classifier_roc.png")
+        _save(fig, out, "classifier_roc.png", names)
 
     for i, run in enumerate(runs):
         curves = sorted(Path(run).glob("fold*/metrics.csv")) or sorted(Path(run).glob("**/metrics.csv"))
@@ -307,11 +310,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
             metric_ax.legend(fontsize=7)
         metric_ax.grid(alpha=0.3)
         fig.suptitle(f"learning curves: {run}")
-        fig.tight_layout()
-        name = f"learning_curves_{i}.png"
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        names.append(name)
+        _save(fig, out, f"learning_curves_{i}.png", names)
     return names
 
 
@@ -336,8 +335,9 @@ def _md_table(frame: pd.DataFrame) -> str:
 
 def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | None = None,
                  truth: Path | None = None, limit: int = 40, oof_dir: Path | None = None,
-                 tta: Sequence[str] = ("none", "hflip")) -> dict[str, Any]:
-    """Write report.html, report.md, summary.json, thresholds.json and PNGs into ``out``; return the summary."""
+                 infer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write report.html, report.md, summary.json, thresholds.json and PNGs into ``out``; return the summary.
+    ``infer``: the infer config's ``predictor_config`` the holdout predicts with (default: infer.py's)."""
     out.mkdir(parents=True, exist_ok=True)
     oof = load_oof([oof_dir] if oof_dir is not None else runs)
     base = replace(base, bins=oof.bins)
@@ -378,7 +378,11 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
     plots = _plots(out, oof, search, grid, folds, runs)
     if images is not None and truth is not None:
         alone_rules = search["results"]["none"].rules if "none" in search["results"] else alone
-        table, drawn = holdout_table(runs, images, truth, chosen, alone_rules, list(tta), limit, out)
+        if infer is None:
+            from ensemble.settings import compose_infer, predictor_config
+
+            infer = predictor_config(compose_infer())
+        table, drawn = holdout_table(runs, images, truth, chosen, alone_rules, infer, limit, out)
         sections.append(("Held-out images: what each stage adds (95% intervals with the images resampled; "
                          "'minus first row' is paired: an interval holding 0 means these images cannot tell the "
                          "two apart)", table))
@@ -422,12 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SteelsegError("give at least one training output folder")
         if (args.images is None) != (args.truth is None):
             raise SteelsegError("--images and --truth go together (a labelled holdout)")
-        from ensemble.settings import compose_infer, section
+        from ensemble.settings import compose_infer, predictor_config
 
         out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
-        tta = list(section(compose_infer(overrides), "tta")["tta"]["segmenter"])
+        infer = predictor_config(compose_infer(overrides))
         s = build_report([Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit,
-                         args.oof, tta)
+                         args.oof, infer)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -189,11 +189,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    tiny, cuda = args.tiny, args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device (use --device cpu --tiny for a dry run)",
-              file=sys.stderr)
-        return 2
+    from common.devices import choose_device
+
+    tiny, cuda = args.tiny, choose_device(args.device, torch.cuda.device_count(), "--device") != "cpu"
     n_train = args.train_images or (12 if tiny else 1000)
     n_infer = args.infer_images or (8 if tiny else 2000)
     n_profile = args.profile_images or (8 if tiny else 500)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +20,8 @@ from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.augment import build_augment
 from engine.loop import predict
+from engine.losses import ImageBCE
+from engine.settings import val_batch_size
 from engine.stage import StageSpec
 
 __all__ = ["STAGE", "ClassifierLoss", "write_oof", "make_stage"]
@@ -28,21 +29,8 @@ __all__ = ["STAGE", "ClassifierLoss", "write_oof", "make_stage"]
 STAGE = "classifier"
 
 
-class ClassifierLoss(nn.Module):
-    """BCE on (B, 4) logits with one positive weight per class; the weights are a buffer, so ``.to(device)``
-    moves them with the model."""
-
-    def __init__(self, pos_weight: Sequence[float] | None = None) -> None:
-        super().__init__()
-        if pos_weight is not None and len(pos_weight) != len(CLASS_IDS):
-            raise ConfigError(f"classifier.loss.pos_weight: need {len(CLASS_IDS)} values, got {list(pos_weight)}")
-        weight = None if pos_weight is None else torch.tensor(
-            [real_number(w, "classifier.loss.pos_weight", 0.0) for w in pos_weight])
-        self.register_buffer("pos_weight", weight)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(),
-                                                              pos_weight=self.pos_weight)
+class ClassifierLoss(ImageBCE):
+    """BCE on (B, 4) logits with one positive weight per class (``engine.losses.ImageBCE``, the joint head's too)."""
 
 
 def write_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: PresenceDataset, fold: int,
@@ -78,5 +66,5 @@ def make_stage(cfg: DictConfig) -> StageSpec:
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS), "thresholds": thresholds},
         param_groups=param_groups, sample_weights=weights,
         write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold),
-                          batch_size=int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)),
+                          batch_size=val_batch_size(cfg.trainer)),
         outputs=(CLASSIFIER_FILE,))

@@ -12,8 +12,16 @@ from typing import Any, Collection, Iterator, Mapping
 
 from common.errors import ConfigError, SteelsegError
 
-__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "whole_number",
+__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "check_known", "whole_number",
            "required_whole_number", "real_number"]
+
+
+def check_known(node: Mapping[str, Any], known: Collection[str], key: str,
+                error: type[SteelsegError] = ConfigError) -> None:
+    """Refuse keys of ``node`` outside ``known`` (a typo is not silently ignored): one line naming ``key``."""
+    unknown = set(node) - set(known)
+    if unknown:
+        raise error(f"{key}: unknown key(s) {sorted(unknown)}; known: {', '.join(known)}")
 
 
 def whole_number(value: Any, key: str, minimum: int = 0, default: int | None = None, note: str = "") -> int | None:

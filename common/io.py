@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text", "temp_dir_beside",
+           "replace_folder",
            "check_writable", "check_outputs", "place_error", "remove_stale_temps", "read_csv", "parse_csv_text",
            "FORMULA_PREFIXES",
            "spreadsheet_safe"]
@@ -160,6 +161,42 @@ def temp_dir_beside(path: Path | str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     folder.chmod(0o777 & ~_umask())
     return folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system has none."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or file system without exchange
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_folder(staged: Path | str, path: Path | str) -> Path:
+    """Put the finished folder ``staged`` (from ``temp_dir_beside``) at ``path``; an existing ``path`` is swapped
+    out in one step where the system allows it, so readers see the old folder or the new one, never none."""
+    staged, path = Path(staged), Path(path)
+    if not path.exists():
+        os.rename(staged, path)
+        return path
+    if not _exchange(staged, path):  # no atomic swap here: the shortest window without ``path``
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.rename(staged, path)
+        staged = old
+    import shutil
+
+    shutil.rmtree(staged, ignore_errors=True)  # after the swap ``staged`` holds the old folder
+    return path
 
 
 def _temp_file(path: Path) -> tuple[int, str]:

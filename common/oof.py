@@ -34,7 +34,7 @@ from common.io import CsvError, atomic_open, atomic_write_text, read_csv
 from common.metrics import ScoreReport, dice_from_counts, score_pairs
 
 __all__ = ["SEGMENTER_FILE", "CLASSIFIER_FILE", "OOF_FILES", "SCHEMA_VERSION", "DEFAULT_BINS", "OOFError", "bin_index",
-           "binarize", "histograms", "image_histograms", "suffix_sums", "SegmenterOOF", "OOFAccumulator",
+           "grid_bin", "binarize", "histograms", "image_histograms", "suffix_sums", "SegmenterOOF", "OOFAccumulator",
            "write_segmenter_oof", "read_segmenter_oof", "ClassifierOOF", "write_classifier_oof",
            "read_classifier_oof", "OOF", "find_files", "load_oof", "pair_counts", "score", "score_grid"]
 
@@ -67,6 +67,13 @@ def bin_index(probs: Any, bins: int = DEFAULT_BINS) -> Any:
     np.floor(x, out=x)
     np.minimum(x, bins - 1, out=x)
     return x.astype(np.int32)
+
+
+def grid_bin(threshold: float, bins: int = DEFAULT_BINS) -> int | None:
+    """The bin k with k / bins == ``threshold``, 0 < k < bins: the pixel thresholds the histograms score exactly
+    (``binarize``); None for a threshold off that grid."""
+    k = int(round(float(threshold) * bins))
+    return k if 0 < k < bins and abs(k - float(threshold) * bins) <= 1e-6 else None
 
 
 def torch_int32(x: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from common.config import check_known
 from common.errors import ConfigError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocess"]
@@ -49,9 +50,7 @@ class Preprocess:
     def from_config(cls, node: Mapping[str, Any] | None) -> "Preprocess":
         """From a config/dict with keys mean, std, channels, size (all optional)."""
         node = dict(node or {})
-        unknown = set(node) - {"mean", "std", "channels", "size"}
-        if unknown:
-            raise ConfigError(f"preprocess: unknown key(s) {sorted(unknown)}; known: channels, mean, std, size")
+        check_known(node, ("channels", "mean", "std", "size"), "preprocess")
         size = node.get("size")
         try:
             return cls(mean=tuple(float(v) for v in node.get("mean", IMAGENET_MEAN)),

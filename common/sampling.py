@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from common.config import check_known
 from common.errors import ConfigError
 
 __all__ = ["balanced_weights", "sample_weights"]
@@ -35,9 +36,7 @@ def sample_weights(labels: pd.DataFrame, node: Mapping[str, Any] | None, key: st
         return None
     node = dict(node)
     mode, power = node.get("mode", "balanced"), node.get("power", 1.0)
-    unknown = set(node) - {"mode", "power"}
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}; known: mode, power")
+    check_known(node, ("mode", "power"), key)
     if mode != "balanced":
         raise ConfigError(f"{key}.mode: expected 'balanced' (or set {key}: null), got {mode!r}")
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 1:

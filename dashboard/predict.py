@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -23,7 +23,6 @@ __all__ = ["FIX", "PredictionError", "Progress", "OnDemand"]
 
 FIX = ("run `make demo` to train the demo models, or start the dashboard with "
        "--infer checkpoints.segmenter=[PATH] (a checkpoint or training output folder; likewise classifier, joint)")
-CONFIG_KEYS = ("checkpoints", "tta", "ensemble", "postprocess", "thresholds", "device", "channels_last", "batch_size")
 
 
 class PredictionError(SteelsegError, RuntimeError):
@@ -53,22 +52,20 @@ class OnDemand:
     def config(self) -> dict[str, Any]:
         """The plain sections of the composed infer config that prediction uses (composed once)."""
         if self._cfg is None:
-            from ensemble.settings import compose_infer, section
+            from ensemble.settings import compose_infer, predictor_config
 
-            cfg = compose_infer(self.overrides)
-            self._cfg = section(cfg, *CONFIG_KEYS)
+            self._cfg = predictor_config(compose_infer(self.overrides))
         return self._cfg
 
     def checkpoints(self) -> dict[str, list[Path]]:
         """Checkpoint files per member kind that the config names (per kind, else ``checkpoints.runs``), on disk now."""
-        from ensemble.members import expand
+        from ensemble.members import entry_files
         from ensemble.predict import member_entries  # the one rule infer.py uses to turn the config into members
 
         found: dict[str, list[Path]] = {}
         for kind, entries in member_entries(self.config()["checkpoints"]).items():
             for entry in entries:
-                path = entry["path"] if isinstance(entry, Mapping) and "path" in entry else entry
-                found.setdefault(kind, []).extend(expand(path, kind))
+                found.setdefault(kind, []).extend(entry_files(entry, kind)[0])
         return found
 
     def status(self) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import Sampler
 
-from common.config import ConfigError
+from common.devices import choose_device
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,9 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:<local_rank> when available, else cpu; ``cpu``/``cuda`` force one."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("trainer.device: 'cuda' requested but torch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"trainer.device: expected auto, cpu or cuda, got {name!r}")
+    """``trainer.device`` by ``common.devices.choose_device``: ``auto`` / ``cuda`` -> cuda:<local_rank> when torch
+    sees CUDA; ``cpu`` forces the CPU; an unavailable CUDA device is a ConfigError."""
+    return torch.device(choose_device(name, torch.cuda.device_count(), "trainer.device", local_rank))
 
 
 def setup(device: str = "auto") -> DistInfo:

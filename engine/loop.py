@@ -25,7 +25,7 @@ from engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from engine.distributed import (ShardSampler, WeightedShardSampler, all_or_none, barrier, broadcast_buffers,
                                 gather_rows, mean_over_ranks)
 from engine.optim import build_optimizer, build_scheduler, current_lrs
-from engine.settings import TrainerSettings, amp_settings
+from engine.settings import TrainerSettings, amp_settings, val_batch_size
 from engine.stage import StageSpec
 from engine.state import (BEST, LAST, METRICS_CSV, TENSORBOARD_DIR, FitResult, RunContext, check_run_folder,
                           derive_seed, read_resume_state, rng_state, seed_worker, set_rng_state)
@@ -93,8 +93,7 @@ class Engine:
         groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
         self.optimizer = build_optimizer(groups, optimizer_cfg)
         self.train_loader, self.sampler, self.generator = self._train_loader()
-        val_bs = settings.val_batch_size or settings.batch_size
-        self.val_loader = DataLoader(spec.val_set, batch_size=val_bs, sampler=ShardSampler(len(spec.val_set), self.info),
+        self.val_loader = DataLoader(spec.val_set, batch_size=val_batch_size(settings), sampler=ShardSampler(len(spec.val_set), self.info),
                                      **_loader_options(settings.num_workers, self.device))
         if len(self.train_loader) == 0:
             raise ConfigError(f"{spec.name}: the training set of fold {ctx.fold} is empty")

@@ -9,7 +9,7 @@ import torch
 
 from common.config import ConfigError, real_number, whole_number
 
-__all__ = ["TrainerSettings", "WHOLE_NUMBER_KEYS", "amp_settings", "cpu_has_bf16"]
+__all__ = ["TrainerSettings", "WHOLE_NUMBER_KEYS", "amp_settings", "cpu_has_bf16", "val_batch_size"]
 
 
 # (key, smallest value, null allowed) of the trainer's whole-number settings
@@ -74,6 +74,12 @@ class TrainerSettings:
 def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bf16 kernels on this CPU (AVX-512 BW/VL/DQ, or Arm BF16); elsewhere bf16 is emulated."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def val_batch_size(trainer: Any) -> int:
+    """Images per validation batch, the stages' OOF writing too: ``val_batch_size``, else ``batch_size`` (of the
+    trainer config or ``TrainerSettings``)."""
+    return int(getattr(trainer, "val_batch_size", None) or trainer.batch_size)
 
 
 def _amp_dtype_name(amp_dtype: str, device: torch.device, bf16_cuda: Callable[[], bool]) -> str:

@@ -47,7 +47,7 @@ from torch import nn
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
-from common.io import atomic_write_text, check_writable, temp_dir_beside
+from common.io import atomic_write_text, check_writable, replace_folder, temp_dir_beside
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches, split_joint
 from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
@@ -264,20 +264,6 @@ def _versions(opset: int) -> dict[str, str]:
     return out
 
 
-def _replace_folder(staged: Path, out: Path, force: bool) -> None:
-    """Move the finished ``staged`` folder to ``out``; an existing ``out`` is replaced only with ``force``."""
-    if out.exists():
-        if not force:
-            raise ExportError(f"{out}: exists (written while exporting); pass --force to replace it")
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staged.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staged.rename(out)
-
-
 def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None = None, opset: int = OPSET,
                   force: bool = False, log: Any = print, flips_in_graph: bool = True,
                   int8_calibration: Sequence[Path | str] | None = None) -> Path:
@@ -317,7 +303,9 @@ def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None 
         atomic_write_text(staged / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         if int8_calibration is not None:
             quantize_bundle(staged, int8_calibration, log)
-        _replace_folder(staged, out, force)
+        if out.exists() and not force:
+            raise ExportError(f"{out}: exists (written while exporting); pass --force to replace it")
+        replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return out

@@ -23,7 +23,8 @@ import numpy as np
 from common.constants import N_CLASSES
 from ensemble.rules import Rules, RulesError
 
-__all__ = ["PairRules", "Gate", "GATES", "get_gate", "pair_rules", "segment_needed"]
+__all__ = ["PairRules", "Gate", "GATES", "MODES", "CLASSIFIER_MODES", "SEARCH_MODES", "get_gate", "pair_rules",
+           "segment_needed"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Gate:
     name = "none"
     needs_classifier = False
     on_low: str | None = None          # "drop" | "scale" | None (no classifier threshold)
+    searched = True                    # the threshold search tunes this mode (``SEARCH_MODES``)
 
     def needed(self, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray | None:
         """Bool (N,): the images the segmenters must see; None = all of them."""
@@ -82,6 +84,7 @@ class LabelGate(Gate):
     """Mode ``label``: no classifier; the label threshold on the segmentation maximum decides presence."""
 
     name = "label"
+    searched = False  # scores as ``none`` does: the search tunes label_threshold in every mode
 
 
 class VetoGate(Gate):
@@ -149,6 +152,10 @@ class SoftGate(Gate):
 
 
 GATES: dict[str, Gate] = {g.name: g for g in (Gate(), LabelGate(), VetoGate(), ImageGate(), ScaleGate(), SoftGate())}
+# The mode names, read off the registry (the config comment, README and ``Rules`` check follow them; a test ties them).
+MODES = tuple(GATES)
+CLASSIFIER_MODES = tuple(name for name, gate in GATES.items() if gate.needs_classifier)
+SEARCH_MODES = tuple(name for name, gate in GATES.items() if gate.searched)
 
 
 def get_gate(name: str) -> Gate:

@@ -18,7 +18,7 @@ from common.preprocess import Preprocess
 from engine.checkpoint import CheckpointError, load_model
 from ensemble.core import KINDS, MemberInfo
 
-__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "load_members", "expand_runs", "discover"]
+__all__ = ["KINDS", "CHECKPOINT_GLOB", "Member", "expand", "entry_files", "load_members", "expand_runs", "discover"]
 
 CHECKPOINT_GLOB = "**/checkpoints/best.pt"
 
@@ -43,6 +43,18 @@ def expand(entry: str | Path, kind: str) -> list[Path]:
     raise CheckpointError(f"{path}: {kind} checkpoint or output folder not found (checkpoints.{kind})")
 
 
+def entry_files(entry: str | Path | Mapping[str, Any], kind: str) -> tuple[list[Path], float]:
+    """(checkpoint files, ensemble weight) of one ``checkpoints.<kind>`` entry: a path or ``{path:, weight:}``."""
+    if not isinstance(entry, Mapping):
+        return expand(entry, kind), 1.0
+    if "path" not in entry:
+        raise CheckpointError(f"checkpoints.{kind}: entry {dict(entry)} has no 'path'")
+    weight = float(entry.get("weight", 1.0))
+    if not weight >= 0:
+        raise CheckpointError(f"checkpoints.{kind}: weight {entry.get('weight')!r} must be >= 0")
+    return expand(entry["path"], kind), weight
+
+
 def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind: str,
                  channels_last: bool = True) -> list[Member]:
     """Load every checkpoint an entry names; entries are paths or ``{path: ..., weight: ...}`` mappings."""
@@ -50,15 +62,8 @@ def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind:
         raise ValueError(f"unknown member kind {kind!r}")
     members: list[Member] = []
     for entry in entries or []:
-        weight = 1.0
-        if isinstance(entry, Mapping):
-            if "path" not in entry:
-                raise CheckpointError(f"checkpoints.{kind}: entry {dict(entry)} has no 'path'")
-            weight = float(entry.get("weight", 1.0))
-            if not weight >= 0:
-                raise CheckpointError(f"checkpoints.{kind}: weight {entry.get('weight')!r} must be >= 0")
-            entry = entry["path"]
-        for path in expand(entry, kind):
+        paths, weight = entry_files(entry, kind)
+        for path in paths:
             model, payload = load_model(path, kind)
             meta = payload.get("meta") or {}
             try:

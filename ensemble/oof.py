@@ -1,7 +1,7 @@
 """Ensemble out-of-fold predictions made the way ``infer.py`` predicts, for the threshold search and the CV report.
 
 For every fold k, the members trained without fold k (their checkpoints' ``meta.fold``) predict fold k's
-validation images through ``ensemble.predict.Predictor``: the same preprocessing, TTA, reducer and member mix
+validation images through ``ensemble.predict.build_predictor``: the same preprocessing, TTA, reducer and member mix
 (classifiers, segmenters, joint models) as inference, without gating (the search decides that). The result is
 the two OOF files of ``common.oof`` in one folder, so thresholds are tuned on what inference will produce:
 
@@ -30,10 +30,9 @@ from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, OOF_FILES, SEGMENTER_FILE
 from engine.checkpoint import load_checkpoint
 from ensemble.core import resolve_batch_size
 from ensemble.members import Member, discover, load_members
-from ensemble.predict import Predictor, set_threads
+from ensemble.predict import build_predictor, set_threads
 from ensemble.rules import Rules
-from ensemble.settings import compose_infer, section, split_overrides
-from ensemble.tta import transforms
+from ensemble.settings import compose_infer, predictor_config, split_overrides
 
 __all__ = ["fold_members", "data_config", "ensemble_oof", "main"]
 
@@ -71,14 +70,12 @@ def data_config(members: Sequence[Member]) -> Mapping[str, Any]:
 def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, Any], bins: int = DEFAULT_BINS,
                  progress: bool = True) -> dict[str, Any]:
     """Write ``oof_segmenter.npz`` and ``oof_classifier.csv`` (when any member gives class probabilities) of the
-    ensemble into ``out``; ``cfg`` holds the infer config's ``tta``, ``ensemble``, ``device``, ``batch_size``."""
+    ensemble into ``out``; ``cfg`` is the infer config's ``predictor_config`` (its checkpoints and rules unused)."""
     started = time.perf_counter()
     by_fold = fold_members(runs, bool(cfg.get("channels_last", True)))
     data = data_config([m for kinds in by_fold.values() for ms in kinds.values() for m in ms])
     dataset = load_train(data)
     folds = load_folds(data, dataset)
-    device = torch.device("cuda" if str(cfg.get("device", "cpu")) in ("cuda", "auto") and torch.cuda.is_available()
-                          else "cpu")
     fold_of = dict(zip(folds["ImageId"], folds["fold"]))
     missing = sorted(set(folds["fold"]) - set(by_fold))
     if missing:
@@ -88,11 +85,7 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
     for fold, kinds in sorted(by_fold.items()):
         if not (kinds["segmenter"] or kinds["joint"]):
             raise OOFError(f"fold {fold}: no segmenter or joint member")
-        predictor = Predictor(kinds["classifier"], kinds["segmenter"], Rules(gating="none", bins=bins),
-                              tta_classifier=transforms(list(cfg["tta"]["classifier"])),
-                              tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),
-                              reducer=str(cfg["ensemble"].get("reducer", "mean")), joints=kinds["joint"],
-                              device=device, channels_last=bool(cfg.get("channels_last", True)))
+        predictor = build_predictor(cfg, kinds, Rules(gating="none", bins=bins))
         val_ids = [i for i in dataset.image_ids if fold_of[i] == fold]
         acc = OOFAccumulator(fold, bins)
         loader = predictor.loader([dataset.path(i) for i in val_ids], resolve_batch_size(cfg.get("batch_size"), predictor),
@@ -139,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise OOFError("give at least one training output folder")
         check_outputs(args.out, "--out", files=OOF_FILES)  # fail before the prediction, not after it
         cfg = compose_infer(overrides)
-        plain = {**section(cfg, "tta", "ensemble"), **{k: cfg.get(k) for k in
-                                                       ("device", "batch_size", "num_workers", "channels_last")}}
+        plain = predictor_config(cfg)
         set_threads(cfg.get("threads"))
         summary = ensemble_oof(runs, args.out, plain, args.bins, bool(cfg.get("progress", True)))
     except SteelsegError as exc:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import re
 import time
 
 import numpy as np
@@ -25,8 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.config import whole_number
-from common.constants import IMAGE_SHAPE, LONG_COLUMNS
+from common.config import check_known, whole_number
+from common.devices import choose_device
+from common.constants import LONG_COLUMNS
 from common.preprocess import Preprocess
 from ensemble.arrays import take
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
@@ -36,7 +36,7 @@ from ensemble.timing import Timer
 from ensemble.tta import transforms
 from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "to_image_size", "AMP_CHOICES",
+__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "AMP_CHOICES",
            "COMPILE_MODES", "amp_dtype_for", "batch_for_memory", "compile_mode", "Predictor", "rows_of", "load_rules",
            "member_entries", "build_predictor", "predict_images"]
 
@@ -66,12 +66,6 @@ def set_threads(threads: int | None) -> int:
     return count
 
 
-def to_image_size(prob: torch.Tensor) -> torch.Tensor:
-    """Probabilities of a member run at another input size, resized to the image size: the rule validation and
-    the stage OOF use too (``segmenter.metrics.to_full_size``)."""
-    return to_full_size(prob, IMAGE_SHAPE)
-
-
 class MemberNet(nn.Module):
     """A member's network whose outputs are probabilities: (B, 4) class probabilities for a classifier,
     (B, 4, 256, 1600) mask probabilities for a segmenter, both (as a pair) for a joint member."""
@@ -84,9 +78,9 @@ class MemberNet(nn.Module):
         out = self.model(x)
         if self.kind == "joint":
             mask_logits, label_logits = split_joint(out)
-            return to_image_size(torch.sigmoid(mask_logits.float())), torch.sigmoid(label_logits.float())
+            return to_full_size(torch.sigmoid(mask_logits.float())), torch.sigmoid(label_logits.float())
         prob = torch.sigmoid(out.float())
-        return prob if self.kind == "classifier" else to_image_size(prob)
+        return prob if self.kind == "classifier" else to_full_size(prob)  # the rule validation and the stage OOF use
 
 
 AMP_CHOICES = ("auto", "bfloat16", "float16", None)
@@ -222,9 +216,7 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
 def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Checkpoint entries per kind: ``checkpoints.classifier|segmenter|joint`` when any is given; otherwise every
     checkpoint under ``checkpoints.runs`` (training folders, files or glob patterns), by the kind its file records."""
-    unknown = set(ckpt) - {"runs", *KINDS}
-    if unknown:
-        raise RulesError(f"checkpoints: unknown key(s) {sorted(unknown)}; known: runs, {', '.join(KINDS)}")
+    check_known(ckpt, ("runs", *KINDS), "checkpoints", RulesError)
     entries = {kind: list(ckpt.get(kind) or []) for kind in KINDS}
     if not any(entries.values()) and ckpt.get("runs"):
         for kind, paths in discover(expand_runs(ckpt["runs"])).items():
@@ -232,32 +224,31 @@ def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
     return entries
 
 
-def build_predictor(cfg: Mapping[str, Any]) -> Predictor:
-    """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ...)."""
-    device = str(cfg.get("device", "cpu"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise RulesError(f"device: expected cpu, cuda, cuda:<index> or auto, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RulesError("device: 'cuda' requested but torch sees no CUDA device; use device=cpu or auto")
+def build_predictor(cfg: Mapping[str, Any], members: Mapping[str, Sequence[Member]] | None = None,
+                    rules: Rules | None = None) -> Predictor:
+    """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ``device``, ...):
+    the one builder of infer.py, the ensemble OOF and the CV report, so all predict alike; ``members`` (kind ->
+    loaded members) and ``rules`` stand in for the ones the config names."""
+    device = torch.device(choose_device(cfg.get("device", "cpu"), torch.cuda.device_count()))
     channels_last = cfg.get("channels_last", True)
     if not isinstance(channels_last, bool):
         raise RulesError(f"channels_last: expected true or false, got {channels_last!r}")
-    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), torch.device(device))
+    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), device)
     compile_as = compile_mode(cfg.get("compile"))
-    if device.startswith("cuda"):
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
-    entries = member_entries(cfg["checkpoints"])
+    if members is None:
+        entries = member_entries(cfg["checkpoints"])
+        members = {kind: load_members(entries[kind], kind, channels_last) for kind in KINDS}
     predictor = Predictor(
-        classifiers=load_members(entries["classifier"], "classifier", channels_last),
-        segmenters=load_members(entries["segmenter"], "segmenter", channels_last),
-        joints=load_members(entries["joint"], "joint", channels_last),
-        rules=load_rules(cfg),
+        classifiers=list(members.get("classifier", [])),
+        segmenters=list(members.get("segmenter", [])),
+        joints=list(members.get("joint", [])),
+        rules=load_rules(cfg) if rules is None else rules,
         tta_classifier=transforms(list(cfg["tta"]["classifier"])),
         tta_segmenter=transforms(list(cfg["tta"]["segmenter"])),
         reducer=str(cfg["ensemble"].get("reducer", "mean")),
-        device=torch.device(device),
+        device=device,
         channels_last=channels_last,
         amp_dtype=amp_dtype,
         compile=compile_as,

@@ -155,8 +155,7 @@ def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Con
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ensemble.settings import compose_infer, section, split_overrides
-    from common.config import to_plain
+    from ensemble.settings import compose_infer, predictor_config, section, split_overrides
 
     parser = argparse.ArgumentParser(
         prog="python -m ensemble.pseudo_label", description=__doc__.splitlines()[0],
@@ -177,10 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = Confidence(args.image_low, args.image_high, args.pixel_low, args.pixel_high, args.min_confident,
                           args.boundary)
         composed = compose_infer(overrides)
-        cfg = {**section(composed, "checkpoints", "tta", "ensemble", "postprocess", "data"),
-               **{k: to_plain(composed.get(k)) for k in ("images", "thresholds", "device", "batch_size",
-                                                         "num_workers", "channels_last", "amp", "threads",
-                                                         "progress")}}
+        cfg = {**predictor_config(composed), **section(composed, "data", "images", "threads", "progress")}
         summary = pseudo_label(cfg, args.out, conf, args.force)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

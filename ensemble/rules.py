@@ -23,12 +23,11 @@ from typing import Any, Mapping
 from common.constants import CLASS_IDS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
+from common.oof import grid_bin
 
-__all__ = ["GATING_MODES", "CLASSIFIER_MODES", "PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
+__all__ = ["PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
            "Rules", "rules_from_config", "write_thresholds", "read_thresholds"]
 
-GATING_MODES = ("none", "image", "veto", "soft", "scale", "label")
-CLASSIFIER_MODES = ("image", "veto", "soft", "scale")
 PER_CLASS = ("pixel_threshold", "min_area", "min_component", "classifier_threshold", "label_threshold")
 TUNED = ("pixel_threshold", "min_area", "classifier_threshold", "label_threshold")
 FILE_FORMAT, FILE_VERSION = "steelseg-thresholds", 1
@@ -89,11 +88,12 @@ class Rules:
                 raise RulesError(f"postprocess.{key}: values out of range: {list(value)}")
             object.__setattr__(self, key, value)
         for t in self.pixel_threshold:
-            if not 0 < t < 1 or abs(round(t * bins) - t * bins) > 1e-6:
+            if grid_bin(t, bins) is None:
                 raise RulesError(f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
                                  f"and 1 (postprocess.bins)")
-        if self.gating not in GATING_MODES:
-            raise RulesError(f"ensemble.gating.mode: unknown mode {self.gating!r}; choose from {list(GATING_MODES)}")
+        from ensemble.gating import get_gate  # the registry of modes (it imports this module)
+
+        get_gate(self.gating)
         image_threshold = _number(self.image_threshold, "ensemble.gating.image_threshold", False)
         area_scale = _number(self.area_scale, "ensemble.gating.area_scale", False)
         if not 0 <= image_threshold <= 1 or area_scale < 1:
@@ -106,12 +106,15 @@ class Rules:
 
     @property
     def needs_classifier(self) -> bool:
+        """True when the gating mode needs classifier probabilities (``ensemble.gating.CLASSIFIER_MODES``)."""
+        from ensemble.gating import CLASSIFIER_MODES
+
         return self.gating in CLASSIFIER_MODES
 
     @property
     def pixel_bins(self) -> tuple[int, ...]:
         """Pixel thresholds as bin indices k (threshold k / bins)."""
-        return tuple(int(round(t * self.bins)) for t in self.pixel_threshold)
+        return tuple(int(grid_bin(t, self.bins)) for t in self.pixel_threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -11,9 +11,15 @@ from typing import Any, Sequence
 from common.config import to_plain
 from common.errors import ConfigError
 
-__all__ = ["CONFIG_DIR", "split_overrides", "compose_infer", "section"]
+__all__ = ["CONFIG_DIR", "PREDICTOR_SECTIONS", "PREDICTOR_KEYS", "split_overrides", "compose_infer", "section",
+           "predictor_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# What ``ensemble.predict.build_predictor`` and its loader read from the infer config: every command that predicts
+# with checkpoints takes these (``predictor_config``), so no override of infer.py is dropped on the way.
+PREDICTOR_SECTIONS = ("checkpoints", "tta", "ensemble", "postprocess")
+PREDICTOR_KEYS = ("thresholds", "device", "channels_last", "amp", "compile", "batch_flips", "profile", "batch_size",
+                  "num_workers")
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -49,3 +55,8 @@ def section(cfg: Any, *keys: str) -> dict[str, Any]:
         except (OmegaConfBaseException, KeyError) as exc:
             raise ConfigError(f"{key}: {exc}".replace("\n", " ")) from exc
     return out
+
+
+def predictor_config(cfg: Any) -> dict[str, Any]:
+    """The plain parts of a composed infer config that ``build_predictor`` and its loader read (``PREDICTOR_*``)."""
+    return section(cfg, *PREDICTOR_SECTIONS, *PREDICTOR_KEYS)

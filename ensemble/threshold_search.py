@@ -37,7 +37,7 @@ from common.errors import OOFError, SteelsegError
 from common.io import check_outputs, check_writable
 from common.metrics import dice_from_counts
 from common.oof import OOF, OOF_FILES, load_oof
-from ensemble.gating import Gate, get_gate, pair_rules
+from ensemble.gating import SEARCH_MODES, Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
@@ -45,7 +45,6 @@ __all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores"
            "pair_outcomes", "score_rules", "search", "cross_validated", "classes_to_switch_off", "switch_off",
            "run_search", "main"]
 
-SEARCH_MODES = ("none", "veto", "image", "scale", "soft")
 OFF_AREA = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1  # min_area above any mask's area: the class is never predicted
 DEFAULT_GRID = {
     "pixel_threshold": [round(x, 2) for x in np.arange(0.2, 0.85, 0.05)],
@@ -78,9 +77,8 @@ class ClassCounts:
     def gain(self, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """(score gain of predicting the mask instead of nothing, predicted area) per image."""
         inter, pred = self.at(k)
-        denom = pred + self.truth
-        dice = np.divide(2.0 * inter, denom, out=np.zeros(len(denom)), where=denom > 0)
-        return dice - (self.truth == 0), pred
+        # pairs with no predicted pixel are never kept (area rank 0 in class_scores): their gain is not used
+        return dice_from_counts(inter, pred, self.truth) - (self.truth == 0), pred
 
 
 def _ranks(grid: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -369,11 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if has_checkpoints(runs) and not args.from_files:
             from ensemble.oof import ensemble_oof
             from ensemble.predict import set_threads
-            from ensemble.settings import compose_infer, section
+            from ensemble.settings import compose_infer, predictor_config
 
             cfg = compose_infer(overrides)
-            plain = {**section(cfg, "tta", "ensemble"),
-                     **{k: cfg.get(k) for k in ("device", "batch_size", "num_workers", "channels_last")}}
+            plain = predictor_config(cfg)
             set_threads(cfg.get("threads"))
             oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
                                     files=OOF_FILES)

@@ -7,7 +7,6 @@ probabilities (``oof_classifier.csv``) and the mask histograms (``oof_segmenter.
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,17 +16,16 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.config import ConfigError, build, real_number, to_plain, whole_number
+from common.config import build, real_number
 from common.constants import CLASS_IDS
 from common.metrics import roc_auc_per_class
 from common.oof import (CLASSIFIER_FILE, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
                         write_classifier_oof, write_segmenter_oof)
-from common.preprocess import Preprocess
+from engine.losses import ImageBCE
 from engine.stage import StageSpec
-from segmenter.data import SegmentationDataset, check_crop
+from segmenter.data import SegmentationDataset
 from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
-from segmenter.model import param_groups
-from segmenter.stage import build_loss, fold_sets, init_weights, sample_weights
+from segmenter.stage import build_loss, init_weights, mask_settings, mask_stage_spec
 
 __all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "write_joint_oof", "make_stage"]
 
@@ -47,17 +45,12 @@ class JointLoss(nn.Module):
     def __init__(self, pixel: nn.Module, image_weight: float = 0.5, pos_weight: Sequence[float] | None = None) -> None:
         super().__init__()
         image_weight = real_number(image_weight, "joint.image_loss.weight", 0.0)
-        if pos_weight is not None and (isinstance(pos_weight, str) or len(pos_weight) != len(CLASS_IDS)):
-            raise ConfigError(f"joint.image_loss.pos_weight: need {len(CLASS_IDS)} values, got {pos_weight!r}")
         self.pixel, self.image_weight = pixel, image_weight
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(
-            [real_number(w, "joint.image_loss.pos_weight", 0.0) for w in pos_weight]))
+        self.image = ImageBCE(pos_weight, "joint.image_loss.pos_weight")
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
         mask_logits, label_logits = outputs
-        image = nn.functional.binary_cross_entropy_with_logits(label_logits.float(), image_targets(masks).float(),
-                                                               pos_weight=self.pos_weight)
-        return self.pixel(mask_logits, masks) + self.image_weight * image
+        return self.pixel(mask_logits, masks) + self.image_weight * self.image(label_logits, image_targets(masks))
 
 
 class JointMetric(SegmenterMetric):
@@ -113,28 +106,12 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     """Joint StageSpec for ``cfg.fold`` from ``cfg.joint`` (the segmenter's keys plus the image head's) and
     ``cfg.data``; bad settings stop here, before any data is read."""
     j = cfg.joint
-    model_config = to_plain(j.model)
-    preprocess = Preprocess.from_config(j.preprocess)
-    crop = check_crop(j.get("crop"), "joint.crop", preprocess.size)
-    validation = j.validation
-    bins = whole_number(validation.bins, "joint.validation.bins", 2)
-    metric = partial(JointMetric, validation.threshold, validation.min_area, bins)
-    metric()
+    settings = mask_settings(j, STAGE, JointMetric)
+    model_config = settings[0]
     image_loss = j.get("image_loss") or {}
     loss = JointLoss(build_loss(j.loss, "joint.loss"), image_loss.get("weight", 0.5),
                      image_loss.get("pos_weight"))
     model = build(model_config, "joint.model")
     if j.get("init_from"):
         init_weights(model, model_config, str(j.init_from), STAGE)
-
-    labels, train_ids, train_set, val_set = fold_sets(cfg, j, STAGE, preprocess, crop)
-    val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
-    return StageSpec(
-        name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
-        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(j.monitor), mode=str(j.get("mode", "max")),
-        sample_weights=sample_weights(labels.loc[train_ids], j.get("sampling"), "joint.sampling"),
-        meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
-              "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
-              "crop": None if crop is None else list(crop), "init_from": j.get("init_from")},
-        write_oof=partial(write_joint_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs, bins=bins),
-        outputs=OOF_FILES)
+    return mask_stage_spec(cfg, j, STAGE, model, loss, settings, write_joint_oof, OOF_FILES)

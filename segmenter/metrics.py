@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from common.config import ConfigError, real_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
-from common.oof import DEFAULT_BINS, SegmenterOOF, histograms, score, score_grid
+from common.oof import DEFAULT_BINS, SegmenterOOF, grid_bin, histograms, score, score_grid
 
 __all__ = ["AREA_GRID", "to_full_size", "truth_of", "threshold_bin", "per_class", "as_oof", "oof_metrics",
            "SegmenterMetric"]
@@ -45,8 +45,8 @@ def threshold_bin(threshold: float | Sequence[float], bins: int = DEFAULT_BINS,
         raise ConfigError(f"{key}: need 1 or {len(CLASS_IDS)} values, got {values}")
     out = []
     for t in values:
-        k = int(round(real_number(t, key) * bins))
-        if not 0 < k < bins or abs(k / bins - float(t)) > 1e-9:
+        k = grid_bin(real_number(t, key), bins)
+        if k is None:
             raise ConfigError(f"{key}: {t} is not a multiple of 1/{bins} strictly between 0 and 1")
         out.append(k)
     return out

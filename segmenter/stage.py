@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -17,12 +18,14 @@ from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
 from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.checkpoint import load_checkpoint, unwrap
+from engine.settings import val_batch_size
 from engine.stage import StageSpec
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
 from segmenter.metrics import SegmenterMetric, to_full_size, truth_of
 from segmenter.model import param_groups
 
-__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "sample_weights", "make_stage"]
+__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "sample_weights", "mask_settings", "mask_meta",
+           "mask_stage_spec", "make_stage"]
 
 STAGE = "segmenter"
 
@@ -74,32 +77,51 @@ def fold_sets(cfg: DictConfig, node: DictConfig, stage: str, preprocess: Preproc
     return dataset.labels, train_ids, train_set, val_set
 
 
+def mask_settings(node: DictConfig, stage: str, metric: type) -> tuple[dict, Preprocess, tuple[int, int] | None, int,
+                                                                    partial]:
+    """(model config, preprocessing, crop, histogram bins, metric factory) of a mask stage's config ``node``
+    (segmenter, joint), checked before any data is read."""
+    preprocess = Preprocess.from_config(node.preprocess)
+    crop = check_crop(node.get("crop"), f"{stage}.crop", preprocess.size)
+    bins = whole_number(node.validation.bins, f"{stage}.validation.bins", 2)
+    new_metric = partial(metric, node.validation.threshold, node.validation.min_area, bins)
+    new_metric()  # checks threshold / min_area
+    return to_plain(node.model), preprocess, crop, bins, new_metric
+
+
+def mask_meta(preprocess: Preprocess, validation: DictConfig, crop: tuple[int, int] | None,
+              init_from: str | None) -> dict[str, Any]:
+    """Checkpoint meta of a stage that predicts masks (segmenter, joint): preprocessing, validation rule, crop."""
+    return {"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
+            "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
+            "crop": None if crop is None else list(crop), "init_from": init_from}
+
+
+def mask_stage_spec(cfg: DictConfig, node: DictConfig, stage: str, model: nn.Module, loss: nn.Module,
+                    settings: tuple, write_oof: Any, outputs: tuple[str, ...]) -> StageSpec:
+    """The StageSpec of a mask stage (segmenter, joint) on ``cfg.fold``: its data, sampling, checkpoint meta and
+    OOF writer; ``settings`` is its ``mask_settings``."""
+    model_config, preprocess, crop, bins, metric = settings
+    labels, train_ids, train_set, val_set = fold_sets(cfg, node, stage, preprocess, crop)
+    return StageSpec(
+        name=stage, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
+        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(node.monitor),
+        mode=str(node.get("mode", "max")),
+        sample_weights=sample_weights(labels.loc[train_ids], node.get("sampling"), f"{stage}.sampling"),
+        meta=mask_meta(preprocess, node.validation, crop, node.get("init_from")),
+        write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_batch_size(cfg.trainer),
+                          bins=bins),
+        outputs=outputs)
+
+
 def make_stage(cfg: DictConfig) -> StageSpec:
     """Segmenter StageSpec for ``cfg.fold`` from ``cfg.segmenter`` and ``cfg.data``; bad settings stop here."""
     s = cfg.segmenter
-    model_config = to_plain(s.model)
-    preprocess = Preprocess.from_config(s.preprocess)
-    crop = check_crop(s.get("crop"), "segmenter.crop", preprocess.size)
-    validation = s.validation
-    bins = whole_number(validation.bins, "segmenter.validation.bins", 2)
-    metric = partial(SegmenterMetric, validation.threshold, validation.min_area, bins)
-    metric()  # checks threshold / min_area before any data is read
+    settings = mask_settings(s, STAGE, SegmenterMetric)
+    model_config = settings[0]
     loss = build_loss(s.loss)
     model = build(model_config, "segmenter.model")
     if s.get("init_from"):
         init_weights(model, model_config, str(s.init_from))
-
-    labels, train_ids, train_set, val_set = fold_sets(cfg, s, STAGE, preprocess, crop)
-    val_bs = int(cfg.trainer.get("val_batch_size") or cfg.trainer.batch_size)
-    return StageSpec(
-        name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
-        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(s.monitor), mode=str(s.get("mode", "max")),
-        sample_weights=sample_weights(labels.loc[train_ids], s.get("sampling"), "segmenter.sampling"),
-        meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
-              "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
-              "crop": None if crop is None else list(crop),
-              "init_from": s.get("init_from")},
-        write_oof=partial(write_segmenter_oof_file, dataset=val_set, fold=int(cfg.fold), batch_size=val_bs,
-                          bins=bins),
-        outputs=(SEGMENTER_FILE,))
+    return mask_stage_spec(cfg, s, STAGE, model, loss, settings, write_segmenter_oof_file, (SEGMENTER_FILE,))
 

@@ -113,3 +113,46 @@ def test_validator_and_metric_run_without_torch(argv, tmp_path):
     proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "usage" in proc.stdout
+
+
+# Rules with one home (docs/architecture.md, "Single homes"): a pattern that would be a second copy, and the only
+# files where it may stand.
+SINGLE_HOMES = {
+    "device choice": (r"cuda\.is_available\(\)\s*else|\"cuda\"\s+if\s+.*cuda", {"common/devices.py"}),
+    "infer config -> predictor": (r"(?<![\w.])Predictor\(", {"ensemble/predict.py"}),
+    "image BCE": (r"binary_cross_entropy_with_logits", {"engine/losses.py"}),
+    "atomic replace": (r"os\.replace\(|os\.rename\(|shutil\.move\(|\w\.rename\((?!columns=|\")", {"common/io.py"}),
+    "Dice from counts": (r"2(\.0)?\s*\*\s*inter", {"common/metrics.py"}),
+    "bin-grid threshold": (r"int\(round\(.*bins", {"common/oof.py"}),
+    "validation batch size": (r"val_batch_size\"?\)?\s+or\b", {"engine/settings.py"}),
+    "mask resize to the image size": (r"F\.interpolate\(|nn\.functional\.interpolate\(",
+                                      {"segmenter/metrics.py", "segmenter/model.py"}),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(SINGLE_HOMES))
+def test_a_rule_with_one_home_has_no_second_copy(rule):
+    import re
+
+    pattern, homes = SINGLE_HOMES[rule]
+    found = [f"{path.relative_to(REPO)}:{i}: {line.strip()}" for path in project_files()
+             if str(path.relative_to(REPO)) not in homes
+             for i, line in enumerate(path.read_text().splitlines(), 1) if re.search(pattern, line)]
+    assert not found, f"{rule} lives in {sorted(homes)}; a second copy:\n" + "\n".join(found)
+
+
+def test_gating_mode_names_are_listed_only_by_the_registry():
+    """No tuple or list of three or more gating mode names outside ``ensemble/gating.py`` (use its MODES,
+    CLASSIFIER_MODES, SEARCH_MODES)."""
+    from ensemble.gating import MODES
+
+    found = []
+    for path in project_files():
+        if path.relative_to(REPO).as_posix() == "ensemble/gating.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in MODES]
+                if len(names) >= 3:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {names}")
+    assert not found, "\n".join(found)

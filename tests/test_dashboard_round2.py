@@ -74,6 +74,20 @@ def test_default_checkpoints_runs_find_the_models_like_infer(tmp_path):
         missing.status()
 
 
+def test_a_checkpoint_entry_is_read_by_infers_rule(tmp_path):
+    """A ``{path:, weight:}`` entry goes through ``ensemble.members.entry_files``: a negative weight is refused on
+    the page, as infer.py refuses it, not when the models load."""
+    for stage in ("classifier", "segmenter"):
+        save_tiny(tmp_path / stage / "checkpoints" / "best.pt", stage)
+    weighted = OnDemand([f"checkpoints.classifier=[{tmp_path}/classifier]", "tta=none",
+                         f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:0.5}}]"])
+    assert weighted.status().startswith("Models: 1 classifier, 1 segmenter checkpoint(s)")
+    negative = OnDemand([f"checkpoints.classifier=[{tmp_path}/classifier]",
+                         f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:-1}}]"])
+    with pytest.raises(PredictionError, match=r"checkpoints.segmenter: weight -1 must be >= 0"):
+        negative.status()
+
+
 def test_the_live_line_counts_each_image_once_with_its_newest_run(board, root):
     truth = read_annotations(root / "test_truth.csv")
     ids = list(truth.image_ids)

@@ -105,3 +105,45 @@ def test_ensemble_tta_and_reducers_stay_on_the_device(tmp_path, reducer):
     cls_prob, seg, keep = predictor.probabilities(batch["inputs"], gate=False)
     assert cls_prob is None and keep.tolist() == [0, 1]
     assert seg.device == META and tuple(seg.shape) == (2, 4, 256, 1600)
+
+
+@pytest.mark.parametrize("name, count, rank, expected", [
+    ("auto", 0, None, "cpu"), ("auto", 1, None, "cuda"), ("auto", 2, 1, "cuda:1"), ("cpu", 2, None, "cpu"),
+    ("cuda", 1, None, "cuda"), ("cuda", 2, 0, "cuda:0"), ("cuda:1", 2, None, "cuda:1")])
+def test_a_device_setting_names_the_device_asked_for(name, count, rank, expected):
+    from common.devices import choose_device
+
+    assert choose_device(name, count, local_rank=rank) == expected
+
+
+@pytest.mark.parametrize("name, count, message", [
+    ("cuda", 0, "device: 'cuda' requested but torch sees no CUDA device; set device=cpu or device=auto"),
+    ("cuda:0", 0, "device: 'cuda:0' requested but torch sees no CUDA device"),
+    ("cuda:2", 2, "device: cuda:2 requested but torch sees 2 CUDA device(s), cuda:0 to cuda:1"),
+    ("gpu", 1, "device: expected cpu, cuda, cuda:<index> or auto, got 'gpu'")])
+def test_a_device_torch_cannot_see_is_a_user_error_not_the_cpu(name, count, message):
+    from common.devices import choose_device
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        choose_device(name, count)
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("where", ["infer", "trainer"])
+def test_every_device_site_refuses_cuda_without_a_gpu(monkeypatch, where):
+    """The predictor builder (infer.py, the ensemble OOF, the CV report, the dashboard) and training share the rule:
+    with no CUDA device, ``cuda`` stops with a user error (the ensemble OOF used to run on the CPU instead)."""
+    from common.errors import SteelsegError
+    from engine.distributed import resolve_device
+    from ensemble.predict import build_predictor
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SteelsegError, match=r"'cuda' requested but torch sees no CUDA device"):
+        if where == "infer":
+            build_predictor({"device": "cuda"}, {}, Rules(gating="none"))
+        else:
+            resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
