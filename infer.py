@@ -6,11 +6,16 @@ thresholds=thresholds.json evaluate=true``; installed (``pip install ".[runtime]
 once with the fast glibc allocator settings (they only work when set before Python starts), before anything heavy
 is imported.
 """
+
 import os
 import sys
 
-FAST_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+FAST_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "HF_HUB_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+}
 
 
 def _reexec_with_fast_env() -> None:

@@ -1,6 +1,7 @@
 """``python prepare.py [data=kaggle data.root=DIR]``: generate (synthetic) or check (real) the data, write the
 folds, and print per-class counts, labels per image, mask areas, positives per fold and class, and the Kaggle
 score of an all-empty submission (the baseline every score is reported beside)."""
+
 from __future__ import annotations
 
 import hydra

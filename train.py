@@ -4,6 +4,7 @@ Cross-validation: ``python train.py -m stage=classifier fold=0,1,2,3,4``; severa
 ``torchrun --nproc_per_node=N train.py stage=classifier fold=0``. Running the same command again
 continues an interrupted run from its last checkpoint (outputs/train/<stage>/<run_name>/fold<k>/).
 """
+
 from __future__ import annotations
 
 import hydra

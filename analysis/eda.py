@@ -6,6 +6,7 @@ labels per image, class combinations, mask area per class, the largest masks; th
 class with mask contours and the largest masks drawn, from the images on disk; and, when both an RLE file
 and a labels table are present, a cross-check of classes and areas on the images they share.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from common.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
 from common.annotations import read_annotations  # noqa: E402
 from common.constants import CLASS_IDS  # noqa: E402
 from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402
@@ -31,10 +31,22 @@ from common.images import read_image  # noqa: E402
 from common.io import CsvError, atomic_write_text, check_writable, read_csv, spreadsheet_safe  # noqa: E402
 from common.layout import DataRoot, find_root, read_id_list, with_overrides  # noqa: E402
 from common.rle import area  # noqa: E402
+from common.viz import CLASS_HEX, as_rgb, contour_overlay, mask_image  # noqa: E402
 
-__all__ = ["LabelSource", "image_table", "read_labels_table", "class_counts", "labels_per_image",
-           "class_combinations", "area_stats", "largest_masks", "cross_check", "load_sources", "build_report",
-           "main"]
+__all__ = [
+    "LabelSource",
+    "image_table",
+    "read_labels_table",
+    "class_counts",
+    "labels_per_image",
+    "class_combinations",
+    "area_stats",
+    "largest_masks",
+    "cross_check",
+    "load_sources",
+    "build_report",
+    "main",
+]
 
 HAS = [f"has_{c}" for c in CLASS_IDS]
 AREA = [f"area_{c}" for c in CLASS_IDS]
@@ -52,8 +64,9 @@ class LabelSource:
 
 def image_table(rows: pd.DataFrame, image_ids: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """has/area per image and class from long-form RLE rows; images without rows are clean."""
-    table = pd.DataFrame(0, index=pd.Index(list(dict.fromkeys(image_ids)), name="ImageId"), columns=HAS + AREA,
-                         dtype=np.int64)
+    table = pd.DataFrame(
+        0, index=pd.Index(list(dict.fromkeys(image_ids)), name="ImageId"), columns=HAS + AREA, dtype=np.int64
+    )
     unknown = set(rows["ImageId"]) - set(table.index)
     if unknown:
         raise DatasetError(f"annotation rows name images outside the image list, e.g. {sorted(unknown)[:3]}")
@@ -97,6 +110,7 @@ def read_labels_table(path: Path | str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- tables (pure)
 
+
 def class_counts(table: pd.DataFrame) -> pd.DataFrame:
     """Images per class (and with no defect), with the share of all images."""
     n = len(table)
@@ -109,8 +123,12 @@ def class_counts(table: pd.DataFrame) -> pd.DataFrame:
 def labels_per_image(table: pd.DataFrame) -> pd.DataFrame:
     """Number of images with 0, 1, 2, 3 and 4 defect classes."""
     n_labels = table[HAS].sum(axis=1)
-    return pd.DataFrame({"labels": list(range(len(CLASS_IDS) + 1)),
-                         "images": [int((n_labels == k).sum()) for k in range(len(CLASS_IDS) + 1)]})
+    return pd.DataFrame(
+        {
+            "labels": list(range(len(CLASS_IDS) + 1)),
+            "images": [int((n_labels == k).sum()) for k in range(len(CLASS_IDS) + 1)],
+        }
+    )
 
 
 def class_combinations(table: pd.DataFrame) -> pd.DataFrame:
@@ -126,9 +144,20 @@ def area_stats(table: pd.DataFrame) -> pd.DataFrame:
     for c in CLASS_IDS:
         a = table.loc[table[f"has_{c}"] == 1, f"area_{c}"].to_numpy(np.float64)
         q = np.percentile(a, [5, 25, 50, 75, 95]) if a.size else [np.nan] * 5
-        rows.append({"class": c, "masks": int(a.size), "mean": a.mean() if a.size else np.nan,
-                     "p5": q[0], "p25": q[1], "median": q[2], "p75": q[3], "p95": q[4],
-                     "min": a.min() if a.size else np.nan, "max": a.max() if a.size else np.nan})
+        rows.append(
+            {
+                "class": c,
+                "masks": int(a.size),
+                "mean": a.mean() if a.size else np.nan,
+                "p5": q[0],
+                "p25": q[1],
+                "median": q[2],
+                "p75": q[3],
+                "p95": q[4],
+                "min": a.min() if a.size else np.nan,
+                "max": a.max() if a.size else np.nan,
+            }
+        )
     return pd.DataFrame(rows).round(1)
 
 
@@ -146,12 +175,18 @@ def cross_check(rle: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """On the images both tables list: how many disagree on presence or on area, per class."""
     shared = rle.index.intersection(labels.index)
     a, b = rle.loc[shared], labels.loc[shared]
-    return pd.DataFrame({"class": list(CLASS_IDS), "shared_images": len(shared),
-                         "presence_disagree": [int((a[f"has_{c}"] != b[f"has_{c}"]).sum()) for c in CLASS_IDS],
-                         "area_disagree": [int((a[f"area_{c}"] != b[f"area_{c}"]).sum()) for c in CLASS_IDS]})
+    return pd.DataFrame(
+        {
+            "class": list(CLASS_IDS),
+            "shared_images": len(shared),
+            "presence_disagree": [int((a[f"has_{c}"] != b[f"has_{c}"]).sum()) for c in CLASS_IDS],
+            "area_disagree": [int((a[f"area_{c}"] != b[f"area_{c}"]).sum()) for c in CLASS_IDS],
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def load_sources(data: DataRoot) -> list[LabelSource]:
     """Every label source the root offers; an error when it has none."""
@@ -185,6 +220,7 @@ def image_paths(data: DataRoot) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _save(fig: plt.Figure, path: Path) -> str:
     fig.tight_layout()
@@ -230,8 +266,11 @@ def plot_examples(items: list[tuple[str, int, Path, dict[int, np.ndarray]]], tit
     fig, axes = plt.subplots(len(items), 3, figsize=(15, 1.25 * len(items) + 0.6), squeeze=False)
     for row, (image_id, class_id, file, masks) in zip(axes, items):
         image = as_rgb(read_image(file))
-        for ax, shown, label in zip(row, (image, mask_image(masks, image.shape[:2]), contour_overlay(image, masks, 3)),
-                                    ("image", "mask", "contours")):
+        for ax, shown, label in zip(
+            row,
+            (image, mask_image(masks, image.shape[:2]), contour_overlay(image, masks, 3)),
+            ("image", "mask", "contours"),
+        ):
             ax.imshow(shown)
             ax.set_axis_off()
             ax.set_title(f"{image_id} class {class_id} — {label} ({int(masks[class_id].sum())} px)", fontsize=8)
@@ -256,6 +295,7 @@ def pick_examples(source: LabelSource, files: dict[str, Path], per_class: int, s
 
 # ----------------------------------------------------------------------------- report
 
+
 def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, classes="t", na_rep="–", float_format=lambda v: f"{v:,.1f}")
 
@@ -266,9 +306,11 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
     (out / "tables").mkdir(parents=True, exist_ok=True)
     sources = load_sources(data)
     files = image_paths(data)
-    parts = [f"<h1>Severstal EDA — {html.escape(str(data.root))}</h1>",
-             f"<p>Layout: <b>{data.layout}</b>; {len(files)} image files on disk "
-             f"({', '.join(html.escape(str(p)) for p in (data.train_images, data.test_images) if p)}).</p>"]
+    parts = [
+        f"<h1>Severstal EDA — {html.escape(str(data.root))}</h1>",
+        f"<p>Layout: <b>{data.layout}</b>; {len(files)} image files on disk "
+        f"({', '.join(html.escape(str(p)) for p in (data.train_images, data.test_images) if p)}).</p>",
+    ]
     summary: dict = {"root": str(data.root), "layout": data.layout, "image_files": len(files), "sources": {}}
     for k, src in enumerate(sources):
         slug = f"s{k}"
@@ -276,23 +318,40 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
         counts, per_image = class_counts(t), labels_per_image(t)
         combos, areas, largest = class_combinations(t), area_stats(t), largest_masks(t, n_largest)
         largest["image_file"] = largest["ImageId"].isin(set(files)).map({True: "yes", False: "no"})
-        for name, frame in (("class_counts", counts), ("labels_per_image", per_image), ("combinations", combos),
-                            ("area_stats", areas), ("largest_masks", largest)):
+        for name, frame in (
+            ("class_counts", counts),
+            ("labels_per_image", per_image),
+            ("combinations", combos),
+            ("area_stats", areas),
+            ("largest_masks", largest),
+        ):
             atomic_write_text(out / "tables" / f"{slug}_{name}.csv", spreadsheet_safe(frame).to_csv(index=False))
         summary["sources"][src.name] = {
-            "path": src.path, "images": len(t), "masks": int(t[HAS].to_numpy().sum()),
+            "path": src.path,
+            "images": len(t),
+            "masks": int(t[HAS].to_numpy().sum()),
             "images_per_class": {str(c): int(n) for c, n in zip(counts["class"], counts["images"])},
             "labels_per_image": {str(k): int(n) for k, n in zip(per_image["labels"], per_image["images"])},
         }
         counts_png = plot_counts(counts, per_image, src.name, out / f"{slug}_counts.png")
         areas_png = plot_areas(t, src.name, out / f"{slug}_areas.png")
-        parts += [f"<h2>{html.escape(src.name)}</h2>",
-                  f"<p><code>{html.escape(src.path)}</code>: {len(t)} images, "
-                  f"{summary['sources'][src.name]['masks']} masks.</p>",
-                  "<h3>Images per class</h3>", _table_html(counts), "<h3>Labels per image</h3>", _table_html(per_image),
-                  f'<img src="{counts_png}">', "<h3>Class combinations</h3>", _table_html(combos),
-                  "<h3>Mask area per class (pixels)</h3>", _table_html(areas), f'<img src="{areas_png}">',
-                  f"<h3>{n_largest} largest masks</h3>", _table_html(largest)]
+        parts += [
+            f"<h2>{html.escape(src.name)}</h2>",
+            f"<p><code>{html.escape(src.path)}</code>: {len(t)} images, "
+            f"{summary['sources'][src.name]['masks']} masks.</p>",
+            "<h3>Images per class</h3>",
+            _table_html(counts),
+            "<h3>Labels per image</h3>",
+            _table_html(per_image),
+            f'<img src="{counts_png}">',
+            "<h3>Class combinations</h3>",
+            _table_html(combos),
+            "<h3>Mask area per class (pixels)</h3>",
+            _table_html(areas),
+            f'<img src="{areas_png}">',
+            f"<h3>{n_largest} largest masks</h3>",
+            _table_html(largest),
+        ]
         if src.rles is None:
             continue
         picks = pick_examples(src, files, per_class, seed)
@@ -314,13 +373,19 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
         check = cross_check(with_rle[0].table, labels[0].table)
         atomic_write_text(out / "tables" / "cross_check.csv", spreadsheet_safe(check).to_csv(index=False))
         summary["cross_check"] = check.to_dict(orient="list")
-        parts += ["<h2>Cross-check: RLE annotations vs labels table</h2>",
-                  "<p>Images listed in both; a disagreement means the two files describe an image differently.</p>",
-                  _table_html(check)]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1300px}table.t{border-collapse:collapse;margin:.5em 0}"
-             "table.t td,table.t th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Severstal EDA</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+        parts += [
+            "<h2>Cross-check: RLE annotations vs labels table</h2>",
+            "<p>Images listed in both; a disagreement means the two files describe an image differently.</p>",
+            _table_html(check),
+        ]
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1300px}table.t{border-collapse:collapse;margin:.5em 0}"
+        "table.t td,table.t th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Severstal EDA</title><style>{style}</style>"
+        f"</head><body>{''.join(parts)}</body></html>"
+    )
     atomic_write_text(out / "index.html", page)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -332,22 +397,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="data root (Kaggle layout or annotations/ + images/)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for index.html, PNGs and tables")
     parser.add_argument("--annotations", type=Path, help="train annotations CSV (either format) instead of the root's")
-    parser.add_argument("--image-ids", type=Path, help="CSV listing every annotated image (ImageId), clean ones included")
+    parser.add_argument(
+        "--image-ids", type=Path, help="CSV listing every annotated image (ImageId), clean ones included"
+    )
     parser.add_argument("--labels", type=Path, help="per-image labels table (image_labels.csv layout)")
     parser.add_argument("--images", type=Path, help="folder of train images instead of the root's")
     parser.add_argument("--per-class", type=int, default=3, help="sample images per class (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing sample images (default 0)")
     args = parser.parse_args(argv)
     try:
-        data = with_overrides(find_root(args.root), train_csv=args.annotations, train_ids_csv=args.image_ids,
-                              labels_csv=args.labels, train_images=args.images)
+        data = with_overrides(
+            find_root(args.root),
+            train_csv=args.annotations,
+            train_ids_csv=args.image_ids,
+            labels_csv=args.labels,
+            train_images=args.images,
+        )
         check_writable(args.out, "--out", directory=True)
         summary = build_report(data, args.out, per_class=args.per_class, seed=args.seed)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, s in summary["sources"].items():
-        print(f"{name}: {s['images']} images, per class {s['images_per_class']}, labels per image {s['labels_per_image']}")
+        print(
+            f"{name}: {s['images']} images, per class {s['images_per_class']}, labels per image {s['labels_per_image']}"
+        )
     print(f"report: {Path(args.out) / 'index.html'}")
     return 0
 

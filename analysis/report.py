@@ -10,15 +10,17 @@ members) side by side on its own OOF; per-fold learning curves. With a labelled 
 ``--truth``) it runs the checkpoints to show what each stage adds (gating, TTA, fold ensemble, member kinds)
 and draws a few held-out images with truth and prediction.
 """
+
 from __future__ import annotations
 
 import argparse
 import html
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,13 +29,12 @@ from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import SteelsegError
 from common.io import atomic_write_text, check_writable, read_csv
 from common.metrics import dice_from_counts, f1_per_class, gap_closed, roc_auc_per_class
-from common.oof import CLASSIFIER_FILE, SEGMENTER_FILE, OOF, find_files, load_oof
+from common.oof import CLASSIFIER_FILE, OOF, SEGMENTER_FILE, find_files, load_oof
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 from ensemble.threshold_search import Grid, default_rules, pair_outcomes, run_search, score_rules
 
-__all__ = ["per_fold_table", "pair_table", "classifier_table", "members_table", "holdout_table",
-           "build_report", "main"]
+__all__ = ["per_fold_table", "pair_table", "classifier_table", "members_table", "holdout_table", "build_report", "main"]
 
 CLASSES = [f"class {c}" for c in CLASS_IDS]
 
@@ -44,8 +45,13 @@ def _mean(scores: dict[int, float]) -> float:
 
 def _row(name: str, per_class: dict[int, float], baseline: float, **extra: Any) -> dict[str, Any]:
     overall = _mean(per_class)
-    return {"setting": name, **extra, **{n: per_class[c] for n, c in zip(CLASSES, CLASS_IDS)}, "overall": overall,
-            "gap closed": gap_closed(overall, baseline)}
+    return {
+        "setting": name,
+        **extra,
+        **{n: per_class[c] for n, c in zip(CLASSES, CLASS_IDS)},
+        "overall": overall,
+        "gap closed": gap_closed(overall, baseline),
+    }
 
 
 def per_fold_table(oof: OOF, named_rules: dict[str, Rules]) -> pd.DataFrame:
@@ -57,8 +63,15 @@ def per_fold_table(oof: OOF, named_rules: dict[str, Rules]) -> pd.DataFrame:
         part = oof.subset(mask)
         empty = 1 - present[mask]
         baseline = float(empty.mean())
-        rows.append(_row("all-empty baseline", {c: float(empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
-                         baseline, fold=fold, images=int(mask.sum())))
+        rows.append(
+            _row(
+                "all-empty baseline",
+                {c: float(empty[:, i].mean()) for i, c in enumerate(CLASS_IDS)},
+                baseline,
+                fold=fold,
+                images=int(mask.sum()),
+            )
+        )
         for name, rules in named_rules.items():
             rows.append(_row(name, score_rules(part, rules), baseline, fold=fold, images=int(mask.sum())))
     return pd.DataFrame(rows)
@@ -72,12 +85,17 @@ def pair_table(oof: OOF, rules: Rules) -> pd.DataFrame:
     rows = []
     for i, name in enumerate(CLASSES):
         pos, neg = truth[:, i] > 0, truth[:, i] == 0
-        rows.append({"class": name, "positive pairs": int(pos.sum()),
-                     "Dice on positive pairs": float(dice[pos, i].mean()) if pos.any() else float("nan"),
-                     "positives found": float((pred[pos, i] > 0).mean()) if pos.any() else float("nan"),
-                     "clean pairs": int(neg.sum()),
-                     "false-positive rate on clean pairs": float((pred[neg, i] > 0).mean()) if neg.any() else float("nan"),
-                     "pair score": float(dice[:, i].mean())})
+        rows.append(
+            {
+                "class": name,
+                "positive pairs": int(pos.sum()),
+                "Dice on positive pairs": float(dice[pos, i].mean()) if pos.any() else float("nan"),
+                "positives found": float((pred[pos, i] > 0).mean()) if pos.any() else float("nan"),
+                "clean pairs": int(neg.sum()),
+                "false-positive rate on clean pairs": float((pred[neg, i] > 0).mean()) if neg.any() else float("nan"),
+                "pair score": float(dice[:, i].mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -90,8 +108,17 @@ def classifier_table(oof: OOF, thresholds: Sequence[float]) -> pd.DataFrame:
         aucs = roc_auc_per_class(oof.cls_prob[mask], present[mask])
         f1s = f1_per_class(oof.cls_prob[mask], present[mask], thresholds)
         for i, name in enumerate(CLASSES):
-            rows.append({"fold": fold, "class": name, "positives": int(present[mask, i].sum()),
-                         "images": int(mask.sum()), "roc_auc": aucs[i], "threshold": thresholds[i], "f1": f1s[i]})
+            rows.append(
+                {
+                    "fold": fold,
+                    "class": name,
+                    "positives": int(present[mask, i].sum()),
+                    "images": int(mask.sum()),
+                    "roc_auc": aucs[i],
+                    "threshold": thresholds[i],
+                    "f1": f1s[i],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -100,15 +127,24 @@ def members_table(runs: Sequence[Path], base: Rules) -> pd.DataFrame:
     rows = []
     for run in runs:
         seg, cls = find_files([run], SEGMENTER_FILE), find_files([run], CLASSIFIER_FILE)
-        row: dict[str, Any] = {"run": str(run), "kind": "joint" if seg and cls else "segmenter" if seg else "classifier"}
+        row: dict[str, Any] = {
+            "run": str(run),
+            "kind": "joint" if seg and cls else "segmenter" if seg else "classifier",
+        }
         present = probs = None
         if seg:
             oof = load_oof([run])
             grid = Grid.make(oof.bins, area_scale=base.area_scale)
             s = run_search(oof, base, grid)["summary"]
-            row.update({"images": s["n_images"], "all-empty": s["baseline"], "tuned": s["tuned"],
-                        "tuned on other folds": s.get("cross_validated", float("nan")),
-                        "gap closed": gap_closed(s.get("cross_validated", float("nan")), s["baseline"])})
+            row.update(
+                {
+                    "images": s["n_images"],
+                    "all-empty": s["baseline"],
+                    "tuned": s["tuned"],
+                    "tuned on other folds": s.get("cross_validated", float("nan")),
+                    "gap closed": gap_closed(s.get("cross_validated", float("nan")), s["baseline"]),
+                }
+            )
             present, probs = oof.truth_present(), oof.cls_prob
         elif cls:
             from common.oof import read_classifier_oof
@@ -136,9 +172,17 @@ def _holdout_predictor(kinds: dict[str, list], rules: Rules, infer: Mapping[str,
     return build_predictor(infer, {**kinds, "classifier": []}, replace(rules, gating="none"))
 
 
-def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules, alone: Rules,
-                  infer: Mapping[str, Any], limit: int, out: Path | None = None, draw: int = 4
-                  ) -> tuple[pd.DataFrame, str | None]:
+def holdout_table(
+    runs: Sequence[Path],
+    images: Path,
+    truth: Path,
+    rules: Rules,
+    alone: Rules,
+    infer: Mapping[str, Any],
+    limit: int,
+    out: Path | None = None,
+    draw: int = 4,
+) -> tuple[pd.DataFrame, str | None]:
     """Score checkpoint variants on a labelled holdout (what each stage adds), each beside the first (full) variant
     with a paired bootstrap interval of the difference, so that a few images' luck is not read as a stage's worth;
     optionally draw a few images. ``infer``: the infer config's ``predictor_config`` (TTA, reducer, device...)."""
@@ -166,10 +210,13 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
     variants["segmenters alone (no classifier gate), TTA, tuned for no gate"] = (members, alone, infer, False)
     if members["joint"] and (members["segmenter"] or members["classifier"]):
         variants["joint members only, TTA, gated, tuned"] = (
-            {"classifier": [], "segmenter": [], "joint": members["joint"]}, rules, infer, True)
+            {"classifier": [], "segmenter": [], "joint": members["joint"]},
+            rules,
+            infer,
+            True,
+        )
         if members["segmenter"] and (members["classifier"] or not rules.needs_classifier):
-            variants["separate members only, TTA, gated, tuned"] = (
-                {**members, "joint": []}, rules, infer, True)
+            variants["separate members only, TTA, gated, tuned"] = ({**members, "joint": []}, rules, infer, True)
     rows, drawn, full = [], None, None
     for name, (kinds, r, settings, gated) in variants.items():
         if gated and r.needs_classifier and not (kinds["classifier"] or kinds["joint"]):
@@ -185,13 +232,21 @@ def holdout_table(runs: Sequence[Path], images: Path, truth: Path, rules: Rules,
         low, high = report.gap_interval or (float("nan"), float("nan"))
         full = values if full is None else full
         diff = paired_difference(values, full) if len(ids) > 1 else (float("nan"),) * 3
-        rows.append({"variant": name, **{n: report.per_class[c] for n, c in zip(CLASSES, CLASS_IDS)},
-                     "overall": report.overall, "all-empty": report.baseline,
-                     "gap closed": report.gap_closed,
-                     "gap closed, 95% low": low, "gap closed, 95% high": high,
-                     "minus first row": diff[0], "minus first row, 95% low": diff[1],
-                     "minus first row, 95% high": diff[2],
-                     "segmenter passes skipped": predictor.stats.skipped_share})
+        rows.append(
+            {
+                "variant": name,
+                **{n: report.per_class[c] for n, c in zip(CLASSES, CLASS_IDS)},
+                "overall": report.overall,
+                "all-empty": report.baseline,
+                "gap closed": report.gap_closed,
+                "gap closed, 95% low": low,
+                "gap closed, 95% high": high,
+                "minus first row": diff[0],
+                "minus first row, 95% low": diff[1],
+                "minus first row, 95% high": diff[2],
+                "segmenter passes skipped": predictor.stats.skipped_share,
+            }
+        )
         if drawn is None and out is not None:
             drawn = _draw_holdout(out, dataset, masks_of)
     return pd.DataFrame(rows), drawn
@@ -206,14 +261,15 @@ def _draw_holdout(out: Path, dataset, masks_of: dict[str, np.ndarray]) -> str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.viz import CLASS_HEX, contour_overlay, stack_masks
     from common.metrics import dice
+    from common.viz import CLASS_HEX, contour_overlay, stack_masks
 
     fig, axes = plt.subplots(len(masks_of), 2, figsize=(16, 1.6 * len(masks_of) + 0.6), squeeze=False)
     for row, (image_id, pred) in zip(axes, masks_of.items()):
         image, truth = dataset.image(image_id), dataset.masks(image_id)
-        scores = " ".join(f"c{c} {dice(pred[i], truth[i]):.2f}" for i, c in enumerate(CLASS_IDS)
-                          if pred[i].any() or truth[i].any())
+        scores = " ".join(
+            f"c{c} {dice(pred[i], truth[i]):.2f}" for i, c in enumerate(CLASS_IDS) if pred[i].any() or truth[i].any()
+        )
         for ax, masks, label in ((row[0], truth, "truth"), (row[1], pred, f"prediction (Dice {scores or '-'})")):
             ax.imshow(contour_overlay(image, stack_masks(masks), 3))
             ax.set_axis_off()
@@ -236,8 +292,9 @@ def _save(fig: Any, out: Path, name: str, names: list[str]) -> None:
     names.append(name)
 
 
-def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.DataFrame,
-           runs: Sequence[Path]) -> list[str]:
+def _plots(
+    out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.DataFrame, runs: Sequence[Path]
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +333,7 @@ def _plots(out: Path, oof: OOF, search: dict[str, Any], grid: Grid, folds: pd.Da
         for i, name in enumerate(CLASSES):
             if 0 < present[:, i].sum() < len(present):
                 fpr, tpr, _ = roc_curve(present[:, i], oof.cls_prob[:, i])
-                auc = roc_auc_per_class(oof.cls_prob[:, i:i + 1], present[:, i:i + 1])[0]
+                auc = roc_auc_per_class(oof.cls_prob[:, i : i + 1], present[:, i : i + 1])[0]
                 ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f}, {int(present[:, i].sum())} positives)")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_xlabel("false positive rate")
@@ -333,9 +390,16 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | None = None,
-                 truth: Path | None = None, limit: int = 40, oof_dir: Path | None = None,
-                 infer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    runs: Sequence[Path],
+    out: Path,
+    base: Rules,
+    images: Path | None = None,
+    truth: Path | None = None,
+    limit: int = 40,
+    oof_dir: Path | None = None,
+    infer: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write report.html, report.md, summary.json, thresholds.json and PNGs into ``out``; return the summary.
     ``infer``: the infer config's ``predictor_config`` the holdout predicts with (default: infer.py's)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -355,15 +419,32 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
     overall = folds[folds["fold"] == "all"].drop(columns=["fold"])
     if "cross_validated_per_class" in s:
         cv = {int(c): v for c, v in s["cross_validated_per_class"].items()}
-        overall = pd.concat([overall, pd.DataFrame([_row(f"tuned ({s['best_mode']}) on the other folds, scored on the "
-                                                         "held-out one", cv, s["baseline"], images=s["n_images"])])])
+        overall = pd.concat(
+            [
+                overall,
+                pd.DataFrame(
+                    [
+                        _row(
+                            f"tuned ({s['best_mode']}) on the other folds, scored on the held-out one",
+                            cv,
+                            s["baseline"],
+                            images=s["n_images"],
+                        )
+                    ]
+                ),
+            ]
+        )
     source = f"the ensemble OOF in {oof_dir}" if oof_dir is not None else "the runs' own OOF files"
-    headline = (f"{s['n_images']} out-of-fold images ({source}). All-empty baseline {s['baseline']:.4f}; default rules "
-                f"({s['default_gating']}) {s['default']:.4f}; tuned ({s['best_mode']}) {s['tuned']:.4f}")
+    headline = (
+        f"{s['n_images']} out-of-fold images ({source}). All-empty baseline {s['baseline']:.4f}; default rules "
+        f"({s['default_gating']}) {s['default']:.4f}; tuned ({s['best_mode']}) {s['tuned']:.4f}"
+    )
     if "cross_validated" in s:
-        headline += (f"; tuned on the other folds and scored on the held-out one {s['cross_validated']:.4f}, i.e. "
-                     f"{gap_closed(s['cross_validated'], s['baseline']):.1%} of the gap between all-empty and 1.0 "
-                     "closed (the honest figure: the gap to 'tuned' is over-tuning)")
+        headline += (
+            f"; tuned on the other folds and scored on the held-out one {s['cross_validated']:.4f}, i.e. "
+            f"{gap_closed(s['cross_validated'], s['baseline']):.1%} of the gap between all-empty and 1.0 "
+            "closed (the honest figure: the gap to 'tuned' is over-tuning)"
+        )
     sections: list[tuple[str, pd.DataFrame | str]] = [("Summary", f"{headline}. Decision: {s['decision']}.")]
     sections.append(("What each stage adds (OOF, all folds)", overall))
     sections.append((f"Per class with the written rules ({chosen.gating})", pair_table(oof, chosen)))
@@ -372,8 +453,12 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
         sections.append(("Classifier ROC-AUC and F1 (OOF)", classifier_table(oof, chosen.classifier_threshold)))
     if oof_dir is not None or len(runs) > 1:
         sections.append(("Members side by side (each run on its own OOF, no TTA)", members_table(runs, base)))
-    rules_table = pd.DataFrame([{"class": f"class {c}", **{k: v[i] for k, v in chosen.to_dict().items()
-                                                           if isinstance(v, list)}} for i, c in enumerate(CLASS_IDS)])
+    rules_table = pd.DataFrame(
+        [
+            {"class": f"class {c}", **{k: v[i] for k, v in chosen.to_dict().items() if isinstance(v, list)}}
+            for i, c in enumerate(CLASS_IDS)
+        ]
+    )
     sections.append((f"Written rules ({s['written']}, gating {chosen.gating})", rules_table))
     plots = _plots(out, oof, search, grid, folds, runs)
     if images is not None and truth is not None:
@@ -383,9 +468,14 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
 
             infer = predictor_config(compose_infer())
         table, drawn = holdout_table(runs, images, truth, chosen, alone_rules, infer, limit, out)
-        sections.append(("Held-out images: what each stage adds (95% intervals with the images resampled; "
-                         "'minus first row' is paired: an interval holding 0 means these images cannot tell the "
-                         "two apart)", table))
+        sections.append(
+            (
+                "Held-out images: what each stage adds (95% intervals with the images resampled; "
+                "'minus first row' is paired: an interval holding 0 means these images cannot tell the "
+                "two apart)",
+                table,
+            )
+        )
         # JSON has no NaN: a figure that cannot be computed (one image, or no defect to find) is written as null.
         s["holdout"] = table.astype(object).where(table.notna(), None).to_dict(orient="records")
         if drawn:
@@ -393,14 +483,18 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
     write_thresholds(out / "thresholds.json", chosen, {"scores": s, "sources": [str(r) for r in runs]})
 
     md = ["# Cross-validation report", ""]
-    page = ["<html><head><meta charset='utf-8'><title>steelseg CV report</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}img{max-width:100%}</style></head><body>",
-            "<h1>Cross-validation report</h1>"]
+    page = [
+        "<html><head><meta charset='utf-8'><title>steelseg CV report</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}img{max-width:100%}</style></head><body>",
+        "<h1>Cross-validation report</h1>",
+    ]
     for title, body in sections:
         md += [f"## {title}", "", body if isinstance(body, str) else _md_table(body), ""]
-        page += [f"<h2>{html.escape(title)}</h2>",
-                 f"<p>{html.escape(body)}</p>" if isinstance(body, str) else body.to_html(index=False, float_format="%.4f")]
+        page += [
+            f"<h2>{html.escape(title)}</h2>",
+            f"<p>{html.escape(body)}</p>" if isinstance(body, str) else body.to_html(index=False, float_format="%.4f"),
+        ]
     md += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     page += ["<h2>Plots</h2>"] + [f"<p><img src='{p}'></p>" for p in plots] + ["</body></html>"]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
@@ -411,8 +505,10 @@ def build_report(runs: Sequence[Path], out: Path, base: Rules, images: Path | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.report", description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (default rules, tta).")
+        prog="python -m analysis.report",
+        description=__doc__.splitlines()[0],
+        epilog="Arguments with '=' are Hydra overrides of the infer config (default rules, tta).",
+    )
     parser.add_argument("runs", nargs="+", help="training (multi)run output folders; then overrides")
     parser.add_argument("--oof", type=Path, help="ensemble OOF folder (python -m ensemble.oof) to score")
     parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
@@ -430,21 +526,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
         infer = predictor_config(compose_infer(overrides))
-        s = build_report([Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit,
-                         args.oof, infer)
+        s = build_report(
+            [Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit, args.oof, infer
+        )
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"all-empty {s['baseline']:.4f}  default {s['default']:.4f}  tuned ({s['best_mode']}) {s['tuned']:.4f}"
-          + (f"  tuned-on-other-folds {s['cross_validated']:.4f} (gap closed "
-             f"{gap_closed(s['cross_validated'], s['baseline']):.1%})" if "cross_validated" in s else ""))
+    print(
+        f"all-empty {s['baseline']:.4f}  default {s['default']:.4f}  tuned ({s['best_mode']}) {s['tuned']:.4f}"
+        + (
+            f"  tuned-on-other-folds {s['cross_validated']:.4f} (gap closed "
+            f"{gap_closed(s['cross_validated'], s['baseline']):.1%})"
+            if "cross_validated" in s
+            else ""
+        )
+    )
     for row in s.get("holdout", []):
-        print(f"  holdout: {row['variant']}: {row['overall']:.4f} vs all-empty {row['all-empty']:.4f} "
-              f"(gap closed {_pct(row['gap closed'])}, 95% interval {_pct(row['gap closed, 95% low'])} to "
-              f"{_pct(row['gap closed, 95% high'])})"
-              + ("" if row is s["holdout"][0] or row["minus first row, 95% low"] is None else
-                 f"; minus the first row {row['minus first row']:+.4f} (95% interval "
-                 f"{row['minus first row, 95% low']:+.4f} to {row['minus first row, 95% high']:+.4f})"))
+        print(
+            f"  holdout: {row['variant']}: {row['overall']:.4f} vs all-empty {row['all-empty']:.4f} "
+            f"(gap closed {_pct(row['gap closed'])}, 95% interval {_pct(row['gap closed, 95% low'])} to "
+            f"{_pct(row['gap closed, 95% high'])})"
+            + (
+                ""
+                if row is s["holdout"][0] or row["minus first row, 95% low"] is None
+                else f"; minus the first row {row['minus first row']:+.4f} (95% interval "
+                f"{row['minus first row, 95% low']:+.4f} to {row['minus first row, 95% high']:+.4f})"
+            )
+        )
     print(f"report: {out / 'report.html'}  {out / 'report.md'}  thresholds: {out / 'thresholds.json'}")
     return 0
 

@@ -9,6 +9,7 @@
    the two should be within 10 %.
 Usage: ``python benchmarks/bench_infer.py [--images 24] [--keep DIR]``; takes a few minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,22 +25,33 @@ import cv2
 import numpy as np
 import torch
 
-from engine.checkpoint import save_checkpoint
 from common.config import build
+from engine.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 PRE = {"channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 SMALL = {
     "classifier": {"_target_": "timm.create_model", "model_name": "resnet10t", "pretrained": False, "num_classes": 4},
-    "segmenter": {"_target_": "segmentation_models_pytorch.create_model", "arch": "unet", "encoder_name": "resnet18",
-                  "encoder_weights": None, "classes": 4},
+    "segmenter": {
+        "_target_": "segmentation_models_pytorch.create_model",
+        "arch": "unet",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+        "classes": 4,
+    },
 }
 TINY = {
     "classifier": {"_target_": "timm.create_model", "model_name": "test_resnet", "pretrained": False, "num_classes": 4},
-    "segmenter": {"_target_": "segmentation_models_pytorch.create_model", "arch": "unet",
-                  "encoder_name": "tu-test_resnet", "encoder_weights": None, "classes": 4, "encoder_depth": 3,
-                  "decoder_channels": [16, 8, 8]},
+    "segmenter": {
+        "_target_": "segmentation_models_pytorch.create_model",
+        "arch": "unet",
+        "encoder_name": "tu-test_resnet",
+        "encoder_weights": None,
+        "classes": 4,
+        "encoder_depth": 3,
+        "decoder_channels": [16, 8, 8],
+    },
 }
 
 BARE = r"""
@@ -75,8 +87,13 @@ def make_checkpoints(folder: Path, configs: dict) -> dict[str, Path]:
     out = {}
     for stage, config in configs.items():
         torch.manual_seed(0)
-        out[stage] = save_checkpoint(folder / f"{stage}.pt", build(dict(config)), config, stage,
-                                     {"preprocess": PRE, "fold": 0, "class_ids": [1, 2, 3, 4]})
+        out[stage] = save_checkpoint(
+            folder / f"{stage}.pt",
+            build(dict(config)),
+            config,
+            stage,
+            {"preprocess": PRE, "fold": 0, "class_ids": [1, 2, 3, 4]},
+        )
     return out
 
 
@@ -87,7 +104,7 @@ def make_images(folder: Path, n: int, seed: int = 0) -> Path:
     for i in range(n):
         image = np.roll(base, 37 * i, axis=1).copy()
         x, y = rng.integers(0, 1400), rng.integers(0, 200)
-        image[y:y + 50, x:x + 200] = 200
+        image[y : y + 50, x : x + 200] = 200
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), image)
     return folder
 
@@ -105,17 +122,30 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float]:
 
 
 def infer_args(ck: dict[str, Path], images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "infer.py", "checkpoints.runs=[]", f"checkpoints.classifier=[{ck['classifier']}]",
-            f"checkpoints.segmenter=[{ck['segmenter']}]", f"images={images}", f"output={out}/submission.csv",
-            f"hydra.run.dir={out}", "progress=false", *extra]
+    return [
+        sys.executable,
+        "infer.py",
+        "checkpoints.runs=[]",
+        f"checkpoints.classifier=[{ck['classifier']}]",
+        f"checkpoints.segmenter=[{ck['segmenter']}]",
+        f"images={images}",
+        f"output={out}/submission.csv",
+        f"hydra.run.dir={out}",
+        "progress=false",
+        *extra,
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="images for the throughput ratio")
     parser.add_argument("--memory-images", type=int, nargs=2, default=[50, 500])
-    parser.add_argument("--trained", nargs=2, metavar=("CLASSIFIER", "SEGMENTER"),
-                        help="trained checkpoints or run folders for a meaningful gating skip share")
+    parser.add_argument(
+        "--trained",
+        nargs=2,
+        metavar=("CLASSIFIER", "SEGMENTER"),
+        help="trained checkpoints or run folders for a meaningful gating skip share",
+    )
     parser.add_argument("--trained-images", type=Path, help="images for --trained (default: the benchmark images)")
     parser.add_argument("--thresholds", type=Path, help="tuned thresholds file for the --trained run")
     parser.add_argument("--parts", default="throughput,gating,memory", help="which measurements to run")
@@ -144,16 +174,20 @@ def main() -> None:
 
 
 def throughput(args, small, few, work, cores, fast_env, plain_env) -> None:
-    bare_out, _, _ = run_child([sys.executable, "-c", BARE, str(small["classifier"]), str(small["segmenter"]),
-                                str(cores), str(few)], fast_env)
+    bare_out, _, _ = run_child(
+        [sys.executable, "-c", BARE, str(small["classifier"]), str(small["segmenter"]), str(cores), str(few)], fast_env
+    )
     bare = float(re.search(r"BARE ([\d.]+)", bare_out).group(1))
-    out, wall, _ = run_child(infer_args(small, few, work / "run_plain", "tta=hflip", "ensemble.gating.mode=none"),
-                             plain_env)
+    out, wall, _ = run_child(
+        infer_args(small, few, work / "run_plain", "tta=hflip", "ensemble.gating.mode=none"), plain_env
+    )
     plain = float(re.search(r"([\d.]+) images/s", out).group(1))
     print(f"throughput ({args.images} images 256x1600, resnet10t + Unet-resnet18, TTA none+hflip, {cores} threads):")
     print(f"  bare forward loop (fast allocator env, channels_last): {bare:.3f} images/s")
-    print(f"  plain `python infer.py` (no env prepared):            {plain:.3f} images/s "
-          f"(whole command incl. start-up and model loading: {wall:.1f} s)")
+    print(
+        f"  plain `python infer.py` (no env prepared):            {plain:.3f} images/s "
+        f"(whole command incl. start-up and model loading: {wall:.1f} s)"
+    )
     print(f"  ratio infer / bare: {plain / bare:.3f}  (target >= 0.9)")
 
 
@@ -179,9 +213,17 @@ def memory(args, tiny, images, work, plain_env) -> None:
         folder.mkdir(exist_ok=True)
         for name in sorted(os.listdir(images))[:n]:
             (folder / name).exists() or os.link(images / name, folder / name)
-        out, wall, peak = run_child(infer_args(tiny, folder, work / f"run_mem{n}", "tta=none",
-                                               "ensemble.gating.mode=none", "postprocess.min_area=[0,0,0,0]"),
-                                    plain_env)
+        out, wall, peak = run_child(
+            infer_args(
+                tiny,
+                folder,
+                work / f"run_mem{n}",
+                "tta=none",
+                "ensemble.gating.mode=none",
+                "postprocess.min_area=[0,0,0,0]",
+            ),
+            plain_env,
+        )
         peaks[n] = peak
         print(f"peak RSS on {n} images (tiny models, 256x1600): {peak:.0f} MiB ({wall:.0f} s)")
     a, b = args.memory_images

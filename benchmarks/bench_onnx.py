@@ -24,6 +24,7 @@ passes them; skipped with the reason when absent); ``demo``: the same architectu
 EfficientNet-b3 segmenter at 256x1600, random weights. Random sets run with gating ``none`` (every image through every
 member). Usage: ``python benchmarks/bench_onnx.py [--sets trained,demo,competition] [--images 8] [--repeats 2]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,20 +53,27 @@ from common.dataset import list_images  # noqa: E402
 from common.metrics import dice, pair_dice, paired_difference, score_pairs, with_interval  # noqa: E402
 from engine.checkpoint import save_checkpoint  # noqa: E402
 from ensemble.core import GatedEnsemble, cpu_count, rows_of  # noqa: E402
-from ensemble.export import _compose, calibration_images, export_bundle, exportable_layers  # noqa: E402
-from ensemble.export import parity, quantize_bundle  # noqa: E402
+from ensemble.export import _compose, calibration_images, export_bundle, exportable_layers, parity, quantize_bundle  # noqa: E402  # noqa: E402
 from ensemble.onnx_runtime import OnnxPredictor, load_bundle  # noqa: E402
 from ensemble.predict import build_predictor, set_threads  # noqa: E402
 
 PRE = {"channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
-JOINT_DEMO = {"_target_": "segmenter.model.create_joint", "arch": "Unet", "encoder_name": "tu-tf_efficientnet_lite0",
-              "encoder_weights": None, "decoder_channels": [64, 32, 16, 16, 8]}
+JOINT_DEMO = {
+    "_target_": "segmenter.model.create_joint",
+    "arch": "Unet",
+    "encoder_name": "tu-tf_efficientnet_lite0",
+    "encoder_weights": None,
+    "decoder_channels": [64, 32, 16, 16, 8],
+}
 SETS = {
     "demo": {"joint": (JOINT_DEMO, [64, 416], 2)},
     "competition": {
         "classifier": ({"_target_": "classifier.model.create_classifier", "name": "efficientnet_b1"}, None, 1),
-        "segmenter": ({"_target_": "segmenter.model.create_segmenter", "arch": "Unet",
-                       "encoder_name": "efficientnet-b3"}, None, 1),
+        "segmenter": (
+            {"_target_": "segmenter.model.create_segmenter", "arch": "Unet", "encoder_name": "efficientnet-b3"},
+            None,
+            1,
+        ),
     },
 }
 DEMO_DATA = "data.folds.n_splits=2 data.synthetic.n_train=2000 data.synthetic.n_test=100"  # the Makefile's DEMO_ARGS
@@ -77,11 +86,21 @@ def random_config(name: str, folder: Path) -> dict:
     for stage, (model_config, size, folds) in SETS[name].items():
         for fold in range(folds):
             torch.manual_seed(fold)
-            path = save_checkpoint(folder / f"{stage}{fold}.pt", build(dict(model_config)), model_config, stage,
-                                   {"preprocess": {**PRE, "size": size}, "fold": fold})
+            path = save_checkpoint(
+                folder / f"{stage}{fold}.pt",
+                build(dict(model_config)),
+                model_config,
+                stage,
+                {"preprocess": {**PRE, "size": size}, "fold": fold},
+            )
             checkpoints.setdefault(stage, []).append(str(path))
-    return {"checkpoints": checkpoints, "tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]},
-            "ensemble": {"gating": {"mode": "none"}, "reducer": "mean"}, "postprocess": {}, "device": "cpu"}
+    return {
+        "checkpoints": checkpoints,
+        "tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]},
+        "ensemble": {"gating": {"mode": "none"}, "reducer": "mean"},
+        "postprocess": {},
+        "device": "cpu",
+    }
 
 
 def trained_config(args: argparse.Namespace) -> tuple[dict | None, str]:
@@ -140,6 +159,7 @@ def resize_share(path: Path, shape: tuple[int, ...], batch: int) -> float:
 def with_io_binding(predictor: OnnxPredictor) -> OnnxPredictor:
     """``predictor`` running its sessions through I/O binding: the input bound, each output written into an array
     allocated here (no copy out of ONNX Runtime's own buffers)."""
+
     def run(member, x):
         x = np.ascontiguousarray(x, np.float32)
         binding = member.session.io_binding()
@@ -165,8 +185,9 @@ def openvino_predictor(bundle: Path, threads: int) -> OnnxPredictor | None:
         return None
     predictor = load_bundle(bundle, threads)
     core = ov.Core()
-    compiled = {id(m): core.compile_model(str(m.path), "CPU", {"INFERENCE_NUM_THREADS": threads})
-                for m in predictor.members}
+    compiled = {
+        id(m): core.compile_model(str(m.path), "CPU", {"INFERENCE_NUM_THREADS": threads}) for m in predictor.members
+    }
 
     def run(member, x):
         model = compiled[id(member)]
@@ -213,28 +234,39 @@ def int8_quality(reference: OnnxPredictor, int8: OnnxPredictor, cfg: Any, batch_
     truth = read_annotations(cfg["data"]["test_truth_csv"])
     ids, float_masks = masks_of(reference, paths, batch_size)
     _, int8_masks = masks_of(int8, paths, batch_size)
-    per_mask = np.array([[dice(int8_masks[j, c], float_masks[j, c]) for c in range(len(CLASS_IDS))]
-                         for j in range(len(ids))])
-    print(f"  INT8 vs float32 masks on the {len(ids)} held-out test images (Dice per (image, class) mask, "
-          "empty-on-empty 1):")
+    per_mask = np.array(
+        [[dice(int8_masks[j, c], float_masks[j, c]) for c in range(len(CLASS_IDS))] for j in range(len(ids))]
+    )
+    print(
+        f"  INT8 vs float32 masks on the {len(ids)} held-out test images (Dice per (image, class) mask, "
+        "empty-on-empty 1):"
+    )
     for c, class_id in enumerate(CLASS_IDS):
         col = per_mask[:, c]
-        print(f"    class {class_id}: mean {col.mean():.4f}, min {col.min():.4f}, {int((col < 1).sum())} of "
-              f"{len(col)} masks differ")
+        print(
+            f"    class {class_id}: mean {col.mean():.4f}, min {col.min():.4f}, {int((col < 1).sum())} of "
+            f"{len(col)} masks differ"
+        )
     reports, values = {}, {}
     for label, masks in (("float32", float_masks), ("INT8", int8_masks)):
         reports[label], values[label] = held_out_score(ids, masks, truth)
         r = reports[label]
         low, high = r.gap_interval
-        print(f"    held-out score {label}: {r.overall:.5f} (all-empty {r.baseline:.5f}), gap closed "
-              f"{r.gap_closed:.1%} (95% interval {low:.1%} to {high:.1%})")
+        print(
+            f"    held-out score {label}: {r.overall:.5f} (all-empty {r.baseline:.5f}), gap closed "
+            f"{r.gap_closed:.1%} (95% interval {low:.1%} to {high:.1%})"
+        )
     low, high = reports["float32"].gap_interval
     holds = low <= reports["INT8"].gap_closed <= high
-    print(f"    INT8 gap closed {reports['INT8'].gap_closed:.1%} is {'inside' if holds else 'OUTSIDE'} float32's "
-          f"interval: {'holds the score' if holds else 'does not hold the score'}")
+    print(
+        f"    INT8 gap closed {reports['INT8'].gap_closed:.1%} is {'inside' if holds else 'OUTSIDE'} float32's "
+        f"interval: {'holds the score' if holds else 'does not hold the score'}"
+    )
     diff, low, high = paired_difference(values["INT8"], values["float32"])
-    print(f"    INT8 - float32 score on the same images: {diff:+.5f} (95% paired interval {low:+.5f} to {high:+.5f}; "
-          f"{'holds 0' if low <= 0 <= high else 'excludes 0'})")
+    print(
+        f"    INT8 - float32 score on the same images: {diff:+.5f} (95% paired interval {low:+.5f} to {high:+.5f}; "
+        f"{'holds 0' if low <= 0 <= high else 'excludes 0'})"
+    )
 
 
 def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace, cores: int) -> None:
@@ -243,25 +275,35 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
         if cfg is None:
             print(f"trained set skipped: {why}")
             return
-        paths = [Path(cfg["images"]) / i for i in list_images(cfg["images"])][:args.images]
+        paths = [Path(cfg["images"]) / i for i in list_images(cfg["images"])][: args.images]
         calibration = calibration_images(cfg["data"]["root"], args.calibration_images)
     else:
         cfg, why = random_config(name, work / name), "random weights, gating none"
-        paths = files[:args.competition_images if name == "competition" else args.images]
-        calibration = files[:min(len(files), args.calibration_images)]
+        paths = files[: args.competition_images if name == "competition" else args.images]
+        calibration = files[: min(len(files), args.calibration_images)]
     with exportable_layers():
         reference = build_predictor(cfg)
-    members = ", ".join(f"{n} {kind}" for kind, n in (("classifier", len(reference.classifiers)),
-                                                        ("joint", len(reference.joints)),
-                                                        ("segmenter", len(reference.segmenters))) if n)
-    print(f"\n{name} set ({why}): {members} members, TTA {[f.name for f in reference.tta_segmenter]}, gating "
-          f"{reference.rules.gating}; {len(paths)} images 256x1600, batch {args.batch_size}")
+    members = ", ".join(
+        f"{n} {kind}"
+        for kind, n in (
+            ("classifier", len(reference.classifiers)),
+            ("joint", len(reference.joints)),
+            ("segmenter", len(reference.segmenters)),
+        )
+        if n
+    )
+    print(
+        f"\n{name} set ({why}): {members} members, TTA {[f.name for f in reference.tta_segmenter]}, gating "
+        f"{reference.rules.gating}; {len(paths)} images 256x1600, batch {args.batch_size}"
+    )
     bundles, quiet = {}, (lambda *_: None)
     for label, in_graph in (("batched", False), ("in_graph", True)):
         start = time.perf_counter()
         bundles[label] = export_bundle(reference, work / f"{name}_{label}", log=quiet, flips_in_graph=in_graph)
-        print(f"  export, flips {'in the graph' if in_graph else 'batched by the runtime'}: "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"  export, flips {'in the graph' if in_graph else 'batched by the runtime'}: "
+            f"{time.perf_counter() - start:.0f} s"
+        )
     start = time.perf_counter()
     bundles["int8"] = work / f"{name}_int8"
     shutil.copytree(bundles["in_graph"], bundles["int8"])
@@ -278,28 +320,32 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
     count, kinds = count_nodes(bundles["int8"] / f"{kind_name}.onnx", "all")
     print(f"    INT8 all  {count:4d} nodes: {kinds}")
     batch = args.batch_size * len(reference.tta_segmenter)
-    print(f"  Resize share of ONNX Runtime kernel time ({kind_name}, level all, 1 thread, {args.batch_size} images): "
-          f"flips batched {resize_share(bundles['batched'] / f'{kind_name}.onnx', shape, batch):.0%}, flips in "
-          f"the graph {resize_share(bundles['in_graph'] / f'{kind_name}.onnx', shape, args.batch_size):.0%}")
+    print(
+        f"  Resize share of ONNX Runtime kernel time ({kind_name}, level all, 1 thread, {args.batch_size} images): "
+        f"flips batched {resize_share(bundles['batched'] / f'{kind_name}.onnx', shape, batch):.0%}, flips in "
+        f"the graph {resize_share(bundles['in_graph'] / f'{kind_name}.onnx', shape, args.batch_size):.0%}"
+    )
 
     rows: list[tuple[str, Callable[[int], GatedEnsemble | None]]] = [("torch eager", lambda t: reference)]
     for level in LEVELS:
-        rows.append((f"ORT {level}, flips batched", lambda t, lv=level: load_bundle(bundles["batched"], t,
-                                                                                    optimization=lv)))
+        rows.append(
+            (f"ORT {level}, flips batched", lambda t, lv=level: load_bundle(bundles["batched"], t, optimization=lv))
+        )
 
     def per_flip(t: int) -> OnnxPredictor:
         predictor = load_bundle(bundles["batched"], t)
         predictor.batch_flips = False
         return predictor
 
-    rows += [("ORT all, one run per flip", per_flip),
-             ("ORT all, flips batched, I/O binding", lambda t: with_io_binding(load_bundle(bundles["batched"], t))),
-             ("ORT all, flips in graph (default)", lambda t: load_bundle(bundles["in_graph"], t)),
-             ("ORT all, flips in graph, I/O binding",
-              lambda t: with_io_binding(load_bundle(bundles["in_graph"], t))),
-             ("OpenVINO, flips batched", lambda t: openvino_predictor(bundles["batched"], t)),
-             ("OpenVINO, flips in graph", lambda t: openvino_predictor(bundles["in_graph"], t)),
-             ("ORT INT8, flips in graph", lambda t: load_bundle(bundles["int8"], t))]
+    rows += [
+        ("ORT all, one run per flip", per_flip),
+        ("ORT all, flips batched, I/O binding", lambda t: with_io_binding(load_bundle(bundles["batched"], t))),
+        ("ORT all, flips in graph (default)", lambda t: load_bundle(bundles["in_graph"], t)),
+        ("ORT all, flips in graph, I/O binding", lambda t: with_io_binding(load_bundle(bundles["in_graph"], t))),
+        ("OpenVINO, flips batched", lambda t: openvino_predictor(bundles["batched"], t)),
+        ("OpenVINO, flips in graph", lambda t: openvino_predictor(bundles["in_graph"], t)),
+        ("ORT INT8, flips in graph", lambda t: load_bundle(bundles["int8"], t)),
+    ]
     table: dict[str, dict[int, float]] = collections.defaultdict(dict)
     same: dict[str, str] = {}
     for threads in args.threads:
@@ -314,8 +360,11 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
                 print(f"    {threads} thread(s), repeat {repeat + 1}: {label}: {rate:.2f} images/s", flush=True)
                 if threads == args.threads[-1] and repeat == 0 and label != "torch eager":
                     r = parity(reference, predictor, paths, args.batch_size)
-                    same[label] = (f"{r.differing_pixels} px differ, max|dp| {r.max_seg_diff:.1e}" if r.pairs_below
-                                   == 0 else f"{r.pairs_below} masks Dice<0.999, {r.differing_pixels} px differ")
+                    same[label] = (
+                        f"{r.differing_pixels} px differ, max|dp| {r.max_seg_diff:.1e}"
+                        if r.pairs_below == 0
+                        else f"{r.pairs_below} masks Dice<0.999, {r.differing_pixels} px differ"
+                    )
                 del predictor
                 gc.collect()
     if not any(label.startswith("OpenVINO") for label in table):
@@ -328,14 +377,14 @@ def bench_set(name: str, work: Path, files: list[Path], args: argparse.Namespace
         print(f"  | {label} | {cells} | {same.get(label, 'baseline')} |")
     if name == "trained":
         set_threads(cores)
-        int8_quality(load_bundle(bundles["in_graph"], cores), load_bundle(bundles["int8"], cores), cfg,
-                     args.batch_size)
+        int8_quality(load_bundle(bundles["in_graph"], cores), load_bundle(bundles["int8"], cores), cfg, args.batch_size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="trained,demo,competition",
-                        help="comma-separated: trained, demo, competition")
+    parser.add_argument(
+        "--sets", default="trained,demo,competition", help="comma-separated: trained, demo, competition"
+    )
     parser.add_argument("--images", type=int, default=8, help="images per timed run (trained and demo sets)")
     parser.add_argument("--competition-images", type=int, default=4, help="images per timed run (competition set)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -348,8 +397,10 @@ def main() -> None:
     args = parser.parse_args()
     cores = cpu_count()
     args.threads = args.threads or sorted({1, cores})
-    print(f"{cores} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at the start: the "
-          "machine may be shared with other jobs; compare the ratios, which come from alternating runs in this process")
+    print(
+        f"{cores} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at the start: the "
+        "machine may be shared with other jobs; compare the ratios, which come from alternating runs in this process"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder = make_images(work / "images", max(args.images, args.competition_images, 8))

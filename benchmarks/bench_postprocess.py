@@ -11,6 +11,7 @@ masks. RLE encoding (``common.rle.encode``, owned elsewhere) is timed separately
 Target: post-processing + RLE <= 1 ms per image (4 classes) on one core.
 Usage: ``python benchmarks/bench_postprocess.py [--images 200] [--batch 8] [--repeat 3]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ from ensemble.postprocess import finish_mask, postprocess, threshold_masks  # no
 from ensemble.rules import Rules  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal" / "annotations" / "train_rle_partial.csv"
-FIRST_PLACE = dict(pixel_threshold=0.55, label_threshold=(0.7, 0.7, 0.6, 0.6), min_component=150,
-                   min_area=(600, 600, 900, 2000), classifier_threshold=0.5)
+FIRST_PLACE = dict(
+    pixel_threshold=0.55,
+    label_threshold=(0.7, 0.7, 0.6, 0.6),
+    min_component=150,
+    min_area=(600, 600, 900, 2000),
+    classifier_threshold=0.5,
+)
 
 
 def true_masks(n: int, seed: int) -> tuple[np.ndarray, str]:
@@ -112,35 +118,54 @@ def main() -> None:
     prob = probability_maps(truth, args.seed)
     present = truth.reshape(*truth.shape[:2], -1).any(-1)
     cls_prob = np.where(present, 0.9, 0.1)
-    print(f"{args.images} images ({source}), batches of {args.batch}, one thread, best of {args.repeat} in CPU time; "
-          "machine shared")
+    print(
+        f"{args.images} images ({source}), batches of {args.batch}, one thread, best of {args.repeat} in CPU time; "
+        "machine shared"
+    )
     print("CPU: post-processing of float32 maps on the CPU (max, thresholds, components, areas) + RLE;")
     print("GPU: what stays on the CPU when the GPU thresholds (components + areas of the pairs it hands over) + RLE")
-    print(f"{'rules':30s} {'baseline':>9s} {'ours':>7s} {'speed-up':>8s} {'RLE':>6s} {'CPU total':>9s} "
-          f"{'GPU: finish':>11s} {'GPU total':>9s}   (ms per image; target <= 1 ms)")
-    for label, rules, cls in (("1st place, no classifier", Rules(**FIRST_PLACE, gating="none"), None),
-                              ("1st place, veto (classifier)", Rules(**FIRST_PLACE, gating="veto"), cls_prob)):
-        batches = [(prob[i:i + args.batch], None if cls is None else cls[i:i + args.batch], rules)
-                   for i in range(0, args.images, args.batch)]
+    print(
+        f"{'rules':30s} {'baseline':>9s} {'ours':>7s} {'speed-up':>8s} {'RLE':>6s} {'CPU total':>9s} "
+        f"{'GPU: finish':>11s} {'GPU total':>9s}   (ms per image; target <= 1 ms)"
+    )
+    for label, rules, cls in (
+        ("1st place, no classifier", Rules(**FIRST_PLACE, gating="none"), None),
+        ("1st place, veto (classifier)", Rules(**FIRST_PLACE, gating="veto"), cls_prob),
+    ):
+        batches = [
+            (prob[i : i + args.batch], None if cls is None else cls[i : i + args.batch], rules)
+            for i in range(0, args.images, args.batch)
+        ]
         ours = np.concatenate([postprocess(*b) for b in batches])
         assert np.array_equal(ours, np.concatenate([baseline(*b) for b in batches])), "postprocess != baseline"
         # The GPU hands over the gated, thresholded masks; the CPU removes components and applies the areas.
         bare = replace(rules, min_component=(0,) * 4, min_area=(0,) * 4)
         handed = np.concatenate([postprocess(p, c, bare) for p, c, _ in batches])
         pairs = pair_rules(rules, prob.reshape(*prob.shape[:2], -1).max(-1), cls)
-        todo = [(handed[j, c], rules.min_component[c], pairs.min_area[j, c]) for j, c in zip(*np.nonzero(
-            handed.reshape(*handed.shape[:2], -1).any(-1)))]
-        finish_s = per_image(lambda *items: [finish_mask(m.copy(), *rest) for m, *rest in items], [todo],
-                             args.images, args.repeat)
+        todo = [
+            (handed[j, c], rules.min_component[c], pairs.min_area[j, c])
+            for j, c in zip(*np.nonzero(handed.reshape(*handed.shape[:2], -1).any(-1)))
+        ]
+        finish_s = per_image(
+            lambda *items: [finish_mask(m.copy(), *rest) for m, *rest in items], [todo], args.images, args.repeat
+        )
         base_s = per_image(baseline, batches, args.images, args.repeat)
         ours_s = per_image(postprocess, batches, args.images, args.repeat)
         masks = list(ours.reshape(-1, *IMAGE_SHAPE))
-        rle_s = per_image(lambda *image: [encode(m) for m in image], [masks[i:i + 4] for i in range(0, len(masks), 4)],
-                          args.images, args.repeat)
-        print(f"{label:30s} {base_s * 1e3:9.3f} {ours_s * 1e3:7.3f} {base_s / ours_s:7.1f}x {rle_s * 1e3:6.3f} "
-              f"{(ours_s + rle_s) * 1e3:9.3f} {finish_s * 1e3:11.3f} {(finish_s + rle_s) * 1e3:9.3f}")
-    print(f"({int(ours.reshape(-1, np.prod(IMAGE_SHAPE)).any(-1).sum())} of {ours.shape[0] * 4} masks non-empty "
-          "after post-processing with veto)")
+        rle_s = per_image(
+            lambda *image: [encode(m) for m in image],
+            [masks[i : i + 4] for i in range(0, len(masks), 4)],
+            args.images,
+            args.repeat,
+        )
+        print(
+            f"{label:30s} {base_s * 1e3:9.3f} {ours_s * 1e3:7.3f} {base_s / ours_s:7.1f}x {rle_s * 1e3:6.3f} "
+            f"{(ours_s + rle_s) * 1e3:9.3f} {finish_s * 1e3:11.3f} {(finish_s + rle_s) * 1e3:9.3f}"
+        )
+    print(
+        f"({int(ours.reshape(-1, np.prod(IMAGE_SHAPE)).any(-1).sum())} of {ours.shape[0] * 4} masks non-empty "
+        "after post-processing with veto)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ positive pairs per class included: the rare classes' figures):
 A candidate made of two stages (a separate classifier and segmenter) is given as ``name=OVERRIDES + OVERRIDES``;
 the budget is then split between them. Wall-clock figures depend on what else the machine runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,14 @@ from common.constants import CLASS_IDS  # noqa: E402
 from common.metrics import roc_auc_per_class  # noqa: E402
 from common.oof import load_oof  # noqa: E402
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "MALLOC_MMAP_MAX_": "0",
-       "MALLOC_TRIM_THRESHOLD_": "68719476736", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def run(args: list[str], log: Path) -> float:
@@ -65,23 +72,42 @@ def metrics_of(run_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in sorted(run_dir.glob("fold*/metrics.csv"))], ignore_index=True)
 
 
-def train_stage(name: str, overrides: list[str], common: list[str], minutes: float, n_images: int, out: Path,
-                log: Path) -> dict:
+def train_stage(
+    name: str, overrides: list[str], common: list[str], minutes: float, n_images: int, out: Path, log: Path
+) -> dict:
     """Probe the speed, then train both folds for about ``minutes`` each; return the stage's figures."""
     stage = stage_of(overrides)
     probe = f"bench-{name}-probe"
     for old in (probe, f"bench-{name}"):  # a fresh run, never a resumed one
         shutil.rmtree(REPO / "outputs/train" / stage / old, ignore_errors=True)
-    run(["train.py", *overrides, *common, "fold=0", "trainer.epochs=1", f"run_name={probe}",
-         "trainer.progress=false"], log)
+    run(
+        ["train.py", *overrides, *common, "fold=0", "trainer.epochs=1", f"run_name={probe}", "trainer.progress=false"],
+        log,
+    )
     ips = float(metrics_of(REPO / "outputs/train" / stage / probe)["train_images_per_s"].iloc[-1])
     epochs = max(1, math.floor(minutes * 60 * ips / max(n_images, 1)))
     run_name = f"bench-{name}"
-    seconds = run(["train.py", "-m", *overrides, *common, "fold=0,1", f"trainer.epochs={epochs}",
-                   f"run_name={run_name}", "trainer.progress=false"], log)
+    seconds = run(
+        [
+            "train.py",
+            "-m",
+            *overrides,
+            *common,
+            "fold=0,1",
+            f"trainer.epochs={epochs}",
+            f"run_name={run_name}",
+            "trainer.progress=false",
+        ],
+        log,
+    )
     history = metrics_of(REPO / "outputs/train" / stage / run_name)
-    return {"stage": stage, "run": REPO / "outputs/train" / stage / run_name, "epochs": epochs,
-            "images_per_s": float(history["train_images_per_s"].median()), "train_s": seconds}
+    return {
+        "stage": stage,
+        "run": REPO / "outputs/train" / stage / run_name,
+        "epochs": epochs,
+        "images_per_s": float(history["train_images_per_s"].median()),
+        "train_s": seconds,
+    }
 
 
 def positive_dice(oof_dir: Path, thresholds: Path) -> list[float]:
@@ -104,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     common = ["data.folds.n_splits=2", *args.data]
-    summary = subprocess.run([sys.executable, "prepare.py", *common], cwd=REPO, env=ENV, capture_output=True,
-                             text=True, check=True).stdout
+    summary = subprocess.run(
+        [sys.executable, "prepare.py", *common], cwd=REPO, env=ENV, capture_output=True, text=True, check=True
+    ).stdout
     n_train = int(summary.split("train: ", 1)[1].split(" images", 1)[0])
     rows = []
     for spec in args.candidate:
@@ -113,29 +140,47 @@ def main(argv: list[str] | None = None) -> int:
         parts = [p.split() for p in rest.split(" + ")]
         log = args.out / f"{name}.log"
         log.write_text("")
-        stages = [train_stage(f"{name}-{i}" if len(parts) > 1 else name, overrides, common,
-                              args.minutes / len(parts), n_train // 2, args.out, log) for i, overrides in enumerate(parts)]
+        stages = [
+            train_stage(
+                f"{name}-{i}" if len(parts) > 1 else name,
+                overrides,
+                common,
+                args.minutes / len(parts),
+                n_train // 2,
+                args.out,
+                log,
+            )
+            for i, overrides in enumerate(parts)
+        ]
         oof_dir = args.out / f"{name}-oof"
-        oof_s = run(["-m", "ensemble.oof", *[str(s["run"]) for s in stages], "--out", str(oof_dir), args.tta,
-                     "progress=false"], log)
+        oof_s = run(
+            ["-m", "ensemble.oof", *[str(s["run"]) for s in stages], "--out", str(oof_dir), args.tta, "progress=false"],
+            log,
+        )
         thresholds = args.out / f"{name}-thresholds.json"
         run(["-m", "ensemble.threshold_search", str(oof_dir), "--out", str(thresholds)], log)
         scores = json.loads(thresholds.read_text())["scores"]
         oof = load_oof([oof_dir])
         aucs = roc_auc_per_class(oof.cls_prob, oof.truth_present()) if oof.cls_prob is not None else [np.nan] * 4
         gap = 1 - scores["baseline"]
-        rows.append({
-            "candidate": name, "stages": "+".join(s["stage"] for s in stages),
-            "train img/s": "+".join(f"{s['images_per_s']:.1f}" for s in stages),
-            "epochs": "+".join(str(s["epochs"]) for s in stages),
-            "train min": round(sum(s["train_s"] for s in stages) / 60, 1), "oof min": round(oof_s / 60, 1),
-            "all-empty": scores["baseline"], "default": scores["default"], "tuned": scores["tuned"],
-            "other folds": scores.get("cross_validated", np.nan),
-            "gap closed (other folds)": (scores.get("cross_validated", np.nan) - scores["baseline"]) / gap,
-            **{f"AUC {c}": a for c, a in zip(CLASS_IDS, aucs)},
-            **{f"Dice+ {c}": d for c, d in zip(CLASS_IDS, positive_dice(oof_dir, thresholds))},
-            "switched off": ",".join(str(c) for c in scores.get("classes_off", [])) or "-",
-        })
+        rows.append(
+            {
+                "candidate": name,
+                "stages": "+".join(s["stage"] for s in stages),
+                "train img/s": "+".join(f"{s['images_per_s']:.1f}" for s in stages),
+                "epochs": "+".join(str(s["epochs"]) for s in stages),
+                "train min": round(sum(s["train_s"] for s in stages) / 60, 1),
+                "oof min": round(oof_s / 60, 1),
+                "all-empty": scores["baseline"],
+                "default": scores["default"],
+                "tuned": scores["tuned"],
+                "other folds": scores.get("cross_validated", np.nan),
+                "gap closed (other folds)": (scores.get("cross_validated", np.nan) - scores["baseline"]) / gap,
+                **{f"AUC {c}": a for c, a in zip(CLASS_IDS, aucs)},
+                **{f"Dice+ {c}": d for c, d in zip(CLASS_IDS, positive_dice(oof_dir, thresholds))},
+                "switched off": ",".join(str(c) for c in scores.get("classes_off", [])) or "-",
+            }
+        )
         table = pd.DataFrame(rows)
         table.to_csv(args.out / "table.csv", index=False)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)

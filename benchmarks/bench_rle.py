@@ -7,6 +7,7 @@ diff, join (the Kaggle kernel code); decode = split, int array, one ``np.repeat`
 Targets: encode >= 5x, decode >= 2x the vectorised decode. Baseline and steelseg are timed alternately,
 best of ``--repeat``, in CPU time of this process, so that load from other processes hits both alike.
 """
+
 from __future__ import annotations
 
 import argparse

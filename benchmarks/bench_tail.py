@@ -13,6 +13,7 @@ Rows, wall time, one run (the machine's load is printed; figures on a shared mac
 Target: the pipelined rate >= 1,000 images/s.
 Usage: ``python benchmarks/bench_tail.py [--images 4000] [--distinct 200] [--batch 16] [--repeat 3]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,13 @@ def handed_batches(n_distinct: int, batch: int, seed: int):
     bare = replace(rules, min_component=(0,) * 4, min_area=(0,) * 4)  # the GPU's part: gate + thresholds
     out = []
     for i in range(0, n_distinct, batch):
-        p, cls = prob[i:i + batch], np.where(present[i:i + batch], 0.9, 0.1)
+        p, cls = prob[i : i + batch], np.where(present[i : i + batch], 0.9, 0.1)
         masks = postprocess(p, cls, bare)
         pairs = pair_rules(rules, p.reshape(*p.shape[:2], -1).max(-1), cls)
-        todo = [(int(j), int(c), rules.min_component[c], float(pairs.min_area[j, c]))
-                for j, c in zip(*np.nonzero(masks.reshape(*masks.shape[:2], -1).any(-1)))]
+        todo = [
+            (int(j), int(c), rules.min_component[c], float(pairs.min_area[j, c]))
+            for j, c in zip(*np.nonzero(masks.reshape(*masks.shape[:2], -1).any(-1)))
+        ]
         out.append((masks, todo))
     return out, source
 
@@ -109,13 +112,17 @@ def main() -> None:
         }
         best = {name: min(timed(fn) for _ in range(args.repeat)) for name, fn in rows.items()}
         masks = written[0]
-    print(f"{n} images ({args.distinct} distinct: {source}), batches of {args.batch}, 1st-place rules + veto, "
-          f"{masks} masks written; best of {args.repeat}, wall time; {os.cpu_count()} cores, load "
-          f"{os.getloadavg()[0]:.2f} (shared machine)")
+    print(
+        f"{n} images ({args.distinct} distinct: {source}), batches of {args.batch}, 1st-place rules + veto, "
+        f"{masks} masks written; best of {args.repeat}, wall time; {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.2f} (shared machine)"
+    )
     base = best["both on one thread (baseline)"]
     for name, seconds in best.items():
-        print(f"  {name:45s} {n / seconds:8.0f} images/s  {1e3 * seconds / n:6.3f} ms per image  "
-              f"{base / seconds:4.2f}x baseline")
+        print(
+            f"  {name:45s} {n / seconds:8.0f} images/s  {1e3 * seconds / n:6.3f} ms per image  "
+            f"{base / seconds:4.2f}x baseline"
+        )
     rate = n / best["both, writer on drain_in_background"]
     print(f"pipelined CPU tail {rate:.0f} images/s (target >= {TARGET:.0f}: {'met' if rate >= TARGET else 'not met'})")
 

@@ -4,6 +4,7 @@
 default grid and prints seconds, peak RSS growth and the scores (all-empty, default, tuned).
 Usage: ``python benchmarks/bench_threshold.py [--images 12568] [--cv]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,22 @@ def synthetic_oof(n: int, bins: int = 100, seed: int = 0) -> OOF:
         hist_neg[:, c, 0] += total - hist_pos[:, c].sum(1) - fp.sum(1)
     max_prob = (np.maximum(np.where(hist_pos.sum(2) > 0, peak_pos, 0), peak_neg) + 1) / bins
     cls = np.clip(np.where(present, rng.beta(5, 2, (n, 4)), rng.beta(1.5, 6, (n, 4))), 0, 1)
-    return OOF(np.array([f"{i:09d}.jpg" for i in range(n)]), np.arange(n) % 5, hist_pos, hist_neg,
-               max_prob.astype(np.float64), cls)
+    return OOF(
+        np.array([f"{i:09d}.jpg" for i in range(n)]),
+        np.arange(n) % 5,
+        hist_pos,
+        hist_neg,
+        max_prob.astype(np.float64),
+        cls,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12568)
-    parser.add_argument("--cv", action="store_true", help="also time the tune-on-other-folds estimate (5 more searches)")
+    parser.add_argument(
+        "--cv", action="store_true", help="also time the tune-on-other-folds estimate (5 more searches)"
+    )
     args = parser.parse_args()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     oof = synthetic_oof(args.images)
@@ -62,17 +71,26 @@ def main() -> None:
     seconds = time.perf_counter() - start
     rss2 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     s = out["summary"]
-    print(f"OOF arrays: {args.images} images x 4 classes x {oof.bins} bins "
-          f"({(oof.hist_pos.nbytes + oof.hist_neg.nbytes) / 2**20:.0f} MiB of histograms)")
-    print(f"grid per class and mode: {len(grid.k)} pixel x {len(grid.min_area)} area x {len(grid.label_threshold)} "
-          f"label x {len(grid.classifier_threshold)} classifier thresholds = {points} points; "
-          f"{len(SEARCH_MODES)} modes x 4 classes = {points * len(SEARCH_MODES) * 4 * args.images / 1e9:.1f} G "
-          "image-evaluations brute force")
+    print(
+        f"OOF arrays: {args.images} images x 4 classes x {oof.bins} bins "
+        f"({(oof.hist_pos.nbytes + oof.hist_neg.nbytes) / 2**20:.0f} MiB of histograms)"
+    )
+    print(
+        f"grid per class and mode: {len(grid.k)} pixel x {len(grid.min_area)} area x {len(grid.label_threshold)} "
+        f"label x {len(grid.classifier_threshold)} classifier thresholds = {points} points; "
+        f"{len(SEARCH_MODES)} modes x 4 classes = {points * len(SEARCH_MODES) * 4 * args.images / 1e9:.1f} G "
+        "image-evaluations brute force"
+    )
     print(f"search time: {seconds:.2f} s{' (with 5-fold tune-on-other-folds)' if args.cv else ''}")
-    print(f"peak RSS: {rss2 / 1024:.0f} MiB (data {(rss1 - rss0) / 1024:.0f} MiB, "
-          f"search added {(rss2 - rss1) / 1024:.0f} MiB)")
-    print(f"scores: all-empty {s['baseline']:.4f}, default thresholds {s['default']:.4f}, "
-          f"tuned ({s['best_mode']}) {s['tuned']:.4f}" + (f", tuned-on-other-folds {s['cross_validated']:.4f}" if args.cv else ""))
+    print(
+        f"peak RSS: {rss2 / 1024:.0f} MiB (data {(rss1 - rss0) / 1024:.0f} MiB, "
+        f"search added {(rss2 - rss1) / 1024:.0f} MiB)"
+    )
+    print(
+        f"scores: all-empty {s['baseline']:.4f}, default thresholds {s['default']:.4f}, "
+        f"tuned ({s['best_mode']}) {s['tuned']:.4f}"
+        + (f", tuned-on-other-folds {s['cross_validated']:.4f}" if args.cv else "")
+    )
     for mode, r in s["modes"].items():
         print(f"  {mode:6s} {r['score']:.4f}")
 

@@ -12,6 +12,7 @@ engine's CPU setting (NCHW, one process on every core) measured in the same run:
 
 Usage: ``python benchmarks/bench_train_cpu.py [--seconds 20] [--jobs 2] [overrides ...]``; about 2 minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736", "HF_HUB_OFFLINE": "1",
-        "NO_ALBUMENTATIONS_UPDATE": "1"}
+FAST = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "HF_HUB_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+}
 # the config node of each stage (configs/stage/*.yaml _target_ -> the node that holds model, crop, preprocess)
 STAGE_NODES = {"segmenter.joint": "joint", "segmenter.stage": "segmenter", "classifier.stage": "classifier"}
 
@@ -71,13 +76,16 @@ def worker(overrides: list[str], layout: str, threads: int, seconds: float, bf16
     print(f"{steps * batch / (time.perf_counter() - start):.2f}", flush=True)
 
 
-def measure(overrides: list[str], layout: str, threads: int, seconds: float, jobs: int = 1,
-            bf16: bool = False) -> float:
+def measure(
+    overrides: list[str], layout: str, threads: int, seconds: float, jobs: int = 1, bf16: bool = False
+) -> float:
     """Images/s summed over ``jobs`` worker processes started together."""
     env = dict(os.environ, **FAST, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = [sys.executable, __file__, "--worker", layout, str(threads), str(seconds), str(int(bf16)), *overrides]
-    procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(jobs)]
+    procs = [
+        subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(jobs)
+    ]
     total = 0.0
     for proc in procs:
         out, err = proc.communicate()
@@ -96,20 +104,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed window per variant")
     parser.add_argument("--jobs", type=int, default=2, help="processes side by side (folds)")
-    parser.add_argument("overrides", nargs="*", default=["experiment=joint/demo"],
-                        help="train.py overrides that name the recipe (default: experiment=joint/demo)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=["experiment=joint/demo"],
+        help="train.py overrides that name the recipe (default: experiment=joint/demo)",
+    )
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     per_job = max(1, cores // args.jobs)
     print(f"recipe: {' '.join(args.overrides)}; {cores} cores; {args.seconds:.0f} s per variant")
     base = measure(args.overrides, "nchw", cores, args.seconds)
-    rows = [(f"NCHW, 1 process x {cores} threads (baseline)", base),
-            (f"channels_last, 1 process x {cores} threads", measure(args.overrides, "channels_last", cores,
-                                                                         args.seconds)),
-            (f"channels_last, {args.jobs} processes x {per_job} thread(s), summed",
-             measure(args.overrides, "channels_last", per_job, args.seconds, jobs=args.jobs)),
-            (f"channels_last + bf16 autocast, 1 process x {cores} threads",
-             measure(args.overrides, "channels_last", cores, args.seconds, bf16=True))]
+    rows = [
+        (f"NCHW, 1 process x {cores} threads (baseline)", base),
+        (f"channels_last, 1 process x {cores} threads", measure(args.overrides, "channels_last", cores, args.seconds)),
+        (
+            f"channels_last, {args.jobs} processes x {per_job} thread(s), summed",
+            measure(args.overrides, "channels_last", per_job, args.seconds, jobs=args.jobs),
+        ),
+        (
+            f"channels_last + bf16 autocast, 1 process x {cores} threads",
+            measure(args.overrides, "channels_last", cores, args.seconds, bf16=True),
+        ),
+    ]
     for name, rate in rows:
         print(f"  {name:<58} {rate:8.1f} img/s   {rate / base:5.2f}x")
     return 0

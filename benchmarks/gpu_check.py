@@ -28,6 +28,7 @@ under new names up to the counts asked for. ``--device cpu --tiny`` runs everyth
 ``debug=smoke`` (the tests do). On a GPU machine (343 s on one H100, measured):
 ``python benchmarks/gpu_check.py --work /tmp/gpu_check``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,21 +51,31 @@ from common.errors import SteelsegError, exit_on_user_error  # noqa: E402
 from common.io import atomic_write_text, check_writable, read_csv  # noqa: E402
 from engine.checkpoint import model_allowlist, save_checkpoint  # noqa: E402
 
-RECIPES = sorted(p.relative_to(ROOT / "configs" / "experiment").with_suffix("").as_posix()
-                 for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml"))
+RECIPES = sorted(
+    p.relative_to(ROOT / "configs" / "experiment").with_suffix("").as_posix()
+    for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml")
+)
 # No downloads: what each stage needs to start from random weights (a new stage adds its line).
-OFFLINE = {"classifier": ["classifier.model.pretrained=false", "classifier.model.pretrained_path=null"],
-           "segmenter": ["segmenter.model.encoder_weights=null", "segmenter.model.pretrained_path=null"],
-           "joint": ["joint.model.encoder_weights=null", "joint.model.pretrained_path=null"]}
+OFFLINE = {
+    "classifier": ["classifier.model.pretrained=false", "classifier.model.pretrained_path=null"],
+    "segmenter": ["segmenter.model.encoder_weights=null", "segmenter.model.pretrained_path=null"],
+    "joint": ["joint.model.encoder_weights=null", "joint.model.pretrained_path=null"],
+}
 TARGET_IMAGES_PER_S = 300.0
 # max |p_amp - p_float32| allowed per dtype: a few units of its rounding (bf16 keeps 8 bits, fp16 11)
 AMP_TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3}
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1",
-                MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="68719476736",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        NO_ALBUMENTATIONS_UPDATE="1",
+        PYTHONUNBUFFERED="1",
+        MALLOC_MMAP_MAX_="0",
+        MALLOC_TRIM_THRESHOLD_="68719476736",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
@@ -112,12 +123,25 @@ class GpuBusy:
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.samples = enabled, []
 
-    def __enter__(self) -> "GpuBusy":
+    def __enter__(self) -> GpuBusy:
         if self.enabled:
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                          "-lms", "200", "-i", "0"], stdout=subprocess.PIPE, text=True)
-            self.thread = threading.Thread(target=lambda: self.samples.extend(
-                float(line) for line in self.proc.stdout if line.strip().isdigit()), daemon=True)
+            self.proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                    "-i",
+                    "0",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.thread = threading.Thread(
+                target=lambda: self.samples.extend(float(line) for line in self.proc.stdout if line.strip().isdigit()),
+                daemon=True,
+            )
             self.thread.start()
         return self
 
@@ -171,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="infer.py batch size")
     parser.add_argument("--profile", action="store_true", help="only profile one batch per network, by op")
     args = parser.parse_args(argv)
-    counts = {"--train-images": args.train_images, "--infer-images": args.infer_images,
-              "--profile-images": args.profile_images, "--distinct": args.distinct, "--batch": args.batch}
+    counts = {
+        "--train-images": args.train_images,
+        "--infer-images": args.infer_images,
+        "--profile-images": args.profile_images,
+        "--distinct": args.distinct,
+        "--batch": args.batch,
+    }
     bad = [f"{k} {v}" for k, v in counts.items() if v is not None and v < 1]
     try:
         if bad or args.workers < 0:
@@ -216,33 +245,59 @@ def _main(args: argparse.Namespace) -> int:
     n_total = math.ceil(n_train * 5 / 4)  # fold 0 of 5 trains on n_train images
     big = replicate(base, work / "data" / "big", n_total, n_infer)
     small = replicate(base, work / "data" / "small", 16 if tiny else 64, 0)
-    common = ["trainer.progress=false", f"trainer.device={args.device}", f"trainer.num_workers={workers}",
-              "data.check_images=none", "resume=false", *amp] + (["debug=smoke"] if tiny else [])
+    common = [
+        "trainer.progress=false",
+        f"trainer.device={args.device}",
+        f"trainer.num_workers={workers}",
+        "data.check_images=none",
+        "resume=false",
+        *amp,
+    ] + (["debug=smoke"] if tiny else [])
 
     def train_args(recipe: str, root: Path, folds: int, out: Path, *extra: str) -> list[str]:
         stage = recipe.split("/")[0]
         if stage not in OFFLINE:
             raise KeyError(f"benchmarks/gpu_check.py: add the offline overrides of stage {stage!r} to OFFLINE")
-        return ["train.py", f"experiment={recipe}", "data=kaggle", f"data.root={root}", f"data.folds.n_splits={folds}",
-                f"data.folds.path={out}/folds.csv", "fold=0", *common, *OFFLINE[stage], f"hydra.run.dir={out}", *extra]
+        return [
+            "train.py",
+            f"experiment={recipe}",
+            "data=kaggle",
+            f"data.root={root}",
+            f"data.folds.n_splits={folds}",
+            f"data.folds.path={out}/folds.csv",
+            "fold=0",
+            *common,
+            *OFFLINE[stage],
+            f"hydra.run.dir={out}",
+            *extra,
+        ]
 
     check = Check()
     trained: dict[str, Path] = {}
     rates: dict[str, float] = {}
     infer_rate: list[float] = []
     for recipe in RECIPES:
+
         def one_epoch(recipe=recipe):
             out = work / "train" / recipe
             with GpuBusy(cuda and _has_nvidia_smi()) as busy:
-                _, seconds = run([sys.executable, *train_args(recipe, big, 5, out, "trainer.epochs=1")],
-                                 out / "log.txt")
+                _, seconds = run(
+                    [sys.executable, *train_args(recipe, big, 5, out, "trainer.epochs=1")], out / "log.txt"
+                )
             row = read_metrics(out / "metrics.csv").iloc[-1]
             trained[recipe] = out / "checkpoints" / "best.pt"
             memory = f", peak GPU memory {row['gpu_peak_gib']:.1f} GiB" if "gpu_peak_gib" in row else ""
             rates[recipe] = float(row["train_images_per_s"])
-            return "ok", (f"{n_train} images{' (tiny)' if tiny else ''}: {row['train_images_per_s']:.1f} images/s "
-                          f"training ({1e3 / row['train_images_per_s']:.1f} ms per image){memory}, GPU busy "
-                          f"{busy.share}; epoch with validation {row['time_s']:.0f} s, command {seconds:.0f} s"), out
+            return (
+                "ok",
+                (
+                    f"{n_train} images{' (tiny)' if tiny else ''}: {row['train_images_per_s']:.1f} images/s "
+                    f"training ({1e3 / row['train_images_per_s']:.1f} ms per image){memory}, GPU busy "
+                    f"{busy.share}; epoch with validation {row['time_s']:.0f} s, command {seconds:.0f} s"
+                ),
+                out,
+            )
+
         check.step(f"train {recipe}, 1 epoch" + (", AMP bf16" if bf16 else ", AMP fp16" if cuda else ""), one_epoch)
 
     segmenter_recipe = next((r for r in RECIPES if r.startswith("segmenter/")), RECIPES[0])
@@ -252,8 +307,9 @@ def _main(args: argparse.Namespace) -> int:
 
         out = work / "resume"
         cmd = [sys.executable, *train_args(segmenter_recipe, small, 2, out, "trainer.epochs=2", "resume=true")]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         metrics, deadline = out / "metrics.csv", time.time() + 600
         while not metrics.exists() and proc.poll() is None and time.time() < deadline:  # epoch 0 is written
             time.sleep(0.05)
@@ -269,8 +325,13 @@ def _main(args: argparse.Namespace) -> int:
         done = read_metrics(metrics)["epoch"].tolist()
         if done != [0, 1]:
             raise RuntimeError(f"after resuming, metrics.csv has epochs {done}")
-        return "ok", f"SIGKILL after epoch 0 of {segmenter_recipe}; the same command resumed at epoch 1 and " \
-                     f"finished ({seconds:.0f} s)", None
+        return (
+            "ok",
+            f"SIGKILL after epoch 0 of {segmenter_recipe}; the same command resumed at epoch 1 and "
+            f"finished ({seconds:.0f} s)",
+            None,
+        )
+
     check.step("kill during training, then resume", kill_and_resume)
 
     classifier_recipe = next((r for r in RECIPES if r.startswith("classifier/")), RECIPES[0])
@@ -281,34 +342,64 @@ def _main(args: argparse.Namespace) -> int:
 
         def torchrun(procs=procs):
             out = work / f"torchrun{procs}"
-            _, seconds = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={procs}",
-                              *train_args(classifier_recipe, small, 2, out, "trainer.epochs=1")], out / "log.txt")
+            _, seconds = run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={procs}",
+                    *train_args(classifier_recipe, small, 2, out, "trainer.epochs=1"),
+                ],
+                out / "log.txt",
+            )
             return "ok", f"{classifier_recipe}, 1 epoch on {procs} process(es), {seconds:.0f} s", None
+
         check.step(f"torchrun, {procs} process{'es' if procs > 1 else ''}", torchrun)
 
     def ensemble():
         members = overrides_of(*make_ensemble(work / "ensemble", trained))
         out = work / "infer"
-        infer = [sys.executable, "infer.py", *members, "tta=hflip", "ensemble.gating.mode=none",
-                 f"batch_size={args.batch}", f"num_workers={workers}", "progress=false", f"device={args.device}",
-                 f"hydra.run.dir={out}", "data=kaggle", f"data.root={big}", "data.check_images=none",
-                 *(["amp=bfloat16" if bf16 else "amp=float16"] if cuda else [])]
+        infer = [
+            sys.executable,
+            "infer.py",
+            *members,
+            "tta=hflip",
+            "ensemble.gating.mode=none",
+            f"batch_size={args.batch}",
+            f"num_workers={workers}",
+            "progress=false",
+            f"device={args.device}",
+            f"hydra.run.dir={out}",
+            "data=kaggle",
+            f"data.root={big}",
+            "data.check_images=none",
+            *(["amp=bfloat16" if bf16 else "amp=float16"] if cuda else []),
+        ]
         with GpuBusy(cuda and _has_nvidia_smi()) as busy:
-            output, seconds = run([*infer, f"images={big / 'test_images'}", f"output={out}/submission.csv"],
-                                  out / "log.txt")
+            output, seconds = run(
+                [*infer, f"images={big / 'test_images'}", f"output={out}/submission.csv"], out / "log.txt"
+            )
         rate = float(re.search(r"([\d.]+) images/s", output).group(1))
         infer_rate.append(rate)
         verdict = "ok" if rate >= TARGET_IMAGES_PER_S or not cuda else "below target"
-        check.rows.append(("infer.py: classifier + 3 segmenters, hflip TTA", verdict,
-                           f"{n_infer} images: {rate:.1f} images/s end to end, {1e3 / rate:.2f} ms per image "
-                           f"(target >= {TARGET_IMAGES_PER_S:.0f} "
-                           f"on one H100), GPU busy {busy.share}; whole command {seconds:.0f} s"))
+        check.rows.append(
+            (
+                "infer.py: classifier + 3 segmenters, hflip TTA",
+                verdict,
+                f"{n_infer} images: {rate:.1f} images/s end to end, {1e3 / rate:.2f} ms per image "
+                f"(target >= {TARGET_IMAGES_PER_S:.0f} "
+                f"on one H100), GPU busy {busy.share}; whole command {seconds:.0f} s",
+            )
+        )
         profiled = replicate(base, work / "data" / "profile", 0, n_profile)
-        output, _ = run([*infer, f"images={profiled / 'test_images'}", f"output={out}/profiled.csv", "profile=true"],
-                        out / "log_profile.txt")
+        output, _ = run(
+            [*infer, f"images={profiled / 'test_images'}", f"output={out}/profiled.csv", "profile=true"],
+            out / "log_profile.txt",
+        )
         line = re.search(r"time per image \(ms, device synchronised per section\): (.*)", output).group(1)
         return "ok", f"{n_profile} images, ms per image: {line}", None
+
     check.step("infer.py: time per image by section", ensemble)
 
     def amp_parity():
@@ -321,9 +412,13 @@ def _main(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
         dtype = amp_dtype_for("auto", device) or torch.bfloat16  # the CPU: bf16 exercises the autocast path
         classifier, segmenters = make_ensemble(work / "ensemble", trained)
-        kw = dict(classifiers=load_members([classifier], "classifier"), rules=Rules(gating="none"),
-                  segmenters=load_members(segmenters, "segmenter"), tta_segmenter=transforms("none,hflip"),
-                  device=device)
+        kw = dict(
+            classifiers=load_members([classifier], "classifier"),
+            rules=Rules(gating="none"),
+            segmenters=load_members(segmenters, "segmenter"),
+            tta_segmenter=transforms("none,hflip"),
+            device=device,
+        )
         paths = sorted((work / "data" / "profile" / "test_images").iterdir())[:n_profile]
         start = time.perf_counter()
         report = parity(Predictor(**kw), Predictor(**kw, amp_dtype=dtype), paths, min(args.batch, 8))
@@ -333,17 +428,23 @@ def _main(args: argparse.Namespace) -> int:
         # The verdict is on the probabilities: these networks are barely trained, so many of their pixels sit
         # within a rounding of the threshold and flip; the mask figures are printed for trained members.
         ok = max(report.max_seg_diff, report.max_cls_diff) <= tolerance
-        return ("ok" if ok else "FAILED",
-                f"{name} vs float32, {1e3 * seconds / max(len(paths), 1) / 2:.1f} ms per image per run; "
-                f"verdict max |dp| <= {tolerance:g}; masks: "
-                + report.format().removeprefix("parity: ").rsplit(" -> ", 1)[0], None)
+        return (
+            "ok" if ok else "FAILED",
+            f"{name} vs float32, {1e3 * seconds / max(len(paths), 1) / 2:.1f} ms per image per run; "
+            f"verdict max |dp| <= {tolerance:g}; masks: "
+            + report.format().removeprefix("parity: ").rsplit(" -> ", 1)[0],
+            None,
+        )
+
     check.step("AMP parity: masks under autocast vs float32", amp_parity)
 
     table = check.table()
-    headline = (f"headline: ensemble {infer_rate[0] if infer_rate else float('nan'):.1f} images/s end to end "
-                f"(target >= {TARGET_IMAGES_PER_S:.0f}"
-                f"{', met' if infer_rate and infer_rate[0] >= TARGET_IMAGES_PER_S else ', not met'}); training "
-                + ", ".join(f"{r} {v:.1f} images/s" for r, v in rates.items()))
+    headline = (
+        f"headline: ensemble {infer_rate[0] if infer_rate else float('nan'):.1f} images/s end to end "
+        f"(target >= {TARGET_IMAGES_PER_S:.0f}"
+        f"{', met' if infer_rate and infer_rate[0] >= TARGET_IMAGES_PER_S else ', not met'}); training "
+        + ", ".join(f"{r} {v:.1f} images/s" for r, v in rates.items())
+    )
     table += "\n\n" + headline
     header = f"GPU check on {device_name} (torch {torch.__version__}, {gpus} GPU(s){', tiny' if tiny else ''})"
     atomic_write_text(work / "gpu_check.md", header + "\n\n" + table + "\n")
@@ -390,18 +491,39 @@ def make_ensemble(folder: Path, trained: dict[str, Path]) -> tuple[Path, list[Pa
 
 # The competition networks (random weights) profiled by ``--profile``, and smp's effnet-b3 against timm's.
 PROFILED = {
-    "classifier/competition: timm efficientnet_b1": {"_target_": "timm.create_model", "model_name": "efficientnet_b1",
-                                                     "pretrained": False, "num_classes": 4},
-    **{f"segmenter: smp {arch} {enc}": {"_target_": "segmentation_models_pytorch.create_model", "arch": arch,
-                                        "encoder_name": enc, "encoder_weights": None, "classes": 4}
-       for arch, enc in (("Unet", "efficientnet-b3"), ("FPN", "efficientnet-b3"), ("Unet", "tu-efficientnet_b3"))},
+    "classifier/competition: timm efficientnet_b1": {
+        "_target_": "timm.create_model",
+        "model_name": "efficientnet_b1",
+        "pretrained": False,
+        "num_classes": 4,
+    },
+    **{
+        f"segmenter: smp {arch} {enc}": {
+            "_target_": "segmentation_models_pytorch.create_model",
+            "arch": arch,
+            "encoder_name": enc,
+            "encoder_weights": None,
+            "classes": 4,
+        }
+        for arch, enc in (("Unet", "efficientnet-b3"), ("FPN", "efficientnet-b3"), ("Unet", "tu-efficientnet_b3"))
+    },
 }
 PROFILED_TINY = {
-    "classifier: timm test_resnet": {"_target_": "timm.create_model", "model_name": "test_resnet", "pretrained": False,
-                                     "num_classes": 4},
-    "segmenter: smp Unet tu-test_resnet": {"_target_": "segmentation_models_pytorch.create_model", "arch": "unet",
-                                           "encoder_name": "tu-test_resnet", "encoder_weights": None, "classes": 4,
-                                           "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+    "classifier: timm test_resnet": {
+        "_target_": "timm.create_model",
+        "model_name": "test_resnet",
+        "pretrained": False,
+        "num_classes": 4,
+    },
+    "segmenter: smp Unet tu-test_resnet": {
+        "_target_": "segmentation_models_pytorch.create_model",
+        "arch": "unet",
+        "encoder_name": "tu-test_resnet",
+        "encoder_weights": None,
+        "classes": 4,
+        "encoder_depth": 3,
+        "decoder_channels": [16, 8, 8],
+    },
 }
 
 
@@ -434,8 +556,13 @@ def profile_networks(device, tiny: bool, top: int = 8) -> str:
         ops = ", ".join(f"{e.key} {100 * getattr(e, sort) / total:.0f}%" for e in events[:top])
         params = sum(p.numel() for p in model.parameters()) / 1e6
         lines.append(f"| {name} | {params:.1f} M | {1e3 * seconds / len(x):.0f} | {ops} |")
-    return "\n".join(["| network | parameters | ms per image (profiled) | top ops by self time (share) |",
-                      "| --- | --- | --- | --- |", *lines])
+    return "\n".join(
+        [
+            "| network | parameters | ms per image (profiled) | top ops by self time (share) |",
+            "| --- | --- | --- | --- |",
+            *lines,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The classifier's view of a dataset: image -> 4-dim presence vector, plus class-balanced weights."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +23,14 @@ class PresenceDataset(Dataset):
     datasets and reduced input sizes, where JPEG decoding would dominate an epoch.
     """
 
-    def __init__(self, source: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None, cache: bool = False) -> None:
+    def __init__(
+        self,
+        source: SteelDataset,
+        image_ids: Sequence[str],
+        preprocess: Preprocess,
+        augment: Augment | None = None,
+        cache: bool = False,
+    ) -> None:
         self.source, self.image_ids = source, list(image_ids)
         self.preprocess, self.augment = preprocess, augment
         self.cache: dict[str, np.ndarray] | None = {} if cache else None
@@ -45,5 +53,8 @@ class PresenceDataset(Dataset):
                 self.cache[image_id] = image
         if self.augment is not None:
             image, _ = self.augment(image)
-        return {"image": torch.from_numpy(self.preprocess.normalize(image)),
-                "target": torch.from_numpy(self.targets[index]), "image_id": image_id}
+        return {
+            "image": torch.from_numpy(self.preprocess.normalize(image)),
+            "target": torch.from_numpy(self.targets[index]),
+            "image_id": image_id,
+        }

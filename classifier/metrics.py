@@ -1,7 +1,9 @@
 """Classifier metrics: per-class ROC-AUC, F1 at thresholds, accuracy of 'any defect' (numpy in, floats out)."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +47,10 @@ class ClassifierMetric:
     def state(self) -> dict[str, torch.Tensor]:
         """Everything collected, on the CPU (one copy per validation pass)."""
         n = len(self.thresholds)
-        return {"probs": torch.cat(self.probs).cpu() if self.probs else torch.empty(0, n),
-                "labels": torch.cat(self.labels).cpu() if self.labels else torch.empty(0, n)}
+        return {
+            "probs": torch.cat(self.probs).cpu() if self.probs else torch.empty(0, n),
+            "labels": torch.cat(self.labels).cpu() if self.labels else torch.empty(0, n),
+        }
 
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         return classifier_metrics(state["probs"].numpy(), state["labels"].numpy(), self.thresholds)

@@ -1,4 +1,5 @@
 """The classifier network: any timm model with a 4-logit head (one per defect class)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,16 @@ from engine.checkpoint import CheckpointError, read_torch_file
 from engine.pretrained import PREFIX, is_package_source, load_into_timm
 
 
-def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = False, pretrained_path: str | None = None,
-                      in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float | None = None,
-                      global_pool: str | None = None) -> nn.Module:
+def create_classifier(
+    name: str,
+    num_classes: int = 4,
+    pretrained: bool | str = False,
+    pretrained_path: str | None = None,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    drop_path_rate: float | None = None,
+    global_pool: str | None = None,
+) -> nn.Module:
     """``timm.create_model(name, num_classes=4)``; weights from the hub, from an installed weights package
     (``pretrained=pip:efficientnet-lite0``, ``engine.pretrained``; the new head keeps its random init) or from
     ``pretrained_path``.
@@ -24,7 +32,9 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = 
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ConfigError(f"classifier.model.name: unknown timm model {name!r}" + (f"; similar: {close}" if close else ""))
+        raise ConfigError(
+            f"classifier.model.name: unknown timm model {name!r}" + (f"; similar: {close}" if close else "")
+        )
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -32,12 +42,19 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = 
         kwargs["global_pool"] = global_pool
     if isinstance(pretrained, str) and not pretrained_path:
         if not is_package_source(pretrained):
-            raise ConfigError(f"classifier.model.pretrained: expected true, false or {PREFIX}<package>, "
-                              f"got {pretrained!r}")
+            raise ConfigError(
+                f"classifier.model.pretrained: expected true, false or {PREFIX}<package>, got {pretrained!r}"
+            )
         model = timm.create_model(name, pretrained=False, **kwargs)
         head = str(model.pretrained_cfg.get("classifier") or "classifier")
-        load_into_timm(model, pretrained, name, option="classifier.model.pretrained",
-                       model_option="classifier.model.name", new_head=(f"{head}.",))
+        load_into_timm(
+            model,
+            pretrained,
+            name,
+            option="classifier.model.pretrained",
+            model_option="classifier.model.name",
+            new_head=(f"{head}.",),
+        )
         return model
     if pretrained_path:
         path = Path(pretrained_path)
@@ -55,9 +72,11 @@ def create_classifier(name: str, num_classes: int = 4, pretrained: bool | str = 
         if not pretrained:
             raise
         where = f"file {pretrained_path}" if pretrained_path else "the hub"
-        raise ConfigError(f"classifier.model.pretrained: cannot load {name} weights from {where} "
-                          f"({type(exc).__name__}: {exc}); offline, set classifier.model.pretrained_path=<weights "
-                          f"file> or classifier.model.pretrained=false") from exc
+        raise ConfigError(
+            f"classifier.model.pretrained: cannot load {name} weights from {where} "
+            f"({type(exc).__name__}: {exc}); offline, set classifier.model.pretrained_path=<weights "
+            f"file> or classifier.model.pretrained=false"
+        ) from exc
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

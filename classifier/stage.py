@@ -1,4 +1,5 @@
 """The classifier stage for the engine: ``make_stage(cfg)`` (the ``stage`` config's ``_target_``) and its OOF file."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -33,8 +34,9 @@ class ClassifierLoss(ImageBCE):
     """BCE on (B, 4) logits with one positive weight per class (``engine.losses.ImageBCE``, the joint head's too)."""
 
 
-def write_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: PresenceDataset, fold: int,
-              batch_size: int) -> Path:
+def write_oof(
+    model: nn.Module, run_dir: Path, device: torch.device, *, dataset: PresenceDataset, fold: int, batch_size: int
+) -> Path:
     """``oof_classifier.csv`` (``common.oof``) of the fold's validation images (sigmoid probabilities)."""
     ids, logits = predict(model, dataset, device, batch_size)
     probs = torch.sigmoid(logits).numpy()
@@ -60,11 +62,18 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     val_set = PresenceDataset(dataset, val_ids, preprocess, cache=cache)
     weights = sample_weights(dataset.labels.loc[train_ids], c.get("sampling"), "classifier.sampling")
     return StageSpec(
-        name=STAGE, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
-        loss=loss, new_metric=partial(ClassifierMetric, thresholds),
-        monitor=str(c.monitor), mode=str(c.get("mode", "max")),
+        name=STAGE,
+        model=model,
+        model_config=model_config,
+        train_set=train_set,
+        val_set=val_set,
+        loss=loss,
+        new_metric=partial(ClassifierMetric, thresholds),
+        monitor=str(c.monitor),
+        mode=str(c.get("mode", "max")),
         meta={"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS), "thresholds": thresholds},
-        param_groups=param_groups, sample_weights=weights,
-        write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold),
-                          batch_size=val_batch_size(cfg.trainer)),
-        outputs=(CLASSIFIER_FILE,))
+        param_groups=param_groups,
+        sample_weights=weights,
+        write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_batch_size(cfg.trainer)),
+        outputs=(CLASSIFIER_FILE,),
+    )

@@ -6,5 +6,24 @@ the metric run in a Kaggle kernel or on a line PC without torch: ``python -m com
 ``python -m common.metrics``. ``common`` imports no other steelseg package.
 """
 
-__all__ = ["constants", "errors", "devices", "io", "config", "rle", "annotations", "images", "layout", "dataset", "folds",
-           "metrics", "submission", "oof", "preprocess", "inspections", "data_setup", "sampling", "viz"]
+__all__ = [
+    "constants",
+    "errors",
+    "devices",
+    "io",
+    "config",
+    "rle",
+    "annotations",
+    "images",
+    "layout",
+    "dataset",
+    "folds",
+    "metrics",
+    "submission",
+    "oof",
+    "preprocess",
+    "inspections",
+    "data_setup",
+    "sampling",
+    "viz",
+]

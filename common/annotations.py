@@ -4,6 +4,7 @@ Long form: one row per (ImageId, ClassId) that has a defect, columns ``ImageId, 
 EncodedPixels``. The new format (``ImageId,ClassId,EncodedPixels``) lists defect rows only; the
 2019 format (``ImageId_ClassId,EncodedPixels``) lists every image x class, empty when clean.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,9 +22,18 @@ from common.errors import AnnotationError, RLEError
 from common.io import CsvError, read_csv
 from common.rle import is_empty, parse
 
-__all__ = ["Annotations", "check_image_id", "check_run_id", "detect_format", "check_row", "check_four_rows", "iter_rows",
-           "parse_frame",
-           "read_annotations", "labels_table"]
+__all__ = [
+    "Annotations",
+    "check_image_id",
+    "check_run_id",
+    "detect_format",
+    "check_row",
+    "check_four_rows",
+    "iter_rows",
+    "parse_frame",
+    "read_annotations",
+    "labels_table",
+]
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,19 @@ def check_image_id(image_id: object, where: str) -> str:
         raise AnnotationError(f"{where}: ImageId of {len(image_id)} characters (at most {MAX_ID_LENGTH}: a file name)")
     odd = next((ch for ch in image_id if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
     if odd is not None:
-        raise AnnotationError(f"{where}: ImageId {image_id!r} holds the control or format character "
-                              f"U+{ord(odd):04X} ({unicodedata.name(odd, 'unnamed')}); rename the file")
+        raise AnnotationError(
+            f"{where}: ImageId {image_id!r} holds the control or format character "
+            f"U+{ord(odd):04X} ({unicodedata.name(odd, 'unnamed')}); rename the file"
+        )
     posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
-    if (posix.is_absolute() or windows.is_absolute() or windows.drive or len(posix.parts) != 1
-            or len(windows.parts) != 1 or image_id in (".", "..")):
+    if (
+        posix.is_absolute()
+        or windows.is_absolute()
+        or windows.drive
+        or len(posix.parts) != 1
+        or len(windows.parts) != 1
+        or image_id in (".", "..")
+    ):
         raise AnnotationError(f"{where}: ImageId {image_id!r} is not a plain file name (paths are refused)")
     return image_id
 
@@ -68,8 +86,9 @@ def check_run_id(run_id: object, where: str = "run id") -> str:
     part of the store's source name and of CSVs people open: no formulas, markup or control characters)."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         shown = repr(run_id) if not isinstance(run_id, str) or len(run_id) <= 100 else f"{run_id[:100]!r}..."
-        raise AnnotationError(f"{where}: run id {shown} must be 1-80 letters, digits, '.', '_' or '-', starting "
-                              "with a letter or digit")
+        raise AnnotationError(
+            f"{where}: run id {shown} must be 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return run_id
 
 
@@ -93,8 +112,15 @@ def _class_id(value: object, where: str) -> int:
     return int(text)
 
 
-def check_row(fmt: str, key: object, cls: object, rle: object, where: str,
-              validate_rle: bool = True, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[str, int, str]:
+def check_row(
+    fmt: str,
+    key: object,
+    cls: object,
+    rle: object,
+    where: str,
+    validate_rle: bool = True,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+) -> tuple[str, int, str]:
     """Validate one CSV row; return (ImageId, ClassId, RLE or '') or raise naming ``where``."""
     if fmt == OLD_FORMAT:
         if not isinstance(key, str) or "_" not in key:
@@ -132,11 +158,17 @@ def check_four_rows(seen: dict[tuple[str, int], int], path: str) -> None:
         if missing:
             raise AnnotationError(
                 f"{path}, line {min(lines)}: image {image_id!r} has no row for class(es) {missing}; the 2019 format "
-                f"(ImageId_ClassId) lists all {len(CLASS_IDS)} classes of every image (an empty EncodedPixels: clean)")
+                f"(ImageId_ClassId) lists all {len(CLASS_IDS)} classes of every image (an empty EncodedPixels: clean)"
+            )
 
 
-def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool = True,
-                shape: tuple[int, int] = IMAGE_SHAPE, lines: list[int] | None = None) -> Annotations:
+def parse_frame(
+    frame: pd.DataFrame,
+    path: str = "<frame>",
+    validate_rle: bool = True,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+    lines: list[int] | None = None,
+) -> Annotations:
     """Turn a raw CSV frame (all columns as text) of either format into validated long form."""
     fmt = detect_format(list(frame.columns), path)
     ids, classes, rles = [], [], []
@@ -158,14 +190,16 @@ def parse_frame(frame: pd.DataFrame, path: str = "<frame>", validate_rle: bool =
             rles.append(rle)
     if fmt == OLD_FORMAT:
         check_four_rows(seen, path)
-    rows = pd.DataFrame({"ImageId": ids, "ClassId": np.asarray(classes, np.int64), "EncodedPixels": rles},
-                        columns=LONG_COLUMNS)
+    rows = pd.DataFrame(
+        {"ImageId": ids, "ClassId": np.asarray(classes, np.int64), "EncodedPixels": rles}, columns=LONG_COLUMNS
+    )
     rows = rows.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
     return Annotations(rows=rows, image_ids=tuple(mentioned), format=fmt, path=path, line_of=seen)
 
 
-def read_annotations(source: Path | str | bytes, validate_rle: bool = True,
-                     shape: tuple[int, int] = IMAGE_SHAPE, name: str | None = None) -> Annotations:
+def read_annotations(
+    source: Path | str | bytes, validate_rle: bool = True, shape: tuple[int, int] = IMAGE_SHAPE, name: str | None = None
+) -> Annotations:
     """Read an annotation or submission CSV of either format (auto-detected) into long form.
 
     ``source`` is a path or the file's bytes (an upload, named by ``name``).

@@ -5,19 +5,32 @@ Configs written by the user (Hydra) may name any importable callable. Anything r
 must be on that allowlist, checked before any import or call.
 Hydra and OmegaConf are imported on first use, so importing this module stays light.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any
 
 from common.errors import ConfigError, SteelsegError
 
-__all__ = ["ConfigError", "build", "call", "to_plain", "targets", "check_allowed", "check_known", "whole_number",
-           "required_whole_number", "real_number"]
+__all__ = [
+    "ConfigError",
+    "build",
+    "call",
+    "to_plain",
+    "targets",
+    "check_allowed",
+    "check_known",
+    "whole_number",
+    "required_whole_number",
+    "real_number",
+]
 
 
-def check_known(node: Mapping[str, Any], known: Collection[str], key: str,
-                error: type[SteelsegError] = ConfigError) -> None:
+def check_known(
+    node: Mapping[str, Any], known: Collection[str], key: str, error: type[SteelsegError] = ConfigError
+) -> None:
     """Refuse keys of ``node`` outside ``known`` (a typo is not silently ignored): one line naming ``key``."""
     unknown = set(node) - set(known)
     if unknown:
@@ -41,8 +54,9 @@ def required_whole_number(value: Any, key: str, minimum: int = 0, note: str = ""
     return value
 
 
-def real_number(value: Any, key: str, minimum: float | None = None, default: float | None = None,
-                note: str = "") -> float | None:
+def real_number(
+    value: Any, key: str, minimum: float | None = None, default: float | None = None, note: str = ""
+) -> float | None:
     """A real-number setting (e.g. ``trainer.grad_clip``): ``value`` as a finite float >= ``minimum``, ``default``
     when it is None; text that is no number, booleans, NaN and infinities are a ConfigError naming ``key``."""
     if value is None:

@@ -6,10 +6,12 @@ the root is read (the synthetic generator's ``ensure_dataset``), so this module 
 A data node read from a file (a checkpoint's ``meta.config.data``) is data, never code: ``check_data_node``
 allows only the generators on ``DATA_GENERATORS`` (checked before any import or call).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +26,18 @@ from common.io import check_writable
 from common.metrics import kaggle_score
 from common.rle import area
 
-__all__ = ["DATA_GENERATORS", "check_data_node", "prepare_root", "load_train", "fold_split", "load_test", "load_folds",
-           "summary_table", "describe", "summarize"]
+__all__ = [
+    "DATA_GENERATORS",
+    "check_data_node",
+    "prepare_root",
+    "load_train",
+    "fold_split",
+    "load_test",
+    "load_folds",
+    "summary_table",
+    "describe",
+    "summarize",
+]
 
 DataNode = Mapping[str, Any]
 DATA_GENERATORS = frozenset({"synthetic.ensure_dataset"})  # the only targets a data node read from a file may name
@@ -66,8 +78,9 @@ def fold_split(data: DataNode, fold: int) -> tuple[SteelDataset, list[str], list
         key = f"data.extra_train[{index}]"
         if not (root / "train_images").is_dir() or not (root / "train.csv").is_file():
             raise DatasetError(f"{key}: {root} is not a training root (needs train_images/ and train.csv)")
-        extra = dataset_from(root / "train_images", read_annotations(root / "train.csv"),
-                             str(data.get("check_images", "header")))
+        extra = dataset_from(
+            root / "train_images", read_annotations(root / "train.csv"), str(data.get("check_images", "header"))
+        )
         dataset = dataset.joined(extra)
         train_ids = train_ids + list(extra.image_ids)
     return dataset, train_ids, val_ids
@@ -89,8 +102,11 @@ def load_folds(data: DataNode, dataset: SteelDataset) -> pd.DataFrame:
         folds = read_folds(path, dataset.image_ids)
     else:
         check_writable(path, "data.folds.path")  # e.g. a read-only data root: say which setting to change
-        folds = make_folds(dataset.labels, required_whole_number(folds_cfg["n_splits"], "data.folds.n_splits", 2),
-                           whole_number(folds_cfg["seed"], "data.folds.seed"))
+        folds = make_folds(
+            dataset.labels,
+            required_whole_number(folds_cfg["n_splits"], "data.folds.n_splits", 2),
+            whole_number(folds_cfg["seed"], "data.folds.seed"),
+        )
         write_folds(folds, path, key="data.folds.path")
     check_folds(folds, dataset.labels, f"{path} (data.folds.path)")
     return folds
@@ -103,8 +119,15 @@ def summary_table(dataset: SteelDataset) -> pd.DataFrame:
     out = []
     for c in CLASS_IDS:
         a = areas[rows["ClassId"] == c] if len(rows) else areas
-        out.append({"class": c, "images": int(len(a)), "share": len(a) / len(dataset),
-                    "median_area": float(a.median()) if len(a) else 0.0, "max_area": int(a.max()) if len(a) else 0})
+        out.append(
+            {
+                "class": c,
+                "images": int(len(a)),
+                "share": len(a) / len(dataset),
+                "median_area": float(a.median()) if len(a) else 0.0,
+                "max_area": int(a.max()) if len(a) else 0,
+            }
+        )
     return pd.DataFrame(out).set_index("class")
 
 
@@ -113,13 +136,15 @@ def describe(dataset: SteelDataset, name: str) -> str:
     labels = dataset.labels
     per_image = labels.sum(axis=1).value_counts().sort_index()
     baseline = kaggle_score(dataset.annotations.iloc[0:0], dataset.annotations, dataset.image_ids)
-    lines = [f"{name}: {len(dataset)} images in {dataset.image_dir}, {len(dataset.annotations)} defect masks",
-             f"  defect-free images: {int((labels.sum(axis=1) == 0).sum())} "
-             f"({(labels.sum(axis=1) == 0).mean():.1%})",
-             "  classes per image: " + ", ".join(f"{k}: {v}" for k, v in per_image.items()),
-             summary_table(dataset).to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n  ").join(["  ", ""]),
-             f"  all-empty submission scores {baseline.overall:.5f} (per class "
-             + ", ".join(f"{c}: {baseline.baseline_per_class[c]:.4f}" for c in CLASS_IDS) + ")"]
+    lines = [
+        f"{name}: {len(dataset)} images in {dataset.image_dir}, {len(dataset.annotations)} defect masks",
+        f"  defect-free images: {int((labels.sum(axis=1) == 0).sum())} ({(labels.sum(axis=1) == 0).mean():.1%})",
+        "  classes per image: " + ", ".join(f"{k}: {v}" for k, v in per_image.items()),
+        summary_table(dataset).to_string(float_format=lambda v: f"{v:.3f}").replace("\n", "\n  ").join(["  ", ""]),
+        f"  all-empty submission scores {baseline.overall:.5f} (per class "
+        + ", ".join(f"{c}: {baseline.baseline_per_class[c]:.4f}" for c in CLASS_IDS)
+        + ")",
+    ]
     return "\n".join(lines)
 
 
@@ -128,10 +153,14 @@ def summarize(data: DataNode) -> str:
     train = load_train(data)
     folds = load_folds(data, train)
     per_fold = check_folds(folds, train.labels)
-    text = [describe(train, "train"),
-            f"  folds ({data['folds']['path']}): " + ", ".join(
-                f"{k}: {v}" for k, v in folds["fold"].value_counts().sort_index().items()),
-            "  positives per fold and class:\n    " + per_fold.to_string().replace("\n", "\n    ")]
+    text = [
+        describe(train, "train"),
+        f"  folds ({data['folds']['path']}): "
+        + ", ".join(f"{k}: {v}" for k, v in folds["fold"].value_counts().sort_index().items()),
+        "  positives per fold and class:\n    " + per_fold.to_string().replace("\n", "\n    "),
+    ]
     test = load_test(data)
-    text.append(describe(test, "test") if test.labelled else f"test: {len(test)} images in {test.image_dir} (unlabelled)")
+    text.append(
+        describe(test, "test") if test.labelled else f"test: {len(test)} images in {test.image_dir} (unlabelled)"
+    )
     return "\n".join(text)

@@ -3,12 +3,13 @@
 Layout: ``ROOT/train_images/``, ``ROOT/test_images/``, ``ROOT/train.csv`` (either format).
 Images present in the folder but absent from the CSV are defect-free and kept.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,16 @@ from common.errors import ConfigError, DatasetError, ImageError
 from common.images import check_complete, read_bytes, read_image, read_size
 from common.rle import decode
 
-__all__ = ["SteelDataset", "class_masks", "mask_stack", "rles_by_image", "list_images", "check_image_files",
-           "dataset_from", "load_split"]
+__all__ = [
+    "SteelDataset",
+    "class_masks",
+    "mask_stack",
+    "rles_by_image",
+    "list_images",
+    "check_image_files",
+    "dataset_from",
+    "load_split",
+]
 
 DEFAULT_CSV = {"train": "train.csv", "test": None}
 
@@ -86,7 +95,7 @@ class SteelDataset:
         """0/1 presence per image (rows) and class (columns 1..4), defect-free images included."""
         return labels_table(self.annotations, self.image_ids)
 
-    def subset(self, image_ids: list[str] | tuple[str, ...]) -> "SteelDataset":
+    def subset(self, image_ids: list[str] | tuple[str, ...]) -> SteelDataset:
         """The same dataset restricted to some images (e.g. one fold)."""
         missing = set(image_ids) - set(self.image_ids)
         if missing:
@@ -95,15 +104,17 @@ class SteelDataset:
         elsewhere = {i: self.elsewhere[i] for i in image_ids if i in self.elsewhere}
         return SteelDataset(self.image_dir, tuple(image_ids), rows, self.labelled, self.source, elsewhere)
 
-    def joined(self, other: "SteelDataset") -> "SteelDataset":
+    def joined(self, other: SteelDataset) -> SteelDataset:
         """This dataset plus the images of another labelled root (e.g. pseudo-labels); a shared ImageId is an
         error naming both roots, never a silent overwrite."""
         if not (self.labelled and other.labelled):
             raise DatasetError(f"{other.source or other.image_dir}: an added training root needs annotations")
         shared = sorted(set(self.image_ids) & set(other.image_ids))
         if shared:
-            raise DatasetError(f"{other.source}: ImageId {shared[0]!r} (and {len(shared) - 1} more) is also in "
-                               f"{self.source}; an added training root must hold other images")
+            raise DatasetError(
+                f"{other.source}: ImageId {shared[0]!r} (and {len(shared) - 1} more) is also in "
+                f"{self.source}; an added training root must hold other images"
+            )
         elsewhere = {**self.elsewhere, **{i: other.path(i) for i in other.image_ids}}
         rows = pd.concat([self.annotations, other.annotations], ignore_index=True)
         return SteelDataset(self.image_dir, self.image_ids + other.image_ids, rows, True, self.source, elsewhere)
@@ -124,8 +135,7 @@ def list_images(image_dir: Path | str) -> list[str]:
             continue
         check_image_id(entry.name, str(image_dir))  # a name no CSV row can hold is refused, not written quoted
         if not entry.is_file():
-            what = "a symlink to a missing file" if entry.is_symlink() and not entry.exists() else \
-                "not a regular file"
+            what = "a symlink to a missing file" if entry.is_symlink() and not entry.exists() else "not a regular file"
             raise ImageError(f"{entry}: {what}; fix or remove it (every image in {image_dir} is used)")
         names.append(entry.name)
     return sorted(names)
@@ -169,8 +179,9 @@ def dataset_from(image_dir: Path | str, annotations: Annotations | None, check: 
     return SteelDataset(image_dir, tuple(on_disk), rows, annotations is not None, source)
 
 
-def load_split(root: Path | str, split: str = "train", csv: Path | str | None = None,
-               check: str = "header") -> SteelDataset:
+def load_split(
+    root: Path | str, split: str = "train", csv: Path | str | None = None, check: str = "header"
+) -> SteelDataset:
     """Load ``ROOT/{split}_images`` with ``csv`` (default ``ROOT/train.csv`` for train, none for test)."""
     root = Path(root)
     if not root.is_dir():

@@ -3,6 +3,7 @@
 ``auto`` is the first CUDA device when torch sees one, else the CPU; ``cpu``, ``cuda`` and ``cuda:<index>`` are
 taken as asked. A CUDA device that torch cannot see is a user error naming the key, never a quiet CPU run.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,6 +34,7 @@ def choose_device(name: Any, cuda_count: int, key: str = "device", local_rank: i
         return "cuda"
     if index >= cuda_count:
         asked = text if match.group(1) is not None else f"cuda (local rank {index})"
-        raise ConfigError(f"{key}: {asked} requested but torch sees {cuda_count} CUDA device(s), cuda:0 to "
-                          f"cuda:{cuda_count - 1}")
+        raise ConfigError(
+            f"{key}: {asked} requested but torch sees {cuda_count} CUDA device(s), cuda:0 to cuda:{cuda_count - 1}"
+        )
     return f"cuda:{index}"

@@ -3,11 +3,12 @@
 A ``SteelsegError`` is a user error: command-line tools print its one-line message and exit 2, with no
 traceback (``exit_on_user_error``). Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class SteelsegError(Exception):
@@ -71,12 +72,14 @@ def _hydra_output_error(exc: OSError) -> str | None:
 
 def _one_line(exc: BaseException) -> str:
     """An exception's message (and its cause's) on one line, without OmegaConf's full_key/object_type lines."""
-    parts = [str(exc)] + ([str(exc.__cause__)] if exc.__cause__ is not None and str(exc.__cause__) not in str(exc)
-                          else [])
+    parts = [str(exc)] + (
+        [str(exc.__cause__)] if exc.__cause__ is not None and str(exc.__cause__) not in str(exc) else []
+    )
     text = "\n".join(parts).split("Config search path:")[0]  # Hydra's search path list says nothing to a user
     lines = [line.strip() for line in text.splitlines()]
-    return " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=",
-                                                                             "reference_type=")))
+    return " ".join(
+        line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type="))
+    )
 
 
 @contextmanager
@@ -119,5 +122,15 @@ def hydra_command_line_errors() -> Iterator[None]:
         utils.run_and_report = original
 
 
-__all__ = ["exit_on_user_error", "hydra_command_line_errors", "SteelsegError", "AnnotationError", "ImageError", "DatasetError", "ConfigError", "RLEError", "OOFError",
-           "SubmissionError"]
+__all__ = [
+    "exit_on_user_error",
+    "hydra_command_line_errors",
+    "SteelsegError",
+    "AnnotationError",
+    "ImageError",
+    "DatasetError",
+    "ConfigError",
+    "RLEError",
+    "OOFError",
+    "SubmissionError",
+]

@@ -1,4 +1,5 @@
 """Multilabel-stratified K folds over the four class flags and 'no defect' (iterative-stratification)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,10 @@ def check_folds(folds: pd.DataFrame, labels: pd.DataFrame, where: str = "folds")
     for class_id in table.columns:
         empty = table.index[table[class_id] == 0].tolist()
         if empty and total[class_id] >= n_folds:
-            raise DatasetError(f"{where}: fold(s) {empty} hold no image of class {class_id} although "
-                               f"{int(total[class_id])} exist; delete the folds file to remake it")
+            raise DatasetError(
+                f"{where}: fold(s) {empty} hold no image of class {class_id} although "
+                f"{int(total[class_id])} exist; delete the folds file to remake it"
+            )
     return table
 
 
@@ -67,8 +70,9 @@ def read_folds(path: Path | str, image_ids: list[str] | tuple[str, ...] | None =
         if not fold.strip().isdigit():
             raise DatasetError(f"{path}, line {line}: fold {fold!r} is not a non-negative integer")
         seen[image_id] = line
-    folds = pd.DataFrame({"ImageId": [r[0] for r in table.rows],
-                          "fold": np.array([int(r[1]) for r in table.rows], np.int64)})
+    folds = pd.DataFrame(
+        {"ImageId": [r[0] for r in table.rows], "fold": np.array([int(r[1]) for r in table.rows], np.int64)}
+    )
     if image_ids is not None:
         missing = sorted(set(image_ids) - set(folds["ImageId"]))
         if missing:

@@ -4,6 +4,7 @@ One orientation rule for every reader (training, infer, the service, the dashboa
 stored and an EXIF orientation tag is ignored (``DECODE_FLAGS``), as the Kaggle data needs; the header check
 (``read_size``, PIL's stored size) therefore agrees with the decode, so a file that passes it also reads.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,11 +13,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.errors import ImageError
 from common.constants import IMAGE_SHAPE
+from common.errors import ImageError
 
-__all__ = ['DECODE_FLAGS', 'sniff_format', 'check_complete', 'header_size', 'check_header_size', 'decode_image',
-           'read_bytes', 'read_image', 'read_size']
+__all__ = [
+    "DECODE_FLAGS",
+    "sniff_format",
+    "check_complete",
+    "header_size",
+    "check_header_size",
+    "decode_image",
+    "read_bytes",
+    "read_image",
+    "read_size",
+]
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -25,8 +35,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _NEXT_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length field
 # OpenCV rotates JPEG, PNG and WebP pixels by their EXIF orientation unless told not to: never rotate.
-DECODE_FLAGS = {1: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
-                3: cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION}
+DECODE_FLAGS = {
+    1: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
+    3: cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+}
 
 
 def sniff_format(data: bytes) -> str:
@@ -57,7 +69,7 @@ def _jpeg_end(data: bytes) -> int | None:
             continue
         if i + 2 > n:
             return None
-        i += int.from_bytes(data[i:i + 2], "big")
+        i += int.from_bytes(data[i : i + 2], "big")
         if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next marker
             found = _NEXT_MARKER.search(data, i)
             if found is None:
@@ -70,8 +82,8 @@ def _png_complete(data: bytes) -> bool:
     """True when the chunk chain reaches a whole IEND chunk (bytes after it are ignored)."""
     i, n = len(_PNG_MAGIC), len(data)
     while i + 8 <= n:
-        end = i + 12 + int.from_bytes(data[i:i + 4], "big")
-        if data[i + 4:i + 8] == b"IEND":
+        end = i + 12 + int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == b"IEND":
             return end <= n
         i = end
     return False
@@ -104,8 +116,10 @@ def header_size(data: bytes | Path | str, path: Path | str = "<bytes>") -> tuple
             with Image.open(source, formats=["JPEG", "PNG"]) as img:
                 width, height = img.size
     except Image.DecompressionBombError as exc:  # raised only while Image.MAX_IMAGE_PIXELS is set
-        raise ImageError(f"{path}: the header claims an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
-                         f"(a decompression bomb?); not decoded") from exc
+        raise ImageError(
+            f"{path}: the header claims an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+            f"(a decompression bomb?); not decoded"
+        ) from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: unreadable image header ({exc})") from exc
     return height, width
@@ -115,12 +129,14 @@ def check_header_size(data: bytes, path: Path | str, shape: tuple[int, int]) -> 
     """Refuse, before any decoding, image bytes whose header claims a size other than ``shape``."""
     height, width = header_size(data, path)
     if (height, width) != tuple(shape):
-        raise ImageError(f"{path}: image is {height}x{width}, expected {shape[0]}x{shape[1]} (refused from its "
-                         "header, not decoded)")
+        raise ImageError(
+            f"{path}: image is {height}x{width}, expected {shape[0]}x{shape[1]} (refused from its header, not decoded)"
+        )
 
 
-def decode_image(data: bytes, path: Path | str = "<bytes>", channels: int = 3,
-                 shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
+def decode_image(
+    data: bytes, path: Path | str = "<bytes>", channels: int = 3, shape: tuple[int, int] | None = IMAGE_SHAPE
+) -> np.ndarray:
     """Decode JPEG/PNG bytes to uint8 HxW (channels=1) or HxWx3 (channels=3) as stored (EXIF orientation
     ignored), checking the size."""
     if channels not in (1, 3):

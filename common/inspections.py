@@ -5,6 +5,7 @@ Table ``inspections(id, image_id, inspected_at, source, class_id, area, rle, run
 ``class_id`` 0 means "no defect" (then ``area`` 0 and ``rle`` ''). ``infer.py store=PATH`` appends its
 predictions here; the dashboard reads it. Only the standard library plus common.rle.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -106,9 +107,15 @@ def records(rows: pd.DataFrame, image_ids: Iterable[str] | None = None) -> list[
     return out
 
 
-def append_rows(conn: sqlite3.Connection, rows: pd.DataFrame, source: str, run_id: str | None = None,
-                dates: Mapping[str, object] | str | date | None = None,
-                image_ids: Iterable[str] | None = None, replace: bool = False) -> int:
+def append_rows(
+    conn: sqlite3.Connection,
+    rows: pd.DataFrame,
+    source: str,
+    run_id: str | None = None,
+    dates: Mapping[str, object] | str | date | None = None,
+    image_ids: Iterable[str] | None = None,
+    replace: bool = False,
+) -> int:
     """Append long-form rows as inspections in one transaction; return the number of rows stored.
 
     ``dates``: one date for all, a mapping image -> date, or None for now (UTC). ``replace``: delete the
@@ -117,23 +124,29 @@ def append_rows(conn: sqlite3.Connection, rows: pd.DataFrame, source: str, run_i
     if not (source in ("train", "test") or source.startswith("pred:")):
         raise InspectionStoreError(f"source {source!r} must be 'train', 'test' or 'pred:<run_id>'")
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    values = [(image_id, _date_for(image_id, dates, now), source, class_id, px, rle, run_id)
-              for image_id, class_id, px, rle in records(rows, image_ids)]
+    values = [
+        (image_id, _date_for(image_id, dates, now), source, class_id, px, rle, run_id)
+        for image_id, class_id, px, rle in records(rows, image_ids)
+    ]
     try:
         with conn:  # one transaction: commit on success, roll back (old rows kept) on any failure
             if replace:
                 conn.execute("DELETE FROM inspections WHERE source = ?", (source,))
             conn.executemany(
                 "INSERT INTO inspections (image_id, inspected_at, source, class_id, area, rle, run_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
     except sqlite3.OperationalError as exc:  # full disk, read-only file, locked: nothing was changed
-        raise InspectionStoreError(f"{_store_name(conn)}: cannot store the rows of {source!r} ({exc}); "
-                                   f"the store is unchanged") from exc
+        raise InspectionStoreError(
+            f"{_store_name(conn)}: cannot store the rows of {source!r} ({exc}); the store is unchanged"
+        ) from exc
     return len(values)
 
 
-def query(conn: sqlite3.Connection, start: object = None, end: object = None,
-          source: str | None = None) -> pd.DataFrame:
+def query(
+    conn: sqlite3.Connection, start: object = None, end: object = None, source: str | None = None
+) -> pd.DataFrame:
     """Inspections with ``start <= inspected_at <= end`` and ``source`` (None = no bound).
 
     A date-only ``end`` includes that whole day; comparisons are on ISO text.

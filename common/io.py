@@ -14,6 +14,7 @@ The CSV reader is used for every CSV the project reads (annotations, submissions
 label tables, OOF tables, uploads), so they all accept and refuse the same things: UTF-8 with or
 without a BOM, quoted fields of any size, blank lines skipped; errors name the file and the line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,24 +39,53 @@ from common.errors import SteelsegError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["CsvError", "CsvTable", "WriteError", "STALE_TEMP_AGE_S", "atomic_open", "atomic_write_text", "temp_dir_beside",
-           "replace_folder",
-           "check_writable", "check_outputs", "place_error", "remove_stale_temps", "read_csv", "parse_csv_text",
-           "FORMULA_PREFIXES",
-           "spreadsheet_safe"]
+__all__ = [
+    "CsvError",
+    "CsvTable",
+    "WriteError",
+    "STALE_TEMP_AGE_S",
+    "atomic_open",
+    "atomic_write_text",
+    "temp_dir_beside",
+    "replace_folder",
+    "check_writable",
+    "check_outputs",
+    "place_error",
+    "remove_stale_temps",
+    "read_csv",
+    "parse_csv_text",
+    "FORMULA_PREFIXES",
+    "spreadsheet_safe",
+]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula (OWASP)
 
 STALE_TEMP_AGE_S = 3600
 # Failures of the place written to (not of the program): reported as one line naming the file.
-_PLACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EISDIR,
-                 errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EEXIST}
+_PLACE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.ENOENT,
+    errno.EEXIST,
+}
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # only a write can raise these
-_HINTS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-          errno.EROFS: "the file system is read-only: write elsewhere",
-          errno.EACCES: "no permission: write elsewhere or fix the folder's permissions",
-          errno.EPERM: "no permission: write elsewhere or fix the folder's permissions",
-          errno.EISDIR: "a directory is in the way: name a file", errno.ENOTDIR: "a file is in the way of a folder"}
+_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "no permission: write elsewhere or fix the folder's permissions",
+    errno.EPERM: "no permission: write elsewhere or fix the folder's permissions",
+    errno.EISDIR: "a directory is in the way: name a file",
+    errno.ENOTDIR: "a file is in the way of a folder",
+}
 
 
 class CsvError(SteelsegError, ValueError):
@@ -240,8 +270,11 @@ def atomic_open(path: Path | str, mode: str = "w", key: str | None = None, **kwa
             Path(tmp).unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(exc, OSError) and not isinstance(exc, SteelsegError) and (
-                exc.errno in _WRITE_ERRNOS or (own_step and exc.errno in _PLACE_ERRNOS)):
+        if (
+            isinstance(exc, OSError)
+            and not isinstance(exc, SteelsegError)
+            and (exc.errno in _WRITE_ERRNOS or (own_step and exc.errno in _PLACE_ERRNOS))
+        ):
             raise _write_error(path, exc, key) from exc
         raise
 
@@ -267,8 +300,9 @@ def check_writable(path: Path | str, key: str, directory: bool = False) -> Path:
     if not existing.is_dir():
         raise WriteError(f"{key}: {path}: {existing} is a file, not a folder: write elsewhere")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".steelseg-write-check.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
-                                   dir=existing)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".steelseg-write-check.{os.getpid()}-{_host_tag()}.", suffix=".tmp", dir=existing
+        )
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
@@ -296,8 +330,7 @@ def check_outputs(folder: Path | str, key: str, files: Sequence[str] = (), folde
     targets = [(folder / name, False) for name in files] + [(folder / name, True) for name in folders]
     for path, is_folder in targets:
         if not is_folder and path.is_dir():
-            raise WriteError(f"{key}: {path} is a directory where a file is written: remove it or choose another "
-                             f"{key}")
+            raise WriteError(f"{key}: {path} is a directory where a file is written: remove it or choose another {key}")
         blocker = _file_in_the_way(folder, path if is_folder else path.parent)
         if blocker is not None:
             raise WriteError(f"{key}: {blocker} is a file where a folder is made: remove it or choose another {key}")
@@ -336,8 +369,11 @@ class CsvTable:
         self.check_widths()
         if len(set(self.header)) != len(self.header):
             raise CsvError(f"{self.name}: repeated column names in the header {self.header}")
-        return pd.DataFrame(self.rows, columns=self.header, dtype=object).astype(str) if self.rows else \
-            pd.DataFrame({c: pd.Series(dtype=str) for c in self.header})
+        return (
+            pd.DataFrame(self.rows, columns=self.header, dtype=object).astype(str)
+            if self.rows
+            else pd.DataFrame({c: pd.Series(dtype=str) for c in self.header})
+        )
 
 
 def _field_limit() -> None:
@@ -395,7 +431,7 @@ def read_csv(source: Path | str | bytes, name: str | None = None, comment: str |
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise CsvError(f"{name}, line {line}: not UTF-8 text (byte {exc.start})") from exc
     return parse_csv_text(text, name, comment)
 
@@ -408,5 +444,6 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if out[column].dtype == object or str(out[column].dtype).startswith("str"):
             out[column] = out[column].map(
-                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+            )
     return out

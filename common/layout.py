@@ -8,6 +8,7 @@ image those masks cover, clean ones included), ``annotations/image_labels.csv`` 
 areas of a wider set) and ``annotations/predictions/*.csv`` (submissions).
 Every part may be given explicitly instead; a part that is named but missing is an error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,14 +49,30 @@ def find_root(root: Path | str) -> DataRoot:
     if not root.is_dir():
         raise DatasetError(f"{root}: data root not found")
     if (root / "train_images").is_dir() or (root / "train.csv").is_file():
-        return DataRoot(root, "kaggle", _existing(root / "train_images", "dir"), _existing(root / "test_images", "dir"),
-                        _existing(root / "train.csv"), None, None, _existing(root / "test_truth.csv"))
+        return DataRoot(
+            root,
+            "kaggle",
+            _existing(root / "train_images", "dir"),
+            _existing(root / "test_images", "dir"),
+            _existing(root / "train.csv"),
+            None,
+            None,
+            _existing(root / "test_truth.csv"),
+        )
     ann, img = root / "annotations", root / "images"
     if ann.is_dir() or img.is_dir():
         preds = tuple(sorted((ann / "predictions").glob("*.csv"))) if (ann / "predictions").is_dir() else ()
-        return DataRoot(root, "split", _existing(img / "train", "dir"), _existing(img / "test", "dir"),
-                        _existing(ann / "train_rle_partial.csv"), _existing(ann / "train_rle_partial_image_ids.csv"),
-                        _existing(ann / "image_labels.csv"), None, preds)
+        return DataRoot(
+            root,
+            "split",
+            _existing(img / "train", "dir"),
+            _existing(img / "test", "dir"),
+            _existing(ann / "train_rle_partial.csv"),
+            _existing(ann / "train_rle_partial_image_ids.csv"),
+            _existing(ann / "image_labels.csv"),
+            None,
+            preds,
+        )
     return DataRoot(root, "custom")
 
 

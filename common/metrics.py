@@ -3,13 +3,14 @@
 ``python -m common.metrics SUBMISSION --truth TRAIN_CSV --images DIR`` prints overall and per-class scores
 beside the all-empty baseline.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,9 +21,23 @@ from common.dataset import list_images
 from common.errors import SteelsegError
 from common.rle import decode, is_empty
 
-__all__ = ["dice", "dice_rle", "gap_closed", "dice_from_counts", "ScoreReport", "pair_table", "pair_dice", "score_pairs",
-           "kaggle_score", "bootstrap_gap_interval", "paired_difference", "with_interval", "roc_auc_per_class",
-           "f1_per_class", "main"]
+__all__ = [
+    "dice",
+    "dice_rle",
+    "gap_closed",
+    "dice_from_counts",
+    "ScoreReport",
+    "pair_table",
+    "pair_dice",
+    "score_pairs",
+    "kaggle_score",
+    "bootstrap_gap_interval",
+    "paired_difference",
+    "with_interval",
+    "roc_auc_per_class",
+    "f1_per_class",
+    "main",
+]
 
 BOOTSTRAP_DRAWS = 2000
 
@@ -77,21 +92,23 @@ def _percentile_interval(samples: np.ndarray, level: float) -> tuple[float, floa
     return float(np.percentile(samples, tail)), float(np.percentile(samples, 100.0 - tail))
 
 
-def bootstrap_gap_interval(pair_dice: np.ndarray, truth_empty: np.ndarray, level: float = 0.95,
-                           draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+def bootstrap_gap_interval(
+    pair_dice: np.ndarray, truth_empty: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the gap closed when the scored images are resampled with replacement: how far a
     score on this few images can move by the luck of which images were drawn (score and all-empty move together)."""
     columns = np.stack([_image_means(pair_dice), _image_means(truth_empty)], axis=1)
     means = _resampled_means(columns, draws, seed)
-    clean = means[:, 1] >= 1.0                       # a resample of defect-free images only has no gap to close
+    clean = means[:, 1] >= 1.0  # a resample of defect-free images only has no gap to close
     if clean.all():
         return float("nan"), float("nan")
     gaps = (means[~clean, 0] - means[~clean, 1]) / (1.0 - means[~clean, 1])
     return _percentile_interval(gaps, level)
 
 
-def paired_difference(dice_a: np.ndarray, dice_b: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS,
-                      seed: int = 0) -> tuple[float, float, float]:
+def paired_difference(
+    dice_a: np.ndarray, dice_b: np.ndarray, level: float = 0.95, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float, float]:
     """Score difference a - b on the same images and its paired bootstrap interval (the images are resampled
     together): (difference, low, high). An interval that holds 0 means this test cannot tell a from b."""
     diff = _image_means(dice_a) - _image_means(dice_b)
@@ -117,22 +134,26 @@ class ScoreReport:
     baseline: float
     baseline_per_class: dict[int, float]
     n_images: int
-    gap_interval: tuple[float, float] | None = None     # 95% bootstrap interval over images (``with_interval``)
+    gap_interval: tuple[float, float] | None = None  # 95% bootstrap interval over images (``with_interval``)
 
     def format(self) -> str:
         """Human-readable table."""
-        lines = [f"Kaggle score over {self.n_images} images x {len(CLASS_IDS)} classes",
-                 f"  {'':8s} {'score':>8s} {'all-empty':>10s} {'gain':>8s}"]
+        lines = [
+            f"Kaggle score over {self.n_images} images x {len(CLASS_IDS)} classes",
+            f"  {'':8s} {'score':>8s} {'all-empty':>10s} {'gain':>8s}",
+        ]
         rows = [(f"class {c}", self.per_class[c], self.baseline_per_class[c]) for c in CLASS_IDS]
         rows.append(("overall", self.overall, self.baseline))
         for name, s, b in rows:
             lines.append(f"  {name:8s} {s:8.5f} {b:10.5f} {s - b:+8.5f}")
-        lines.append(f"  gap closed: {self.gap_closed:.1%} of the gap between all-empty ({self.baseline:.5f}) "
-                     "and a perfect 1.0")
+        lines.append(
+            f"  gap closed: {self.gap_closed:.1%} of the gap between all-empty ({self.baseline:.5f}) and a perfect 1.0"
+        )
         if self.gap_interval is not None:
             low, high = self.gap_interval
-            lines.append(f"  95% interval of the gap closed, images resampled ({self.n_images} images): "
-                         f"{low:.1%} to {high:.1%}")
+            lines.append(
+                f"  95% interval of the gap closed, images resampled ({self.n_images} images): {low:.1%} to {high:.1%}"
+            )
         return "\n".join(lines)
 
     @property
@@ -142,8 +163,12 @@ class ScoreReport:
 
     def to_dict(self) -> dict[str, float]:
         """Flat dict for CSV/JSON logs."""
-        out = {"score": self.overall, "baseline": self.baseline, "gap_closed": self.gap_closed,
-               "n_images": self.n_images}
+        out = {
+            "score": self.overall,
+            "baseline": self.baseline,
+            "gap_closed": self.gap_closed,
+            "n_images": self.n_images,
+        }
         if self.gap_interval is not None:
             out["gap_closed_low"], out["gap_closed_high"] = self.gap_interval
         for c in CLASS_IDS:
@@ -180,8 +205,9 @@ def score_pairs(pair_dice: np.ndarray, truth_empty: np.ndarray, n_images: int) -
     )
 
 
-def pair_dice(pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]
-              ) -> tuple[np.ndarray, np.ndarray]:
+def pair_dice(
+    pred: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str] | tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """(Dice, truth-empty flags), each (n_images, 4), of long-form predictions against long-form truth."""
     truth = truth[truth["ImageId"].isin(set(image_ids))]
     p, t = pair_table(pred, image_ids), pair_table(truth, image_ids)
@@ -208,8 +234,10 @@ def roc_auc_per_class(probs: np.ndarray, labels: np.ndarray) -> list[float]:
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels).astype(np.int64)
-    return [float(roc_auc_score(labels[:, k], probs[:, k])) if 0 < labels[:, k].sum() < len(labels) else float("nan")
-            for k in range(labels.shape[1])]
+    return [
+        float(roc_auc_score(labels[:, k], probs[:, k])) if 0 < labels[:, k].sum() < len(labels) else float("nan")
+        for k in range(labels.shape[1])
+    ]
 
 
 def f1_per_class(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float]) -> list[float]:
@@ -250,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.format())
     if other is not None:
         diff, low, high = paired_difference(values, other)
-        print(f"versus {args.versus}: {diff:+.4f} (95% paired interval over images: {low:+.4f} to {high:+.4f}; "
-              f"{'holds 0: no difference this test can see' if low <= 0 <= high else 'excludes 0'})")
+        print(
+            f"versus {args.versus}: {diff:+.4f} (95% paired interval over images: {low:+.4f} to {high:+.4f}; "
+            f"{'holds 0: no difference this test can see' if low <= 0 <= high else 'excludes 0'})"
+        )
     return 0
 
 

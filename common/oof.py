@@ -18,12 +18,14 @@ is that rule on a map), a minimum total mask area, a per-(image, class) gate, a 
 The counting kernel (``histograms``, ``suffix_sums``) runs on NumPy arrays or, unchanged, on torch tensors
 on any device (the segmenter's validation metric); torch is never imported by this module.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,10 +35,33 @@ from common.errors import OOFError
 from common.io import CsvError, atomic_open, atomic_write_text, read_csv
 from common.metrics import ScoreReport, dice_from_counts, score_pairs
 
-__all__ = ["SEGMENTER_FILE", "CLASSIFIER_FILE", "OOF_FILES", "SCHEMA_VERSION", "DEFAULT_BINS", "OOFError", "bin_index",
-           "grid_bin", "binarize", "histograms", "image_histograms", "suffix_sums", "SegmenterOOF", "OOFAccumulator",
-           "write_segmenter_oof", "read_segmenter_oof", "ClassifierOOF", "write_classifier_oof",
-           "read_classifier_oof", "OOF", "find_files", "load_oof", "pair_counts", "score", "score_grid"]
+__all__ = [
+    "SEGMENTER_FILE",
+    "CLASSIFIER_FILE",
+    "OOF_FILES",
+    "SCHEMA_VERSION",
+    "DEFAULT_BINS",
+    "OOFError",
+    "bin_index",
+    "grid_bin",
+    "binarize",
+    "histograms",
+    "image_histograms",
+    "suffix_sums",
+    "SegmenterOOF",
+    "OOFAccumulator",
+    "write_segmenter_oof",
+    "read_segmenter_oof",
+    "ClassifierOOF",
+    "write_classifier_oof",
+    "read_classifier_oof",
+    "OOF",
+    "find_files",
+    "load_oof",
+    "pair_counts",
+    "score",
+    "score_grid",
+]
 
 SEGMENTER_FILE = "oof_segmenter.npz"
 CLASSIFIER_FILE = "oof_classifier.csv"
@@ -49,6 +74,7 @@ PROB_COLUMNS = [f"prob_{c}" for c in CLASS_IDS]
 
 
 # ----------------------------------------------------------------------------- the counting kernel
+
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
@@ -109,8 +135,9 @@ def histograms(probs: Any, truth: Any, bins: int = DEFAULT_BINS) -> tuple[Any, A
     return counts[:, :, 1], counts[:, :, 0], top
 
 
-def image_histograms(probs: np.ndarray, truth: np.ndarray, bins: int = DEFAULT_BINS
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_histograms(
+    probs: np.ndarray, truth: np.ndarray, bins: int = DEFAULT_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``histograms`` of one image: (4, H, W) probabilities and truth -> (4, B), (4, B), (4,)."""
     if probs.shape != truth.shape or probs.ndim != 3:
         raise OOFError(f"probabilities {probs.shape} and truth {truth.shape} must both be (classes, H, W)")
@@ -125,6 +152,7 @@ def suffix_sums(hist: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- segmenter file
+
 
 @dataclass(frozen=True)
 class SegmenterOOF:
@@ -149,11 +177,16 @@ class SegmenterOOF:
         area: np.ndarray = self.hist_pos.sum(-1, dtype=np.int64)
         return area
 
-    def validate(self, where: str = "<oof>") -> "SegmenterOOF":
+    def validate(self, where: str = "<oof>") -> SegmenterOOF:
         """Raise OOFError unless shapes, dtypes and counts are consistent."""
         n, b = len(self.image_ids), self.hist_pos.shape[-1] if self.hist_pos.ndim == 3 else -1
-        expect = {"fold": (n,), "bin_edges": (b + 1,), "hist_pos": (n, N_CLASSES, b),
-                  "hist_neg": (n, N_CLASSES, b), "max_prob": (n, N_CLASSES)}
+        expect = {
+            "fold": (n,),
+            "bin_edges": (b + 1,),
+            "hist_pos": (n, N_CLASSES, b),
+            "hist_neg": (n, N_CLASSES, b),
+            "max_prob": (n, N_CLASSES),
+        }
         for key, shape in expect.items():
             if getattr(self, key).shape != shape:
                 raise OOFError(f"{where}: {key} has shape {getattr(self, key).shape}, expected {shape}")
@@ -171,7 +204,7 @@ class SegmenterOOF:
         return self
 
     @staticmethod
-    def concat(parts: Sequence["SegmenterOOF"]) -> "SegmenterOOF":
+    def concat(parts: Sequence[SegmenterOOF]) -> SegmenterOOF:
         """Join several folds' OOF (duplicate image ids are an error)."""
         if not parts:
             raise OOFError("no OOF parts to join")
@@ -206,12 +239,23 @@ class OOFAccumulator:
     def result(self) -> SegmenterOOF:
         """The collected images as a SegmenterOOF (validated)."""
         n, b = len(self._ids), self.bins
-        pos, neg, top = (np.concatenate(p) for p in zip(*self._parts)) if self._parts else (
-            np.zeros((0, N_CLASSES, b), np.int32), np.zeros((0, N_CLASSES, b), np.int32),
-            np.zeros((0, N_CLASSES), np.float32))
-        return SegmenterOOF(np.array(self._ids, dtype=str), np.full(n, self.fold, np.int64),
-                            np.linspace(0.0, 1.0, b + 1), pos.astype(np.int32), neg.astype(np.int32),
-                            top.astype(np.float32)).validate(f"fold {self.fold}")
+        pos, neg, top = (
+            (np.concatenate(p) for p in zip(*self._parts))
+            if self._parts
+            else (
+                np.zeros((0, N_CLASSES, b), np.int32),
+                np.zeros((0, N_CLASSES, b), np.int32),
+                np.zeros((0, N_CLASSES), np.float32),
+            )
+        )
+        return SegmenterOOF(
+            np.array(self._ids, dtype=str),
+            np.full(n, self.fold, np.int64),
+            np.linspace(0.0, 1.0, b + 1),
+            pos.astype(np.int32),
+            neg.astype(np.int32),
+            top.astype(np.float32),
+        ).validate(f"fold {self.fold}")
 
 
 def write_segmenter_oof(path: Path | str, oof: SegmenterOOF) -> Path:
@@ -245,6 +289,7 @@ def read_segmenter_oof(path: Path | str) -> SegmenterOOF:
 
 
 # ----------------------------------------------------------------------------- classifier file
+
 
 @dataclass(frozen=True)
 class ClassifierOOF:
@@ -283,7 +328,9 @@ def read_classifier_oof(path: Path | str) -> ClassifierOOF:
     for line, row in zip(table.lines, table.rows):
         image_id = row[cols["ImageId"]]
         if image_id in seen:
-            raise OOFError(f"{table.name}, line {line}: image {image_id!r} appears twice (first at line {seen[image_id]})")
+            raise OOFError(
+                f"{table.name}, line {line}: image {image_id!r} appears twice (first at line {seen[image_id]})"
+            )
         seen[image_id] = line
         try:
             values = [float(row[cols[c]]) for c in PROB_COLUMNS]
@@ -295,11 +342,13 @@ def read_classifier_oof(path: Path | str) -> ClassifierOOF:
         ids.append(image_id)
         folds.append(fold)
         probs.append(values)
-    return ClassifierOOF(np.array(ids, dtype=str), np.array(folds, np.int64),
-                         np.array(probs, np.float64).reshape(len(ids), N_CLASSES))
+    return ClassifierOOF(
+        np.array(ids, dtype=str), np.array(folds, np.int64), np.array(probs, np.float64).reshape(len(ids), N_CLASSES)
+    )
 
 
 # ----------------------------------------------------------------------------- joined OOF
+
 
 @dataclass
 class OOF:
@@ -319,10 +368,16 @@ class OOF:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def subset(self, mask: np.ndarray) -> "OOF":
+    def subset(self, mask: np.ndarray) -> OOF:
         """The images where ``mask`` is True."""
-        return OOF(self.image_ids[mask], self.fold[mask], self.hist_pos[mask], self.hist_neg[mask],
-                   self.max_prob[mask], None if self.cls_prob is None else self.cls_prob[mask])
+        return OOF(
+            self.image_ids[mask],
+            self.fold[mask],
+            self.hist_pos[mask],
+            self.hist_neg[mask],
+            self.max_prob[mask],
+            None if self.cls_prob is None else self.cls_prob[mask],
+        )
 
     def tails(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class index ``c``: (intersection, predicted area) at every threshold bin, (N, B + 1) each, and the
@@ -360,8 +415,10 @@ def _check_entries(entries: Sequence[Path | str]) -> None:
         if path.is_file() and path.name not in names:
             raise OOFError(f"{path}: not an OOF file (expected {SEGMENTER_FILE} or {CLASSIFIER_FILE}, or a run folder)")
         if path.is_dir() and not any(find_files([path], name) for name in names):
-            raise OOFError(f"{path}: no {SEGMENTER_FILE} or {CLASSIFIER_FILE} in this folder "
-                           f"(a training run that has not finished, or another folder?)")
+            raise OOFError(
+                f"{path}: no {SEGMENTER_FILE} or {CLASSIFIER_FILE} in this folder "
+                f"(a training run that has not finished, or another folder?)"
+            )
 
 
 def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) -> OOF:
@@ -375,8 +432,10 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
     ids = np.concatenate([p.image_ids for p in parts])
     dup = pd.Index(ids)[pd.Index(ids).duplicated()]
     if len(dup):
-        raise OOFError(f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): give the "
-                       "folds of one segmenter run, or an ensemble OOF folder (python -m ensemble.oof)")
+        raise OOFError(
+            f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): give the "
+            "folds of one segmenter run, or an ensemble OOF folder (python -m ensemble.oof)"
+        )
     seg = SegmenterOOF.concat(parts)
     cls_prob = None
     cls_files = find_files(entries, CLASSIFIER_FILE)
@@ -384,8 +443,10 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
         cls = [read_classifier_oof(p) for p in cls_files]
         probs = pd.DataFrame(np.concatenate([c.probs for c in cls]), index=np.concatenate([c.image_ids for c in cls]))
         if probs.index.duplicated().any():
-            raise OOFError(f"{[str(p) for p in cls_files]}: image {probs.index[probs.index.duplicated()][0]!r} "
-                           "appears in several classifier OOF files")
+            raise OOFError(
+                f"{[str(p) for p in cls_files]}: image {probs.index[probs.index.duplicated()][0]!r} "
+                "appears in several classifier OOF files"
+            )
         missing = sorted(set(ids) - set(probs.index))
         if missing:
             raise OOFError(f"{len(missing)} segmenter OOF images have no classifier OOF row, e.g. {missing[:3]}")
@@ -397,6 +458,7 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
 
 # ----------------------------------------------------------------------------- exact scores
 
+
 def _per_class(value: float | Sequence[float], name: str) -> np.ndarray:
     arr = np.broadcast_to(np.asarray(value, np.float64), (N_CLASSES,))
     if np.isnan(arr).any():
@@ -404,9 +466,13 @@ def _per_class(value: float | Sequence[float], name: str) -> np.ndarray:
     return arr
 
 
-def pair_counts(oof: SegmenterOOF, k: int | Sequence[int], min_area: float | Sequence[float] = 0,
-                gate: np.ndarray | None = None, label_threshold: float | Sequence[float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_counts(
+    oof: SegmenterOOF,
+    k: int | Sequence[int],
+    min_area: float | Sequence[float] = 0,
+    gate: np.ndarray | None = None,
+    label_threshold: float | Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(intersection, predicted area, true area), each (N, 4), after the exact post-processing rules.
 
     ``k``: threshold bin per class (scalar or 4), t = k / B; ``min_area``: drop a pair's mask when its area is
@@ -431,8 +497,13 @@ def pair_counts(oof: SegmenterOOF, k: int | Sequence[int], min_area: float | Seq
     return np.where(keep, inter, 0), np.where(keep, pred, 0), oof.true_area()
 
 
-def score(oof: SegmenterOOF, k: int | Sequence[int], min_area: float | Sequence[float] = 0,
-          gate: np.ndarray | None = None, label_threshold: float | Sequence[float] | None = None) -> ScoreReport:
+def score(
+    oof: SegmenterOOF,
+    k: int | Sequence[int],
+    min_area: float | Sequence[float] = 0,
+    gate: np.ndarray | None = None,
+    label_threshold: float | Sequence[float] | None = None,
+) -> ScoreReport:
     """Kaggle score (with the all-empty baseline) of the OOF under the given post-processing."""
     inter, pred, true = pair_counts(oof, k, min_area, gate, label_threshold)
     return score_pairs(dice_from_counts(inter, pred, true), true == 0, len(oof))

@@ -10,10 +10,12 @@ the same two steps, in the data loader:
 
 NumPy and OpenCV only: no torch, so an ONNX runtime can use it unchanged.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -47,16 +49,18 @@ class Preprocess:
             raise ConfigError(f"preprocess.size: expected [height, width] > 0 or null, got {self.size}")
 
     @classmethod
-    def from_config(cls, node: Mapping[str, Any] | None) -> "Preprocess":
+    def from_config(cls, node: Mapping[str, Any] | None) -> Preprocess:
         """From a config/dict with keys mean, std, channels, size (all optional)."""
         node = dict(node or {})
         check_known(node, ("channels", "mean", "std", "size"), "preprocess")
         size = node.get("size")
         try:
-            return cls(mean=tuple(float(v) for v in node.get("mean", IMAGENET_MEAN)),
-                       std=tuple(float(v) for v in node.get("std", IMAGENET_STD)),
-                       channels=int(node.get("channels", 3)),
-                       size=None if size is None else (int(size[0]), int(size[1])))
+            return cls(
+                mean=tuple(float(v) for v in node.get("mean", IMAGENET_MEAN)),
+                std=tuple(float(v) for v in node.get("std", IMAGENET_STD)),
+                channels=int(node.get("channels", 3)),
+                size=None if size is None else (int(size[0]), int(size[1])),
+            )
         except (TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -66,8 +70,12 @@ class Preprocess:
 
     def to_meta(self) -> dict[str, Any]:
         """Plain dict for checkpoint meta: ``{channels, mean, std, size}``."""
-        return {"channels": self.channels, "mean": list(self.mean), "std": list(self.std),
-                "size": None if self.size is None else list(self.size)}
+        return {
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "size": None if self.size is None else list(self.size),
+        }
 
     @property
     def key(self) -> tuple[int, tuple[float, ...], tuple[float, ...], tuple[int, int] | None]:

@@ -13,6 +13,7 @@ Speed (``benchmarks/bench_rle.py``): ``encode`` never transposes the mask: it co
 next 8 pixels at a time (``uint64`` words) and sorts the few transitions into column-major order;
 numbers are written through a lookup table of their decimal text.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,13 +48,14 @@ def is_empty(rle: object) -> bool:
 
 # ----------------------------------------------------------------------------- formatting
 
+
 @lru_cache(maxsize=1)
 def _decimal_table(limit: int = _TABLE_LIMIT) -> np.ndarray:
     """uint64 per value 0..limit-1: its decimal digits and a space as bytes, zero-padded (3.3 MB, ~20 ms once)."""
     values = np.arange(limit, dtype=np.int64)
     n_digits = np.ones(limit, np.int64)
     for k in range(1, 7):
-        n_digits += values >= 10 ** k
+        n_digits += values >= 10**k
     table = np.zeros((limit, 8), np.uint8)
     for pos in range(7):  # byte ``pos`` holds the digit of weight 10 ** (n_digits - 1 - pos)
         power = n_digits - 1 - pos
@@ -142,6 +144,7 @@ def encode(mask: np.ndarray) -> str:
 
 # ----------------------------------------------------------------------------- parsing
 
+
 def _shown(token: str) -> str:
     return repr(token) if len(token) <= 24 else f"{token[:12]!r}...{token[-6:]!r} ({len(token)} characters)"
 
@@ -151,7 +154,7 @@ def _token_at(rle: str, i: int) -> tuple[int, str]:
     holds only digits and ASCII whitespace."""
     start = max(rle.rfind(sep, 0, i) for sep in _SEPARATORS) + 1
     found = _TOKEN.match(rle, start)
-    return _count_tokens(rle[:start]), found.group() if found else rle[start:i + 1]
+    return _count_tokens(rle[:start]), found.group() if found else rle[start : i + 1]
 
 
 def _count_tokens(text: str) -> int:
@@ -168,8 +171,9 @@ def _explain(rle: str, shape: tuple[int, int], values: np.ndarray | None = None)
         i, char = bad.start(), bad.group()
         if char.isspace():
             name = unicodedata.name(char, "control character")
-            return RLEError(f"character {char!r} (U+{ord(char):04X} {name}) at position {i}: "
-                            f"separate the numbers with ASCII spaces")
+            return RLEError(
+                f"character {char!r} (U+{ord(char):04X} {name}) at position {i}: separate the numbers with ASCII spaces"
+            )
         k, token = _token_at(rle, i)
         return RLEError(f"token {k} ({_shown(token)}) is not a non-negative integer")
     if values is None:
@@ -198,8 +202,10 @@ def _explain(rle: str, shape: tuple[int, int], values: np.ndarray | None = None)
     if length < 1:
         return RLEError(f"run {i}: length {length} < 1")
     if overlap[i]:
-        return RLEError(f"run {i}: start {start} is not after the end of run {i - 1} ({int(ends[i - 1])}): "
-                        f"runs must be ascending and must not overlap")
+        return RLEError(
+            f"run {i}: start {start} is not after the end of run {i - 1} ({int(ends[i - 1])}): "
+            f"runs must be ascending and must not overlap"
+        )
     return RLEError(f"run {i} ends at pixel {end}, past the image end ({total} pixels for {shape})")
 
 

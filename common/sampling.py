@@ -4,9 +4,11 @@ Each image belongs to one group: the rarest class it shows, or 'no defect'. ``ba
 image ``1 / size(group) ** power``: power 1 draws every group about equally often, 0.5 halfway (on a log scale)
 between that and plain shuffling, 0 is plain shuffling.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

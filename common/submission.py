@@ -7,6 +7,7 @@ interrupt the temp file is removed, so no partial submission is ever left behind
 
 ``python -m common.submission validate FILE --images DIR`` prints every problem and exits 1 if any.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ class SubmissionWriter:
         missing = len(self.expected) * len(CLASS_IDS) - len(self.seen)
         if missing:
             absent = sorted({i for i in self.expected for c in CLASS_IDS if (i, c) not in self.seen})
-            raise SubmissionError(f"{self.path}: {missing} image x class rows were never written "
-                                  f"({len(absent)} images, e.g. {absent[:3]})")
+            raise SubmissionError(
+                f"{self.path}: {missing} image x class rows were never written "
+                f"({len(absent)} images, e.g. {absent[:3]})"
+            )
 
 
 @contextmanager
@@ -110,8 +113,10 @@ def validate(path: Path | str, image_ids: Iterable[str] | None = None) -> list[s
             problems.append(str(exc))
             continue
         if (image_id, class_id) in seen:
-            problems.append(f"{where}: duplicate row for image {image_id!r} class {class_id} "
-                            f"(first at line {seen[(image_id, class_id)]})")
+            problems.append(
+                f"{where}: duplicate row for image {image_id!r} class {class_id} "
+                f"(first at line {seen[(image_id, class_id)]})"
+            )
             continue
         seen[(image_id, class_id)] = line
         if expected is not None and image_id not in expected:

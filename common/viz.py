@@ -1,4 +1,5 @@
 """Draw defect masks on steel images: per-class colours, contour overlays (cv2.findContours), PNG bytes."""
+
 from __future__ import annotations
 
 import base64
@@ -8,8 +9,16 @@ import numpy as np
 
 from common.constants import CLASS_IDS
 
-__all__ = ["CLASS_COLORS", "CLASS_HEX", "as_rgb", "contour_overlay", "mask_image", "stack_masks", "png_bytes",
-           "png_data_uri"]
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_HEX",
+    "as_rgb",
+    "contour_overlay",
+    "mask_image",
+    "stack_masks",
+    "png_bytes",
+    "png_data_uri",
+]
 
 # RGB per class, as in the seed's notebook: yellow = 1, green = 2, blue = 3, magenta = 4.
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (255, 220, 0), 2: (0, 200, 70), 3: (40, 110, 255), 4: (230, 0, 230)}

@@ -4,6 +4,7 @@ Opens (or creates) the inspections store, imports the root's annotations when th
 ``--reimport``), imports the root's prediction files and any ``--submission``, composes the infer config
 for predictions on demand, then serves the app.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def prepare(args: argparse.Namespace) -> Dashboard:
     print(f"inspections store: {db}")
     predictor = OnDemand(args.infer)
     predictor.config()  # a bad override stops here, with its message
-    board = Dashboard.from_root(db, data, predictor=predictor, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                                poll_s=args.poll_s)
+    board = Dashboard.from_root(
+        db, data, predictor=predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), poll_s=args.poll_s
+    )
     print(board.model_status()[0])
     return board
 
@@ -51,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, help="inspections store (default outputs/dashboard/<root name>.sqlite)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8005, help="port (default 8005)")
-    parser.add_argument("--submission", type=Path, action="append", default=[], help="submission CSV to load (repeatable)")
+    parser.add_argument(
+        "--submission", type=Path, action="append", default=[], help="submission CSV to load (repeatable)"
+    )
     parser.add_argument("--reimport", action="store_true", help="import the root again even if the store has it")
-    parser.add_argument("--infer", action="append", default=[], metavar="OVERRIDE",
-                        help="infer.py override for predictions on demand, e.g. checkpoints.segmenter=[runs/seg] "
-                             "(repeatable; default: infer.py's defaults, the demo's training runs)")
+    parser.add_argument(
+        "--infer",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="infer.py override for predictions on demand, e.g. checkpoints.segmenter=[runs/seg] "
+        "(repeatable; default: infer.py's defaults, the demo's training runs)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="upload size cap (MiB)")
     parser.add_argument("--poll-s", type=float, default=5.0, help="how often the page looks for new inspections (s)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloader off)")

@@ -5,6 +5,7 @@ Callbacks are methods of ``Dashboard`` (plain functions of their inputs) so test
 ``/steel/layer.png`` (a source's class masks) and ``/steel/match.png`` (one class's TP/FP/FN), each a
 transparent layer the browser stacks over the image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,20 +27,35 @@ from common.constants import CLASS_IDS, IMAGE_SHAPE, NEW_FORMAT
 from common.dataset import list_images
 from common.errors import SteelsegError
 from common.images import read_image
-from common.io import spreadsheet_safe
 from common.inspections import connect, records
+from common.io import spreadsheet_safe
 from common.layout import DataRoot
 from dashboard.images import class_layer, compare_png, match_layer, match_regions, png_rgba
 from dashboard.importer import import_submission
 from dashboard.layout import CARD_KEYS, alert, page, strip
 from dashboard.predict import OnDemand
-from dashboard.review import train_csv, verdicts, save_verdicts
+from dashboard.review import save_verdicts, train_csv, verdicts
 from dashboard.store import ALL_RUNS, Store, source_label
 from dashboard.upload import MAX_UPLOAD_BYTES, parse_upload, save_image_upload
-from dashboard.views import (NO_DEFECT, SEVERAL, Buckets, data_span, dice_table, image_groups, inspections,
-                             image_grid, masks_for, pair_dice, period_counts, pie_figure, pr_figure,
-                             rate_figure, sample_ids,
-                             synthetic_share, timeline_figure)
+from dashboard.views import (
+    NO_DEFECT,
+    SEVERAL,
+    Buckets,
+    data_span,
+    dice_table,
+    image_grid,
+    image_groups,
+    inspections,
+    masks_for,
+    pair_dice,
+    period_counts,
+    pie_figure,
+    pr_figure,
+    rate_figure,
+    sample_ids,
+    synthetic_share,
+    timeline_figure,
+)
 
 __all__ = ["Dashboard", "create_app"]
 
@@ -64,7 +80,7 @@ class Dashboard:
         self.store = Store(self.db)
 
     @classmethod
-    def from_root(cls, db: Path, data: DataRoot, **kwargs) -> "Dashboard":
+    def from_root(cls, db: Path, data: DataRoot, **kwargs) -> Dashboard:
         """Index the root's image folders (train first, so a test image never hides a train one).
 
         Folders are made absolute against the working directory here: Flask's ``send_file`` would resolve a
@@ -96,22 +112,32 @@ class Dashboard:
     def source_options(self) -> tuple[list[dict], list[dict]]:
         """Options of the dataset selector (all sources) and of the run selector (prediction runs)."""
         sources = self.store.sources()
-        return ([{"label": source_label(s), "value": s} for s in sources],
-                [{"label": s, "value": s} for s in sources if s.startswith("pred:") and s != ALL_RUNS])
+        return (
+            [{"label": source_label(s), "value": s} for s in sources],
+            [{"label": s, "value": s} for s in sources if s.startswith("pred:") and s != ALL_RUNS],
+        )
 
     # ------------------------------------------------------------------ period and live updates
     def check_period(self, start: str | None, end: str | None) -> tuple[dict | object, html.Div | None]:
         """The period every view uses; an inverted or incomplete range is refused in the page."""
         if not start or not end:
-            return NO_UPDATE, alert("Choose both a start and an end date; the views keep the last complete period.",
-                                    "error", id="period-error")
+            return NO_UPDATE, alert(
+                "Choose both a start and an end date; the views keep the last complete period.",
+                "error",
+                id="period-error",
+            )
         if _day(start) > _day(end):
-            return NO_UPDATE, alert(f"The start date {_day(start)} is after the end date {_day(end)}: swap them. "
-                                    "The views keep showing the last valid period.", "error", id="period-error")
+            return NO_UPDATE, alert(
+                f"The start date {_day(start)} is after the end date {_day(end)}: swap them. "
+                "The views keep showing the last valid period.",
+                "error",
+                id="period-error",
+            )
         return {"start": _day(start), "end": _day(end)}, None
 
-    def poll(self, version: str | None, follow: list[str] | None, end: str | None,
-             seen: str | None = None) -> tuple[object, object, str, object]:
+    def poll(
+        self, version: str | None, follow: list[str] | None, end: str | None, seen: str | None = None
+    ) -> tuple[object, object, str, object]:
         """New store stamp when any writer changed the store; with 'follow', the end date moves to the newest day
         when a newer inspection arrived: the store changed since the page's stamp, or its newest inspection is not
         the one the page last followed (``seen``: the page's own uploads and predictions already sent the stamp).
@@ -119,10 +145,13 @@ class Dashboard:
         now = self.store.version()
         latest = self.store.latest()
         checked = datetime.now().strftime("%H:%M:%S")
-        text = (f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
-                if latest else "Store: empty") + f" · checked {checked}, every {self.poll_s:g} s"
+        text = (
+            f"Store: {int(now.split('-')[0]):,} rows, newest inspection {latest[:16].replace('T', ' ')}"
+            if latest
+            else "Store: empty"
+        ) + f" · checked {checked}, every {self.poll_s:g} s"
         arrived = now != version or (seen is not None and latest != seen)
-        new_end = (latest[:10] if arrived and follow and latest and end and latest[:10] > _day(end) else NO_UPDATE)
+        new_end = latest[:10] if arrived and follow and latest and end and latest[:10] > _day(end) else NO_UPDATE
         return (NO_UPDATE if now == version else now), new_end, text, (latest if latest != seen else NO_UPDATE)
 
     # ------------------------------------------------------------------ counts and charts
@@ -143,26 +172,40 @@ class Dashboard:
     def _cards(table: pd.DataFrame, start: str, end: str, source: str) -> list[str]:
         counts = period_counts(table)
         several = int((image_groups(table) == SEVERAL).sum())
-        note = (f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
-                f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
-                f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards.")
+        note = (
+            f"{_n(len(table), 'image')} inspected in {source_label(source)} from {_day(start)} to {_day(end)}; "
+            f"{several:,} of them {'has' if several == 1 else 'have'} several defect classes and "
+            f"{'counts' if several == 1 else 'count'} on each of {'its' if several == 1 else 'their'} cards."
+        )
         if source == ALL_RUNS:
             note += " An image predicted by several runs counts once, with its newest run."
         share = synthetic_share(table)
         if share:
-            note += (f" {share:.0%} of these dates are synthetic: their CSV had no inspected_at column, so each image "
-                     "got a fixed date in 2021 from a hash of its ImageId (real line times need that column).")
+            note += (
+                f" {share:.0%} of these dates are synthetic: their CSV had no inspected_at column, so each image "
+                "got a fixed date in 2021 from a hash of its ImageId (real line times need that column)."
+            )
         return [f"{counts[k]:,}" for k in CARD_KEYS] + [note]
 
     @staticmethod
     def _charts(table: pd.DataFrame, start: str, end: str, source: str) -> tuple:
         spans = Buckets(*data_span(table, _day(start), _day(end)))
         name = source_label(source)
-        return (pie_figure(table, f"{len(table):,} images of {name} by defect class"),
-                timeline_figure(table, spans, f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
-                                if spans.name == "week" else f"Images inspected per {spans.name}"),
-                rate_figure(table, spans, f"Defect rate per class per {spans.name} — {name} "
-                                          "(images with the defect / images inspected)"))
+        return (
+            pie_figure(table, f"{len(table):,} images of {name} by defect class"),
+            timeline_figure(
+                table,
+                spans,
+                f"Images inspected per {spans.name} (Monday-to-Sunday weeks)"
+                if spans.name == "week"
+                else f"Images inspected per {spans.name}",
+            ),
+            rate_figure(
+                table,
+                spans,
+                f"Defect rate per class per {spans.name} — {name} (images with the defect / images inspected)",
+            ),
+        )
 
     # ------------------------------------------------------------------ images
     def update_samples(self, start: str, end: str, source: str, class_id: int, rolls: int | None) -> list:
@@ -179,20 +222,27 @@ class Dashboard:
         if not with_file:
             text = f"{found}; none has an image file in the data root."
         elif len(with_file) < len(of_class):
-            text = (f"{found}; only {len(with_file):,} "
-                    f"{'has' if len(with_file) == 1 else 'have'} an image file in the data root — showing {len(picks)}.")
+            text = (
+                f"{found}; only {len(with_file):,} "
+                f"{'has' if len(with_file) == 1 else 'have'} an image file in the data root — showing {len(picks)}."
+            )
         else:
             text = f"{found} — showing {len(picks)}" + (", Re-roll for others." if len(with_file) > len(picks) else ".")
         note = html.P(text, className="note", id="samples-note")
-        return [note] + [self.source_strip(i, source if source != ALL_RUNS else _source_of(rows, i), rows)
-                         for i in picks]
+        return [note] + [
+            self.source_strip(i, source if source != ALL_RUNS else _source_of(rows, i), rows) for i in picks
+        ]
 
     def source_strip(self, image_id: str, source: str, rows: pd.DataFrame) -> html.Div:
         """Strip of an image with the class masks of a source."""
         masks = masks_for(rows[rows["source"] == source], image_id)
         classes = ", ".join(f"class {c}: {int(m.sum()):,} px" for c, m in sorted(masks.items())) or "no defect"
-        return strip(self.url("image", image=image_id), self.url("layer.png", image=image_id, source=source),
-                     f"{image_id} ({source}) — {classes}", image_id)
+        return strip(
+            self.url("image", image=image_id),
+            self.url("layer.png", image=image_id, source=source),
+            f"{image_id} ({source}) — {classes}",
+            image_id,
+        )
 
     def image_file(self, image_id: str) -> Path:
         """The file of an image of the data root (404 for any other name)."""
@@ -225,21 +275,35 @@ class Dashboard:
             annotations, dates, run_id = parse_upload(accepted["contents"], filename, self.max_upload_bytes)
             same = self.store.same_run({(i, c, r) for i, c, _, r in records(annotations.rows, annotations.image_ids)})
             if same:
-                return (f"{filename} holds the same predictions as {same}, which is already loaded: selected it, "
-                        "nothing stored twice.", "alert note", same)
+                return (
+                    f"{filename} holds the same predictions as {same}, which is already loaded: selected it, "
+                    "nothing stored twice.",
+                    "alert note",
+                    same,
+                )
             with closing(connect(self.db)) as conn:
                 import_submission(conn, annotations, dates, run_id)
         except SteelsegError as exc:
             return f"Upload refused: {exc}", "alert error", None
         except Exception as exc:  # a bug: traceback in the server log, a line in the page instead of a stale message
             log.exception("upload of %s failed", filename)
-            return f"Upload failed on an internal error ({type(exc).__name__}: {exc}); see the server log.", "alert error", None
+            return (
+                f"Upload failed on an internal error ({type(exc).__name__}: {exc}); see the server log.",
+                "alert error",
+                None,
+            )
         source = f"pred:{run_id}"
         table, report = dice_table(self.rows(None, None, source), self.store.truth())
-        scored = (f" Scored on {report.n_images:,} images with ground truth: {report.overall:.4f} "
-                  f"(all-empty baseline {report.baseline:.4f})." if report else " No ground truth for these images.")
-        text = (f"Loaded {filename} as {source}: {len(annotations.image_ids):,} images, "
-                f"{len(annotations.rows):,} defect masks.{scored}")
+        scored = (
+            f" Scored on {report.n_images:,} images with ground truth: {report.overall:.4f} "
+            f"(all-empty baseline {report.baseline:.4f})."
+            if report
+            else " No ground truth for these images."
+        )
+        text = (
+            f"Loaded {filename} as {source}: {len(annotations.image_ids):,} images, "
+            f"{len(annotations.rows):,} defect masks.{scored}"
+        )
         return text, "alert ok", source
 
     # ------------------------------------------------------------------ prediction vs ground truth
@@ -251,17 +315,34 @@ class Dashboard:
         ids = sorted(pred["image_id"].unique())
         shown = [i for i in ids if i in self.images]
         options = [{"label": i, "value": i} for i in shown]
-        note = (f"{len(shown):,} of the {len(ids):,} images of {run} in this period have an image file; "
-                "only those are listed." if len(shown) < len(ids) else f"{len(ids):,} images of {run} in this period.")
+        note = (
+            f"{len(shown):,} of the {len(ids):,} images of {run} in this period have an image file; "
+            "only those are listed."
+            if len(shown) < len(ids)
+            else f"{len(ids):,} images of {run} in this period."
+        )
         keep = current if current in shown else None
         table, report = dice_table(pred, self.store.truth())
         if report is None:
-            return (html.Div(f"{run}: none of its {len(ids):,} images in this period has ground truth.",
-                             className="empty", id="score-text"), [], options, note, keep)
+            return (
+                html.Div(
+                    f"{run}: none of its {len(ids):,} images in this period has ground truth.",
+                    className="empty",
+                    id="score-text",
+                ),
+                [],
+                options,
+                note,
+                keep,
+            )
         per_class = ", ".join(f"class {c} {report.per_class[c]:.4f}" for c in CLASS_IDS)
-        summary = html.Div([html.B(f"Kaggle score {report.overall:.4f}"),
-                            f" on {report.n_images:,} images (all-empty baseline {report.baseline:.4f}); {per_class}."],
-                           id="score-text")
+        summary = html.Div(
+            [
+                html.B(f"Kaggle score {report.overall:.4f}"),
+                f" on {report.n_images:,} images (all-empty baseline {report.baseline:.4f}); {per_class}.",
+            ],
+            id="score-text",
+        )
         return summary, table.head(200).to_dict("records"), options, note, keep
 
     def pick_from_table(self, active_cell: dict | None, rows: list[dict] | None) -> str:
@@ -286,8 +367,13 @@ class Dashboard:
                 shown.append((c, f"class {c}: {int(pred[c].sum()):,} px predicted (no ground truth)"))
                 continue
             px = {k: int(v.sum()) for k, v in match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE).items()}
-            shown.append((c, f"class {c}: Dice {dice[f'dice_{c}']:.3f} — TP {px['TP']:,} px, FP {px['FP']:,} px, "
-                             f"FN {px['FN']:,} px"))
+            shown.append(
+                (
+                    c,
+                    f"class {c}: Dice {dice[f'dice_{c}']:.3f} — TP {px['TP']:,} px, FP {px['FP']:,} px, "
+                    f"FN {px['FN']:,} px",
+                )
+            )
         return shown, dice
 
     def compare(self, run: str | None, image_id: str | None) -> tuple[list, list]:
@@ -298,32 +384,64 @@ class Dashboard:
             return [], [html.P(f"{image_id}: no image file in the data root.", className="empty")]
         run_ids = set(self.rows(None, None, run)["image_id"])
         if image_id not in run_ids:
-            return [], [html.P(f"{image_id} is not one of the images of {run}; pick one of its images.", className="empty")]
+            return [], [
+                html.P(f"{image_id} is not one of the images of {run}; pick one of its images.", className="empty")
+            ]
         shown, dice = self.comparison(run, image_id)
         head = []
         if dice is not None:
             cells = [html.Td(f"{dice[f'dice_{c}']:.3f}") for c in CLASS_IDS] + [html.Td(f"{dice['dice']:.3f}")]
-            head = [html.Table([html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]),
-                                html.Tr(cells)], className="dice", id="compare-dice-table")]
+            head = [
+                html.Table(
+                    [html.Tr([html.Th(f"class {c}") for c in CLASS_IDS] + [html.Th("mean")]), html.Tr(cells)],
+                    className="dice",
+                    id="compare-dice-table",
+                )
+            ]
         else:
-            head = [html.P("No ground truth for this image (a test image): its predicted masks are shown in the class "
-                           "colours; nothing here is a true or a false positive.", className="empty", id="compare-no-truth")]
+            head = [
+                html.P(
+                    "No ground truth for this image (a test image): its predicted masks are shown in the class "
+                    "colours; nothing here is a true or a false positive.",
+                    className="empty",
+                    id="compare-no-truth",
+                )
+            ]
             return head, [self.source_strip(image_id, run, self.rows(None, None, run))]
         if not shown:
-            return head, [strip(self.url("image", image=image_id), None,
-                                f"{image_id}: no defect in the truth nor in {run} (Dice 1 for every class)", image_id)]
-        return head, [strip(self.url("image", image=image_id),
-                            self.url("match.png", image=image_id, run=run, **{"class": str(c)}),
-                            f"{image_id} — {caption}", image_id, legend="match") for c, caption in shown]
+            return head, [
+                strip(
+                    self.url("image", image=image_id),
+                    None,
+                    f"{image_id}: no defect in the truth nor in {run} (Dice 1 for every class)",
+                    image_id,
+                )
+            ]
+        return head, [
+            strip(
+                self.url("image", image=image_id),
+                self.url("match.png", image=image_id, run=run, **{"class": str(c)}),
+                f"{image_id} — {caption}",
+                image_id,
+                legend="match",
+            )
+            for c, caption in shown
+        ]
 
     def update_pr(self, start: str, end: str, run: str | None) -> object:
         """Per-class precision/recall curves of the run in the period (images with truth only)."""
         if not run:
-            return pr_figure(self.rows(start, end, None).iloc[:0], self.store.truth().iloc[:0],
-                             "Precision / recall per class: choose a prediction run")
-        return pr_figure(self.rows(start, end, run), self.store.truth(),
-                         f"Precision / recall per class of {run} (image level; score: predicted area, "
-                         "the store holds no confidence)")
+            return pr_figure(
+                self.rows(start, end, None).iloc[:0],
+                self.store.truth().iloc[:0],
+                "Precision / recall per class: choose a prediction run",
+            )
+        return pr_figure(
+            self.rows(start, end, run),
+            self.store.truth(),
+            f"Precision / recall per class of {run} (image level; score: predicted area, "
+            "the store holds no confidence)",
+        )
 
     def versus(self, run: str | None, other: str | None, image_id: str | None) -> list:
         """Two runs on one image: each run's masks in the class colours, and how much they agree per class."""
@@ -337,9 +455,15 @@ class Dashboard:
             return [html.P(f"{image_id} is not one of the images of {missing[0]}.", className="empty")]
         _, values, _ = pair_dice(a[a["image_id"] == image_id], b[b["image_id"] == image_id])
         agree = ", ".join(f"class {c} {values[0][i]:.3f}" for i, c in enumerate(CLASS_IDS))
-        return [html.P(f"Agreement of {run} with {other} on {image_id} (Dice, 1 where both predict nothing): {agree}.",
-                       className="note", id="versus-note"),
-                self.source_strip(image_id, run, a), self.source_strip(image_id, other, b)]
+        return [
+            html.P(
+                f"Agreement of {run} with {other} on {image_id} (Dice, 1 where both predict nothing): {agree}.",
+                className="note",
+                id="versus-note",
+            ),
+            self.source_strip(image_id, run, a),
+            self.source_strip(image_id, other, b),
+        ]
 
     def compare_export(self, run: str | None, image_id: str | None) -> dict | object:
         """The compared image as one PNG (a strip per class with its Dice and the colour key), for download."""
@@ -355,9 +479,12 @@ class Dashboard:
             strips = [(caption, class_layer({c: pred[c]}, IMAGE_SHAPE)) for c, caption in shown]
             title = f"{image_id} - {run} (no ground truth: predicted masks in the class colours)"
         else:
-            strips = [(caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown]
-        return dcc.send_bytes(compare_png(image, title, strips, match_key=dice is not None),
-                              f"{_safe(run)}_{_safe(image_id)}.png")
+            strips = [
+                (caption, match_layer(match_regions(pred.get(c), truth.get(c), IMAGE_SHAPE))) for c, caption in shown
+            ]
+        return dcc.send_bytes(
+            compare_png(image, title, strips, match_key=dice is not None), f"{_safe(run)}_{_safe(image_id)}.png"
+        )
 
     def export_csv(self, start: str, end: str, source: str) -> dict:
         """The period's inspections of the selected source as a CSV download."""
@@ -370,11 +497,13 @@ class Dashboard:
         """Rows of the filterable, sortable image grid (clean images included) and a line on what it holds."""
         grid = image_grid(self.rows(start, end, source), self.store.truth(), set(self.images))
         clean = int((grid["classes"] == "none").sum())
-        note = (f"{_n(len(grid), 'image')} of {source_label(source)} in this period, {clean:,} of them clean; "
-                f"{int((grid['file'] == 'yes').sum()):,} with an image file. Filter with e.g. '> 1000' or 'yes', "
-                "sort by clicking a header, click a row to see and review the image. Dice: prediction runs against "
-                "the ground truth, where there is one. The store holds no detection confidence, so there is no "
-                "confidence column.")
+        note = (
+            f"{_n(len(grid), 'image')} of {source_label(source)} in this period, {clean:,} of them clean; "
+            f"{int((grid['file'] == 'yes').sum()):,} with an image file. Filter with e.g. '> 1000' or 'yes', "
+            "sort by clicking a header, click a row to see and review the image. Dice: prediction runs against "
+            "the ground truth, where there is one. The store holds no detection confidence, so there is no "
+            "confidence column."
+        )
         return grid.to_dict("records"), note
 
     def pick_from_grid(self, active_cell: dict | None, rows: list[dict] | None) -> dict | object:
@@ -395,11 +524,16 @@ class Dashboard:
         reviewed = verdicts(self.db, source)
         reviewed = reviewed[reviewed["image_id"] == image_id]
         rejected = [int(c) for c in reviewed.loc[reviewed["verdict"] == "reject", "class_id"] if c in classes]
-        state = "; ".join(f"class {c}: {v} ({t[:16].replace('T', ' ')})"
-                          for c, v, t in zip(reviewed["class_id"], reviewed["verdict"], reviewed["reviewed_at"]))
+        state = "; ".join(
+            f"class {c}: {v} ({t[:16].replace('T', ' ')})"
+            for c, v, t in zip(reviewed["class_id"], reviewed["verdict"], reviewed["reviewed_at"])
+        )
         status = f"Review of {image_id} in {source}: " + (state or "not reviewed yet") + "."
-        view = (self.source_strip(image_id, source, rows) if image_id in self.images
-                else html.P(f"{image_id}: no image file in the data root.", className="empty"))
+        view = (
+            self.source_strip(image_id, source, rows)
+            if image_id in self.images
+            else html.P(f"{image_id}: no image file in the data root.", className="empty")
+        )
         options = [{"label": f" reject class {c} (false alarm)", "value": c} for c in classes]
         return [view], options, rejected, status
 
@@ -419,9 +553,12 @@ class Dashboard:
         except SteelsegError as exc:
             return f"Review not saved: {exc}", "alert error"
         kept = [c for c in classes if c not in rejected]
-        return (f"Saved: {image_id} in {source} — " + ("false alarm, no defect" if not kept else
-                f"class {', '.join(map(str, kept))} accepted") +
-                (f", class {', '.join(map(str, sorted(rejected)))} rejected" if rejected and kept else "") + "."), "alert ok"
+        return (
+            f"Saved: {image_id} in {source} — "
+            + ("false alarm, no defect" if not kept else f"class {', '.join(map(str, kept))} accepted")
+            + (f", class {', '.join(map(str, sorted(rejected)))} rejected" if rejected and kept else "")
+            + "."
+        ), "alert ok"
 
     def export_review(self, source: str) -> dict:
         """The source's labels with the rejected detections removed, as a Kaggle train.csv download."""
@@ -447,7 +584,8 @@ class Dashboard:
         source = f"pred:{run_id}"
         stored = self.rows(None, None, source)
         return [alert(f"Predicted {timing}; stored as {source}.", "ok", id="predict-ok")] + [
-            self.source_strip(i, source, stored) for i in image_ids], source
+            self.source_strip(i, source, stored) for i in image_ids
+        ], source
 
     def predict_uploaded(self, contents: list[str] | None, filenames: list[str] | None) -> tuple[list, str | None]:
         """Store uploaded steel images (beside the store, folder ``uploads``), predict them and show the masks."""
@@ -483,10 +621,16 @@ class Dashboard:
         progress = self.predictor.progress()
         if progress.stage == "idle":
             return ""
-        text = ("Loading the models (first prediction, or their files changed)…" if progress.stage == "loading models"
-                else f"Predicting: {progress.done} of {progress.total} images done…")
-        return html.Div([html.Progress(value=str(progress.done), max=str(max(progress.total, 1))), text],
-                        className="alert busy", id="predict-busy")
+        text = (
+            "Loading the models (first prediction, or their files changed)…"
+            if progress.stage == "loading models"
+            else f"Predicting: {progress.done} of {progress.total} images done…"
+        )
+        return html.Div(
+            [html.Progress(value=str(progress.done), max=str(max(progress.total, 1))), text],
+            className="alert busy",
+            id="predict-busy",
+        )
 
 
 def _annotations(rows: pd.DataFrame) -> Annotations:
@@ -556,8 +700,19 @@ def create_app(board: Dashboard) -> Dash:
         start, end = board.store.date_extent()
         sources, runs = board.source_options()
         models, ready = board.model_status()
-        return page(start, end, sources, runs, board.test_images, models, ready, board.max_upload_bytes,
-                    int(board.poll_s * 1000), board.store.version(), board.store.latest())
+        return page(
+            start,
+            end,
+            sources,
+            runs,
+            board.test_images,
+            models,
+            ready,
+            board.max_upload_bytes,
+            int(board.poll_s * 1000),
+            board.store.version(),
+            board.store.latest(),
+        )
 
     app.layout = layout
     period = [Input("period", "data"), Input("dataset", "value"), Input("store-version", "data")]
@@ -566,96 +721,187 @@ def create_app(board: Dashboard) -> Dash:
         return lambda p, source, _version, *rest: method(p["start"], p["end"], source, *rest)
 
     # The period and the store stamp start in the layout: the first render runs each view once.
-    app.callback(Output("period", "data"), Output("period-alert", "children"),
-                 Input("date-range", "start_date"), Input("date-range", "end_date"),
-                 prevent_initial_call=True)(board.check_period)
-    app.callback(Output("store-version", "data"), Output("date-range", "end_date"), Output("live-status", "children"),
-                 Output("seen-latest", "data"), Input("poll", "n_intervals"), State("store-version", "data"),
-                 State("follow", "value"), State("date-range", "end_date"), State("seen-latest", "data"))(
-        lambda _n, *args: board.poll(*args))
-    selectors = [Output("dataset", "options", allow_duplicate=True), Output("compare-run", "options", allow_duplicate=True)]
-    app.callback(Output("dataset", "options"), Output("compare-run", "options"),
-                 Input("store-version", "data"), prevent_initial_call=True)(lambda _v: board.source_options())
-    app.callback([Output(f"card-{k}", "children") for k in CARD_KEYS] + [Output("cards-note", "children")]
-                 + [Output("pie", "figure"), Output("timeline", "figure"), Output("rate", "figure")],
-                 *period)(periodic(board.update_overview))
-    app.callback(Output("samples", "children"), *period, Input("sample-class", "value"),
-                 Input("reroll", "n_clicks"))(periodic(board.update_samples))
-    app.callback(Output("download-csv", "data"), Input("export-csv", "n_clicks"), State("period", "data"),
-                 State("dataset", "value"), prevent_initial_call=True)(
-        lambda _n, p, source: board.export_csv(p["start"], p["end"], source))
+    app.callback(
+        Output("period", "data"),
+        Output("period-alert", "children"),
+        Input("date-range", "start_date"),
+        Input("date-range", "end_date"),
+        prevent_initial_call=True,
+    )(board.check_period)
+    app.callback(
+        Output("store-version", "data"),
+        Output("date-range", "end_date"),
+        Output("live-status", "children"),
+        Output("seen-latest", "data"),
+        Input("poll", "n_intervals"),
+        State("store-version", "data"),
+        State("follow", "value"),
+        State("date-range", "end_date"),
+        State("seen-latest", "data"),
+    )(lambda _n, *args: board.poll(*args))
+    selectors = [
+        Output("dataset", "options", allow_duplicate=True),
+        Output("compare-run", "options", allow_duplicate=True),
+    ]
+    app.callback(
+        Output("dataset", "options"),
+        Output("compare-run", "options"),
+        Input("store-version", "data"),
+        prevent_initial_call=True,
+    )(lambda _v: board.source_options())
+    app.callback(
+        [Output(f"card-{k}", "children") for k in CARD_KEYS]
+        + [Output("cards-note", "children")]
+        + [Output("pie", "figure"), Output("timeline", "figure"), Output("rate", "figure")],
+        *period,
+    )(periodic(board.update_overview))
+    app.callback(Output("samples", "children"), *period, Input("sample-class", "value"), Input("reroll", "n_clicks"))(
+        periodic(board.update_samples)
+    )
+    app.callback(
+        Output("download-csv", "data"),
+        Input("export-csv", "n_clicks"),
+        State("period", "data"),
+        State("dataset", "value"),
+        prevent_initial_call=True,
+    )(lambda _n, p, source: board.export_csv(p["start"], p["end"], source))
 
     # The image grid: filtered and sorted in the browser; a clicked row shows the image and its review.
     app.callback(Output("grid", "data"), Output("grid-note", "children"), *period)(periodic(board.update_grid))
-    app.callback(Output("grid-pick", "data"), Input("grid", "active_cell"), State("grid", "derived_viewport_data"),
-                 prevent_initial_call=True)(board.pick_from_grid)
-    app.callback(Output("grid-view", "children"), Output("review-reject", "options"), Output("review-reject", "value"),
-                 Output("review-state", "children"), Input("grid-pick", "data"), Input("review-saved", "data"))(
-        board.grid_view)
+    app.callback(
+        Output("grid-pick", "data"),
+        Input("grid", "active_cell"),
+        State("grid", "derived_viewport_data"),
+        prevent_initial_call=True,
+    )(board.pick_from_grid)
+    app.callback(
+        Output("grid-view", "children"),
+        Output("review-reject", "options"),
+        Output("review-reject", "value"),
+        Output("review-state", "children"),
+        Input("grid-pick", "data"),
+        Input("review-saved", "data"),
+    )(board.grid_view)
 
-    @app.callback(Output("review-status", "children"), Output("review-status", "className"),
-                  Output("review-saved", "data"), Input("review-save", "n_clicks"),
-                  Input("review-false-alarm", "n_clicks"), State("grid-pick", "data"), State("review-reject", "value"),
-                  State("review-saved", "data"), prevent_initial_call=True)
+    @app.callback(
+        Output("review-status", "children"),
+        Output("review-status", "className"),
+        Output("review-saved", "data"),
+        Input("review-save", "n_clicks"),
+        Input("review-false-alarm", "n_clicks"),
+        State("grid-pick", "data"),
+        State("review-reject", "value"),
+        State("review-saved", "data"),
+        prevent_initial_call=True,
+    )
     def _review(_save, _false, pick, rejected, saved):
         text, kind = board.save_review(pick, rejected, false_alarm=dash.ctx.triggered_id == "review-false-alarm")
         return text, kind, (saved or 0) + 1
 
-    app.callback(Output("download-review", "data"), Input("review-export", "n_clicks"), State("dataset", "value"),
-                 prevent_initial_call=True)(lambda _n, source: board.export_review(source))
+    app.callback(
+        Output("download-review", "data"),
+        Input("review-export", "n_clicks"),
+        State("dataset", "value"),
+        prevent_initial_call=True,
+    )(lambda _n, source: board.export_review(source))
 
     # Upload: the page checks the size first (clientside), the server validates, stores and selects the run.
-    app.clientside_callback(ClientsideFunction("steelseg", "gateUpload"),
-                            Output("upload-status", "children"), Output("upload-status", "className"),
-                            Output("upload-accepted", "data"), Input("upload", "contents"),
-                            State("upload", "filename"), State("upload-limit", "data"), prevent_initial_call=True)
+    app.clientside_callback(
+        ClientsideFunction("steelseg", "gateUpload"),
+        Output("upload-status", "children"),
+        Output("upload-status", "className"),
+        Output("upload-accepted", "data"),
+        Input("upload", "contents"),
+        State("upload", "filename"),
+        State("upload-limit", "data"),
+        prevent_initial_call=True,
+    )
 
     # Upload and prediction add a run: the selectors get it in the same response as the new selection.
-    @app.callback(Output("upload-status", "children", allow_duplicate=True),
-                  Output("upload-status", "className", allow_duplicate=True),
-                  Output("compare-run", "value", allow_duplicate=True),
-                  Output("store-version", "data", allow_duplicate=True), *selectors,
-                  Input("upload-accepted", "data"), prevent_initial_call=True)
+    @app.callback(
+        Output("upload-status", "children", allow_duplicate=True),
+        Output("upload-status", "className", allow_duplicate=True),
+        Output("compare-run", "value", allow_duplicate=True),
+        Output("store-version", "data", allow_duplicate=True),
+        *selectors,
+        Input("upload-accepted", "data"),
+        prevent_initial_call=True,
+    )
     def _upload(accepted):
         text, kind, source = board.handle_upload(accepted)
         return text, kind, source or NO_UPDATE, board.store.version(), *board.source_options()
 
-    @app.callback(Output("predict-output", "children"), Output("compare-run", "value", allow_duplicate=True),
-                  Output("store-version", "data", allow_duplicate=True), *selectors,
-                  Output("predict-progress", "children", allow_duplicate=True),
-                  Input("predict-run", "n_clicks"), State("predict-images", "value"), prevent_initial_call=True,
-                  running=[(Output("predict-run", "disabled"), True, False),
-                           (Output("predict-poll", "disabled"), False, True)])
+    @app.callback(
+        Output("predict-output", "children"),
+        Output("compare-run", "value", allow_duplicate=True),
+        Output("store-version", "data", allow_duplicate=True),
+        *selectors,
+        Output("predict-progress", "children", allow_duplicate=True),
+        Input("predict-run", "n_clicks"),
+        State("predict-images", "value"),
+        prevent_initial_call=True,
+        running=[(Output("predict-run", "disabled"), True, False), (Output("predict-poll", "disabled"), False, True)],
+    )
     def _predict(n_clicks, image_ids):
         children, source = board.run_predictions(n_clicks, image_ids)
         return children, source or NO_UPDATE, board.store.version(), *board.source_options(), ""
 
-    @app.callback(Output("predict-output", "children", allow_duplicate=True),
-                  Output("compare-run", "value", allow_duplicate=True),
-                  Output("store-version", "data", allow_duplicate=True), *selectors,
-                  Input("predict-upload", "contents"), State("predict-upload", "filename"), prevent_initial_call=True,
-                  running=[(Output("predict-poll", "disabled"), False, True)])
+    @app.callback(
+        Output("predict-output", "children", allow_duplicate=True),
+        Output("compare-run", "value", allow_duplicate=True),
+        Output("store-version", "data", allow_duplicate=True),
+        *selectors,
+        Input("predict-upload", "contents"),
+        State("predict-upload", "filename"),
+        prevent_initial_call=True,
+        running=[(Output("predict-poll", "disabled"), False, True)],
+    )
     def _predict_upload(contents, filenames):
         children, source = board.predict_uploaded(contents, filenames)
         return children, source or NO_UPDATE, board.store.version(), *board.source_options()
 
-    app.callback(Output("predict-progress", "children"), Input("predict-poll", "n_intervals"),
-                 prevent_initial_call=True)(board.predict_progress)
-    app.callback(Output("score", "children"), Output("worst", "data"), Output("compare-image", "options"),
-                 Output("compare-note", "children"), Output("compare-image", "value", allow_duplicate=True),
-                 Input("period", "data"), Input("compare-run", "value"), Input("store-version", "data"),
-                 State("compare-image", "value"), prevent_initial_call="initial_duplicate")(
-        lambda p, run, _v, current: board.update_scores(p["start"], p["end"], run, current))
-    app.callback(Output("compare-image", "value"), Input("worst", "active_cell"),
-                 State("worst", "derived_viewport_data"), prevent_initial_call=True)(board.pick_from_table)
-    app.callback(Output("compare-dice", "children"), Output("compare-view", "children"),
-                 Input("compare-run", "value"), Input("compare-image", "value"))(board.compare)
-    app.callback(Output("pr", "figure"), Input("period", "data"), Input("compare-run", "value"),
-                 Input("store-version", "data"))(lambda p, run, _v: board.update_pr(p["start"], p["end"], run))
-    app.callback(Output("versus-view", "children"), Input("compare-run", "value"), Input("versus-run", "value"),
-                 Input("compare-image", "value"))(board.versus)
+    app.callback(
+        Output("predict-progress", "children"), Input("predict-poll", "n_intervals"), prevent_initial_call=True
+    )(board.predict_progress)
+    app.callback(
+        Output("score", "children"),
+        Output("worst", "data"),
+        Output("compare-image", "options"),
+        Output("compare-note", "children"),
+        Output("compare-image", "value", allow_duplicate=True),
+        Input("period", "data"),
+        Input("compare-run", "value"),
+        Input("store-version", "data"),
+        State("compare-image", "value"),
+        prevent_initial_call="initial_duplicate",
+    )(lambda p, run, _v, current: board.update_scores(p["start"], p["end"], run, current))
+    app.callback(
+        Output("compare-image", "value"),
+        Input("worst", "active_cell"),
+        State("worst", "derived_viewport_data"),
+        prevent_initial_call=True,
+    )(board.pick_from_table)
+    app.callback(
+        Output("compare-dice", "children"),
+        Output("compare-view", "children"),
+        Input("compare-run", "value"),
+        Input("compare-image", "value"),
+    )(board.compare)
+    app.callback(
+        Output("pr", "figure"), Input("period", "data"), Input("compare-run", "value"), Input("store-version", "data")
+    )(lambda p, run, _v: board.update_pr(p["start"], p["end"], run))
+    app.callback(
+        Output("versus-view", "children"),
+        Input("compare-run", "value"),
+        Input("versus-run", "value"),
+        Input("compare-image", "value"),
+    )(board.versus)
     app.callback(Output("versus-run", "options"), Input("compare-run", "options"))(lambda options: options)
-    app.callback(Output("download-png", "data"), Input("export-png", "n_clicks"), State("compare-run", "value"),
-                 State("compare-image", "value"), prevent_initial_call=True)(
-        lambda _n, run, image_id: board.compare_export(run, image_id))
+    app.callback(
+        Output("download-png", "data"),
+        Input("export-png", "n_clicks"),
+        State("compare-run", "value"),
+        State("compare-image", "value"),
+        prevent_initial_call=True,
+    )(lambda _n, run, image_id: board.compare_export(run, image_id))
     return app

@@ -4,6 +4,7 @@ A layer is an RGBA image the size of the steel image: transparent where nothing 
 inside each region and an opaque 2-pixel outline around it, so small defects stay visible when the
 browser scales the strip down. The page stacks a layer over the untouched JPEG; the PNG export blends them.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -11,14 +12,26 @@ import numpy as np
 
 from common.viz import CLASS_COLORS, as_rgb
 
-__all__ = ["MATCH_COLORS", "MATCH_LABELS", "layer", "class_layer", "match_regions", "match_layer", "png_rgba",
-           "blend", "compare_png"]
+__all__ = [
+    "MATCH_COLORS",
+    "MATCH_LABELS",
+    "layer",
+    "class_layer",
+    "match_regions",
+    "match_layer",
+    "png_rgba",
+    "blend",
+    "compare_png",
+]
 
 Rgb = tuple[int, int, int]
 # True positive: predicted and true; false positive: predicted only; false negative: missed.
 MATCH_COLORS: dict[str, Rgb] = {"TP": (40, 200, 40), "FP": (235, 40, 40), "FN": (255, 176, 0)}
-MATCH_LABELS = {"TP": "true positive (predicted and true)", "FP": "false positive (predicted only)",
-                "FN": "false negative (missed)"}
+MATCH_LABELS = {
+    "TP": "true positive (predicted and true)",
+    "FP": "false positive (predicted only)",
+    "FN": "false negative (missed)",
+}
 FILL_ALPHA = 80
 
 
@@ -89,7 +102,9 @@ def compare_png(image: np.ndarray, title: str, strips: list[tuple[str, np.ndarra
     """One PNG: a title, then per strip a caption over the image blended with its layer, then the TP/FP/FN key."""
     width = image.shape[1]
     parts = [_band(width, title, 34)]
-    for caption, over in strips or [("no defect in the truth nor in the prediction", np.zeros((*image.shape[:2], 4), np.uint8))]:
+    for caption, over in strips or [
+        ("no defect in the truth nor in the prediction", np.zeros((*image.shape[:2], 4), np.uint8))
+    ]:
         parts += [_band(width, caption), blend(image, over)]
     if match_key:
         parts.append(_legend(width))

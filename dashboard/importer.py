@@ -6,6 +6,7 @@ stores a submission as ``pred:X``. Importing a source again replaces its rows. D
 ``inspected_at`` (or ``timestamp``/``date``) when the CSV has one, otherwise from a hash of the ImageId
 (deterministic, spread over 2021, as in the original app).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from common.layout import DataRoot, find_root, read_id_list
 DATE_COLUMNS = ("inspected_at", "timestamp", "date")
 EPOCH, SPAN_S = datetime(2021, 1, 1), 365 * 24 * 3600
 TRUTH_SOURCES = ("train", "test")
-PLACEHOLDER_RLES = ("", "1 409600")   # Kaggle's sample_submission.csv: every row "<id>,1 409600,0"
+PLACEHOLDER_RLES = ("", "1 409600")  # Kaggle's sample_submission.csv: every row "<id>,1 409600,0"
 
 
 def synthetic_date(image_id: str) -> str:
@@ -70,7 +71,9 @@ def dates_for(image_ids, given: dict[str, str]) -> dict[str, str]:
     return {i: given.get(i) or synthetic_date(i) for i in image_ids}
 
 
-def split_placeholders(frame: pd.DataFrame, name: str, lines: list[int] | None) -> tuple[pd.DataFrame, list[int], list[str]]:
+def split_placeholders(
+    frame: pd.DataFrame, name: str, lines: list[int] | None
+) -> tuple[pd.DataFrame, list[int], list[str]]:
     """The rows other than Kaggle's ``sample_submission.csv`` placeholders (ClassId 0: the image is listed, no
     defect), their line numbers, and the placeholders' ImageIds; a ClassId-0 row with a real mask is refused."""
     numbers = np.asarray(lines if lines is not None else range(2, len(frame) + 2))
@@ -80,8 +83,10 @@ def split_placeholders(frame: pd.DataFrame, name: str, lines: list[int] | None) 
     listed = []
     for line, image_id, rle in zip(numbers[zero], frame["ImageId"][zero], frame["EncodedPixels"][zero]):
         if str(rle).strip() not in PLACEHOLDER_RLES:
-            raise AnnotationError(f"{name}, line {line}: ClassId 0 is Kaggle's 'no defect' placeholder; its "
-                                  f"EncodedPixels must be empty or '1 409600', not {str(rle)[:40]!r}")
+            raise AnnotationError(
+                f"{name}, line {line}: ClassId 0 is Kaggle's 'no defect' placeholder; its "
+                f"EncodedPixels must be empty or '1 409600', not {str(rle)[:40]!r}"
+            )
         listed.append(check_image_id(image_id, f"{name}, line {line}"))
     return frame[~zero].reset_index(drop=True), numbers[~zero].tolist(), listed
 
@@ -95,8 +100,10 @@ def load_table(table: CsvTable) -> tuple[Annotations, dict[str, str]]:
     if listed:
         both = sorted(set(listed) & set(annotations.rows["ImageId"]))
         if both:
-            raise AnnotationError(f"{table.name}: image {both[0]!r} has a ClassId 0 (no defect) row and defect rows; "
-                                  "keep one or the other")
+            raise AnnotationError(
+                f"{table.name}: image {both[0]!r} has a ClassId 0 (no defect) row and defect rows; "
+                "keep one or the other"
+            )
         annotations = replace(annotations, image_ids=tuple(dict.fromkeys([*annotations.image_ids, *listed])))
     return annotations, frame_dates(frame, table.name, table.lines)
 
@@ -117,12 +124,25 @@ def load_csv(source: Path | str | bytes, name: str | None = None) -> tuple[Annot
         raise AnnotationError(str(exc)) from exc
 
 
-def replace_source(conn: sqlite3.Connection, annotations: Annotations, source: str, image_ids,
-                   dates: dict[str, str], run_id: str | None = None) -> int:
+def replace_source(
+    conn: sqlite3.Connection,
+    annotations: Annotations,
+    source: str,
+    image_ids,
+    dates: dict[str, str],
+    run_id: str | None = None,
+) -> int:
     """Delete the rows of ``source`` and store the new ones in one transaction; return rows stored."""
     image_ids = list(dict.fromkeys(list(image_ids) + list(annotations.image_ids)))
-    return append_rows(conn, annotations.rows, source, run_id=run_id, dates=dates_for(image_ids, dates),
-                       image_ids=image_ids, replace=True)
+    return append_rows(
+        conn,
+        annotations.rows,
+        source,
+        run_id=run_id,
+        dates=dates_for(image_ids, dates),
+        image_ids=image_ids,
+        replace=True,
+    )
 
 
 def import_root(conn: sqlite3.Connection, data: DataRoot) -> dict[str, int]:
@@ -164,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one --run-id per --submission, or none")
     try:
         for i, path in enumerate(args.submission):  # every run id checked before anything is stored
-            check_run_id(args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)")
+            check_run_id(
+                args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)"
+            )
         conn = connect(args.db)
         if args.root:
             for source, n in import_root(conn, find_root(args.root)).items():

@@ -6,13 +6,15 @@ The dashboard takes the Hydra overrides of ``infer.py`` (``--infer checkpoints.s
 load (the files, and under ``checkpoints.runs`` the kind each records), so models trained while the dashboard
 runs are found on the next reload; they are loaded on the first prediction and kept until their files change.
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -21,8 +23,10 @@ from common.errors import SteelsegError
 
 __all__ = ["FIX", "PredictionError", "Progress", "OnDemand"]
 
-FIX = ("run `make demo` to train the demo models, or start the dashboard with "
-       "--infer checkpoints.segmenter=[PATH] (a checkpoint or training output folder; likewise classifier, joint)")
+FIX = (
+    "run `make demo` to train the demo models, or start the dashboard with "
+    "--infer checkpoints.segmenter=[PATH] (a checkpoint or training output folder; likewise classifier, joint)"
+)
 
 
 class PredictionError(SteelsegError, RuntimeError):
@@ -78,7 +82,9 @@ class OnDemand:
         except SteelsegError as exc:
             raise PredictionError(f"No usable trained models: {exc}. Fix: {FIX}") from exc
         kinds = ", ".join(f"{len(paths)} {kind}" for kind, paths in found.items() if paths)
-        state = "loaded" if self._predictor is not None and self._key == self._files_key(found) else "loaded on first use"
+        state = (
+            "loaded" if self._predictor is not None and self._key == self._files_key(found) else "loaded on first use"
+        )
         return f"Models: {kinds} checkpoint(s) ({state})."
 
     def progress(self) -> Progress:
@@ -113,7 +119,11 @@ class OnDemand:
             begin = time.perf_counter()
             rows = []
             for done, (image_id, _, masks) in enumerate(
-                    self._predictor.iter_predictions(list(paths), resolve_batch_size(self.config().get("batch_size"), self._predictor)), 1):
+                self._predictor.iter_predictions(
+                    list(paths), resolve_batch_size(self.config().get("batch_size"), self._predictor)
+                ),
+                1,
+            ):
                 rows.extend(rows_of(image_id, masks))
                 self._progress = Progress("predicting", done, total)
             seconds = time.perf_counter() - begin

@@ -3,6 +3,7 @@ alarm), and the corrected labels as a Kaggle ``train.csv`` (``ImageId,ClassId,En
 that training reads like any other. Verdicts live in the store's file, table ``reviews``, one per
 (source, image, class); saving again replaces a verdict. The inspections themselves are never changed.
 """
+
 from __future__ import annotations
 
 from contextlib import closing
@@ -31,13 +32,17 @@ def save_verdicts(db: Path | str, source: str, image_id: str, given: dict[int, s
     """Store one verdict per class of an image of a source (replacing earlier ones); return how many."""
     for class_id, verdict in given.items():
         if class_id not in CLASS_IDS or verdict not in VERDICTS:
-            raise ReviewError(f"{image_id} class {class_id}: verdict {verdict!r} (expected one of {list(VERDICTS)} "
-                              f"for a class in {list(CLASS_IDS)})")
+            raise ReviewError(
+                f"{image_id} class {class_id}: verdict {verdict!r} (expected one of {list(VERDICTS)} "
+                f"for a class in {list(CLASS_IDS)})"
+            )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with closing(connect(db)) as conn, conn:
         conn.execute(SCHEMA)
-        conn.executemany("INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)",
-                         [(source, image_id, int(c), v, now) for c, v in sorted(given.items())])
+        conn.executemany(
+            "INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)",
+            [(source, image_id, int(c), v, now) for c, v in sorted(given.items())],
+        )
     return len(given)
 
 
@@ -46,8 +51,11 @@ def verdicts(db: Path | str, source: str | None = None) -> pd.DataFrame:
     where, params = ("WHERE source = ?", (source,)) if source else ("", ())
     with closing(connect(db)) as conn:
         conn.execute(SCHEMA)
-        found = conn.execute("SELECT source, image_id, class_id, verdict, reviewed_at FROM reviews "
-                             f"{where} ORDER BY source, image_id, class_id", params).fetchall()
+        found = conn.execute(
+            "SELECT source, image_id, class_id, verdict, reviewed_at FROM reviews "
+            f"{where} ORDER BY source, image_id, class_id",
+            params,
+        ).fetchall()
     return pd.DataFrame(found, columns=["source", "image_id", "class_id", "verdict", "reviewed_at"])
 
 
@@ -56,10 +64,18 @@ def corrected(rows: pd.DataFrame, reviewed: pd.DataFrame) -> pd.DataFrame:
     defects = rows[rows["class_id"] > 0]
     no = reviewed[reviewed["verdict"] == "reject"]
     rejected = set(zip(no["source"], no["image_id"], no["class_id"].astype(int)))
-    keep = [(s, i, int(c)) not in rejected for s, i, c in zip(defects["source"], defects["image_id"], defects["class_id"])]
+    keep = [
+        (s, i, int(c)) not in rejected for s, i, c in zip(defects["source"], defects["image_id"], defects["class_id"])
+    ]
     kept = defects[keep]
-    out = pd.DataFrame({"ImageId": kept["image_id"].to_numpy(), "ClassId": kept["class_id"].astype(int).to_numpy(),
-                        "EncodedPixels": kept["rle"].to_numpy()}, columns=LONG_COLUMNS)
+    out = pd.DataFrame(
+        {
+            "ImageId": kept["image_id"].to_numpy(),
+            "ClassId": kept["class_id"].astype(int).to_numpy(),
+            "EncodedPixels": kept["rle"].to_numpy(),
+        },
+        columns=LONG_COLUMNS,
+    )
     return out.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
 
 

@@ -4,6 +4,7 @@ Any writer (``infer.py store=...``, the importer, the page's uploads and predict
 page is open; ``version`` is a cheap stamp that changes with every write, and query results are cached per
 stamp, so the several callbacks of one interaction share one SQL query.
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,7 +21,7 @@ from dashboard.views import newest_run_per_image
 
 __all__ = ["ALL_RUNS", "Store", "source_label"]
 
-ALL_RUNS = "pred:*"          # pseudo-source: every prediction run together (the live line), each image once
+ALL_RUNS = "pred:*"  # pseudo-source: every prediction run together (the live line), each image once
 
 
 def source_label(source: str) -> str:
@@ -99,11 +100,13 @@ class Store:
         """The prediction run holding exactly these (image, class, rle) records, if one is stored."""
         images = {r[0] for r in records}
         with closing(connect(self.db)) as conn:
-            candidates = conn.execute("SELECT source FROM inspections WHERE source LIKE 'pred:%' "
-                                      "GROUP BY source HAVING COUNT(DISTINCT image_id) = ?", (len(images),)).fetchall()
+            candidates = conn.execute(
+                "SELECT source FROM inspections WHERE source LIKE 'pred:%' "
+                "GROUP BY source HAVING COUNT(DISTINCT image_id) = ?",
+                (len(images),),
+            ).fetchall()
             for (source,) in candidates:
                 stored = conn.execute("SELECT image_id, class_id, rle FROM inspections WHERE source = ?", (source,))
                 if set(stored.fetchall()) == records:
                     return source
         return None
-

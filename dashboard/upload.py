@@ -1,4 +1,5 @@
 """Uploaded submission files: size cap, CSV only, validated by common.annotations with errors for the page."""
+
 from __future__ import annotations
 
 import base64
@@ -8,8 +9,8 @@ import re
 from pathlib import Path, PurePath
 
 from common.annotations import Annotations, check_image_id
-from common.images import decode_image
 from common.errors import SteelsegError
+from common.images import decode_image
 from dashboard.importer import load_csv
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -22,8 +23,9 @@ class UploadError(SteelsegError, ValueError):
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def decode_contents(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES,
-                    suffixes: tuple[str, ...] = (".csv",)) -> bytes:
+def decode_contents(
+    contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES, suffixes: tuple[str, ...] = (".csv",)
+) -> bytes:
     """Bytes of a dcc.Upload ``data:<type>;base64,<data>`` string, refusing other file types and big files."""
     if not filename or PurePath(filename).suffix.lower() not in suffixes:
         raise UploadError(f"{filename or '<no name>'}: only {' / '.join(suffixes)} files are accepted")
@@ -41,7 +43,9 @@ def decode_contents(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BY
     return raw
 
 
-def parse_upload(contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[Annotations, dict[str, str], str]:
+def parse_upload(
+    contents: str, filename: str, max_bytes: int = MAX_UPLOAD_BYTES
+) -> tuple[Annotations, dict[str, str], str]:
     """Annotations, dates from a date column, and a run id (file stem + content hash) of an uploaded CSV."""
     raw = decode_contents(contents, filename, max_bytes)
     if b"\x00" in raw[:4096]:

@@ -4,6 +4,7 @@ resume, logging. It knows no stage: a stage hands it a ``StageSpec``. Imports on
 The names below are re-exported lazily (PEP 562), so ``import engine.checkpoint`` (inference) does not pull
 in albumentations or the training loop.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,16 @@ from typing import Any
 
 _EXPORTS = {
     "engine.augment": ("Augment", "build_augment"),
-    "engine.checkpoint": ("CheckpointError", "build_model", "load_checkpoint", "load_model", "model_allowlist",
-                          "allow_model_factory", "save_checkpoint", "unwrap"),
+    "engine.checkpoint": (
+        "CheckpointError",
+        "build_model",
+        "load_checkpoint",
+        "load_model",
+        "model_allowlist",
+        "allow_model_factory",
+        "save_checkpoint",
+        "unwrap",
+    ),
     "engine.distributed": ("DistInfo", "setup", "teardown"),
     "engine.losses": ("ImageBCE",),
     "engine.loop": ("Engine", "as_float", "fit", "predict"),

@@ -4,9 +4,11 @@ Masks travel as uint8 ``(C, H, W)`` arrays (``SteelDataset.masks`` layout) and g
 transforms as their image. Augmentation runs between ``Preprocess.prepare`` and ``Preprocess.normalize``
 (``common.preprocess``), on uint8 images.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -27,7 +29,7 @@ class Augment:
 
     def set_seed(self, seed: int) -> None:
         """Re-seed the random draws (the engine calls this per epoch / per loader worker)."""
-        self.compose.set_random_seed(int(seed) % (2 ** 32))
+        self.compose.set_random_seed(int(seed) % (2**32))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         if mask is None:

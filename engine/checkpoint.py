@@ -12,6 +12,7 @@ result must be a torch module. A factory of your own is added with ``allow_model
 A checkpoint is written atomically; a full disk or a read-only folder is a ``common.io.WriteError`` naming
 the file.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,12 +30,28 @@ from common.io import atomic_open
 
 FORMAT_VERSION = 1
 # The project's model factories and the timm / smp ones behind them: the only callables a checkpoint may name.
-MODEL_FACTORIES: set[str] = {"classifier.model.create_classifier", "segmenter.model.create_segmenter",
-                             "segmenter.model.create_joint", "timm.create_model",
-                             "segmentation_models_pytorch.create_model"}
+MODEL_FACTORIES: set[str] = {
+    "classifier.model.create_classifier",
+    "segmenter.model.create_segmenter",
+    "segmenter.model.create_joint",
+    "timm.create_model",
+    "segmentation_models_pytorch.create_model",
+}
 
-__all__ = ["FORMAT_VERSION", "MODEL_FACTORIES", "CheckpointError", "allow_model_factory", "model_allowlist", "unwrap",
-           "load_failure", "read_torch_file", "save_checkpoint", "load_checkpoint", "build_model", "load_model"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_FACTORIES",
+    "CheckpointError",
+    "allow_model_factory",
+    "model_allowlist",
+    "unwrap",
+    "load_failure",
+    "read_torch_file",
+    "save_checkpoint",
+    "load_checkpoint",
+    "build_model",
+    "load_model",
+]
 
 
 class CheckpointError(SteelsegError, ValueError):
@@ -62,14 +79,25 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_checkpoint(path: Path | str, model: nn.Module, model_config: dict, stage: str,
-                    meta: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: Path | str,
+    model: nn.Module,
+    model_config: dict,
+    stage: str,
+    meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write model weights plus the config that rebuilds it, atomically (temp file + rename)."""
     if "_target_" not in model_config:
         raise CheckpointError(f"{path}: model config has no _target_: {model_config}")
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    payload = {"format": FORMAT_VERSION, "stage": stage, "model": dict(model_config),
-               "state_dict": state, "meta": dict(meta or {})}
+    payload = {
+        "format": FORMAT_VERSION,
+        "stage": stage,
+        "model": dict(model_config),
+        "state_dict": state,
+        "meta": dict(meta or {}),
+    }
     if extra:
         payload.update(extra)
     buffer = io.BytesIO()  # serialise first: a full disk is then an OSError of the write, not a torch error
@@ -85,8 +113,10 @@ def load_failure(exc: BaseException) -> str:
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
-        return (f"it holds Python objects ({found.group(1)}), not only tensors and plain values; steelseg reads "
-                "weights files as data only: save the weights (a state dict of tensors) with torch.save")
+        return (
+            f"it holds Python objects ({found.group(1)}), not only tensors and plain values; steelseg reads "
+            "weights files as data only: save the weights (a state dict of tensors) with torch.save"
+        )
     if isinstance(exc, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
         return "the file is empty, cut short or damaged (not a whole PyTorch file): copy it again or retrain"
     first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
@@ -122,8 +152,14 @@ def build_model(payload: dict[str, Any], path: Path | str = "<checkpoint>") -> n
         raise CheckpointError(f"{path}: the checkpoint's 'model' and 'state_dict' entries must be mappings")
     config = dict(payload["model"])
     # Weights come from the checkpoint, never from a hub or a local pretrained file.
-    for key in ("pretrained", "encoder_weights", "pretrained_path", "weights_path", "checkpoint_path",
-                "pretrained_cfg_overlay"):
+    for key in (
+        "pretrained",
+        "encoder_weights",
+        "pretrained_path",
+        "weights_path",
+        "checkpoint_path",
+        "pretrained_cfg_overlay",
+    ):
         if key in config:
             config[key] = None if key != "pretrained" else False
     try:
@@ -131,8 +167,9 @@ def build_model(payload: dict[str, Any], path: Path | str = "<checkpoint>") -> n
     except ConfigError as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"{path}: model._target_ {config['_target_']!r} gave a {type(model).__name__}, "
-                              f"not a torch module")
+        raise CheckpointError(
+            f"{path}: model._target_ {config['_target_']!r} gave a {type(model).__name__}, not a torch module"
+        )
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -4,12 +4,13 @@ A single process is a world of size 1: every helper here works without ``init_pr
 Under ``torchrun`` (``WORLD_SIZE`` > 1) ``setup`` joins the group: NCCL with one GPU per local
 rank when CUDA is used, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -138,7 +139,7 @@ class WeightedShardSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         draws = torch.multinomial(self.weights, self.per_rank * self.info.world_size, replacement=True, generator=g)
-        return iter(draws[self.info.rank::self.info.world_size].tolist())
+        return iter(draws[self.info.rank :: self.info.world_size].tolist())
 
     def __len__(self) -> int:
         return self.per_rank

@@ -4,13 +4,15 @@ The stage interface is ``engine.stage``; the trainer settings and AMP choice ``e
 seeds and resume state ``engine.state``. Here: data loaders, the epoch loop, validation over ranks, early
 stopping, checkpoints and logs, and the OOF file written with the best weights.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -22,13 +24,32 @@ from tqdm.auto import tqdm
 from common.config import ConfigError
 from common.io import atomic_write_text
 from engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from engine.distributed import (ShardSampler, WeightedShardSampler, all_or_none, barrier, broadcast_buffers,
-                                gather_rows, mean_over_ranks)
+from engine.distributed import (
+    ShardSampler,
+    WeightedShardSampler,
+    all_or_none,
+    barrier,
+    broadcast_buffers,
+    gather_rows,
+    mean_over_ranks,
+)
 from engine.optim import build_optimizer, build_scheduler, current_lrs
 from engine.settings import TrainerSettings, amp_settings, val_batch_size
 from engine.stage import StageSpec
-from engine.state import (BEST, LAST, METRICS_CSV, TENSORBOARD_DIR, FitResult, RunContext, check_run_folder,
-                          derive_seed, read_resume_state, rng_state, seed_worker, set_rng_state)
+from engine.state import (
+    BEST,
+    LAST,
+    METRICS_CSV,
+    TENSORBOARD_DIR,
+    FitResult,
+    RunContext,
+    check_run_folder,
+    derive_seed,
+    read_resume_state,
+    rng_state,
+    seed_worker,
+    set_rng_state,
+)
 
 
 def _loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
@@ -55,8 +76,14 @@ def _inputs(batch: Mapping[str, Any], device: torch.device, channels_last: bool)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 16,
-            num_workers: int = 0, amp: bool = False) -> tuple[list[str], torch.Tensor]:
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    amp: bool = False,
+) -> tuple[list[str], torch.Tensor]:
     """(image ids, raw outputs on CPU in float32) of a model over a dataset, in dataset order."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -73,8 +100,9 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
 class Engine:
     """Trains one StageSpec in one run folder; ``fit()`` resumes, trains, checkpoints, writes OOF."""
 
-    def __init__(self, spec: StageSpec, settings: TrainerSettings, optimizer_cfg: Any, scheduler_cfg: Any,
-                 ctx: RunContext) -> None:
+    def __init__(
+        self, spec: StageSpec, settings: TrainerSettings, optimizer_cfg: Any, scheduler_cfg: Any, ctx: RunContext
+    ) -> None:
         self.spec, self.settings, self.ctx = spec, settings, ctx
         check_run_folder(ctx.run_dir, spec.outputs)
         self.info = ctx.info
@@ -93,8 +121,12 @@ class Engine:
         groups = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
         self.optimizer = build_optimizer(groups, optimizer_cfg)
         self.train_loader, self.sampler, self.generator = self._train_loader()
-        self.val_loader = DataLoader(spec.val_set, batch_size=val_batch_size(settings), sampler=ShardSampler(len(spec.val_set), self.info),
-                                     **_loader_options(settings.num_workers, self.device))
+        self.val_loader = DataLoader(
+            spec.val_set,
+            batch_size=val_batch_size(settings),
+            sampler=ShardSampler(len(spec.val_set), self.info),
+            **_loader_options(settings.num_workers, self.device),
+        )
         if len(self.train_loader) == 0:
             raise ConfigError(f"{spec.name}: the training set of fold {ctx.fold} is empty")
         self.steps_per_epoch = math.ceil(len(self.train_loader) / settings.accumulate)
@@ -120,14 +152,27 @@ class Engine:
             weights = spec.sample_weights if spec.sample_weights is not None else [1.0] * len(spec.train_set)
             sampler: Any = WeightedShardSampler(weights, info, self.ctx.seed, s.samples_per_epoch)
         else:
-            sampler = DistributedSampler(spec.train_set, num_replicas=info.world_size, rank=info.rank,
-                                         shuffle=True, seed=self.ctx.seed, drop_last=False)
+            sampler = DistributedSampler(
+                spec.train_set,
+                num_replicas=info.world_size,
+                rank=info.rank,
+                shuffle=True,
+                seed=self.ctx.seed,
+                drop_last=False,
+            )
         generator = torch.Generator()
         # A last batch of one item breaks BatchNorm in train mode: drop it (only then).
         per_rank = len(sampler)
         lone_last = per_rank > s.batch_size and per_rank % s.batch_size == 1
-        loader = DataLoader(spec.train_set, batch_size=s.batch_size, sampler=sampler, worker_init_fn=seed_worker,
-                            generator=generator, drop_last=lone_last, **_loader_options(s.num_workers, self.device))
+        loader = DataLoader(
+            spec.train_set,
+            batch_size=s.batch_size,
+            sampler=sampler,
+            worker_init_fn=seed_worker,
+            generator=generator,
+            drop_last=lone_last,
+            **_loader_options(s.num_workers, self.device),
+        )
         return loader, sampler, generator
 
     def _start_epoch(self, epoch: int) -> None:
@@ -151,15 +196,32 @@ class Engine:
         self.start_epoch = state["epoch"] + 1
 
     def _train_state(self, epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
-                "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "finished": self.finished, "config": self.ctx.config}
+        return {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "finished": self.finished,
+            "config": self.ctx.config,
+        }
 
     def _meta(self, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-        return {**self.spec.meta, "stage": self.spec.name, "fold": self.ctx.fold, "epoch": epoch,
-                "metrics": metrics, "monitor": self.spec.monitor, "mode": self.spec.mode, "seed": self.ctx.seed,
-                "config": self.ctx.config}
+        return {
+            **self.spec.meta,
+            "stage": self.spec.name,
+            "fold": self.ctx.fold,
+            "epoch": epoch,
+            "metrics": metrics,
+            "monitor": self.spec.monitor,
+            "mode": self.spec.mode,
+            "seed": self.ctx.seed,
+            "config": self.ctx.config,
+        }
 
     # -- loops
 
@@ -169,8 +231,13 @@ class Engine:
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, count, n = 0.0, 0, len(self.train_loader)
-        bar = tqdm(self.train_loader, desc=f"{self.spec.name} fold {self.ctx.fold} epoch {epoch}", leave=False,
-                   disable=not (s.progress and self.info.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            self.train_loader,
+            desc=f"{self.spec.name} fold {self.ctx.fold} epoch {epoch}",
+            leave=False,
+            disable=not (s.progress and self.info.is_main),
+            dynamic_ncols=True,
+        )
         for i, batch in enumerate(bar):
             images, targets = _inputs(batch, self.device, self.channels_last)
             step_now = (i + 1) % s.accumulate == 0 or i + 1 == n
@@ -179,8 +246,10 @@ class Engine:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     loss = self.spec.loss(model(images), targets)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{self.spec.name}: loss is {loss.item()} at epoch {epoch}, batch {i}; "
-                                             f"lower optimizer.lr or set trainer.grad_clip")
+                    raise FloatingPointError(
+                        f"{self.spec.name}: loss is {loss.item()} at epoch {epoch}, batch {i}; "
+                        f"lower optimizer.lr or set trainer.grad_clip"
+                    )
                 self.scaler.scale(loss / s.accumulate).backward()
             if step_now:
                 if s.grad_clip:
@@ -200,7 +269,7 @@ class Engine:
         CUDA, the peak memory this rank allocated (GiB)."""
         out = {"train_time_s": seconds, "train_images_per_s": images / seconds if seconds > 0 else float("nan")}
         if self.device.type == "cuda":
-            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
 
     @torch.no_grad()
@@ -221,8 +290,9 @@ class Engine:
             count += len(images)
         metrics = metric.compute(gather_rows(metric.state(), self.info))
         if self.spec.monitor not in metrics:
-            raise ConfigError(f"{self.spec.name}.monitor: {self.spec.monitor!r} is not among the metrics "
-                              f"{sorted(metrics)}")
+            raise ConfigError(
+                f"{self.spec.name}.monitor: {self.spec.monitor!r} is not among the metrics {sorted(metrics)}"
+            )
         return mean_over_ranks(total, count, self.info), metrics
 
     def _improved(self, value: float) -> bool:
@@ -246,8 +316,11 @@ class Engine:
         if state is not None:
             self._restore(state)
             if self.info.is_main:
-                print(f"[{self.spec.name}] resuming {self.ctx.run_dir} at epoch {self.start_epoch}"
-                      + (" (already finished)" if self.finished else ""), flush=True)
+                print(
+                    f"[{self.spec.name}] resuming {self.ctx.run_dir} at epoch {self.start_epoch}"
+                    + (" (already finished)" if self.finished else ""),
+                    flush=True,
+                )
         run_dir, s, info = self.ctx.run_dir, self.settings, self.info
         writer = None
         if info.is_main and not self.finished:
@@ -277,20 +350,40 @@ class Engine:
                         self.bad_epochs += 1
                 stopped_early = bool(s.patience) and self.bad_epochs >= int(s.patience)
                 self.finished = all_or_none(stopped_early or last, info)
-                row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                       **current_lrs(self.optimizer), "time_s": time.perf_counter() - started, **speed}
+                row = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    **metrics,
+                    **current_lrs(self.optimizer),
+                    "time_s": time.perf_counter() - started,
+                    **speed,
+                }
                 self.history.append(row)
                 if info.is_main:
                     meta = self._meta(epoch, {"val_loss": val_loss, **metrics})
                     if improved:
                         save_checkpoint(run_dir / BEST, self.model, self.spec.model_config, self.spec.name, meta)
-                    save_checkpoint(run_dir / LAST, self.model, self.spec.model_config, self.spec.name, meta,
-                                    extra={"train_state": self._train_state(epoch)})
+                    save_checkpoint(
+                        run_dir / LAST,
+                        self.model,
+                        self.spec.model_config,
+                        self.spec.name,
+                        meta,
+                        extra={"train_state": self._train_state(epoch)},
+                    )
                     self._write_logs(writer, row)
-                    print(f"[{self.spec.name}] fold {self.ctx.fold} epoch {epoch}: train_loss {train_loss:.4f} "
-                          + (f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}" if validated else
-                             "(not validated)") + (" *" if improved else "")
-                          + f" [{row['train_images_per_s']:.1f} img/s]", flush=True)
+                    print(
+                        f"[{self.spec.name}] fold {self.ctx.fold} epoch {epoch}: train_loss {train_loss:.4f} "
+                        + (
+                            f"val_loss {val_loss:.4f} {self.spec.monitor} {value:.4f}"
+                            if validated
+                            else "(not validated)"
+                        )
+                        + (" *" if improved else "")
+                        + f" [{row['train_images_per_s']:.1f} img/s]",
+                        flush=True,
+                    )
                 barrier(info)
         finally:
             if writer is not None:
@@ -298,8 +391,17 @@ class Engine:
         oof_path = self._write_oof()
         best = load_checkpoint(run_dir / BEST, self.spec.name)["meta"]
         stopped_early = bool(self.history) and int(self.history[-1]["epoch"]) + 1 < s.epochs
-        return FitResult(run_dir, run_dir / BEST, run_dir / LAST, int(best["epoch"]), dict(best["metrics"]),
-                         len(self.history), stopped_early, oof_path, self.spec.monitor)
+        return FitResult(
+            run_dir,
+            run_dir / BEST,
+            run_dir / LAST,
+            int(best["epoch"]),
+            dict(best["metrics"]),
+            len(self.history),
+            stopped_early,
+            oof_path,
+            self.spec.monitor,
+        )
 
     def _write_oof(self) -> Path | None:
         """Rank 0 predicts the validation images with the best weights through the stage's writer."""

@@ -1,7 +1,8 @@
 """Losses more than one stage trains with (the stages' own pixel losses stay with them)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -21,9 +22,11 @@ class ImageBCE(nn.Module):
         if pos_weight is not None and (isinstance(pos_weight, str) or len(pos_weight) != len(CLASS_IDS)):
             shown = pos_weight if isinstance(pos_weight, str) else list(pos_weight)
             raise ConfigError(f"{key}: need {len(CLASS_IDS)} values, got {shown!r}")
-        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(
-            [real_number(w, key, 0.0) for w in pos_weight]))
+        self.register_buffer(
+            "pos_weight", None if pos_weight is None else torch.tensor([real_number(w, key, 0.0) for w in pos_weight])
+        )
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(),
-                                                              pos_weight=self.pos_weight)
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), targets.float(), pos_weight=self.pos_weight
+        )

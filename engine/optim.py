@@ -8,10 +8,12 @@ Config (group ``optimizer``)::
 Schedules (group ``scheduler``) are ``_partial_`` nodes called as ``factory(optimizer, total_steps)``
 and stepped once per optimiser step; ``cosine_with_warmup``, ``one_cycle`` and ``constant`` are here.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -37,16 +39,20 @@ def build_optimizer(groups: Mapping[str, list[nn.Parameter]], node: Any, key: st
     missing = [name for name, params in groups.items() if params and name not in lrs]
     if missing:
         raise ConfigError(f"{key}.lr: no learning rate for parameter group(s) {missing}; have {sorted(lrs)}")
-    param_groups = [{"params": params, "lr": learning_rate(lrs[name], f"{key}.lr.{name}"), "name": name}
-                    for name, params in groups.items() if params]
+    param_groups = [
+        {"params": params, "lr": learning_rate(lrs[name], f"{key}.lr.{name}"), "name": name}
+        for name, params in groups.items()
+        if params
+    ]
     if not param_groups:
         raise ConfigError(f"{key}: the model has no trainable parameters")
     factory = build(node.get("optim"), f"{key}.optim")
     return call(factory, f"{key}.optim", param_groups)
 
 
-def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup: float = 0.05,
-                       min_lr_ratio: float = 0.01) -> LRScheduler:
+def cosine_with_warmup(
+    optimizer: Optimizer, total_steps: int, warmup: float = 0.05, min_lr_ratio: float = 0.01
+) -> LRScheduler:
     """Linear warm-up over ``warmup`` (fraction of all steps, or a step count if >= 1), then cosine to
     ``min_lr_ratio``."""
     warmup = real_number(warmup, "scheduler.warmup", 0.0)
@@ -63,15 +69,26 @@ def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup: float = 0
     return LambdaLR(optimizer, factor)
 
 
-def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-              final_div_factor: float = 1e4) -> LRScheduler:
+def one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> LRScheduler:
     """torch OneCycleLR peaking at each group's configured lr."""
     pct_start = real_number(pct_start, "scheduler.pct_start", 0.0)
     div_factor = real_number(div_factor, "scheduler.div_factor", 1.0)  # a divisor of the peak
     final_div_factor = real_number(final_div_factor, "scheduler.final_div_factor", 1.0)
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1), pct_start=pct_start,
-                      div_factor=div_factor, final_div_factor=final_div_factor)
+    return OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=max(total_steps, 1),
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
 
 
 def constant(optimizer: Optimizer, total_steps: int) -> LRScheduler:
@@ -92,4 +109,12 @@ def current_lrs(optimizer: Optimizer) -> dict[str, float]:
     return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
-__all__ = ["learning_rate", "build_optimizer", "build_scheduler", "cosine_with_warmup", "one_cycle", "constant", "current_lrs"]
+__all__ = [
+    "learning_rate",
+    "build_optimizer",
+    "build_scheduler",
+    "cosine_with_warmup",
+    "one_cycle",
+    "constant",
+    "current_lrs",
+]

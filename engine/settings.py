@@ -1,9 +1,11 @@
 """The ``trainer`` config group checked (``TrainerSettings``), and the mixed-precision choice it implies per device."""
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -13,9 +15,17 @@ __all__ = ["TrainerSettings", "WHOLE_NUMBER_KEYS", "amp_settings", "cpu_has_bf16
 
 
 # (key, smallest value, null allowed) of the trainer's whole-number settings
-WHOLE_NUMBER_KEYS = (("epochs", 1, False), ("batch_size", 1, False), ("val_batch_size", 1, True), ("val_every", 1, False),
-                     ("samples_per_epoch", 1, True), ("num_workers", 0, False), ("accumulate", 1, False),
-                     ("threads", 1, True), ("patience", 0, True))
+WHOLE_NUMBER_KEYS = (
+    ("epochs", 1, False),
+    ("batch_size", 1, False),
+    ("val_batch_size", 1, True),
+    ("val_every", 1, False),
+    ("samples_per_epoch", 1, True),
+    ("num_workers", 0, False),
+    ("accumulate", 1, False),
+    ("threads", 1, True),
+    ("patience", 0, True),
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class TrainerSettings:
     progress: bool = True
 
     @classmethod
-    def from_config(cls, node: Any) -> "TrainerSettings":
+    def from_config(cls, node: Any) -> TrainerSettings:
         """The checked settings: counts are whole numbers, sizes finite numbers, switches booleans; a bad value
         (``trainer.epochs=abc``, ``1.5``, ``-1``) is a ConfigError naming its key, never a traceback mid-run."""
         node = dict(node)
@@ -48,7 +58,9 @@ class TrainerSettings:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(node) - known)
         if unknown:
-            raise ConfigError(f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}")
+            raise ConfigError(
+                f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}"
+            )
         values = {**node, "patience": stop.get("patience"), "min_delta": stop.get("min_delta", 0.0)}
         for key, minimum, optional in WHOLE_NUMBER_KEYS:
             where = f"trainer.early_stopping.{key}" if key == "patience" else f"trainer.{key}"
@@ -67,8 +79,6 @@ class TrainerSettings:
         if settings.amp_dtype not in ("auto", "float16", "bfloat16"):
             raise ConfigError(f"trainer.amp_dtype: expected auto, float16 or bfloat16, got {settings.amp_dtype!r}")
         return settings
-
-
 
 
 def cpu_has_bf16() -> bool:
@@ -90,18 +100,25 @@ def _amp_dtype_name(amp_dtype: str, device: torch.device, bf16_cuda: Callable[[]
     return "bfloat16" if device.type != "cuda" or bf16_cuda() else "float16"
 
 
-def amp_settings(settings: TrainerSettings, device: torch.device,
-                  bf16_cpu: Callable[[], bool] = cpu_has_bf16,
-                  bf16_cuda: Callable[[], bool] = lambda: torch.cuda.is_bf16_supported()) -> tuple[bool, torch.dtype]:
+def amp_settings(
+    settings: TrainerSettings,
+    device: torch.device,
+    bf16_cpu: Callable[[], bool] = cpu_has_bf16,
+    bf16_cuda: Callable[[], bool] = lambda: torch.cuda.is_bf16_supported(),
+) -> tuple[bool, torch.dtype]:
     """(autocast on?, dtype). On a CPU without oneDNN bf16, bf16 autocast is slower than float32: train in float32."""
     enabled = device.type == "cuda" if settings.amp == "auto" else bool(settings.amp)
     amp_dtype = _amp_dtype_name(settings.amp_dtype, device, bf16_cuda)
     if enabled and device.type != "cuda" and amp_dtype != "bfloat16":
-        raise ConfigError(f"trainer.amp: {amp_dtype} mixed precision needs a CUDA device; on the CPU set "
-                          "trainer.amp_dtype=bfloat16 (autocast on CPUs with bf16 units), or trainer.amp=auto or false")
+        raise ConfigError(
+            f"trainer.amp: {amp_dtype} mixed precision needs a CUDA device; on the CPU set "
+            "trainer.amp_dtype=bfloat16 (autocast on CPUs with bf16 units), or trainer.amp=auto or false"
+        )
     if enabled and device.type == "cpu" and not bf16_cpu():
-        warnings.warn("trainer.amp: this CPU has no bf16 units oneDNN can use (it needs AVX-512 or Arm BF16), so "
-                      "training runs in float32 instead of bfloat16 autocast; set trainer.amp=false to silence this",
-                      stacklevel=2)
+        warnings.warn(
+            "trainer.amp: this CPU has no bf16 units oneDNN can use (it needs AVX-512 or Arm BF16), so "
+            "training runs in float32 instead of bfloat16 autocast; set trainer.amp=false to silence this",
+            stacklevel=2,
+        )
         enabled = False
     return enabled, getattr(torch, amp_dtype)

@@ -24,11 +24,13 @@ What a stage writes (the loop, devices, DDP, AMP, checkpoints, resume and loggin
   weights loaded (eval mode, on ``device``); writes the stage's out-of-fold file(s), named in ``outputs`` (file
   names in the run folder), which are checked with the engine's own files at start-up (``check_run_folder``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -80,9 +82,11 @@ class StageSpec:
         source = source_of(self.model_config)
         if source:  # pretrained features need the inputs normalised as they were trained; record the source
             preprocess = self.meta.get("preprocess") or {}
-            check_normalisation(source, preprocess.get("mean", ()), preprocess.get("std", ()),
-                                f"{self.name}.preprocess")
+            check_normalisation(
+                source, preprocess.get("mean", ()), preprocess.get("std", ()), f"{self.name}.preprocess"
+            )
             self.meta = {**self.meta, "weights": provenance(source, f"{self.name}.model")}
         if self.sample_weights is not None and len(self.sample_weights) != len(self.train_set):
-            raise ValueError(f"{self.name}: {len(self.sample_weights)} sample weights for "
-                             f"{len(self.train_set)} training items")
+            raise ValueError(
+                f"{self.name}: {len(self.sample_weights)} sample weights for {len(self.train_set)} training items"
+            )

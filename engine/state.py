@@ -10,12 +10,14 @@ early-stopping state, history and torch/numpy/python RNG states are restored and
 with the next epoch. Data order and augmentation are re-derived from (seed, epoch, rank) at every epoch,
 so a resumed run sees the same batches as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +29,24 @@ from common.io import check_outputs
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.distributed import DistInfo
 
-__all__ = ["BEST", "LAST", "METRICS_CSV", "TENSORBOARD_DIR", "RUN_DIR_KEY", "RESUME_FREE_KEYS", "RunContext", "FitResult",
-           "check_run_folder", "seed_everything", "derive_seed", "seed_worker", "rng_state", "set_rng_state",
-           "config_differences", "read_resume_state"]
+__all__ = [
+    "BEST",
+    "LAST",
+    "METRICS_CSV",
+    "TENSORBOARD_DIR",
+    "RUN_DIR_KEY",
+    "RESUME_FREE_KEYS",
+    "RunContext",
+    "FitResult",
+    "check_run_folder",
+    "seed_everything",
+    "derive_seed",
+    "seed_worker",
+    "rng_state",
+    "set_rng_state",
+    "config_differences",
+    "read_resume_state",
+]
 
 
 BEST, LAST = "checkpoints/best.pt", "checkpoints/last.pt"
@@ -37,7 +54,6 @@ METRICS_CSV, TENSORBOARD_DIR = "metrics.csv", "tensorboard"
 RUN_DIR_KEY = "run folder (hydra.run.dir)"
 # Keys of the run config that may change between a run and its resumption.
 RESUME_FREE_KEYS = ("resume", "trainer.progress", "trainer.num_workers", "trainer.device", "trainer.threads")
-
 
 
 @dataclass(frozen=True)
@@ -79,17 +95,17 @@ def check_run_folder(run_dir: Path | str, outputs: Sequence[str] = ()) -> Path:
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) once at start-up."""
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def derive_seed(seed: int, epoch: int, rank: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch, rank)."""
-    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2 ** 31
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
 
 
 def seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2 ** 32
+    seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     info = get_worker_info()
@@ -101,10 +117,17 @@ def rng_state() -> dict[str, Any]:
     """torch / CUDA / numpy / python RNG states as values ``torch.load(weights_only=True)`` accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "python": {"version": version, "internal": list(internal), "gauss": gauss}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -132,12 +155,14 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                       free: Sequence[str] = RESUME_FREE_KEYS) -> list[str]:
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], free: Sequence[str] = RESUME_FREE_KEYS
+) -> list[str]:
     """Dotted keys whose values differ between two run configs (ignoring keys allowed to change)."""
     a, b = _flatten(saved), _flatten(current)
-    return sorted(k for k in set(a) | set(b)
-                  if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free))
+    return sorted(
+        k for k in set(a) | set(b) if a.get(k) != b.get(k) and not any(k == f or k.startswith(f + ".") for f in free)
+    )
 
 
 def read_resume_state(ctx: RunContext, stage: str) -> dict[str, Any] | None:
@@ -154,7 +179,9 @@ def read_resume_state(ctx: RunContext, stage: str) -> dict[str, Any] | None:
         raise SteelsegError(f"{path}: checkpoint has no resume state; start over with resume=false")
     diff = config_differences(state.get("config", {}), ctx.config)
     if diff:
-        raise ConfigError(f"{path}: this run folder was trained with another config (keys {diff[:8]}); "
-                          f"run with the original settings, another output folder, or resume=false to start over")
+        raise ConfigError(
+            f"{path}: this run folder was trained with another config (keys {diff[:8]}); "
+            f"run with the original settings, another output folder, or resume=false to start over"
+        )
     state["model_state"] = payload["state_dict"]
     return state

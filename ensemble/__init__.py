@@ -6,5 +6,20 @@ the ONNX Runtime predictor, HTTP serving).
 need no torch (NumPy, OpenCV, onnxruntime; FastAPI for ``serve``): they are what a deploy bundle runs on.
 """
 
-__all__ = ["arrays", "core", "rules", "gating", "postprocess", "reduce", "tta", "members", "predict", "run",
-           "settings", "threshold_search", "export", "onnx_runtime", "serve"]
+__all__ = [
+    "arrays",
+    "core",
+    "rules",
+    "gating",
+    "postprocess",
+    "reduce",
+    "tta",
+    "members",
+    "predict",
+    "run",
+    "settings",
+    "threshold_search",
+    "export",
+    "onnx_runtime",
+    "serve",
+]

@@ -4,6 +4,7 @@ The PyTorch predictor hands these steps tensors (on the GPU in GPU inference), t
 NumPy arrays; each step asks ``namespace(x)`` for the module whose functions it calls. No module-level torch
 import: torch is looked up only for an object that is already a tensor.
 """
+
 from __future__ import annotations
 
 import importlib

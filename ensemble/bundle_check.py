@@ -4,10 +4,12 @@ A member weight of 1e308 overflows the weighted sum (every probability NaN, ever
 weights divide by zero on every request, and a ``preprocess.size`` other than the ONNX graph's input fails on
 every request. Torch-free: the ONNX runtime calls it (``ensemble.onnx_runtime.load_bundle``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
@@ -26,8 +28,10 @@ def member_weight(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BundleValueError(f"{where}: weight {value!r} must be a finite number")
     if value != 0 and not MIN_WEIGHT <= value <= MAX_WEIGHT:
-        raise BundleValueError(f"{where}: weight {value!r} must be 0 or between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} "
-                               "(weights are relative: scale them all)")
+        raise BundleValueError(
+            f"{where}: weight {value!r} must be 0 or between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} "
+            "(weights are relative: scale them all)"
+        )
     return float(value)
 
 
@@ -42,8 +46,10 @@ def _graph_problem(member: Any) -> str | None:
     expected = [None, member.preprocess.channels, *size]
     got = _static(member.session.get_inputs()[0].shape)
     if len(got) != 4 or any(g is not None and g != e for g, e in zip(got, expected)):
-        return (f"preprocess (channels {member.preprocess.channels}, size {list(size)}) does not match the ONNX graph "
-                f"input {member.session.get_inputs()[0].shape}; re-export the bundle")
+        return (
+            f"preprocess (channels {member.preprocess.channels}, size {list(size)}) does not match the ONNX graph "
+            f"input {member.session.get_inputs()[0].shape}; re-export the bundle"
+        )
     for output in member.session.get_outputs():
         dims = _static(output.shape)
         wanted = [None, len(CLASS_IDS), *IMAGE_SHAPE] if output.name == "masks" else [None, len(CLASS_IDS)]
@@ -61,5 +67,7 @@ def check_members(members: Sequence[Any], where: str) -> None:
     for head, kinds in (("masks", ("segmenter", "joint")), ("labels", ("classifier", "joint"))):
         chosen = [m for m in members if m.kind in kinds]
         if chosen and not sum(m.weight for m in chosen) > 0:
-            raise BundleValueError(f"{where}: members[].weight: the {head} members {[m.name for m in chosen]} all "
-                                   "have weight 0; give at least one a weight > 0")
+            raise BundleValueError(
+                f"{where}: members[].weight: the {head} members {[m.name for m in chosen]} all "
+                "have weight 0; give at least one a weight > 0"
+            )

@@ -7,15 +7,17 @@ which images (joint and classifier members on every image, then the gate on thei
 segmenters on the images it lets through), the TTA flips and their un-flipping, the reducer, post-processing,
 the per-image result and the submission rows.
 """
+
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +34,23 @@ from ensemble.rules import Rules, RulesError
 from ensemble.timing import Timer
 from ensemble.tta import Flip, augment_all, split_outputs, transforms
 
-__all__ = ["KINDS", "cpu_count", "Stats", "check_members", "MemberInfo", "prepare_inputs", "read_inputs", "stack_inputs", "iter_batches", "split_joint", "rows_of", "ImagePrediction",
-           "BatchResult", "GatedEnsemble", "resolve_batch_size"]
+__all__ = [
+    "KINDS",
+    "cpu_count",
+    "Stats",
+    "check_members",
+    "MemberInfo",
+    "prepare_inputs",
+    "read_inputs",
+    "stack_inputs",
+    "iter_batches",
+    "split_joint",
+    "rows_of",
+    "ImagePrediction",
+    "BatchResult",
+    "GatedEnsemble",
+    "resolve_batch_size",
+]
 
 
 KINDS = ("classifier", "segmenter", "joint")
@@ -95,8 +112,9 @@ def stack_inputs(items: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     return [np.stack([item[s] for item in items]) for s in range(len(items[0]))]
 
 
-def iter_batches(paths: Sequence[Path | str], preprocesses: Sequence[Preprocess], batch_size: int = 4,
-                 num_workers: int = 0) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+def iter_batches(
+    paths: Sequence[Path | str], preprocesses: Sequence[Preprocess], batch_size: int = 4, num_workers: int = 0
+) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     """(indices, inputs per preprocessing slot) of consecutive batches; ``num_workers`` threads read ahead at
     most ``num_workers + 1`` batches (OpenCV decodes with the GIL released), so memory stays bounded."""
     if batch_size < 1:
@@ -152,10 +170,21 @@ class ImagePrediction:
         for i, (_, class_id, rle) in enumerate(self.rows()):
             top = float(self.max_probability[i])
             cls = None if self.classifier_probability is None else float(self.classifier_probability[i])
-            classes.append({"class_id": class_id, "rle": rle, "area": int(np.count_nonzero(self.masks[i])),
-                            "max_probability": None if np.isnan(top) else top, "classifier_probability": cls})
-        return {"image_id": self.image_id, "segmented": self.segmented, "classes": classes,
-                "defects": [c["class_id"] for c in classes if c["rle"]]}
+            classes.append(
+                {
+                    "class_id": class_id,
+                    "rle": rle,
+                    "area": int(np.count_nonzero(self.masks[i])),
+                    "max_probability": None if np.isnan(top) else top,
+                    "classifier_probability": cls,
+                }
+            )
+        return {
+            "image_id": self.image_id,
+            "segmented": self.segmented,
+            "classes": classes,
+            "defects": [c["class_id"] for c in classes if c["rle"]],
+        }
 
 
 @dataclass
@@ -175,7 +204,7 @@ class BatchResult:
         return ImagePrediction(image_id, self.masks[j], cls, self.max_prob[j])
 
 
-def resolve_batch_size(value: Any, runtime: "GatedEnsemble") -> int:
+def resolve_batch_size(value: Any, runtime: GatedEnsemble) -> int:
     """``batch_size`` from a config: a whole number >= 1 as given, or ``auto`` / null -> the runtime's rule for
     its device (``auto_batch_size``: by free memory on CUDA, 4 on a CPU)."""
     if value is None or value == "auto":
@@ -188,12 +217,15 @@ def check_members(kinds: Iterable[str], rules: Rules) -> None:
     dashboard may check before loading any model)."""
     kinds = set(kinds)
     if not kinds & {"segmenter", "joint"}:
-        raise RulesError("checkpoints.segmenter / checkpoints.joint: no segmenting member given; "
-                         "a submission needs at least one")
+        raise RulesError(
+            "checkpoints.segmenter / checkpoints.joint: no segmenting member given; a submission needs at least one"
+        )
     get_gate(rules.gating)
     if rules.needs_classifier and not kinds & {"classifier", "joint"}:
-        raise RulesError(f"gating mode {rules.gating!r} needs classifier or joint checkpoints "
-                         "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label")
+        raise RulesError(
+            f"gating mode {rules.gating!r} needs classifier or joint checkpoints "
+            "(checkpoints.classifier / checkpoints.joint); use ensemble.gating.mode=none or label"
+        )
 
 
 @dataclass
@@ -213,7 +245,7 @@ class GatedEnsemble:
     joints: list = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     timer: Timer = field(default_factory=Timer)  # waiting_for_data, decode_in_workers, host_to_device, forward,
-                                                 # postprocess (+ rle, write in ensemble.run); off by default
+    # postprocess (+ rle, write in ensemble.run); off by default
     batch_flips: bool = True  # every TTA flip of a batch in one forward pass (False: one pass per flip)
 
     @property
@@ -222,8 +254,14 @@ class GatedEnsemble:
 
     def __post_init__(self) -> None:
         """Check the ensemble and give each member its preprocessing slot."""
-        check_members([*(["classifier"] if self.classifiers else []), *(["segmenter"] if self.segmenters else []),
-                       *(["joint"] if self.joints else [])], self.rules)
+        check_members(
+            [
+                *(["classifier"] if self.classifiers else []),
+                *(["segmenter"] if self.segmenters else []),
+                *(["joint"] if self.joints else []),
+            ],
+            self.rules,
+        )
         make_reducer(self.reducer)
         self.preprocesses: list[Preprocess] = []
         self._slot: dict[int, int] = {}
@@ -243,8 +281,9 @@ class GatedEnsemble:
         """The member's probabilities at the image size for the batch ``x`` (a pair for a joint member)."""
         raise NotImplementedError
 
-    def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
-                 ) -> Iterable[tuple[list[int], list[Any]]]:
+    def _batches(
+        self, paths: Sequence[Path | str], batch_size: int, num_workers: int
+    ) -> Iterable[tuple[list[int], list[Any]]]:
         """(indices into ``paths``, inputs per preprocessing slot) per batch, in file order."""
         raise NotImplementedError
 
@@ -310,15 +349,22 @@ class GatedEnsemble:
         result = self.predict_result(inputs)
         return result.cls_prob, result.masks
 
-    def iter_batch_results(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
-                           progress: bool = False, gate: bool = True) -> Iterator[tuple[list[str], BatchResult]]:
+    def iter_batch_results(
+        self,
+        paths: Sequence[Path | str],
+        batch_size: int = 4,
+        num_workers: int = 0,
+        progress: bool = False,
+        gate: bool = True,
+    ) -> Iterator[tuple[list[str], BatchResult]]:
         """(image names, ``BatchResult``) per batch of image files, in order; nothing is kept beyond the batch."""
         batches = self._batches(paths, batch_size, num_workers)
         if progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, total=-(-len(paths) // batch_size), unit="batch", desc="predict",
-                           dynamic_ncols=True)
+            batches = tqdm(
+                batches, total=-(-len(paths) // batch_size), unit="batch", desc="predict", dynamic_ncols=True
+            )
         batches = iter(batches)
         while True:
             with self.timer.section("waiting_for_data"):
@@ -328,15 +374,17 @@ class GatedEnsemble:
             indices, inputs = item
             yield [Path(paths[index]).name for index in indices], self.predict_result(inputs, gate)
 
-    def iter_results(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
-                     progress: bool = False) -> Iterator[ImagePrediction]:
+    def iter_results(
+        self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0, progress: bool = False
+    ) -> Iterator[ImagePrediction]:
         """One ``ImagePrediction`` per image file, in order; nothing is kept beyond the current batch."""
         for names, result in self.iter_batch_results(paths, batch_size, num_workers, progress):
             for j, name in enumerate(names):
                 yield result.image(j, name)
 
-    def iter_predictions(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0,
-                         progress: bool = False) -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
+    def iter_predictions(
+        self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0, progress: bool = False
+    ) -> Iterator[tuple[str, np.ndarray | None, np.ndarray]]:
         """Yield (image name, classifier probabilities or None, masks (4, H, W)) per image, in order."""
         for item in self.iter_results(paths, batch_size, num_workers, progress):
             yield item.image_id, item.classifier_probability, item.masks

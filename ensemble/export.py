@@ -25,6 +25,7 @@ Export pitfalls handled: models are rebuilt with timm's ``exportable`` layer con
 Swish switched off (``set_swish(memory_efficient=False)`` where an encoder has it); the torch.export-based
 exporter (dynamo) handles smp decoders, padding and the antialiased resize of ``segmenter.model.Rescaled``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,12 @@ import platform
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,17 +52,41 @@ from common.errors import SteelsegError
 from common.io import atomic_write_text, check_writable, replace_folder, temp_dir_beside
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches, split_joint
-from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, OUTPUTS, BundleError, load_bundle, \
-    session_options, sha256_of
+from ensemble.onnx_runtime import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    MANIFEST,
+    OUTPUTS,
+    BundleError,
+    load_bundle,
+    session_options,
+    sha256_of,
+)
 from ensemble.predict import MemberNet, Predictor, build_predictor, to_image_size
 from ensemble.tta import Flip
 
-__all__ = ["OPSET", "PARITY_DICE", "ExportError", "exportable_layers", "make_exportable", "FlipsInGraph", "graph_flips",
-           "export_net", "check_net", "quantize_int8", "calibration_images", "calibration_batches", "quantize_bundle",
-           "export_bundle", "ParityReport", "parity", "main"]
+__all__ = [
+    "OPSET",
+    "PARITY_DICE",
+    "ExportError",
+    "exportable_layers",
+    "make_exportable",
+    "FlipsInGraph",
+    "graph_flips",
+    "export_net",
+    "check_net",
+    "quantize_int8",
+    "calibration_images",
+    "calibration_batches",
+    "quantize_bundle",
+    "export_bundle",
+    "ParityReport",
+    "parity",
+    "main",
+]
 
-OPSET = 18              # Resize with antialias (segmenter.model.Rescaled) needs opset >= 18
-PARITY_DICE = 0.999     # per (image, class) pair Dice the ONNX runtime must reach against torch
+OPSET = 18  # Resize with antialias (segmenter.model.Rescaled) needs opset >= 18
+PARITY_DICE = 0.999  # per (image, class) pair Dice the ONNX runtime must reach against torch
 CHECK_TOLERANCE = 1e-3  # max |torch - onnx| probability on the probe batch
 PROBE_BATCHES = (1, 3)  # batch sizes the export check runs (the file was traced with 2)
 CALIBRATION_IMAGES = 32  # --int8: training images the activation ranges are calibrated on
@@ -101,7 +127,7 @@ class FlipsInGraph(nn.Module):
         masks, labels = split_joint(out) if self.kind == "joint" else (out, out)
 
         def mean(y: torch.Tensor, unflip: bool) -> torch.Tensor:  # slices, not chunk: keeps the batch dynamic
-            parts = [y[i * batch:(i + 1) * batch] for i in range(n)]
+            parts = [y[i * batch : (i + 1) * batch] for i in range(n)]
             return sum(f.deaugment(p) if unflip else p for f, p in zip(self.flips, parts)) / n
 
         labels = mean(torch.sigmoid(labels.float()), False)
@@ -139,9 +165,18 @@ def export_net(net: MemberNet, shape: tuple[int, int, int], path: Path, opset: i
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net.float().eval(), (_probe(shape, 2),), str(path), dynamo=True, input_names=["input"],
-                              output_names=list(OUTPUTS[net.kind]), dynamic_shapes={"x": {0: batch}},
-                              opset_version=opset, external_data=False, optimize=True)
+            torch.onnx.export(
+                net.float().eval(),
+                (_probe(shape, 2),),
+                str(path),
+                dynamo=True,
+                input_names=["input"],
+                output_names=list(OUTPUTS[net.kind]),
+                dynamic_shapes={"x": {0: batch}},
+                opset_version=opset,
+                external_data=False,
+                optimize=True,
+            )
     except Exception as exc:  # the exporter raises many types; the member is named, the log tail kept
         tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
         raise ExportError(f"{path.stem}: torch.onnx.export failed ({type(exc).__name__}: {exc}) {tail}") from exc
@@ -165,8 +200,10 @@ def check_net(net: MemberNet, shape: tuple[int, int, int], path: Path) -> float:
                 raise ExportError(f"{path}: output {name} has shape {g.shape} for batch {batch}, torch gives {e.shape}")
             worst = max(worst, float(np.abs(e - g).max()))
     if worst > CHECK_TOLERANCE:
-        raise ExportError(f"{path}: ONNX Runtime differs from torch by {worst:.2e} (> {CHECK_TOLERANCE}) on the probe "
-                          "batch; the model uses an operator the exporter translates differently")
+        raise ExportError(
+            f"{path}: ONNX Runtime differs from torch by {worst:.2e} (> {CHECK_TOLERANCE}) on the probe "
+            "batch; the model uses an operator the exporter translates differently"
+        )
     return worst
 
 
@@ -178,11 +215,15 @@ def calibration_images(root: Path | str, count: int) -> list[Path]:
     folder = Path(root) / "train_images"
     names = list_images(folder) if folder.is_dir() else []
     if not names:
-        raise ExportError(f"--int8: no training images in {folder} to calibrate on; set data.root (or data=...) to a "
-                          "dataset root with train_images/")
+        raise ExportError(
+            f"--int8: no training images in {folder} to calibrate on; set data.root (or data=...) to a "
+            "dataset root with train_images/"
+        )
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(names):
-        raise ExportError(f"--calibration-images {count}: give a whole number from 1 to {len(names)} (the training "
-                          f"images in {folder})")
+        raise ExportError(
+            f"--calibration-images {count}: give a whole number from 1 to {len(names)} (the training "
+            f"images in {folder})"
+        )
     picks = np.linspace(0, len(names) - 1, count).round().astype(int)
     return [folder / names[i] for i in sorted(set(picks.tolist()))]
 
@@ -192,7 +233,7 @@ def calibration_batches(paths: Sequence[Path | str], preprocess: Any, batch_size
     from ensemble.core import read_inputs
 
     inputs = [read_inputs(p, [preprocess])[0] for p in paths]
-    return [np.stack(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return [np.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
 
 
 def quantize_int8(src: Path, dst: Path, batches: Sequence[np.ndarray]) -> list[str]:
@@ -217,9 +258,16 @@ def quantize_int8(src: Path, dst: Path, batches: Sequence[np.ndarray]) -> list[s
         kept = ("Resize", "Sigmoid")
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            quantize_static(str(staged), str(dst), Reader(graph.input[0].name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=[n.name for n in graph.node if n.op_type in kept])
+            quantize_static(
+                str(staged),
+                str(dst),
+                Reader(graph.input[0].name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=[n.name for n in graph.node if n.op_type in kept],
+            )
     finally:
         staged.unlink(missing_ok=True)
     return list(kept)
@@ -245,8 +293,10 @@ def quantize_bundle(folder: Path, calibration: Sequence[Path | str], log: Any = 
         finally:
             source.unlink(missing_ok=True)
         entry.update(sha256=sha256_of(path), precision="int8")
-        log(f"  {entry['name']}: INT8 (QDQ, per-channel, {len(calibration)} calibration images; {'/'.join(kept)} "
-            f"float), {path.stat().st_size / 1e6:.1f} MB")
+        log(
+            f"  {entry['name']}: INT8 (QDQ, per-channel, {len(calibration)} calibration images; {'/'.join(kept)} "
+            f"float), {path.stat().st_size / 1e6:.1f} MB"
+        )
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -254,8 +304,13 @@ def _versions(opset: int) -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "opset": str(opset)}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(opset),
+    }
     for dist in ("steelseg", "timm", "segmentation-models-pytorch"):
         try:
             out[dist] = metadata.version(dist)
@@ -264,9 +319,16 @@ def _versions(opset: int) -> dict[str, str]:
     return out
 
 
-def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None = None, opset: int = OPSET,
-                  force: bool = False, log: Any = print, flips_in_graph: bool = True,
-                  int8_calibration: Sequence[Path | str] | None = None) -> Path:
+def export_bundle(
+    predictor: Predictor,
+    out: Path | str,
+    thresholds: str | None = None,
+    opset: int = OPSET,
+    force: bool = False,
+    log: Any = print,
+    flips_in_graph: bool = True,
+    int8_calibration: Sequence[Path | str] | None = None,
+) -> Path:
     """Write ``predictor`` as a bundle folder ``out`` (built in a temp folder beside it, moved in when complete);
     ``flips_in_graph``: each member's TTA inside its file (``FlipsInGraph``, mean reducer only);
     ``int8_calibration``: image files to calibrate INT8 members on (None: float32 members)."""
@@ -285,20 +347,43 @@ def export_bundle(predictor: Predictor, out: Path | str, thresholds: str | None 
             net = FlipsInGraph(net, flips) if flips else net
             export_net(net, shape, path, opset)
             checks[name] = check_net(net, shape, path)
-            entries.append({"name": name, "kind": member.kind, "file": path.name, "sha256": sha256_of(path),
-                            "weight": member.weight, "preprocess": member.preprocess.to_meta(), "input": "input",
-                            "outputs": list(OUTPUTS[member.kind]), "tta_in_graph": [f.name for f in flips],
-                            "precision": "float32", "source": str(member.path), "fold": member.fold})
-            log(f"  {name}: {member.path} -> {path.name} ({path.stat().st_size / 1e6:.1f} MB, input {list(shape)}, "
-                f"TTA in graph {[f.name for f in flips] or 'no'}, max |torch - onnx| {checks[name]:.1e})")
+            entries.append(
+                {
+                    "name": name,
+                    "kind": member.kind,
+                    "file": path.name,
+                    "sha256": sha256_of(path),
+                    "weight": member.weight,
+                    "preprocess": member.preprocess.to_meta(),
+                    "input": "input",
+                    "outputs": list(OUTPUTS[member.kind]),
+                    "tta_in_graph": [f.name for f in flips],
+                    "precision": "float32",
+                    "source": str(member.path),
+                    "fold": member.fold,
+                }
+            )
+            log(
+                f"  {name}: {member.path} -> {path.name} ({path.stat().st_size / 1e6:.1f} MB, input {list(shape)}, "
+                f"TTA in graph {[f.name for f in flips] or 'no'}, max |torch - onnx| {checks[name]:.1e})"
+            )
         manifest = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "class_ids": list(CLASS_IDS),
-            "image_shape": list(IMAGE_SHAPE), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "class_ids": list(CLASS_IDS),
+            "image_shape": list(IMAGE_SHAPE),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "members": entries,
-            "tta": {"classifier": [f.name for f in predictor.tta_classifier],
-                    "segmenter": [f.name for f in predictor.tta_segmenter]},
-            "reducer": predictor.reducer, "rules": predictor.rules.to_dict(), "thresholds": thresholds,
-            "versions": _versions(opset), "opset": opset, "export_check": checks,
+            "tta": {
+                "classifier": [f.name for f in predictor.tta_classifier],
+                "segmenter": [f.name for f in predictor.tta_segmenter],
+            },
+            "reducer": predictor.reducer,
+            "rules": predictor.rules.to_dict(),
+            "thresholds": thresholds,
+            "versions": _versions(opset),
+            "opset": opset,
+            "export_check": checks,
         }
         atomic_write_text(staged / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         if int8_calibration is not None:
@@ -318,31 +403,34 @@ class ParityReport:
     images: int
     pairs: int
     min_dice: float
-    pairs_below: int          # pairs with Dice < PARITY_DICE
+    pairs_below: int  # pairs with Dice < PARITY_DICE
     identical_pairs: int
-    differing_pixels: int     # pixels whose 0/1 value differs, over all pairs
-    mask_pixels: int          # predicted pixels of the reference, over all pairs
-    gate_differences: int     # images the gate sent to the segmenters in one runtime only
-    max_seg_diff: float       # max |p_ref - p_other| of the ensemble segmentation probability
-    max_cls_diff: float       # max |p_ref - p_other| of the ensemble classifier probability
+    differing_pixels: int  # pixels whose 0/1 value differs, over all pairs
+    mask_pixels: int  # predicted pixels of the reference, over all pairs
+    gate_differences: int  # images the gate sent to the segmenters in one runtime only
+    max_seg_diff: float  # max |p_ref - p_other| of the ensemble segmentation probability
+    max_cls_diff: float  # max |p_ref - p_other| of the ensemble classifier probability
 
     @property
     def ok(self) -> bool:
         return self.pairs_below == 0
 
     def format(self) -> str:
-        return (f"parity: {self.images} images, {self.pairs} pairs: min Dice {self.min_dice:.6f}, "
-                f"{self.pairs_below} pairs below {PARITY_DICE}, {self.identical_pairs} identical; "
-                f"{self.differing_pixels} differing pixels of {self.mask_pixels} predicted; "
-                f"{self.gate_differences} gate differences; max |dp| segmentation {self.max_seg_diff:.2e}, "
-                f"classifier {self.max_cls_diff:.2e} -> {'OK' if self.ok else 'FAILED'}")
+        return (
+            f"parity: {self.images} images, {self.pairs} pairs: min Dice {self.min_dice:.6f}, "
+            f"{self.pairs_below} pairs below {PARITY_DICE}, {self.identical_pairs} identical; "
+            f"{self.differing_pixels} differing pixels of {self.mask_pixels} predicted; "
+            f"{self.gate_differences} gate differences; max |dp| segmentation {self.max_seg_diff:.2e}, "
+            f"classifier {self.max_cls_diff:.2e} -> {'OK' if self.ok else 'FAILED'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "threshold": PARITY_DICE, "ok": self.ok}
 
 
-def parity(reference: GatedEnsemble, other: GatedEnsemble, paths: Sequence[Path | str], batch_size: int = 4
-           ) -> ParityReport:
+def parity(
+    reference: GatedEnsemble, other: GatedEnsemble, paths: Sequence[Path | str], batch_size: int = 4
+) -> ParityReport:
     """Run both ensembles on the same decoded inputs of ``paths`` and compare their masks and probabilities."""
     from ensemble.arrays import to_numpy
 
@@ -363,8 +451,18 @@ def parity(reference: GatedEnsemble, other: GatedEnsemble, paths: Sequence[Path 
             differing += diff
             pixels += int(np.count_nonzero(ma))
     scores = np.asarray(dices) if dices else np.ones(1)
-    return ParityReport(len(paths), len(dices), float(scores.min()), int((scores < PARITY_DICE).sum()), identical,
-                        differing, pixels, gates, seg_diff, cls_diff)
+    return ParityReport(
+        len(paths),
+        len(dices),
+        float(scores.min()),
+        int((scores < PARITY_DICE).sum()),
+        identical,
+        differing,
+        pixels,
+        gates,
+        seg_diff,
+        cls_diff,
+    )
 
 
 def _compose(overrides: Sequence[str]) -> dict[str, Any]:
@@ -373,8 +471,14 @@ def _compose(overrides: Sequence[str]) -> dict[str, Any]:
 
     cfg = compose_infer(overrides)
     plain = section(cfg, "checkpoints", "tta", "ensemble", "postprocess", "data")
-    plain.update({"thresholds": cfg.get("thresholds"), "device": "cpu",
-                  "channels_last": bool(cfg.get("channels_last", True)), "images": str(cfg.images)})
+    plain.update(
+        {
+            "thresholds": cfg.get("thresholds"),
+            "device": "cpu",
+            "channels_last": bool(cfg.get("channels_last", True)),
+            "images": str(cfg.images),
+        }
+    )
     return plain
 
 
@@ -386,27 +490,45 @@ def _parity_paths(cfg: Mapping[str, Any], limit: int | None) -> list[Path]:
     return [dataset.path(i) for i in ids]
 
 
-USAGE = ("Arguments with '=' are Hydra overrides of the infer config: the bundle holds the ensemble 'python infer.py "
-         "<overrides>' runs (checkpoints, tta, ensemble, postprocess, thresholds).")
+USAGE = (
+    "Arguments with '=' are Hydra overrides of the infer config: the bundle holds the ensemble 'python infer.py "
+    "<overrides>' runs (checkpoints, tta, ensemble, postprocess, thresholds)."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.export", description=__doc__.splitlines()[0], epilog=USAGE)
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble.export", description=__doc__.splitlines()[0], epilog=USAGE
+    )
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}, at least 18)")
-    parser.add_argument("--parity", action="store_true",
-                        help="compare the bundle with torch on the config's images (images=...; default the "
-                             "synthetic test set) and write BUNDLE/parity.json")
+    parser.add_argument(
+        "--parity",
+        action="store_true",
+        help="compare the bundle with torch on the config's images (images=...; default the "
+        "synthetic test set) and write BUNDLE/parity.json",
+    )
     parser.add_argument("--parity-limit", type=int, default=None, help="only the first N images for --parity")
-    parser.add_argument("--no-flips-in-graph", dest="flips_in_graph", action="store_false",
-                        help="leave the TTA flips to the runtime (one batched run per member, a resize per flip) "
-                             "instead of inside each member's graph (the default with the mean reducer)")
-    parser.add_argument("--int8", action="store_true",
-                        help="quantise the members to INT8 (static, QDQ, per-channel; measured on the demo: 0.95-1.09x "
-                             "the float32 speed on an AVX2 CPU and a held-out loss: README Deploy)")
-    parser.add_argument("--calibration-images", type=int, default=None,
-                        help=f"--int8: training images of the data root to calibrate on (default {CALIBRATION_IMAGES})")
+    parser.add_argument(
+        "--no-flips-in-graph",
+        dest="flips_in_graph",
+        action="store_false",
+        help="leave the TTA flips to the runtime (one batched run per member, a resize per flip) "
+        "instead of inside each member's graph (the default with the mean reducer)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise the members to INT8 (static, QDQ, per-channel; measured on the demo: 0.95-1.09x "
+        "the float32 speed on an AVX2 CPU and a held-out loss: README Deploy)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help=f"--int8: training images of the data root to calibrate on (default {CALIBRATION_IMAGES})",
+    )
     parser.add_argument("overrides", nargs="*", help="infer.py overrides, e.g. checkpoints.segmenter=[runs/seg]")
     return parser
 
@@ -427,19 +549,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out.exists() and not args.force:  # checked before the members are loaded and exported
             raise ExportError(f"--out {args.out}: exists; choose another --out or pass --force to replace it")
         if args.calibration_images is not None and not args.int8:
-            raise ExportError(f"--calibration-images {args.calibration_images}: only used with --int8; add --int8 or "
-                              "leave it out")
+            raise ExportError(
+                f"--calibration-images {args.calibration_images}: only used with --int8; add --int8 or leave it out"
+            )
         check_writable(args.out, "--out", directory=True)
         cfg = _compose(overrides)
-        calibration = calibration_images(cfg["data"]["root"], CALIBRATION_IMAGES if args.calibration_images is None
-                                         else args.calibration_images) if args.int8 else None
+        calibration = (
+            calibration_images(
+                cfg["data"]["root"], CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+            )
+            if args.int8
+            else None
+        )
         with exportable_layers():
             predictor = build_predictor(cfg)
         print(f"export: {len(predictor.members)} members -> {args.out}")
-        out = export_bundle(predictor, args.out, cfg.get("thresholds"), args.opset, args.force,
-                            flips_in_graph=args.flips_in_graph, int8_calibration=calibration)
-        print(f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
-              f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})")
+        out = export_bundle(
+            predictor,
+            args.out,
+            cfg.get("thresholds"),
+            args.opset,
+            args.force,
+            flips_in_graph=args.flips_in_graph,
+            int8_calibration=calibration,
+        )
+        print(
+            f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
+            f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})"
+        )
         if args.parity:
             report = parity(predictor, load_bundle(out), _parity_paths(cfg, args.parity_limit))
             atomic_write_text(out / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")

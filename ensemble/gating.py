@@ -14,6 +14,7 @@ search (``ensemble.threshold_search``) all ask these objects, so they cannot dri
 the search apply. Probabilities of the classifier come from classifier members and from the image heads of
 joint (two-headed) members alike. NumPy only (torch-free: the ONNX runtime uses it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,17 @@ import numpy as np
 from common.constants import N_CLASSES
 from ensemble.rules import Rules, RulesError
 
-__all__ = ["PairRules", "Gate", "GATES", "MODES", "CLASSIFIER_MODES", "SEARCH_MODES", "get_gate", "pair_rules",
-           "segment_needed"]
+__all__ = [
+    "PairRules",
+    "Gate",
+    "GATES",
+    "MODES",
+    "CLASSIFIER_MODES",
+    "SEARCH_MODES",
+    "get_gate",
+    "pair_rules",
+    "segment_needed",
+]
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,8 @@ class Gate:
 
     name = "none"
     needs_classifier = False
-    on_low: str | None = None          # "drop" | "scale" | None (no classifier threshold)
-    searched = True                    # the threshold search tunes this mode (``SEARCH_MODES``)
+    on_low: str | None = None  # "drop" | "scale" | None (no classifier threshold)
+    searched = True  # the threshold search tunes this mode (``SEARCH_MODES``)
 
     def needed(self, cls_prob: np.ndarray | None, rules: Rules) -> np.ndarray | None:
         """Bool (N,): the images the segmenters must see; None = all of them."""
@@ -69,8 +79,10 @@ class Gate:
 
     def check(self, cls_prob: np.ndarray | None) -> None:
         if self.needs_classifier and cls_prob is None:
-            raise RulesError(f"gating mode {self.name!r} needs classifier probabilities (classifier or joint "
-                             "members, or their OOF); use ensemble.gating.mode=none or label without them")
+            raise RulesError(
+                f"gating mode {self.name!r} needs classifier probabilities (classifier or joint "
+                "members, or their OOF); use ensemble.gating.mode=none or label without them"
+            )
 
 
 def _given(cls_prob: np.ndarray | None) -> np.ndarray:

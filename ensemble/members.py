@@ -4,11 +4,13 @@ Kinds: ``classifier`` (image-level class logits), ``segmenter`` (per-pixel class
 two-headed network giving both, as ``(mask_logits, label_logits)``). Each member carries the
 ``Preprocess`` its checkpoint was trained with (``meta.preprocess``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,8 +57,9 @@ def entry_files(entry: str | Path | Mapping[str, Any], kind: str) -> tuple[list[
     return expand(entry["path"], kind), weight
 
 
-def load_members(entries: Iterable[str | Path | Mapping[str, Any]] | None, kind: str,
-                 channels_last: bool = True) -> list[Member]:
+def load_members(
+    entries: Iterable[str | Path | Mapping[str, Any]] | None, kind: str, channels_last: bool = True
+) -> list[Member]:
     """Load every checkpoint an entry names; entries are paths or ``{path: ..., weight: ...}`` mappings."""
     if kind not in KINDS:
         raise ValueError(f"unknown member kind {kind!r}")
@@ -87,8 +90,10 @@ def expand_runs(patterns: Iterable[str | Path], key: str = "checkpoints.runs") -
         matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
         matches = [m for m in matches if Path(m).exists()]
         if not matches:
-            raise CheckpointError(f"{key}: {text!r} matches no training folder or checkpoint (train first, or set "
-                                  f"{key}=[...] / checkpoints.classifier|segmenter|joint=[...])")
+            raise CheckpointError(
+                f"{key}: {text!r} matches no training folder or checkpoint (train first, or set "
+                f"{key}=[...] / checkpoints.classifier|segmenter|joint=[...])"
+            )
         out.extend(Path(m) for m in matches)
     return out
 

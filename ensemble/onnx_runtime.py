@@ -29,13 +29,15 @@ plain data only, nothing executed::
      "rules": {Rules.to_dict(): thresholds, areas, gating, bins}, "thresholds": "source file or null",
      "versions": {...}, "opset": 18, "export_check": {"classifier_0": max |torch - onnx|, ...}}
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,15 +46,37 @@ from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import ConfigError, SteelsegError
 from common.preprocess import Preprocess
 from ensemble.bundle_check import check_members, member_weight
-from ensemble.core import KINDS, GatedEnsemble, ImagePrediction, MemberInfo, cpu_count, iter_batches, \
-    prepare_inputs, stack_inputs
+from ensemble.core import (
+    KINDS,
+    GatedEnsemble,
+    ImagePrediction,
+    MemberInfo,
+    cpu_count,
+    iter_batches,
+    prepare_inputs,
+    stack_inputs,
+)
 from ensemble.reduce import make_reducer
 from ensemble.rules import Rules, RulesError, read_thresholds
 from ensemble.tta import Flip, transforms
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "READABLE_VERSIONS", "MANIFEST", "OUTPUTS", "BundleError", "sha256_of",
-           "read_manifest", "BundleMember", "OnnxPredictor", "OPTIMIZATION_LEVELS", "session_options", "load_bundle",
-           "providers_for", "predictor_from_config"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "READABLE_VERSIONS",
+    "MANIFEST",
+    "OUTPUTS",
+    "BundleError",
+    "sha256_of",
+    "read_manifest",
+    "BundleMember",
+    "OnnxPredictor",
+    "OPTIMIZATION_LEVELS",
+    "session_options",
+    "load_bundle",
+    "providers_for",
+    "predictor_from_config",
+]
 
 BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST = "steelseg-bundle", 2, "bundle.json"
 READABLE_VERSIONS = (1, 2)  # 2 added tta_in_graph: a version-1 runtime would flip a flip-averaging graph again
@@ -95,12 +119,16 @@ def read_manifest(folder: Path | str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
     if manifest.get("version") not in READABLE_VERSIONS:
-        raise BundleError(f"{path}: bundle version {manifest.get('version')!r}, this runtime reads "
-                          f"{' and '.join(map(str, READABLE_VERSIONS))}; "
-                          "re-export with this version of steelseg")
+        raise BundleError(
+            f"{path}: bundle version {manifest.get('version')!r}, this runtime reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; "
+            "re-export with this version of steelseg"
+        )
     if manifest.get("class_ids") != list(CLASS_IDS) or manifest.get("image_shape") != list(IMAGE_SHAPE):
-        raise BundleError(f"{path}: bundle for classes {manifest.get('class_ids')} and images "
-                          f"{manifest.get('image_shape')}, expected {list(CLASS_IDS)} and {list(IMAGE_SHAPE)}")
+        raise BundleError(
+            f"{path}: bundle for classes {manifest.get('class_ids')} and images "
+            f"{manifest.get('image_shape')}, expected {list(CLASS_IDS)} and {list(IMAGE_SHAPE)}"
+        )
     members = _need(manifest, "members", list, str(path))
     names = set()
     for i, entry in enumerate(members):
@@ -119,8 +147,10 @@ def read_manifest(folder: Path | str) -> dict[str, Any]:
         if not target.is_file():
             raise BundleError(f"{target}: member file missing from the bundle")
         if sha256_of(target) != _need(entry, "sha256", str, where):
-            raise BundleError(f"{target}: sha256 differs from {MANIFEST}: the file changed or is corrupt; re-export "
-                              "the bundle or copy it again")
+            raise BundleError(
+                f"{target}: sha256 differs from {MANIFEST}: the file changed or is corrupt; re-export "
+                "the bundle or copy it again"
+            )
     return manifest
 
 
@@ -156,17 +186,21 @@ class OnnxPredictor(GatedEnsemble):
         if not member.tta_in_graph:
             return super()._run_flips(member, x, flips)
         if tuple(f.name for f in flips) != member.tta_in_graph or self.reducer != "mean":
-            raise BundleError(f"{member.name}: its graph averages the TTA flips {list(member.tta_in_graph)} (mean "
-                              f"reducer); this ensemble asks for {[f.name for f in flips]} with reducer "
-                              f"{self.reducer!r}: re-export with those settings or with --no-flips-in-graph")
+            raise BundleError(
+                f"{member.name}: its graph averages the TTA flips {list(member.tta_in_graph)} (mean "
+                f"reducer); this ensemble asks for {[f.name for f in flips]} with reducer "
+                f"{self.reducer!r}: re-export with those settings or with --no-flips-in-graph"
+            )
         return [(NO_FLIP, self._run(member, x))]
 
-    def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
-                 ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    def _batches(
+        self, paths: Sequence[Path | str], batch_size: int, num_workers: int
+    ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         return iter_batches(paths, self.preprocesses, batch_size, num_workers)
 
-    def predict_images(self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None
-                       ) -> list[ImagePrediction]:
+    def predict_images(
+        self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None
+    ) -> list[ImagePrediction]:
         """Predict decoded uint8 RGB (256, 1600, 3) images as one batch; ``image_ids`` default to their indices."""
         if not len(images):
             return []
@@ -183,9 +217,11 @@ class OnnxPredictor(GatedEnsemble):
     def describe(self) -> str:
         """One line: the bundle, its members and rules."""
         members = ", ".join(f"{m.name}" for m in self.members)
-        return (f"bundle {self.folder}: {len(self.members)} members ({members}), TTA classifier "
-                f"{[f.name for f in self.tta_classifier]} segmenter {[f.name for f in self.tta_segmenter]}, "
-                f"reducer {self.reducer}, gating {self.rules.gating}, {self.threads} threads")
+        return (
+            f"bundle {self.folder}: {len(self.members)} members ({members}), TTA classifier "
+            f"{[f.name for f in self.tta_classifier]} segmenter {[f.name for f in self.tta_segmenter]}, "
+            f"reducer {self.reducer}, gating {self.rules.gating}, {self.threads} threads"
+        )
 
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -203,9 +239,10 @@ def session_options(threads: int | None = None, optimization: str = "all") -> An
     options.intra_op_num_threads = whole_number(threads, "threads", note=" (0 or null: every core)") or cpu_count()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                               "ORT_DISABLE_ALL" if optimization == "disable" else
-                                               f"ORT_ENABLE_{optimization.upper()}")
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel,
+        "ORT_DISABLE_ALL" if optimization == "disable" else f"ORT_ENABLE_{optimization.upper()}",
+    )
     options.log_severity_level = 3
     return options
 
@@ -219,8 +256,11 @@ def providers_for(device: str = "cpu", providers: Sequence[str] | None = None) -
     if providers:
         chosen = [str(p) for p in providers]
     elif device == "auto":
-        chosen = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
+        chosen = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in available
             else ["CPUExecutionProvider"]
+        )
     elif device.startswith("cuda"):
         chosen = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     elif device == "cpu":
@@ -229,13 +269,14 @@ def providers_for(device: str = "cpu", providers: Sequence[str] | None = None) -
         raise ConfigError(f"device: {device!r} is not cpu, cuda or auto")
     missing = [p for p in chosen if p not in available]
     if missing:
-        raise ConfigError(f"providers: {missing} not in this onnxruntime build (available: {available}); "
-                          "use device=cpu or install the onnxruntime package that has them")
+        raise ConfigError(
+            f"providers: {missing} not in this onnxruntime build (available: {available}); "
+            "use device=cpu or install the onnxruntime package that has them"
+        )
     return chosen
 
 
-def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: list[str], tta: list[str]
-            ) -> BundleMember:
+def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: list[str], tta: list[str]) -> BundleMember:
     import onnxruntime as ort
 
     where = f"{folder / MANIFEST}: member {entry['name']}"
@@ -254,10 +295,20 @@ def _member(folder: Path, entry: Mapping[str, Any], options: Any, providers: lis
         raise BundleError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
     outputs = [o.name for o in session.get_outputs()]
     if len(session.get_inputs()) != 1 or len(outputs) != len(OUTPUTS[entry["kind"]]):
-        raise BundleError(f"{path}: a {entry['kind']} member needs 1 input and outputs {list(OUTPUTS[entry['kind']])}, "
-                          f"the file has {len(session.get_inputs())} input(s) and outputs {outputs}")
-    return BundleMember(entry["kind"], path, preprocess, float(weight), entry.get("fold"), name=entry["name"],
-                        session=session, tta_in_graph=tuple(in_graph))
+        raise BundleError(
+            f"{path}: a {entry['kind']} member needs 1 input and outputs {list(OUTPUTS[entry['kind']])}, "
+            f"the file has {len(session.get_inputs())} input(s) and outputs {outputs}"
+        )
+    return BundleMember(
+        entry["kind"],
+        path,
+        preprocess,
+        float(weight),
+        entry.get("fold"),
+        name=entry["name"],
+        session=session,
+        tta_in_graph=tuple(in_graph),
+    )
 
 
 def _rules(manifest: Mapping[str, Any], where: str) -> Rules:
@@ -274,8 +325,13 @@ def _rules(manifest: Mapping[str, Any], where: str) -> Rules:
         raise BundleError(f"{where}: bad rules: {exc}") from exc
 
 
-def load_bundle(folder: Path | str, threads: int | None = None, providers: Sequence[str] | None = None,
-                thresholds: Path | str | None = None, optimization: str = "all") -> OnnxPredictor:
+def load_bundle(
+    folder: Path | str,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    thresholds: Path | str | None = None,
+    optimization: str = "all",
+) -> OnnxPredictor:
     """A predictor from a bundle folder; ``thresholds``: a thresholds file replacing the bundle's tuned values;
     ``optimization``: ONNX Runtime's graph optimisation level (``session_options``)."""
     folder = Path(folder)
@@ -295,17 +351,30 @@ def load_bundle(folder: Path | str, threads: int | None = None, providers: Seque
     options = session_options(threads, optimization)
     chosen = providers_for("cpu", providers)
     flips = {"classifier": [f.name for f in tta_classifier], "segmenter": [f.name for f in tta_segmenter]}
-    members = [_member(folder, entry, options, chosen, flips["classifier" if entry["kind"] == "classifier" else
-                                                            "segmenter"]) for entry in manifest["members"]]
+    members = [
+        _member(folder, entry, options, chosen, flips["classifier" if entry["kind"] == "classifier" else "segmenter"])
+        for entry in manifest["members"]
+    ]
     check_members(members, where)
     if reducer != "mean" and any(m.tta_in_graph for m in members):
-        raise BundleError(f"{where}: reducer {reducer!r} with members whose graphs average their flips (tta_in_graph): "
-                          "only the mean reducer can; re-export the bundle")
+        raise BundleError(
+            f"{where}: reducer {reducer!r} with members whose graphs average their flips (tta_in_graph): "
+            "only the mean reducer can; re-export the bundle"
+        )
     by_kind = {kind: [m for m in members if m.kind == kind] for kind in KINDS}
     try:
-        return OnnxPredictor(by_kind["classifier"], by_kind["segmenter"], rules, tta_classifier, tta_segmenter,
-                             reducer, by_kind["joint"], folder=folder, manifest=manifest,
-                             threads=options.intra_op_num_threads)
+        return OnnxPredictor(
+            by_kind["classifier"],
+            by_kind["segmenter"],
+            rules,
+            tta_classifier,
+            tta_segmenter,
+            reducer,
+            by_kind["joint"],
+            folder=folder,
+            manifest=manifest,
+            threads=options.intra_op_num_threads,
+        )
     except RulesError as exc:
         raise BundleError(f"{where}: {exc}") from exc
 
@@ -316,6 +385,8 @@ def predictor_from_config(cfg: Mapping[str, Any]) -> OnnxPredictor:
         raise ConfigError("bundle: runtime=onnx needs bundle=<folder written by python -m ensemble.export>")
     providers = providers_for(str(cfg.get("device", "cpu")), cfg.get("providers"))
     predictor = load_bundle(cfg["bundle"], cfg.get("threads"), providers, cfg.get("thresholds"))
-    print(f"runtime onnx: {predictor.describe()}; members, TTA, reducer and rules come from the bundle"
-          + (f", thresholds from {cfg['thresholds']}" if cfg.get("thresholds") else ""))
+    print(
+        f"runtime onnx: {predictor.describe()}; members, TTA, reducer and rules come from the bundle"
+        + (f", thresholds from {cfg['thresholds']}" if cfg.get("thresholds") else "")
+    )
     return predictor

@@ -10,23 +10,33 @@ the two OOF files of ``common.oof`` in one folder, so thresholds are tuned on wh
 
 All runs must share one folds file (their checkpoints' ``config.data.folds.path``).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from common.constants import CLASS_IDS
 from common.data_setup import check_data_node, load_folds, load_train
 from common.errors import OOFError, SteelsegError
 from common.io import check_outputs
-from common.oof import (CLASSIFIER_FILE, DEFAULT_BINS, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, SegmenterOOF,
-                        write_classifier_oof, write_segmenter_oof)
+from common.oof import (
+    CLASSIFIER_FILE,
+    DEFAULT_BINS,
+    OOF_FILES,
+    SEGMENTER_FILE,
+    ClassifierOOF,
+    OOFAccumulator,
+    SegmenterOOF,
+    write_classifier_oof,
+    write_segmenter_oof,
+)
 from engine.checkpoint import load_checkpoint
 from ensemble.core import resolve_batch_size
 from ensemble.members import Member, discover, load_members
@@ -61,14 +71,17 @@ def data_config(members: Sequence[Member]) -> Mapping[str, Any]:
         configs[str(member.path)] = data
     folds = {str(d["folds"]["path"]) for d in configs.values()}
     if len(folds) != 1:
-        raise OOFError(f"the runs use different folds files {sorted(folds)}: their out-of-fold images differ; "
-                       "train every member with the same data.folds settings")
+        raise OOFError(
+            f"the runs use different folds files {sorted(folds)}: their out-of-fold images differ; "
+            "train every member with the same data.folds settings"
+        )
     return next(iter(configs.values()))
 
 
 @torch.no_grad()
-def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, Any], bins: int = DEFAULT_BINS,
-                 progress: bool = True) -> dict[str, Any]:
+def ensemble_oof(
+    runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, Any], bins: int = DEFAULT_BINS, progress: bool = True
+) -> dict[str, Any]:
     """Write ``oof_segmenter.npz`` and ``oof_classifier.csv`` (when any member gives class probabilities) of the
     ensemble into ``out``; ``cfg`` is the infer config's ``predictor_config`` (its checkpoints and rules unused)."""
     started = time.perf_counter()
@@ -79,8 +92,10 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
     fold_of = dict(zip(folds["ImageId"], folds["fold"]))
     missing = sorted(set(folds["fold"]) - set(by_fold))
     if missing:
-        raise OOFError(f"no members for fold(s) {missing} of {data['folds']['path']}: train every fold first "
-                       "(the ensemble OOF covers every training image)")
+        raise OOFError(
+            f"no members for fold(s) {missing} of {data['folds']['path']}: train every fold first "
+            "(the ensemble OOF covers every training image)"
+        )
     seg_parts, ids, probs, fold_ids = [], [], [], []
     for fold, kinds in sorted(by_fold.items()):
         if not (kinds["segmenter"] or kinds["joint"]):
@@ -88,8 +103,11 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
         predictor = build_predictor(cfg, kinds, Rules(gating="none", bins=bins))
         val_ids = [i for i in dataset.image_ids if fold_of[i] == fold]
         acc = OOFAccumulator(fold, bins)
-        loader = predictor.loader([dataset.path(i) for i in val_ids], resolve_batch_size(cfg.get("batch_size"), predictor),
-                                  int(cfg.get("num_workers", 0)))
+        loader = predictor.loader(
+            [dataset.path(i) for i in val_ids],
+            resolve_batch_size(cfg.get("batch_size"), predictor),
+            int(cfg.get("num_workers", 0)),
+        )
         if progress:
             from tqdm import tqdm
 
@@ -110,18 +128,27 @@ def ensemble_oof(runs: Sequence[str | Path], out: Path | str, cfg: Mapping[str, 
     if probs:
         if len(ids) != len(seg):
             raise OOFError("some folds have class probabilities (classifier or joint members) and others none")
-        write_classifier_oof(out / CLASSIFIER_FILE, ClassifierOOF(np.array(ids, dtype=str), np.array(fold_ids),
-                                                                  np.concatenate(probs)))
+        write_classifier_oof(
+            out / CLASSIFIER_FILE, ClassifierOOF(np.array(ids, dtype=str), np.array(fold_ids), np.concatenate(probs))
+        )
     members = {k: sum(len(v[k]) for v in by_fold.values()) for k in ("classifier", "segmenter", "joint")}
-    return {"images": len(seg), "folds": len(by_fold), "members": members, "seconds": time.perf_counter() - started,
-            "out": str(out), "classifier": bool(probs)}
+    return {
+        "images": len(seg),
+        "folds": len(by_fold),
+        "members": members,
+        "seconds": time.perf_counter() - started,
+        "out": str(out),
+        "classifier": bool(probs),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble.oof", description=__doc__.splitlines()[0],
+        prog="python -m ensemble.oof",
+        description=__doc__.splitlines()[0],
         epilog="Arguments with '=' are Hydra overrides of the infer config "
-               "(tta=..., ensemble.reducer=..., device=...).")
+        "(tta=..., ensemble.reducer=..., device=...).",
+    )
     parser.add_argument("runs", nargs="+", help="training output folders (cross-validation runs); then overrides")
     parser.add_argument("--out", type=Path, required=True, help="folder for oof_segmenter.npz and oof_classifier.csv")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="probability histogram bins (default 100)")
@@ -138,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"ensemble OOF: {summary['images']} images over {summary['folds']} folds, members {summary['members']}, "
-          f"TTA {list(plain['tta']['segmenter'])}, {summary['seconds']:.0f} s -> {summary['out']}")
+    print(
+        f"ensemble OOF: {summary['images']} images over {summary['folds']} folds, members {summary['members']}, "
+        f"TTA {list(plain['tta']['segmenter'])}, {summary['seconds']:.0f} s -> {summary['out']}"
+    )
     return 0
 
 

@@ -4,11 +4,13 @@ The loop that feeds the device then goes on to the next batch while the previous
 written: the GPU is not kept waiting for Python string work. The queue is bounded, so memory stays flat
 whatever the number of images; an error in the thread stops the loop and is raised in the caller.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["drain_in_background"]
 

@@ -14,6 +14,7 @@ is built; only the (image, class) pairs that the rules keep and whose maximum pr
 thresholded at all (on the GPU only those travel to the CPU); components are labelled only for masks that can
 still reach their minimum area.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -157,8 +158,7 @@ def max_probability(prob: Any) -> np.ndarray:
     return maximum
 
 
-def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules, max_prob: np.ndarray | None = None
-                ) -> np.ndarray:
+def postprocess(prob: Any, cls_prob: np.ndarray | None, rules: Rules, max_prob: np.ndarray | None = None) -> np.ndarray:
     """(B, 4, H, W) ensemble probabilities (NumPy or torch) and (B, 4) classifier probabilities (or None)
     -> uint8 0/1 masks (B, 4, H, W) on the CPU. ``max_prob``: ``max_probability(prob)`` when already known."""
     max_prob = max_probability(prob) if max_prob is None else max_prob

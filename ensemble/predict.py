@@ -10,13 +10,14 @@ devices and the DataLoader. Nothing grows with the number of images: each batch 
 post-processed and handed on (``iter_predictions``) before the next is read. ``predict_images`` is the
 plain-function entry for callers such as the dashboard.
 """
+
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
-
-import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.config import check_known, whole_number
-from common.devices import choose_device
 from common.constants import LONG_COLUMNS
+from common.devices import choose_device
 from common.preprocess import Preprocess
 from ensemble.arrays import take
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
@@ -36,9 +37,24 @@ from ensemble.timing import Timer
 from ensemble.tta import transforms
 from segmenter.metrics import to_full_size
 
-__all__ = ["ImageFiles", "set_threads", "Stats", "check_members", "MemberNet", "AMP_CHOICES",
-           "COMPILE_MODES", "amp_dtype_for", "batch_for_memory", "compile_mode", "Predictor", "rows_of", "load_rules",
-           "member_entries", "build_predictor", "predict_images"]
+__all__ = [
+    "ImageFiles",
+    "set_threads",
+    "Stats",
+    "check_members",
+    "MemberNet",
+    "AMP_CHOICES",
+    "COMPILE_MODES",
+    "amp_dtype_for",
+    "batch_for_memory",
+    "compile_mode",
+    "Predictor",
+    "rows_of",
+    "load_rules",
+    "member_entries",
+    "build_predictor",
+    "predict_images",
+]
 
 
 class ImageFiles(Dataset):
@@ -87,7 +103,7 @@ AMP_CHOICES = ("auto", "bfloat16", "float16", None)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Device memory one image may take in a forward pass per TTA flip (activations in bf16 + full-size float32
 # probabilities of a 256x1600 effnet-b3 U-Net, rounded up): the rule behind batch_size=auto on CUDA.
-BYTES_PER_IMAGE_PASS = 256 * 2 ** 20
+BYTES_PER_IMAGE_PASS = 256 * 2**20
 MAX_AUTO_BATCH = 64
 
 
@@ -101,8 +117,9 @@ def amp_dtype_for(amp: Any, device: torch.device, bf16_supported: bool | None = 
     if device.type != "cuda":
         if amp == "auto":
             return None
-        raise RulesError(f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); "
-                         "set amp=auto or amp=null")
+        raise RulesError(
+            f"amp={amp}: mixed precision inference needs device=cuda (or auto with a GPU); set amp=auto or amp=null"
+        )
     if amp == "auto":
         supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
         return torch.bfloat16 if supported else torch.float16
@@ -157,12 +174,19 @@ class Predictor(GatedEnsemble):
 
     def loader(self, paths: Sequence[Path | str], batch_size: int = 4, num_workers: int = 0) -> DataLoader:
         """Batches ``{"index": (B,), "inputs": [(B, C, h, w) per preprocessing]}`` in file order."""
-        return DataLoader(ImageFiles(paths, self.preprocesses), batch_size=batch_size, shuffle=False,
-                          num_workers=num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        return DataLoader(
+            ImageFiles(paths, self.preprocesses),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if num_workers else None,
+        )
 
-    def _batches(self, paths: Sequence[Path | str], batch_size: int, num_workers: int
-                 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    def _batches(
+        self, paths: Sequence[Path | str], batch_size: int, num_workers: int
+    ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
         loader = self.loader(paths, batch_size, num_workers)
         for batch in loader:
             self.timer.add("decode_in_workers", float(batch["decode_s"].sum()))
@@ -190,8 +214,9 @@ class Predictor(GatedEnsemble):
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def probabilities(self, inputs: Sequence[Any], gate: bool = True
-                      ) -> tuple[np.ndarray | None, torch.Tensor | None, np.ndarray]:
+    def probabilities(
+        self, inputs: Sequence[Any], gate: bool = True
+    ) -> tuple[np.ndarray | None, torch.Tensor | None, np.ndarray]:
         """``GatedEnsemble.probabilities`` under ``torch.inference_mode`` on inputs moved to the device once
         (segmentation stays on the device), autocast in ``amp_dtype`` when set."""
         inputs = self.to_device(inputs)
@@ -224,8 +249,9 @@ def member_entries(ckpt: Mapping[str, Any]) -> dict[str, list[Any]]:
     return entries
 
 
-def build_predictor(cfg: Mapping[str, Any], members: Mapping[str, Sequence[Member]] | None = None,
-                    rules: Rules | None = None) -> Predictor:
+def build_predictor(
+    cfg: Mapping[str, Any], members: Mapping[str, Sequence[Member]] | None = None, rules: Rules | None = None
+) -> Predictor:
     """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ``device``, ...):
     the one builder of infer.py, the ensemble OOF and the CV report, so all predict alike; ``members`` (kind ->
     loaded members) and ``rules`` stand in for the ones the config names."""
@@ -259,10 +285,14 @@ def build_predictor(cfg: Mapping[str, Any], members: Mapping[str, Sequence[Membe
     return predictor
 
 
-def predict_images(image_paths: Sequence[Path | str], config: Mapping[str, Any] | Predictor,
-                   batch_size: int = 4) -> pd.DataFrame:
+def predict_images(
+    image_paths: Sequence[Path | str], config: Mapping[str, Any] | Predictor, batch_size: int = 4
+) -> pd.DataFrame:
     """Predict a few image files; long-form rows (ImageId, ClassId, EncodedPixels) for every image x class."""
     predictor = config if isinstance(config, Predictor) else build_predictor(config)
-    rows = [row for image_id, _, masks in predictor.iter_predictions(image_paths, batch_size)
-            for row in rows_of(image_id, masks)]
+    rows = [
+        row
+        for image_id, _, masks in predictor.iter_predictions(image_paths, batch_size)
+        for row in rows_of(image_id, masks)
+    ]
     return pd.DataFrame(rows, columns=LONG_COLUMNS)

@@ -19,15 +19,17 @@ training images of every fold, never to a validation fold:
         thresholds=outputs/demo/thresholds.json [images=...]
     python train.py -m experiment=joint/demo fold=0,1 data.extra_train=[outputs/pseudo/demo] run_name=demo-pl
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,11 +55,13 @@ class Confidence:
 
     def __post_init__(self) -> None:
         if not 0 <= self.image_low < self.image_high <= 1:
-            raise ConfigError(f"--image-low/--image-high: need 0 <= low < high <= 1, got {self.image_low}, "
-                              f"{self.image_high}")
+            raise ConfigError(
+                f"--image-low/--image-high: need 0 <= low < high <= 1, got {self.image_low}, {self.image_high}"
+            )
         if not 0 <= self.pixel_low < self.pixel_high <= 1:
-            raise ConfigError(f"--pixel-low/--pixel-high: need 0 <= low < high <= 1, got {self.pixel_low}, "
-                              f"{self.pixel_high}")
+            raise ConfigError(
+                f"--pixel-low/--pixel-high: need 0 <= low < high <= 1, got {self.pixel_low}, {self.pixel_high}"
+            )
         if not 0 <= self.min_confident <= 1:
             raise ConfigError(f"--min-confident: must be in [0, 1], got {self.min_confident}")
         if self.boundary < 0:
@@ -105,8 +109,9 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Confidence(),
-                 force: bool = False) -> dict[str, Any]:
+def pseudo_label(
+    cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Confidence(), force: bool = False
+) -> dict[str, Any]:
     """Predict ``cfg.images`` with the ensemble of the infer config and write the confident ones as a training
     root in ``out``; return the summary written to ``out/pseudo_label.json``."""
     from ensemble.core import resolve_batch_size
@@ -129,9 +134,13 @@ def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Con
     kept_per_class = dict.fromkeys(CLASS_IDS, 0)
     kept = 0
     paths = [dataset.path(i) for i in dataset.image_ids]
-    for names, result in predictor.iter_batch_results(paths, resolve_batch_size(cfg.get("batch_size"), predictor),
-                                                      int(cfg.get("num_workers") or 0),
-                                                      bool(cfg.get("progress", True)), gate=False):
+    for names, result in predictor.iter_batch_results(
+        paths,
+        resolve_batch_size(cfg.get("batch_size"), predictor),
+        int(cfg.get("num_workers") or 0),
+        bool(cfg.get("progress", True)),
+        gate=False,
+    ):
         seg = result.seg_prob
         prob = seg.float().cpu().numpy() if hasattr(seg, "cpu") else np.asarray(seg)
         scores = image_scores(result.cls_prob, result.max_prob)
@@ -147,9 +156,16 @@ def pseudo_label(cfg: Mapping[str, Any], out: Path | str, conf: Confidence = Con
                     rows.append(f"{name},{class_id},{encode(result.masks[j, c])}")
                     kept_per_class[class_id] += 1
     atomic_write_text(out / "train.csv", "\n".join(rows) + "\n", "--out")
-    summary = {"images": len(paths), "kept": kept, "kept_with_class": kept_per_class, "dropped_by": reasons,
-               "thresholds": asdict(conf), "source_images": str(images),
-               "members": [str(m.path) for m in predictor.members], "rules": predictor.rules.to_dict()}
+    summary = {
+        "images": len(paths),
+        "kept": kept,
+        "kept_with_class": kept_per_class,
+        "dropped_by": reasons,
+        "thresholds": asdict(conf),
+        "source_images": str(images),
+        "members": [str(m.path) for m in predictor.members],
+        "rules": predictor.rules.to_dict(),
+    }
     atomic_write_text(out / "pseudo_label.json", json.dumps(summary, indent=2) + "\n", "--out")
     return summary
 
@@ -158,9 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ensemble.settings import compose_infer, predictor_config, section, split_overrides
 
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble.pseudo_label", description=__doc__.splitlines()[0],
+        prog="python -m ensemble.pseudo_label",
+        description=__doc__.splitlines()[0],
         epilog="Arguments with '=' are Hydra overrides of the infer config (checkpoints.runs=[...], thresholds=..., "
-               "images=..., tta=..., device=...).")
+        "images=..., tta=..., device=...).",
+    )
     parser.add_argument("overrides", nargs="*", help="infer-config overrides")
     parser.add_argument("--out", type=Path, required=True, help="the new training root (train_images/, train.csv)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -173,17 +191,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if paths:
             raise ConfigError(f"unexpected argument {paths[0]!r}: give infer overrides as key=value")
-        conf = Confidence(args.image_low, args.image_high, args.pixel_low, args.pixel_high, args.min_confident,
-                          args.boundary)
+        conf = Confidence(
+            args.image_low, args.image_high, args.pixel_low, args.pixel_high, args.min_confident, args.boundary
+        )
         composed = compose_infer(overrides)
         cfg = {**predictor_config(composed), **section(composed, "data", "images", "threads", "progress")}
         summary = pseudo_label(cfg, args.out, conf, args.force)
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"pseudo-labels: {summary['kept']} of {summary['images']} images kept -> {args.out} (with class "
-          + ", ".join(f"{c}: {n}" for c, n in summary["kept_with_class"].items()) + "; dropped by "
-          + ", ".join(f"{k}: {n}" for k, n in summary["dropped_by"].items()) + ")")
+    print(
+        f"pseudo-labels: {summary['kept']} of {summary['images']} images kept -> {args.out} (with class "
+        + ", ".join(f"{c}: {n}" for c, n in summary["kept_with_class"].items())
+        + "; dropped by "
+        + ", ".join(f"{k}: {n}" for k, n in summary["dropped_by"].items())
+        + ")"
+    )
     print(f"  train with: python train.py ... data.extra_train=[{args.out}]")
     return 0
 

@@ -3,13 +3,13 @@ does not grow with the number of members. Default: weighted mean of probabilitie
 
 Torch tensors (the PyTorch predictor) and NumPy arrays (the ONNX runtime) alike, through ``ensemble.arrays``.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from ensemble.arrays import copy, namespace, take
-
 from common.errors import ConfigError
+from ensemble.arrays import copy, namespace, take
 
 __all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
 

@@ -12,21 +12,32 @@ Values the file does not hold (``min_component``, ``resolve_overlap``) come from
 Pixel thresholds lie on the grid of ``bins`` steps (the OOF histogram bins), so the threshold search
 scores exactly what inference does. NumPy-free and torch-free: the ONNX runtime uses it unchanged.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.constants import CLASS_IDS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
 from common.oof import grid_bin
 
-__all__ = ["PER_CLASS", "TUNED", "FILE_FORMAT", "FILE_VERSION", "RulesError",
-           "Rules", "rules_from_config", "write_thresholds", "read_thresholds"]
+__all__ = [
+    "PER_CLASS",
+    "TUNED",
+    "FILE_FORMAT",
+    "FILE_VERSION",
+    "RulesError",
+    "Rules",
+    "rules_from_config",
+    "write_thresholds",
+    "read_thresholds",
+]
 
 PER_CLASS = ("pixel_threshold", "min_area", "min_component", "classifier_threshold", "label_threshold")
 TUNED = ("pixel_threshold", "min_area", "classifier_threshold", "label_threshold")
@@ -83,22 +94,27 @@ class Rules:
                 raise RulesError(f"postprocess.{key}: expected {n} numbers (classes {list(CLASS_IDS)}), got {value!r}")
             value = tuple(_number(v, f"postprocess.{key}", key in _INTEGER) for v in value)
             if len(value) != n:
-                raise RulesError(f"postprocess.{key}: expected {n} values (classes {list(CLASS_IDS)}), got {list(value)}")
+                raise RulesError(
+                    f"postprocess.{key}: expected {n} values (classes {list(CLASS_IDS)}), got {list(value)}"
+                )
             if any(v < 0 for v in value) or (key not in _INTEGER and any(v > 1 for v in value)):
                 raise RulesError(f"postprocess.{key}: values out of range: {list(value)}")
             object.__setattr__(self, key, value)
         for t in self.pixel_threshold:
             if grid_bin(t, bins) is None:
-                raise RulesError(f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
-                                 f"and 1 (postprocess.bins)")
+                raise RulesError(
+                    f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
+                    f"and 1 (postprocess.bins)"
+                )
         from ensemble.gating import get_gate  # the registry of modes (it imports this module)
 
         get_gate(self.gating)
         image_threshold = _number(self.image_threshold, "ensemble.gating.image_threshold", False)
         area_scale = _number(self.area_scale, "ensemble.gating.area_scale", False)
         if not 0 <= image_threshold <= 1 or area_scale < 1:
-            raise RulesError(f"ensemble.gating: image_threshold {image_threshold} must be in [0, 1] "
-                             f"and area_scale {area_scale} >= 1")
+            raise RulesError(
+                f"ensemble.gating: image_threshold {image_threshold} must be in [0, 1] and area_scale {area_scale} >= 1"
+            )
         object.__setattr__(self, "image_threshold", image_threshold)
         object.__setattr__(self, "area_scale", area_scale)
         if not isinstance(self.resolve_overlap, bool):
@@ -129,18 +145,28 @@ def rules_from_config(postprocess: Mapping[str, Any], gating: Mapping[str, Any])
     unknown = set(gating) - {"mode", "image_threshold", "area_scale"}
     if unknown:
         raise RulesError(f"ensemble.gating: unknown keys {sorted(unknown)}")
-    kwargs: dict[str, Any] = {k: (list(v) if not isinstance(v, (int, float, bool, str)) and v is not None else v)
-                              for k, v in postprocess.items()}  # checked by Rules.__post_init__
-    return Rules(**kwargs, gating=str(gating.get("mode", "veto")),
-                 image_threshold=gating.get("image_threshold", 0.5),
-                 area_scale=gating.get("area_scale", 2.0))
+    kwargs: dict[str, Any] = {
+        k: (list(v) if not isinstance(v, (int, float, bool, str)) and v is not None else v)
+        for k, v in postprocess.items()
+    }  # checked by Rules.__post_init__
+    return Rules(
+        **kwargs,
+        gating=str(gating.get("mode", "veto")),
+        image_threshold=gating.get("image_threshold", 0.5),
+        area_scale=gating.get("area_scale", 2.0),
+    )
 
 
 def write_thresholds(path: Path | str, rules: Rules, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the tuned part of ``rules`` (plus scores/provenance in ``extra``) as a thresholds file."""
     payload: dict[str, Any] = {
-        "format": FILE_FORMAT, "version": FILE_VERSION, "class_ids": list(CLASS_IDS), "bins": rules.bins,
-        "gating": rules.gating, "image_threshold": rules.image_threshold, "area_scale": rules.area_scale,
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "class_ids": list(CLASS_IDS),
+        "bins": rules.bins,
+        "gating": rules.gating,
+        "image_threshold": rules.image_threshold,
+        "area_scale": rules.area_scale,
         "classes": {str(c): {k: getattr(rules, k)[i] for k in TUNED} for i, c in enumerate(CLASS_IDS)},
     }
     payload.update(extra or {})
@@ -159,8 +185,11 @@ def read_thresholds(path: Path | str, base: Rules) -> Rules:
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT or payload.get("version") != FILE_VERSION:
         raise RulesError(f"{path}: not a {FILE_FORMAT} v{FILE_VERSION} file")
     classes = payload.get("classes")
-    if payload.get("class_ids") != list(CLASS_IDS) or not isinstance(classes, dict) or \
-            sorted(classes) != sorted(str(c) for c in CLASS_IDS):
+    if (
+        payload.get("class_ids") != list(CLASS_IDS)
+        or not isinstance(classes, dict)
+        or sorted(classes) != sorted(str(c) for c in CLASS_IDS)
+    ):
         found = payload.get("class_ids"), sorted(classes) if isinstance(classes, dict) else classes
         raise RulesError(f"{path}: thresholds are for classes {found}, expected {list(CLASS_IDS)}")
     values: dict[str, Any] = {}
@@ -170,8 +199,14 @@ def read_thresholds(path: Path | str, base: Rules) -> Rules:
         except (KeyError, TypeError) as exc:
             raise RulesError(f"{path}: class entries lack {key!r}") from exc
     try:
-        return replace(base, **values, gating=payload["gating"], image_threshold=payload["image_threshold"],
-                       area_scale=payload["area_scale"], bins=payload.get("bins", base.bins))
+        return replace(
+            base,
+            **values,
+            gating=payload["gating"],
+            image_threshold=payload["image_threshold"],
+            area_scale=payload["area_scale"],
+            bins=payload.get("bins", base.bins),
+        )
     except KeyError as exc:
         raise RulesError(f"{path}: missing key {exc}") from exc
     except RulesError as exc:

@@ -1,20 +1,20 @@
 """The job behind ``python infer.py``: images -> ensemble -> submission (+ score, + inspections store)."""
+
 from __future__ import annotations
 
 import signal
-import sys
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from common.annotations import check_run_id, read_annotations
 from common.config import whole_number
 from common.constants import CLASS_IDS, LONG_COLUMNS
-
-from common.annotations import check_run_id, read_annotations
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
 from common.errors import ConfigError, DatasetError
@@ -31,6 +31,7 @@ RUNTIMES = ("torch", "onnx")
 @contextmanager
 def sigterm_as_exit() -> Iterator[None]:
     """Turn SIGTERM into SystemExit for the block, so cleanup (temp submission removal) runs."""
+
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
         raise SystemExit(128 + signum)
 
@@ -54,7 +55,9 @@ def _image_set(cfg: Mapping[str, Any]):
     truth = None
     if cfg.get("evaluate"):
         if not cfg.get("truth") or not Path(cfg["truth"]).is_file():
-            raise DatasetError(f"evaluate=true needs truth= pointing to the labels of {images}; got {cfg.get('truth')!r}")
+            raise DatasetError(
+                f"evaluate=true needs truth= pointing to the labels of {images}; got {cfg.get('truth')!r}"
+            )
         truth = read_annotations(cfg["truth"])
     return dataset_from(images, truth, str(data.get("check_images", "header")))
 
@@ -157,8 +160,9 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
-            drain_in_background(predictor.iter_predictions(paths, batch_size, num_workers,
-                                                           bool(cfg.get("progress", True))), handle)
+            drain_in_background(
+                predictor.iter_predictions(paths, batch_size, num_workers, bool(cfg.get("progress", True))), handle
+            )
         if store:
             store.flush()
     finally:
@@ -167,16 +171,26 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     stats = predictor.stats
     summary: dict[str, Any] = {
-        "submission": str(output), "runtime": str(cfg.get("runtime", "torch")), "images": len(paths), "masks": writer.masks, "seconds": seconds,
-        "images_per_s": len(paths) / seconds if seconds else float("nan"), "threads": threads,
-        "segmenter_passes_skipped": stats.skipped_share, "rules": predictor.rules.to_dict(),
+        "submission": str(output),
+        "runtime": str(cfg.get("runtime", "torch")),
+        "images": len(paths),
+        "masks": writer.masks,
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds if seconds else float("nan"),
+        "threads": threads,
+        "segmenter_passes_skipped": stats.skipped_share,
+        "rules": predictor.rules.to_dict(),
     }
-    print(f"submission: {output} ({len(paths)} images, {writer.masks} masks, {summary['images_per_s']:.2f} images/s, "
-          f"{stats.skipped_share:.1%} of segmenter passes skipped by gating)")
+    print(
+        f"submission: {output} ({len(paths)} images, {writer.masks} masks, {summary['images_per_s']:.2f} images/s, "
+        f"{stats.skipped_share:.1%} of segmenter passes skipped by gating)"
+    )
     if timer.enabled:
         summary["time_ms_per_image"] = timer.per_item(len(paths))
-        print("time per image (ms, device synchronised per section): "
-              + ", ".join(f"{name} {ms:.3f}" for name, ms in summary["time_ms_per_image"].items()))
+        print(
+            "time per image (ms, device synchronised per section): "
+            + ", ".join(f"{name} {ms:.3f}" for name, ms in summary["time_ms_per_image"].items())
+        )
     if scorer:
         report = scorer.report()
         print(report.format())

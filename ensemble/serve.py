@@ -30,6 +30,7 @@ reason and the prediction (not stored), and ``/health`` says ``degraded`` until 
 ``--load-test N --images DIR`` serves on a free 127.0.0.1 port, sends N requests from ``--concurrency``
 clients (stopping after ``--load-seconds`` at the latest), prints requests/s and latency percentiles and exits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -65,8 +67,21 @@ from common.io import check_writable
 from ensemble.core import ImagePrediction
 from ensemble.onnx_runtime import OnnxPredictor, load_bundle
 
-__all__ = ["COUNTERS", "TOKEN_ENV", "ServeError", "Limits", "MicroBatcher", "create_app", "server_config",
-           "running_server", "load_test", "check_port", "is_loopback", "read_token", "main"]
+__all__ = [
+    "COUNTERS",
+    "TOKEN_ENV",
+    "ServeError",
+    "Limits",
+    "MicroBatcher",
+    "create_app",
+    "server_config",
+    "running_server",
+    "load_test",
+    "check_port",
+    "is_loopback",
+    "read_token",
+    "main",
+]
 
 MiB = 1 << 20
 COUNTERS = ("requests", "batches", "largest_batch", "stored", "store_failures")  # what /health reports
@@ -82,10 +97,10 @@ class ServeError(SteelsegError, ValueError):
 class Limits:
     """Connection limits against slow or stalled clients (seconds; connections served at once)."""
 
-    header_timeout: float = 10.0   # a connection's request headers must be complete within this
-    body_timeout: float = 30.0     # a request's body must be received within this (408, connection closed)
-    keep_alive: float = 5.0        # idle keep-alive connections close after this
-    max_connections: int = 100     # uvicorn answers 503 beyond this many connections/requests
+    header_timeout: float = 10.0  # a connection's request headers must be complete within this
+    body_timeout: float = 30.0  # a request's body must be received within this (408, connection closed)
+    keep_alive: float = 5.0  # idle keep-alive connections close after this
+    max_connections: int = 100  # uvicorn answers 503 beyond this many connections/requests
     max_header_bytes: int = 64 * 1024  # h11: request line + headers at most this (a 20,000-character id fits)
 
 
@@ -119,8 +134,12 @@ class MicroBatcher:
         """The store's state for /health: off, ok, or degraded with the last failure (file name only, no path)."""
         if not self.store:
             return {"state": "off"}
-        return {"state": "degraded" if self.store_error else "ok", "name": Path(self.store).name,
-                "error": self.store_error, "failures": self.stats["store_failures"]}
+        return {
+            "state": "degraded" if self.store_error else "ok",
+            "name": Path(self.store).name,
+            "error": self.store_error,
+            "failures": self.stats["store_failures"],
+        }
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -196,8 +215,9 @@ class MicroBatcher:
             try:
                 if self._conn is None:  # created on the model thread, the only one that uses it
                     self._conn = connect(self.store, timeout=max(0.05, min(1.0, deadline - time.monotonic())))
-                self.stats["stored"] += append_rows(self._conn, rows, f"pred:{self.run_id}", self.run_id,
-                                                    image_ids=[r.image_id for r in results])
+                self.stats["stored"] += append_rows(
+                    self._conn, rows, f"pred:{self.run_id}", self.run_id, image_ids=[r.image_id for r in results]
+                )
                 self.store_error = None
                 return None
             except InspectionStoreError as exc:
@@ -239,29 +259,49 @@ class TokenGate:
 
     def _allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
         for key, value in headers:
-            given = value[7:].strip() if key == b"authorization" and value[:7].lower() == b"bearer " else \
-                value.strip() if key == b"x-steelseg-token" else None
+            given = (
+                value[7:].strip()
+                if key == b"authorization" and value[:7].lower() == b"bearer "
+                else value.strip()
+                if key == b"x-steelseg-token"
+                else None
+            )
             if given is not None and hmac.compare_digest(given, self.token):
                 return True
         return False
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not self._allowed(scope.get("headers", [])):
-            response = JSONResponse({"detail": "missing or wrong token: send 'Authorization: Bearer <token>' or "
-                                               "'X-Steelseg-Token: <token>'"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+            response = JSONResponse(
+                {
+                    "detail": "missing or wrong token: send 'Authorization: Bearer <token>' or "
+                    "'X-Steelseg-Token: <token>'"
+                },
+                401,
+                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float = 20.0, max_bytes: int = 8 * MiB,
-               store: str | None = None, run_id: str = "serve", token: str | None = None, max_decodes: int = 4,
-               body_timeout: float = 30.0, store_timeout: float = 2.0) -> FastAPI:
+def create_app(
+    predictor: OnnxPredictor,
+    max_batch: int = 8,
+    max_wait_ms: float = 20.0,
+    max_bytes: int = 8 * MiB,
+    store: str | None = None,
+    run_id: str = "serve",
+    token: str | None = None,
+    max_decodes: int = 4,
+    body_timeout: float = 30.0,
+    store_timeout: float = 2.0,
+) -> FastAPI:
     """The FastAPI application serving ``predictor`` (see the module docstring for the endpoints); ``token``:
     required of every request (and the API docs off)."""
-    batcher = MicroBatcher(predictor, max_batch, max_wait_ms / 1000.0, store, check_run_id(run_id, "--run-id"),
-                           store_timeout)
+    batcher = MicroBatcher(
+        predictor, max_batch, max_wait_ms / 1000.0, store, check_run_id(run_id, "--run-id"), store_timeout
+    )
     decodes = asyncio.Semaphore(max_decodes)
 
     @asynccontextmanager
@@ -271,8 +311,9 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
         await batcher.stop()
 
     docs = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="steelseg", summary="Severstal steel defect segmentation (ONNX bundle)", lifespan=lifespan,
-                  **docs)
+    app = FastAPI(
+        title="steelseg", summary="Severstal steel defect segmentation (ONNX bundle)", lifespan=lifespan, **docs
+    )
     app.state.batcher = batcher
     if token is not None:
         app.add_middleware(TokenGate, token=token)
@@ -295,20 +336,27 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
             except StopAsyncIteration:
                 return b"".join(chunks)
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"request body not received within {body_timeout:g} s; send it at once",
-                                    headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408,
+                    f"request body not received within {body_timeout:g} s; send it at once",
+                    headers={"Connection": "close"},
+                ) from None
             size += len(chunk)
             if size > max_bytes:
-                raise HTTPException(413, f"request body is over the limit of {max_bytes} bytes",
-                                    headers={"Connection": "close"})
+                raise HTTPException(
+                    413, f"request body is over the limit of {max_bytes} bytes", headers={"Connection": "close"}
+                )
             chunks.append(chunk)
 
     async def read_body(request: Request) -> tuple[bytes, str | None]:
         """The image bytes (raw body or multipart field 'file') and the upload's file name, within the size limit."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes:
-            raise HTTPException(413, f"request body of {int(length)} bytes is over the limit of {max_bytes} bytes",
-                                headers={"Connection": "close"})
+            raise HTTPException(
+                413,
+                f"request body of {int(length)} bytes is over the limit of {max_bytes} bytes",
+                headers={"Connection": "close"},
+            )
         body = await read_stream(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return body, None
@@ -317,8 +365,9 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
             yield body
 
         try:
-            form = await MultiPartParser(request.headers, replay(), max_files=1, max_fields=10,
-                                         max_part_size=max_bytes).parse()
+            form = await MultiPartParser(
+                request.headers, replay(), max_files=1, max_fields=10, max_part_size=max_bytes
+            ).parse()
         except MultiPartException as exc:
             raise HTTPException(400, f"bad multipart body: {exc.message}") from exc
         upload = form.get("file")
@@ -326,8 +375,9 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
             raise HTTPException(400, "multipart body has no file field named 'file'")
         return await upload.read(), upload.filename
 
-    async def predict_upload(request: Request, image_id: str | None
-                             ) -> tuple[np.ndarray, ImagePrediction, int, str | None]:
+    async def predict_upload(
+        request: Request, image_id: str | None
+    ) -> tuple[np.ndarray, ImagePrediction, int, str | None]:
         data, filename = await read_body(request)
         if not data:
             raise HTTPException(400, "empty body: send the image file (JPEG or PNG) as the body or as field 'file'")
@@ -341,8 +391,11 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from exc
         if (height, width) != IMAGE_SHAPE:  # refused from the header: a decompression bomb is never decoded
-            raise HTTPException(422, f"{name}: image is {height}x{width}, the models take "
-                                     f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} steel images (refused from its header)")
+            raise HTTPException(
+                422,
+                f"{name}: image is {height}x{width}, the models take "
+                f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} steel images (refused from its header)",
+            )
         try:
             async with decodes:  # at most max_decodes images decoded at once, each 256x1600 by its header
                 rgb = await run_in_threadpool(decode_image, data, name, 3, IMAGE_SHAPE)
@@ -356,21 +409,35 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
         """The answer, or a 503 carrying it when the store failed (the prediction is not lost, only not stored)."""
         if store_error is None:
             return answer
-        return JSONResponse({"detail": f"{store_error}; the prediction below was not stored, send it again later",
-                             **answer, "stored": False}, 503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {
+                "detail": f"{store_error}; the prediction below was not stored, send it again later",
+                **answer,
+                "stored": False,
+            },
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         store_health = batcher.store_health()
-        return {"status": "degraded" if store_health["state"] == "degraded" else "ok",
-                "bundle": predictor.folder.name if predictor.folder else None,
-                "members": [m.name for m in predictor.members], "rules": predictor.rules.to_dict(),
-                "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_bytes": max_bytes, "store": store_health,
-                "stats": dict(batcher.stats)}
+        return {
+            "status": "degraded" if store_health["state"] == "degraded" else "ok",
+            "bundle": predictor.folder.name if predictor.folder else None,
+            "members": [m.name for m in predictor.members],
+            "rules": predictor.rules.to_dict(),
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+            "max_bytes": max_bytes,
+            "store": store_health,
+            "stats": dict(batcher.stats),
+        }
 
     @app.post("/predict", response_model=None)
-    async def predict(request: Request, image_id: str | None = None, overlay: bool = False
-                      ) -> dict[str, Any] | JSONResponse:
+    async def predict(
+        request: Request, image_id: str | None = None, overlay: bool = False
+    ) -> dict[str, Any] | JSONResponse:
         rgb, result, batch, store_error = await predict_upload(request, image_id)
         answer = {**result.to_dict(), "batch": batch, "stored": bool(store)}
         if overlay:
@@ -382,9 +449,12 @@ def create_app(predictor: OnnxPredictor, max_batch: int = 8, max_wait_ms: float 
         rgb, result, batch, store_error = await predict_upload(request, image_id)
         png = await run_in_threadpool(_overlay_png, rgb, result)
         if store_error is not None:
-            return answered({**result.to_dict(), "batch": batch, "overlay_png": base64.b64encode(png).decode()},
-                            store_error)
-        return Response(png, media_type="image/png", headers={"X-Defects": ",".join(map(str, result.to_dict()["defects"]))})
+            return answered(
+                {**result.to_dict(), "batch": batch, "overlay_png": base64.b64encode(png).decode()}, store_error
+            )
+        return Response(
+            png, media_type="image/png", headers={"X-Defects": ",".join(map(str, result.to_dict()["defects"]))}
+        )
 
     return app
 
@@ -446,9 +516,18 @@ def server_config(app: Any, host: str, port: int, limits: Limits = Limits(), log
     """The uvicorn config with the slow-client limits (``Limits``)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", http=_timed_protocol(limits),
-                          timeout_keep_alive=limits.keep_alive, limit_concurrency=limits.max_connections,
-                          h11_max_incomplete_event_size=limits.max_header_bytes, backlog=limits.max_connections)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        http=_timed_protocol(limits),
+        timeout_keep_alive=limits.keep_alive,
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        backlog=limits.max_connections,
+    )
 
 
 @contextmanager
@@ -472,8 +551,14 @@ def running_server(app: Any, host: str = "127.0.0.1", port: int = 0, limits: Lim
         thread.join(timeout=30)
 
 
-def load_test(url: str, payloads: Sequence[bytes], requests: int = 100, concurrency: int = 4,
-              max_seconds: float = 60.0, token: str | None = None) -> dict[str, float]:
+def load_test(
+    url: str,
+    payloads: Sequence[bytes],
+    requests: int = 100,
+    concurrency: int = 4,
+    max_seconds: float = 60.0,
+    token: str | None = None,
+) -> dict[str, float]:
     """POST ``requests`` images (cycling through ``payloads``) from ``concurrency`` threads, stopping at
     ``max_seconds``; requests/s, latency percentiles (s) and the count of errors (non-200 answers, failed
     connections)."""
@@ -496,8 +581,14 @@ def load_test(url: str, payloads: Sequence[bytes], requests: int = 100, concurre
                     sent[0] += 1
                 t0 = time.perf_counter()
                 try:
-                    ok = http.post("/predict", content=payloads[index % len(payloads)],
-                                   params={"image_id": f"load-{index:05d}.png"}).status_code == 200
+                    ok = (
+                        http.post(
+                            "/predict",
+                            content=payloads[index % len(payloads)],
+                            params={"image_id": f"load-{index:05d}.png"},
+                        ).status_code
+                        == 200
+                    )
                 except httpx.HTTPError:  # a dropped or refused connection is counted, not a crash
                     ok = False
                 with lock:
@@ -509,13 +600,26 @@ def load_test(url: str, payloads: Sequence[bytes], requests: int = 100, concurre
             future.result()
     seconds = time.perf_counter() - start
     lat = np.asarray(latencies) if latencies else np.zeros(1)
-    return {"requests": len(latencies), "errors": errors[0], "seconds": seconds,
-            "requests_per_s": len(latencies) / seconds, "p50_s": float(np.percentile(lat, 50)),
-            "p95_s": float(np.percentile(lat, 95)), "max_s": float(lat.max())}
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "seconds": seconds,
+        "requests_per_s": len(latencies) / seconds,
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "max_s": float(lat.max()),
+    }
 
 
-def _run_load_test(app: Any, images: Path, requests: int, concurrency: int, seconds: float,
-                   token: str | None = None, limits: Limits = Limits()) -> None:
+def _run_load_test(
+    app: Any,
+    images: Path,
+    requests: int,
+    concurrency: int,
+    seconds: float,
+    token: str | None = None,
+    limits: Limits = Limits(),
+) -> None:
     from common.dataset import list_images
 
     files = [images / name for name in list_images(images)][:64]
@@ -526,10 +630,12 @@ def _run_load_test(app: Any, images: Path, requests: int, concurrency: int, seco
     with running_server(app, limits=limits) as url:
         load_test(url, payloads[:1], 2, 1, seconds, token)  # warm-up: sessions and code paths
         report = load_test(url, payloads, requests, concurrency, seconds, token)
-    print(f"load test on {url} ({len(payloads)} distinct images, concurrency {concurrency}): "
-          f"{report['requests']:.0f} requests in {report['seconds']:.1f} s = {report['requests_per_s']:.2f} requests/s, "
-          f"latency p50 {report['p50_s'] * 1000:.0f} ms, p95 {report['p95_s'] * 1000:.0f} ms, "
-          f"max {report['max_s'] * 1000:.0f} ms, {report['errors']:.0f} errors")
+    print(
+        f"load test on {url} ({len(payloads)} distinct images, concurrency {concurrency}): "
+        f"{report['requests']:.0f} requests in {report['seconds']:.1f} s = {report['requests_per_s']:.2f} requests/s, "
+        f"latency p50 {report['p50_s'] * 1000:.0f} ms, p95 {report['p95_s'] * 1000:.0f} ms, "
+        f"max {report['max_s'] * 1000:.0f} ms, {report['errors']:.0f} errors"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -549,8 +655,10 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise ServeError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose another "
-                             "--port or stop the program using it") from exc
+            raise ServeError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose another "
+                "--port or stop the program using it"
+            ) from exc
 
 
 def is_loopback(host: str) -> bool:
@@ -570,21 +678,25 @@ def read_token(token_file: Path | None, environ: Mapping[str, str] = os.environ)
         try:
             token, where = token_file.read_text(encoding="utf-8").strip(), f"--token-file {token_file}"
         except (OSError, UnicodeDecodeError) as exc:
-            raise ServeError(f"--token-file {token_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})") \
-                from exc
+            raise ServeError(
+                f"--token-file {token_file}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
+            ) from exc
     elif environ.get(TOKEN_ENV) is not None:
         token, where = environ[TOKEN_ENV].strip(), f"environment variable {TOKEN_ENV}"
     else:
         return None
     if not _TOKEN.fullmatch(token):
-        raise ServeError(f"{where}: the token must be 16-4096 printable ASCII characters without spaces "
-                         f"(got {len(token)} characters); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        raise ServeError(
+            f"{where}: the token must be 16-4096 printable ASCII characters without spaces "
+            f"(got {len(token)} characters); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     return token
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.serve", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble.serve", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("bundle", type=Path, help="bundle folder written by python -m ensemble.export")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
@@ -595,35 +707,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--thresholds", type=Path, default=None, help="thresholds file replacing the bundle's")
     parser.add_argument("--store", default=None, help="inspections store (SQLite) to append predictions to")
     parser.add_argument("--run-id", default="serve", help="run id of the stored predictions (source pred:<run-id>)")
-    parser.add_argument("--load-test", type=int, default=0, metavar="N", help="send N requests to a local server, "
-                        "print requests/s and latency, exit")
+    parser.add_argument(
+        "--load-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send N requests to a local server, print requests/s and latency, exit",
+    )
     parser.add_argument("--images", type=Path, default=None, help="image folder the load test sends from")
     parser.add_argument("--concurrency", type=int, default=4, help="load test clients")
     parser.add_argument("--load-seconds", type=float, default=120.0, help="load test time limit")
-    parser.add_argument("--token-file", type=Path, default=None, help=f"file holding the API token (else the "
-                        f"environment variable {TOKEN_ENV}); required beyond loopback, never on the command line")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"file holding the API token (else the "
+        f"environment variable {TOKEN_ENV}); required beyond loopback, never on the command line",
+    )
     parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused with advice
     parser.add_argument("--max-decodes", type=int, default=4, help="images decoded at once at most")
-    parser.add_argument("--store-timeout", type=float, default=2.0, help="seconds a locked or full store is retried "
-                        "before the answer is 503 (with the prediction, not stored)")
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a locked or full store is retried before the answer is 503 (with the prediction, not stored)",
+    )
     defaults = Limits()
-    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,
-                        help="seconds a connection may take to send its request headers")
-    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
-                        help="seconds a request may take to send its body (408 and closed beyond)")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout,
+        help="seconds a connection may take to send its request headers",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a request may take to send its body (408 and closed beyond)",
+    )
     parser.add_argument("--keep-alive", type=float, default=defaults.keep_alive, help="idle keep-alive seconds")
-    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help="connections served at once (503 beyond)")
+    parser.add_argument(
+        "--max-connections", type=int, default=defaults.max_connections, help="connections served at once (503 beyond)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.token is not None:
-            raise ServeError(f"--token: a token on the command line is visible to every user of this machine (ps, "
-                             f"shell history); put it in a file for --token-file or in the environment variable "
-                             f"{TOKEN_ENV}")
-        if min(args.header_timeout, args.body_timeout, args.keep_alive, args.store_timeout) <= 0 \
-                or args.max_connections < 1 or args.max_decodes < 1:
-            raise ServeError("--header-timeout, --body-timeout, --keep-alive and --store-timeout must be > 0, "
-                             "--max-connections and --max-decodes >= 1")
+            raise ServeError(
+                f"--token: a token on the command line is visible to every user of this machine (ps, "
+                f"shell history); put it in a file for --token-file or in the environment variable "
+                f"{TOKEN_ENV}"
+            )
+        if (
+            min(args.header_timeout, args.body_timeout, args.keep_alive, args.store_timeout) <= 0
+            or args.max_connections < 1
+            or args.max_decodes < 1
+        ):
+            raise ServeError(
+                "--header-timeout, --body-timeout, --keep-alive and --store-timeout must be > 0, "
+                "--max-connections and --max-decodes >= 1"
+            )
         limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive, args.max_connections)
         check_run_id(args.run_id, "--run-id")
         if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_mb <= 0:
@@ -638,12 +780,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_port(args.host, args.port)
         token = read_token(args.token_file)
         if token is None and not args.load_test and not is_loopback(args.host):
-            raise ServeError(f"--host {args.host}: reachable from other machines, so every request needs a token: "
-                             f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
-                             "(clients send 'Authorization: Bearer <token>')")
+            raise ServeError(
+                f"--host {args.host}: reachable from other machines, so every request needs a token: "
+                f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
+                "(clients send 'Authorization: Bearer <token>')"
+            )
         predictor = load_bundle(args.bundle, args.threads, thresholds=args.thresholds)
-        app = create_app(predictor, args.max_batch, args.max_wait_ms, int(args.max_mb * MiB), args.store, args.run_id,
-                         token, args.max_decodes, args.body_timeout, args.store_timeout)
+        app = create_app(
+            predictor,
+            args.max_batch,
+            args.max_wait_ms,
+            int(args.max_mb * MiB),
+            args.store,
+            args.run_id,
+            token,
+            args.max_decodes,
+            args.body_timeout,
+            args.store_timeout,
+        )
         print(predictor.describe())
         if args.load_test:
             _run_load_test(app, args.images, args.load_test, args.concurrency, args.load_seconds, token, limits)
@@ -653,9 +807,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    print(f"serving on http://{args.host}:{args.port} (POST /predict, POST /overlay, GET /health)"
-          + ("; every request needs the token, no TLS here: put a TLS proxy in front beyond a trusted network"
-             if token else ""))
+    print(
+        f"serving on http://{args.host}:{args.port} (POST /predict, POST /overlay, GET /health)"
+        + (
+            "; every request needs the token, no TLS here: put a TLS proxy in front beyond a trusted network"
+            if token
+            else ""
+        )
+    )
     uvicorn.Server(server_config(app, args.host, args.port, limits)).run()
     return 0
 

@@ -3,23 +3,41 @@
 They take the same Hydra overrides as ``infer.py`` (``postprocess=first_place ensemble.gating.mode=soft
 tta=flips ...``), so "the default thresholds" and "the TTA" mean exactly what ``python infer.py`` does.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from common.config import to_plain
 from common.errors import ConfigError
 
-__all__ = ["CONFIG_DIR", "PREDICTOR_SECTIONS", "PREDICTOR_KEYS", "split_overrides", "compose_infer", "section",
-           "predictor_config"]
+__all__ = [
+    "CONFIG_DIR",
+    "PREDICTOR_SECTIONS",
+    "PREDICTOR_KEYS",
+    "split_overrides",
+    "compose_infer",
+    "section",
+    "predictor_config",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # What ``ensemble.predict.build_predictor`` and its loader read from the infer config: every command that predicts
 # with checkpoints takes these (``predictor_config``), so no override of infer.py is dropped on the way.
 PREDICTOR_SECTIONS = ("checkpoints", "tta", "ensemble", "postprocess")
-PREDICTOR_KEYS = ("thresholds", "device", "channels_last", "amp", "compile", "batch_flips", "profile", "batch_size",
-                  "num_workers")
+PREDICTOR_KEYS = (
+    "thresholds",
+    "device",
+    "channels_last",
+    "amp",
+    "compile",
+    "batch_flips",
+    "profile",
+    "batch_size",
+    "num_workers",
+)
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:

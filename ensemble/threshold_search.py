@@ -21,6 +21,7 @@ CLI: ``python -m ensemble.threshold_search RUN_DIR... --out thresholds.json [OVE
 output folders holding ``oof_segmenter.npz`` and ``oof_classifier.csv``, or the files themselves; OVERRIDES:
 Hydra overrides of the infer config, whose rules are the "default thresholds").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,23 @@ from ensemble.gating import SEARCH_MODES, Gate, get_gate, pair_rules
 from ensemble.rules import Rules, write_thresholds
 from ensemble.settings import split_overrides
 
-__all__ = ["SEARCH_MODES", "DEFAULT_GRID", "ClassCounts", "Grid", "class_scores", "ModeResult", "search_mode",
-           "pair_outcomes", "score_rules", "search", "cross_validated", "classes_to_switch_off", "switch_off",
-           "run_search", "main"]
+__all__ = [
+    "SEARCH_MODES",
+    "DEFAULT_GRID",
+    "ClassCounts",
+    "Grid",
+    "class_scores",
+    "ModeResult",
+    "search_mode",
+    "pair_outcomes",
+    "score_rules",
+    "search",
+    "cross_validated",
+    "classes_to_switch_off",
+    "switch_off",
+    "run_search",
+    "main",
+]
 
 OFF_AREA = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] + 1  # min_area above any mask's area: the class is never predicted
 DEFAULT_GRID = {
@@ -95,7 +110,8 @@ def _suffix(h: np.ndarray, axes: Sequence[int]) -> np.ndarray:
 def _bucket_sum(gain: np.ndarray, ranks: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
     flat = np.ravel_multi_index(tuple(ranks), tuple(s + 1 for s in sizes))
     return np.bincount(flat, weights=gain, minlength=int(np.prod([s + 1 for s in sizes]))).reshape(
-        [s + 1 for s in sizes])
+        [s + 1 for s in sizes]
+    )
 
 
 @dataclass
@@ -109,8 +125,15 @@ class Grid:
     area_scale: float = 2.0
 
     @classmethod
-    def make(cls, bins: int, pixel_threshold=None, min_area=None, classifier_threshold=None,
-             label_threshold=None, area_scale: float = 2.0) -> Grid:
+    def make(
+        cls,
+        bins: int,
+        pixel_threshold=None,
+        min_area=None,
+        classifier_threshold=None,
+        label_threshold=None,
+        area_scale: float = 2.0,
+    ) -> Grid:
         def pick(v: Any, key: str) -> np.ndarray:
             return np.unique(np.asarray(DEFAULT_GRID[key] if v is None else v, np.float64))
 
@@ -118,12 +141,18 @@ class Grid:
         k = np.unique(np.clip(np.round(pixel * bins).astype(np.int64), 1, bins - 1))
         if pixel_threshold is not None and not np.allclose(k / bins, np.clip(pixel, 1 / bins, (bins - 1) / bins)):
             raise OOFError(f"pixel thresholds {pixel.tolist()} are not on the {bins}-bin grid of the OOF histograms")
-        return cls(k, pick(min_area, "min_area"), pick(classifier_threshold, "classifier_threshold"),
-                   pick(label_threshold, "label_threshold"), float(area_scale))
+        return cls(
+            k,
+            pick(min_area, "min_area"),
+            pick(classifier_threshold, "classifier_threshold"),
+            pick(label_threshold, "label_threshold"),
+            float(area_scale),
+        )
 
 
-def class_scores(counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, gate: Gate, c: int,
-                 grid: Grid, bins: int) -> np.ndarray:
+def class_scores(
+    counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, gate: Gate, c: int, grid: Grid, bins: int
+) -> np.ndarray:
     """Sum over images of the pair score of class index ``c`` for every (k, area, label, classifier threshold)
     grid point under ``gate`` (the rule inference applies, from ``ensemble.gating``).
 
@@ -163,8 +192,10 @@ class ModeResult:
 
 def _curves(s: np.ndarray, n: int) -> dict[str, list[float]]:
     """Best mean score as a function of each searched parameter (max over the others)."""
-    return {name: (s.max(axis=tuple(a for a in range(4) if a != axis)) / n).tolist()
-            for axis, name in enumerate(("pixel_threshold", "min_area", "label_threshold", "classifier_threshold"))}
+    return {
+        name: (s.max(axis=tuple(a for a in range(4) if a != axis)) / n).tolist()
+        for axis, name in enumerate(("pixel_threshold", "min_area", "label_threshold", "classifier_threshold"))
+    }
 
 
 def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
@@ -176,15 +207,16 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
         raise OOFError(f"gating mode {mode!r} needs classifier OOF probabilities")
     n, bins = len(oof.image_ids), oof.bins
     cls_prob = oof.cls_prob if gate.needs_classifier else None
-    tables = [class_scores(ClassCounts.of(oof, c), oof.max_prob, cls_prob, gate, c, grid, bins)
-              for c in range(len(CLASS_IDS))]
+    tables = [
+        class_scores(ClassCounts.of(oof, c), oof.max_prob, cls_prob, gate, c, grid, bins) for c in range(len(CLASS_IDS))
+    ]
     shared_t = None
     if mode == "image":  # one image threshold for all classes: best total over classes
         shared_t = int(np.argmax(sum(t.max(axis=(0, 1, 2)) for t in tables)))
     picks = {key: [] for key in ("pixel_threshold", "min_area", "label_threshold", "classifier_threshold")}
     per_class, curves = {}, {}
     for c, table in zip(CLASS_IDS, tables):
-        view = table if shared_t is None else table[..., shared_t:shared_t + 1]
+        view = table if shared_t is None else table[..., shared_t : shared_t + 1]
         ki, ai, li, ti = np.unravel_index(int(np.argmax(view)), view.shape)
         ti = ti if shared_t is None else shared_t
         per_class[c] = float(view.max() / n)
@@ -192,13 +224,20 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
         picks["pixel_threshold"].append(float(grid.k[ki] / bins))
         picks["min_area"].append(int(grid.min_area[ai]))
         picks["label_threshold"].append(float(grid.label_threshold[li]))
-        picks["classifier_threshold"].append(float(grid.classifier_threshold[ti]) if table.shape[3] > 1
-                                             else base.classifier_threshold[c - 1])
+        picks["classifier_threshold"].append(
+            float(grid.classifier_threshold[ti]) if table.shape[3] > 1 else base.classifier_threshold[c - 1]
+        )
     label_used = any(v > 0 for v in picks["label_threshold"])
     gating = {"none": "label" if label_used else "none"}.get(mode, mode)
     image_threshold = float(grid.classifier_threshold[shared_t]) if shared_t is not None else base.image_threshold
-    rules = replace(base, **{k: tuple(v) for k, v in picks.items()}, gating=gating,
-                    image_threshold=image_threshold, area_scale=grid.area_scale, bins=bins)
+    rules = replace(
+        base,
+        **{k: tuple(v) for k, v in picks.items()},
+        gating=gating,
+        image_threshold=image_threshold,
+        area_scale=grid.area_scale,
+        bins=bins,
+    )
     return ModeResult(gating, rules, float(np.mean(list(per_class.values()))), per_class, curves)
 
 
@@ -206,8 +245,10 @@ def pair_outcomes(oof: OOF, rules: Rules) -> tuple[np.ndarray, np.ndarray, np.nd
     """(intersection, predicted area, true area), each (N, 4), of fixed rules on the OOF: the very per-pair rules
     inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
     if rules.bins != oof.bins:
-        raise OOFError(f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
-                       f"{oof.bins} bins; set postprocess.bins={oof.bins}")
+        raise OOFError(
+            f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
+            f"{oof.bins} bins; set postprocess.bins={oof.bins}"
+        )
     gate = get_gate(rules.gating)
     if gate.needs_classifier and oof.cls_prob is None:
         raise OOFError(f"gating mode {rules.gating!r} needs classifier OOF probabilities")
@@ -262,8 +303,9 @@ def switch_off(rules: Rules, classes: Sequence[int]) -> Rules:
     return replace(rules, min_area=areas)
 
 
-def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES,
-               cv: bool = True) -> dict[str, Any]:
+def run_search(
+    oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_MODES, cv: bool = True
+) -> dict[str, Any]:
     """Search every mode and choose what to write without over-fitting.
 
     Each mode is tuned on all folds (``tuned``) and, with ``cv``, tuned on the other folds and scored on the
@@ -284,8 +326,10 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
     tuned_held_out = {m: cross_validated(oof, grid, base, m) for m in results} if cv else {}
     tuned_held_out = {m: v for m, v in tuned_held_out.items() if v}
     off = {m: classes_to_switch_off(v, baseline) for m, v in tuned_held_out.items()}
-    honest = {m: {c: baseline[c] if c in off[m] else v for c, v in per_class.items()}
-              for m, per_class in tuned_held_out.items()}
+    honest = {
+        m: {c: baseline[c] if c in off[m] else v for c, v in per_class.items()}
+        for m, per_class in tuned_held_out.items()
+    }
     honest_mean = {m: float(np.mean(list(v.values()))) for m, v in honest.items()}
     off_text = ""
     if honest:
@@ -293,29 +337,55 @@ def run_search(oof: OOF, base: Rules, grid: Grid, modes: Sequence[str] = SEARCH_
         best_cv = honest_mean[key]
         keep_default = best_cv <= default_mean
         if off[key] and not keep_default:
-            off_text = (f"; class(es) {list(off[key])} switched off: tuned on the other folds they scored "
-                        + ", ".join(f"{tuned_held_out[key][c]:.4f}" for c in off[key])
-                        + " on the held-out one, below never predicting them ("
-                        + ", ".join(f"{baseline[c]:.4f}" for c in off[key]) + ")")
-        decision = (f"defaults kept: the best tuned mode ({results[key].mode}) scores {best_cv:.5f} on held-out folds, "
-                    f"not above the defaults' {default_mean:.5f}" if keep_default else
-                    f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the "
-                    f"defaults{off_text}")
+            off_text = (
+                f"; class(es) {list(off[key])} switched off: tuned on the other folds they scored "
+                + ", ".join(f"{tuned_held_out[key][c]:.4f}" for c in off[key])
+                + " on the held-out one, below never predicting them ("
+                + ", ".join(f"{baseline[c]:.4f}" for c in off[key])
+                + ")"
+            )
+        decision = (
+            f"defaults kept: the best tuned mode ({results[key].mode}) scores {best_cv:.5f} on held-out folds, "
+            f"not above the defaults' {default_mean:.5f}"
+            if keep_default
+            else f"tuned ({results[key].mode}): {best_cv:.5f} on held-out folds vs {default_mean:.5f} for the "
+            f"defaults{off_text}"
+        )
     else:
         key = max(results, key=lambda m: results[m].score)
         keep_default, decision = False, f"tuned ({results[key].mode}): best in-sample score (no cross-validation)"
     best = results[key]
     summary = {
-        "n_images": int(len(oof.image_ids)), "bins": oof.bins, "best_mode": best.mode,
-        "tuned": best.score, "tuned_per_class": best.per_class,
-        "default": default_mean, "default_per_class": default, "default_gating": usable_base.gating,
-        "baseline": float(truth_empty.mean()), "baseline_per_class": baseline,
-        "modes": {m: {"score": r.score, "per_class": r.per_class, "rules": r.rules.to_dict(),
-                      **({"cross_validated": honest_mean[m],
-                          "cross_validated_per_class": honest[m], "classes_off": list(off[m]),
-                          "tuned_held_out_per_class": tuned_held_out[m]} if m in honest else {})}
-                  for m, r in results.items()},
-        "decision": decision, "written": "default" if keep_default else "tuned",
+        "n_images": int(len(oof.image_ids)),
+        "bins": oof.bins,
+        "best_mode": best.mode,
+        "tuned": best.score,
+        "tuned_per_class": best.per_class,
+        "default": default_mean,
+        "default_per_class": default,
+        "default_gating": usable_base.gating,
+        "baseline": float(truth_empty.mean()),
+        "baseline_per_class": baseline,
+        "modes": {
+            m: {
+                "score": r.score,
+                "per_class": r.per_class,
+                "rules": r.rules.to_dict(),
+                **(
+                    {
+                        "cross_validated": honest_mean[m],
+                        "cross_validated_per_class": honest[m],
+                        "classes_off": list(off[m]),
+                        "tuned_held_out_per_class": tuned_held_out[m],
+                    }
+                    if m in honest
+                    else {}
+                ),
+            }
+            for m, r in results.items()
+        },
+        "decision": decision,
+        "written": "default" if keep_default else "tuned",
         "classes_off": [] if keep_default else list(off.get(key, ())),
     }
     if key in honest:
@@ -343,17 +413,25 @@ def has_checkpoints(entries: Sequence[str | Path]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble.threshold_search", description=__doc__.splitlines()[0],
+        prog="python -m ensemble.threshold_search",
+        description=__doc__.splitlines()[0],
         epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place tta=flips "
-               "ensemble.gating.mode=soft): the OOF is predicted, and the default thresholds are, what infer.py "
-               "does with them.")
+        "ensemble.gating.mode=soft): the OOF is predicted, and the default thresholds are, what infer.py "
+        "does with them.",
+    )
     parser.add_argument("runs", nargs="+", help="training output folders, OOF folders or OOF files; then overrides")
     parser.add_argument("--out", type=Path, required=True, help="thresholds file to write (JSON)")
-    parser.add_argument("--oof-dir", type=Path, help="where training folders' ensemble OOF is written "
-                        "(default: next to --out, <name>_oof/)")
-    parser.add_argument("--from-files", action="store_true",
-                        help="score the runs' own OOF files (written at training, no TTA) instead of predicting the "
-                             "ensemble OOF the way infer.py predicts")
+    parser.add_argument(
+        "--oof-dir",
+        type=Path,
+        help="where training folders' ensemble OOF is written (default: next to --out, <name>_oof/)",
+    )
+    parser.add_argument(
+        "--from-files",
+        action="store_true",
+        help="score the runs' own OOF files (written at training, no TTA) instead of predicting the "
+        "ensemble OOF the way infer.py predicts",
+    )
     parser.add_argument("--modes", default=",".join(SEARCH_MODES), help=f"comma-separated, from {SEARCH_MODES}")
     parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
     args = parser.parse_intermixed_args(argv)
@@ -372,24 +450,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = compose_infer(overrides)
             plain = predictor_config(cfg)
             set_threads(cfg.get("threads"))
-            oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir",
-                                    files=OOF_FILES)
+            oof_dir = check_outputs(
+                args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir", files=OOF_FILES
+            )
             made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
-            print(f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
-                  f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}")
+            print(
+                f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
+                f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}"
+            )
             entries = [oof_dir]
         oof = load_oof(entries)
         grid = Grid.make(oof.bins, area_scale=base.area_scale)
         out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
         s = out["summary"]
-        write_thresholds(args.out, out["chosen"], {"scores": s, "sources": [str(r) for r in runs],
-                                                   "oof": [str(e) for e in entries], "overrides": overrides})
+        write_thresholds(
+            args.out,
+            out["chosen"],
+            {"scores": s, "sources": [str(r) for r in runs], "oof": [str(e) for e in entries], "overrides": overrides},
+        )
     except SteelsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"OOF: {s['n_images']} images; all-empty {s['baseline']:.5f}; default thresholds "
-          f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
-          + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else ""))
+    print(
+        f"OOF: {s['n_images']} images; all-empty {s['baseline']:.5f}; default thresholds "
+        f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"
+        + (f"; tuned on other folds {s['cross_validated']:.5f}" if "cross_validated" in s else "")
+    )
     for mode, r in s["modes"].items():
         cv = f" (other folds {r['cross_validated']:.5f})" if "cross_validated" in r else ""
         cv += f" classes off {r['classes_off']}" if r.get("classes_off") else ""

@@ -6,13 +6,14 @@ the thread that made the timer starts and ends, so asynchronous GPU work is char
 it (other threads, e.g. the writer, never wait for the device); that costs speed, so the end-to-end figure comes
 from a run without it. A disabled timer (the default) does nothing.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 __all__ = ["Timer"]
 
@@ -20,8 +21,12 @@ __all__ = ["Timer"]
 class Timer:
     """Exclusive wall seconds per section name, from any thread; ``add`` records time measured elsewhere."""
 
-    def __init__(self, enabled: bool = False, sync: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        enabled: bool = False,
+        sync: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.enabled, self.sync, self.clock = enabled, sync, clock
         self._sync_thread = threading.get_ident()
         self.seconds: dict[str, float] = defaultdict(float)

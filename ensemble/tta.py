@@ -8,14 +8,14 @@ tensors and NumPy arrays alike (``ensemble.arrays``), so the ONNX runtime uses i
 concatenated on the batch axis) and take the outputs apart again: one large batch keeps a GPU busier than
 several small passes, and the probabilities are those of separate passes (``tests/test_ensemble_units.py``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ensemble.arrays import is_torch
-
 from common.errors import ConfigError
+from ensemble.arrays import is_torch
 
 __all__ = ["Flip", "TTA_NAMES", "transforms", "augment_all", "split_outputs"]
 
@@ -85,4 +85,4 @@ def split_outputs(y: Any, parts: int) -> list[Any]:
     if len(y) % parts:
         raise ValueError(f"a batch of {len(y)} outputs does not split into {parts} flips")
     size = len(y) // parts
-    return [y[i * size:(i + 1) * size] for i in range(parts)]
+    return [y[i * size : (i + 1) * size] for i in range(parts)]

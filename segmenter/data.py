@@ -6,9 +6,11 @@ random crops (``crop: [height, width]`` in network-input pixels, multiples of 32
 together with the mask, and the configured augmentations; validation items are whole images whose items also
 carry the full-size ``truth`` masks, against which the upsampled predictions are scored (as inference does).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +26,9 @@ from engine.augment import Augment, build_augment
 __all__ = ["check_crop", "select_training_ids", "CROP_MODES", "build_train_augment", "SegmentationDataset"]
 
 
-def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
-               size: Sequence[int] | None = None) -> tuple[int, int] | None:
+def check_crop(
+    crop: Sequence[int] | None, key: str = "segmenter.crop", size: Sequence[int] | None = None
+) -> tuple[int, int] | None:
     """(height, width) of the training crop, checked against the network input size (``size``, default the
     full image) and the encoder stride; None = whole images."""
     if crop is None:
@@ -35,15 +38,18 @@ def check_crop(crop: Sequence[int] | None, key: str = "segmenter.crop",
     height, width = (whole_number(v, key, 1, note=" in [height, width]") for v in crop)
     full = tuple(size) if size is not None else IMAGE_SHAPE
     if height > full[0] or width > full[1] or height <= 0 or width <= 0:
-        raise ConfigError(f"{key}: crop {height}x{width} does not fit the {full[0]}x{full[1]} network input "
-                          "(the crop is in network-input pixels, after preprocess.size)")
+        raise ConfigError(
+            f"{key}: crop {height}x{width} does not fit the {full[0]}x{full[1]} network input "
+            "(the crop is in network-input pixels, after preprocess.size)"
+        )
     if height % 32 or width % 32:
         raise ConfigError(f"{key}: crop {height}x{width} must be multiples of 32 for the encoder")
     return height, width
 
 
-def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None,
-                        seed: int, stage: str = "segmenter") -> list[str]:
+def select_training_ids(
+    labels: pd.DataFrame, image_ids: Sequence[str], clean_ratio: float | None, seed: int, stage: str = "segmenter"
+) -> list[str]:
     """Training images: all (``clean_ratio`` None), or every defect image plus ``clean_ratio`` clean ones per
     defect one.
 
@@ -59,8 +65,10 @@ def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ra
     clean = [i for i, d in zip(ids, has_defect) if not d]
     n_clean = int(round(clean_ratio * len(defect)))
     if n_clean > len(clean):
-        raise ConfigError(f"{stage}.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
-                          f"defect ones, the fold has {len(clean)}; lower it or use null for all images")
+        raise ConfigError(
+            f"{stage}.clean_ratio={clean_ratio}: needs {n_clean} clean images for {len(defect)} "
+            f"defect ones, the fold has {len(clean)}; lower it or use null for all images"
+        )
     if not defect:
         raise ConfigError(f"{stage}.clean_ratio: the training fold has no defect images")
     rng = np.random.default_rng(seed)
@@ -72,8 +80,13 @@ def select_training_ids(labels: pd.DataFrame, image_ids: Sequence[str], clean_ra
 CROP_MODES = {"random": "albumentations.RandomCrop", "defect": "albumentations.CropNonEmptyMaskIfExists"}
 
 
-def build_train_augment(crop: tuple[int, int] | None, nodes: Sequence[Any] | None, seed: int,
-                        crop_mode: str = "random", key: str = "segmenter.augment") -> Augment:
+def build_train_augment(
+    crop: tuple[int, int] | None,
+    nodes: Sequence[Any] | None,
+    seed: int,
+    crop_mode: str = "random",
+    key: str = "segmenter.augment",
+) -> Augment:
     """Crop (when set) followed by the configured albumentations, applied to image and mask together.
 
     ``crop_mode``: ``random`` (uniform position) or ``defect`` (a crop that contains defect pixels whenever
@@ -94,12 +107,21 @@ class SegmentationDataset(Dataset):
     loader worker): for small datasets, where decoding would dominate an epoch.
     """
 
-    def __init__(self, dataset: SteelDataset, image_ids: Sequence[str], preprocess: Preprocess,
-                 augment: Augment | None = None, cache: bool = False, stage: str = "segmenter",
-                 full_truth: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: SteelDataset,
+        image_ids: Sequence[str],
+        preprocess: Preprocess,
+        augment: Augment | None = None,
+        cache: bool = False,
+        stage: str = "segmenter",
+        full_truth: bool = False,
+    ) -> None:
         if preprocess.size is not None and any(v % 32 for v in preprocess.size):
-            raise ConfigError(f"{stage}.preprocess.size: {list(preprocess.size)} must be multiples of 32 for the "
-                              "encoder (e.g. [64, 416] or [128, 800])")
+            raise ConfigError(
+                f"{stage}.preprocess.size: {list(preprocess.size)} must be multiples of 32 for the "
+                "encoder (e.g. [64, 416] or [128, 800])"
+            )
         if not dataset.labelled:
             raise ConfigError(f"{dataset.source}: the segmenter needs annotated images")
         self.dataset, self.image_ids = dataset, list(image_ids)
@@ -131,8 +153,11 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, full = self.sample(index)
-        item = {"image": torch.from_numpy(self.preprocess.normalize(image)),
-                "target": torch.from_numpy(mask.astype(np.float32)), "image_id": self.image_ids[index]}
+        item = {
+            "image": torch.from_numpy(self.preprocess.normalize(image)),
+            "target": torch.from_numpy(mask.astype(np.float32)),
+            "image_id": self.image_ids[index],
+        }
         if self.full_truth:
             item["truth"] = torch.from_numpy(full)
         return item

@@ -5,10 +5,12 @@ Image targets come from the mask targets (a class is present in an item when any
 segmenter's data, crops and augmentation serve unchanged. The stage writes both OOF files: the class head's
 probabilities (``oof_classifier.csv``) and the mask histograms (``oof_segmenter.npz``), from one pass.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,16 @@ from torch.utils.data import DataLoader
 from common.config import build, real_number
 from common.constants import CLASS_IDS
 from common.metrics import roc_auc_per_class
-from common.oof import (CLASSIFIER_FILE, OOF_FILES, SEGMENTER_FILE, ClassifierOOF, OOFAccumulator, score_grid,
-                        write_classifier_oof, write_segmenter_oof)
+from common.oof import (
+    CLASSIFIER_FILE,
+    OOF_FILES,
+    SEGMENTER_FILE,
+    ClassifierOOF,
+    OOFAccumulator,
+    score_grid,
+    write_classifier_oof,
+    write_segmenter_oof,
+)
 from engine.losses import ImageBCE
 from engine.stage import StageSpec
 from segmenter.data import SegmentationDataset
@@ -30,7 +40,7 @@ from segmenter.stage import build_loss, init_weights, mask_settings, mask_stage_
 __all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "write_joint_oof", "make_stage"]
 
 STAGE = "joint"
-GATE_THRESHOLDS = (0.3, 0.5, 0.7)   # class-head vetoes tried by the ``kaggle_best_gated`` validation metric
+GATE_THRESHOLDS = (0.3, 0.5, 0.7)  # class-head vetoes tried by the ``kaggle_best_gated`` validation metric
 
 
 def image_targets(masks: torch.Tensor) -> torch.Tensor:
@@ -84,8 +94,16 @@ class JointMetric(SegmenterMetric):
 
 
 @torch.no_grad()
-def write_joint_oof(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
-                    fold: int, batch_size: int, bins: int) -> Path:
+def write_joint_oof(
+    model: nn.Module,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    dataset: SegmentationDataset,
+    fold: int,
+    batch_size: int,
+    bins: int,
+) -> Path:
     """Both OOF files of the fold's validation images from one pass: mask histograms and class probabilities."""
     model.eval()
     acc = OOFAccumulator(fold, bins)
@@ -96,9 +114,14 @@ def write_joint_oof(model: nn.Module, run_dir: Path, device: torch.device, *, da
         acc.add_batch(batch["image_id"], to_full_size(torch.sigmoid(mask_logits.float()), truth.shape[-2:]), truth)
         ids.extend(batch["image_id"])
         probs.append(torch.sigmoid(label_logits.float()).cpu().numpy())
-    write_classifier_oof(Path(run_dir) / CLASSIFIER_FILE,
-                         ClassifierOOF(np.array(ids, dtype=str), np.full(len(ids), fold, np.int64),
-                                       np.concatenate(probs) if probs else np.zeros((0, len(CLASS_IDS)))))
+    write_classifier_oof(
+        Path(run_dir) / CLASSIFIER_FILE,
+        ClassifierOOF(
+            np.array(ids, dtype=str),
+            np.full(len(ids), fold, np.int64),
+            np.concatenate(probs) if probs else np.zeros((0, len(CLASS_IDS))),
+        ),
+    )
     return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
 
 
@@ -109,8 +132,7 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     settings = mask_settings(j, STAGE, JointMetric)
     model_config = settings[0]
     image_loss = j.get("image_loss") or {}
-    loss = JointLoss(build_loss(j.loss, "joint.loss"), image_loss.get("weight", 0.5),
-                     image_loss.get("pos_weight"))
+    loss = JointLoss(build_loss(j.loss, "joint.loss"), image_loss.get("weight", 0.5), image_loss.get("pos_weight"))
     model = build(model_config, "joint.model")
     if j.get("init_from"):
         init_weights(model, model_config, str(j.init_from), STAGE)

@@ -7,9 +7,11 @@ Example config (the 1st-place recipe, 0.75 BCE + 0.25 Dice with per-class positi
       bce: {weight: 0.75, loss: {_target_: segmenter.losses.ClassBCE, pos_weight: [2.0, 2.0, 1.0, 1.5]}}
       dice: {weight: 0.25, loss: {_target_: segmentation_models_pytorch.losses.DiceLoss, mode: multilabel}}
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from segmentation_models_pytorch.losses import SoftBCEWithLogitsLoss
@@ -33,7 +35,9 @@ class ClassBCE(SoftBCEWithLogitsLoss):
 
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         if self.pos_weight is not None and y_pred.shape[1] != self.pos_weight.shape[0]:
-            raise LossConfigError(f"ClassBCE: {self.pos_weight.shape[0]} pos_weight values for {y_pred.shape[1]} classes")
+            raise LossConfigError(
+                f"ClassBCE: {self.pos_weight.shape[0]} pos_weight values for {y_pred.shape[1]} classes"
+            )
         return super().forward(y_pred, y_true)
 
 

@@ -5,6 +5,7 @@
 ``(mask_logits (B, 4, H, W), label_logits (B, 4))`` from one pass (the 4th-place two-headed model).
 H and W must be multiples of 32 (256x1600 and crops such as 256x512 are), or use ``input_scale``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,18 @@ N_CLASSES = 4
 FACTORY = "segmenter.model.create_segmenter"
 JOINT_FACTORY = "segmenter.model.create_joint"
 
-__all__ = ["N_CLASSES", "FACTORY", "JOINT_FACTORY", "ModelConfigError", "Rescaled", "load_encoder_weights",
-           "check_output_size", "create_segmenter", "create_joint", "param_groups"]
+__all__ = [
+    "N_CLASSES",
+    "FACTORY",
+    "JOINT_FACTORY",
+    "ModelConfigError",
+    "Rescaled",
+    "load_encoder_weights",
+    "check_output_size",
+    "create_segmenter",
+    "create_joint",
+    "param_groups",
+]
 
 
 class ModelConfigError(SteelsegError, ValueError):
@@ -82,14 +93,15 @@ def load_encoder_weights(model: nn.Module, path: Path | str) -> None:
     target = encoder.model if hasattr(encoder, "model") and not any(k.startswith("model.") for k in state) else encoder
     for prefix in ("module.", "encoder."):
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     own = target.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or wrong:
         raise ModelConfigError(
             f"segmenter.model.pretrained_path: {path} does not fit encoder {type(encoder).__name__}: "
-            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(wrong)} of other shape (e.g. {wrong[:3]})")
+            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(wrong)} of other shape (e.g. {wrong[:3]})"
+        )
     target.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
@@ -112,8 +124,17 @@ def check_output_size(model: nn.Module, in_channels: int, classes: int, where: s
         raise ModelConfigError(f"{where}: the class head gives shape {tuple(out[1].shape)}, expected (1, {classes})")
 
 
-def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained_path: str | None, classes: int,
-           in_channels: int, input_scale: float, key: str, **kwargs: Any) -> nn.Module:
+def _build(
+    arch: str,
+    encoder_name: str,
+    encoder_weights: str | None,
+    pretrained_path: str | None,
+    classes: int,
+    in_channels: int,
+    input_scale: float,
+    key: str,
+    **kwargs: Any,
+) -> nn.Module:
     """smp.create_model with errors that name the config key; optional local encoder weights and input scale."""
     if not 0 < input_scale <= 1:
         raise ModelConfigError(f"{key}.input_scale must be in (0, 1], got {input_scale}")
@@ -121,13 +142,16 @@ def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained
     if package:  # an installed weights package fills a timm (tu-) encoder after the build
         fits = package_of(package, f"{key}.encoder_weights").architectures
         if not encoder_name.startswith("tu-"):  # smp's own encoders (efficientnet-b0, resnet34) are not timm's
-            raise ModelConfigError(f"{key}.encoder_weights: {package} fills a timm encoder, not smp's "
-                                   f"{encoder_name!r}; set {key}.encoder_name=tu-{fits[0]} (or other weights)")
+            raise ModelConfigError(
+                f"{key}.encoder_weights: {package} fills a timm encoder, not smp's "
+                f"{encoder_name!r}; set {key}.encoder_name=tu-{fits[0]} (or other weights)"
+            )
         check_architecture(package, encoder_name[3:], f"{key}.encoder_weights", f"{key}.encoder_name", "tu-")
     weights = None if pretrained_path or package else encoder_weights
     try:
-        model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=weights,
-                                 in_channels=in_channels, classes=classes, **kwargs)
+        model = smp.create_model(
+            arch, encoder_name=encoder_name, encoder_weights=weights, in_channels=in_channels, classes=classes, **kwargs
+        )
     except KeyError as exc:
         raise ModelConfigError(f"{key}: unknown arch or encoder ({arch!r}, {encoder_name!r}): {exc}") from exc
     except (RuntimeError, OSError, ValueError, TypeError) as exc:
@@ -136,15 +160,27 @@ def _build(arch: str, encoder_name: str, encoder_weights: str | None, pretrained
     if pretrained_path:
         load_encoder_weights(model, pretrained_path)
     elif package:
-        load_into_timm(model.encoder.model, package, encoder_name[3:], option=f"{key}.encoder_weights",
-                       model_option=f"{key}.encoder_name")
+        load_into_timm(
+            model.encoder.model,
+            package,
+            encoder_name[3:],
+            option=f"{key}.encoder_weights",
+            model_option=f"{key}.encoder_name",
+        )
     check_output_size(model, in_channels, classes, f"{key} ({arch}/{encoder_name}, {kwargs})")
     return Rescaled(model, input_scale) if input_scale != 1 else model
 
 
-def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
-                     pretrained_path: str | None = None, classes: int = N_CLASSES, in_channels: int = 3,
-                     input_scale: float = 1.0, **kwargs: Any) -> nn.Module:
+def create_segmenter(
+    arch: str = "Unet",
+    encoder_name: str = "resnet34",
+    encoder_weights: str | None = None,
+    pretrained_path: str | None = None,
+    classes: int = N_CLASSES,
+    in_channels: int = 3,
+    input_scale: float = 1.0,
+    **kwargs: Any,
+) -> nn.Module:
     """Build an smp segmentation model returning logits.
 
     Args:
@@ -156,14 +192,31 @@ def create_segmenter(arch: str = "Unet", encoder_name: str = "resnet34", encoder
         input_scale: run the network at this fraction of the input size (1.0 = native), logits resized back.
         kwargs: passed to the architecture (``decoder_channels``, ``decoder_attention_type``, ...).
     """
-    return _build(arch, encoder_name, encoder_weights, pretrained_path, classes, in_channels, input_scale,
-                  "segmenter.model", **kwargs)
+    return _build(
+        arch,
+        encoder_name,
+        encoder_weights,
+        pretrained_path,
+        classes,
+        in_channels,
+        input_scale,
+        "segmenter.model",
+        **kwargs,
+    )
 
 
-def create_joint(arch: str = "Unet", encoder_name: str = "resnet34", encoder_weights: str | None = None,
-                 pretrained_path: str | None = None, classes: int = N_CLASSES, in_channels: int = 3,
-                 input_scale: float = 1.0, label_pooling: str = "max", label_dropout: float = 0.0,
-                 **kwargs: Any) -> nn.Module:
+def create_joint(
+    arch: str = "Unet",
+    encoder_name: str = "resnet34",
+    encoder_weights: str | None = None,
+    pretrained_path: str | None = None,
+    classes: int = N_CLASSES,
+    in_channels: int = 3,
+    input_scale: float = 1.0,
+    label_pooling: str = "max",
+    label_dropout: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
     """A two-headed smp model: ``(mask_logits (B, 4, H, W), label_logits (B, 4))`` from one encoder pass.
 
     ``label_pooling`` (``max`` or ``avg``) and ``label_dropout`` configure smp's classification head
@@ -172,8 +225,18 @@ def create_joint(arch: str = "Unet", encoder_name: str = "resnet34", encoder_wei
     if label_pooling not in ("max", "avg"):
         raise ModelConfigError(f"joint.model.label_pooling: expected max or avg, got {label_pooling!r}")
     aux = {"classes": classes, "pooling": label_pooling, "dropout": float(label_dropout) or None}
-    return _build(arch, encoder_name, encoder_weights, pretrained_path, classes, in_channels, input_scale,
-                  "joint.model", aux_params=aux, **kwargs)
+    return _build(
+        arch,
+        encoder_name,
+        encoder_weights,
+        pretrained_path,
+        classes,
+        in_channels,
+        input_scale,
+        "joint.model",
+        aux_params=aux,
+        **kwargs,
+    )
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

@@ -1,4 +1,5 @@
 """The segmenter stage for the engine: ``make_stage(cfg)`` (the ``stage`` config's ``_target_``) and its OOF file."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -24,15 +25,32 @@ from segmenter.data import SegmentationDataset, build_train_augment, check_crop,
 from segmenter.metrics import SegmenterMetric, to_full_size, truth_of
 from segmenter.model import param_groups
 
-__all__ = ["STAGE", "write_segmenter_oof_file", "build_loss", "init_weights", "sample_weights", "mask_settings", "mask_meta",
-           "mask_stage_spec", "make_stage"]
+__all__ = [
+    "STAGE",
+    "write_segmenter_oof_file",
+    "build_loss",
+    "init_weights",
+    "sample_weights",
+    "mask_settings",
+    "mask_meta",
+    "mask_stage_spec",
+    "make_stage",
+]
 
 STAGE = "segmenter"
 
 
 @torch.no_grad()
-def write_segmenter_oof_file(model: nn.Module, run_dir: Path, device: torch.device, *, dataset: SegmentationDataset,
-                             fold: int, batch_size: int, bins: int) -> Path:
+def write_segmenter_oof_file(
+    model: nn.Module,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    dataset: SegmentationDataset,
+    fold: int,
+    batch_size: int,
+    bins: int,
+) -> Path:
     """``oof_segmenter.npz`` (see ``common.oof``) of the fold's validation images, streamed batch by batch."""
     model.eval()
     acc = OOFAccumulator(fold, bins)
@@ -62,23 +80,27 @@ def init_weights(model: nn.Module, model_config: dict, path: str, stage: str = S
     unwrap(model).load_state_dict(payload["state_dict"], strict=True)
 
 
-def fold_sets(cfg: DictConfig, node: DictConfig, stage: str, preprocess: Preprocess,
-              crop: tuple[int, int] | None) -> tuple[pd.DataFrame, list[str], SegmentationDataset, SegmentationDataset]:
+def fold_sets(
+    cfg: DictConfig, node: DictConfig, stage: str, preprocess: Preprocess, crop: tuple[int, int] | None
+) -> tuple[pd.DataFrame, list[str], SegmentationDataset, SegmentationDataset]:
     """(labels, training ids, training set, validation set) of ``cfg.fold``: one rule for the segmenter and joint
     stages (``node`` is their config node: clean_ratio, augment, crop_mode, cache_images)."""
     dataset, train_ids, val_ids = fold_split(cfg.data, int(cfg.fold))
     train_ids = select_training_ids(dataset.labels, train_ids, node.get("clean_ratio"), int(cfg.seed), stage)
-    augment = build_train_augment(crop, node.get("augment"), int(cfg.seed), str(node.get("crop_mode", "random")),
-                                  key=f"{stage}.augment")
+    augment = build_train_augment(
+        crop, node.get("augment"), int(cfg.seed), str(node.get("crop_mode", "random")), key=f"{stage}.augment"
+    )
     cache = bool(node.get("cache_images", False))
     train_set = SegmentationDataset(dataset, train_ids, preprocess, augment, cache, stage)
-    val_set = SegmentationDataset(dataset, val_ids, preprocess, cache=cache, stage=stage,
-                                  full_truth=preprocess.size is not None)
+    val_set = SegmentationDataset(
+        dataset, val_ids, preprocess, cache=cache, stage=stage, full_truth=preprocess.size is not None
+    )
     return dataset.labels, train_ids, train_set, val_set
 
 
-def mask_settings(node: DictConfig, stage: str, metric: type) -> tuple[dict, Preprocess, tuple[int, int] | None, int,
-                                                                    partial]:
+def mask_settings(
+    node: DictConfig, stage: str, metric: type
+) -> tuple[dict, Preprocess, tuple[int, int] | None, int, partial]:
     """(model config, preprocessing, crop, histogram bins, metric factory) of a mask stage's config ``node``
     (segmenter, joint), checked before any data is read."""
     preprocess = Preprocess.from_config(node.preprocess)
@@ -89,29 +111,52 @@ def mask_settings(node: DictConfig, stage: str, metric: type) -> tuple[dict, Pre
     return to_plain(node.model), preprocess, crop, bins, new_metric
 
 
-def mask_meta(preprocess: Preprocess, validation: DictConfig, crop: tuple[int, int] | None,
-              init_from: str | None) -> dict[str, Any]:
+def mask_meta(
+    preprocess: Preprocess, validation: DictConfig, crop: tuple[int, int] | None, init_from: str | None
+) -> dict[str, Any]:
     """Checkpoint meta of a stage that predicts masks (segmenter, joint): preprocessing, validation rule, crop."""
-    return {"preprocess": preprocess.to_meta(), "class_ids": list(CLASS_IDS),
-            "threshold": to_plain(validation.threshold), "min_area": to_plain(validation.min_area),
-            "crop": None if crop is None else list(crop), "init_from": init_from}
+    return {
+        "preprocess": preprocess.to_meta(),
+        "class_ids": list(CLASS_IDS),
+        "threshold": to_plain(validation.threshold),
+        "min_area": to_plain(validation.min_area),
+        "crop": None if crop is None else list(crop),
+        "init_from": init_from,
+    }
 
 
-def mask_stage_spec(cfg: DictConfig, node: DictConfig, stage: str, model: nn.Module, loss: nn.Module,
-                    settings: tuple, write_oof: Any, outputs: tuple[str, ...]) -> StageSpec:
+def mask_stage_spec(
+    cfg: DictConfig,
+    node: DictConfig,
+    stage: str,
+    model: nn.Module,
+    loss: nn.Module,
+    settings: tuple,
+    write_oof: Any,
+    outputs: tuple[str, ...],
+) -> StageSpec:
     """The StageSpec of a mask stage (segmenter, joint) on ``cfg.fold``: its data, sampling, checkpoint meta and
     OOF writer; ``settings`` is its ``mask_settings``."""
     model_config, preprocess, crop, bins, metric = settings
     labels, train_ids, train_set, val_set = fold_sets(cfg, node, stage, preprocess, crop)
     return StageSpec(
-        name=stage, model=model, model_config=model_config, train_set=train_set, val_set=val_set,
-        loss=loss, new_metric=metric, param_groups=param_groups, monitor=str(node.monitor),
+        name=stage,
+        model=model,
+        model_config=model_config,
+        train_set=train_set,
+        val_set=val_set,
+        loss=loss,
+        new_metric=metric,
+        param_groups=param_groups,
+        monitor=str(node.monitor),
         mode=str(node.get("mode", "max")),
         sample_weights=sample_weights(labels.loc[train_ids], node.get("sampling"), f"{stage}.sampling"),
         meta=mask_meta(preprocess, node.validation, crop, node.get("init_from")),
-        write_oof=partial(write_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_batch_size(cfg.trainer),
-                          bins=bins),
-        outputs=outputs)
+        write_oof=partial(
+            write_oof, dataset=val_set, fold=int(cfg.fold), batch_size=val_batch_size(cfg.trainer), bins=bins
+        ),
+        outputs=outputs,
+    )
 
 
 def make_stage(cfg: DictConfig) -> StageSpec:
@@ -124,4 +169,3 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     if s.get("init_from"):
         init_weights(model, model_config, str(s.init_from))
     return mask_stage_spec(cfg, s, STAGE, model, loss, settings, write_segmenter_oof_file, (SEGMENTER_FILE,))
-

@@ -2,9 +2,33 @@
 
 ``python -m synthetic --out DIR --train N --test M --seed S [--shapes-from CSV]``.
 """
-from synthetic.generator import (VERSION, MaskBank, SyntheticDataError, draw_mask, ensure_dataset, generate_dataset,
-                                 make_image_ids, make_sample, read_metadata, render_defect, sample_classes,
-                                 sample_rng)
 
-__all__ = ["VERSION", "MaskBank", "SyntheticDataError", "draw_mask", "ensure_dataset", "generate_dataset",
-           "make_image_ids", "make_sample", "read_metadata", "render_defect", "sample_classes", "sample_rng"]
+from synthetic.generator import (
+    VERSION,
+    MaskBank,
+    SyntheticDataError,
+    draw_mask,
+    ensure_dataset,
+    generate_dataset,
+    make_image_ids,
+    make_sample,
+    read_metadata,
+    render_defect,
+    sample_classes,
+    sample_rng,
+)
+
+__all__ = [
+    "VERSION",
+    "MaskBank",
+    "SyntheticDataError",
+    "draw_mask",
+    "ensure_dataset",
+    "generate_dataset",
+    "make_image_ids",
+    "make_sample",
+    "read_metadata",
+    "render_defect",
+    "sample_classes",
+    "sample_rng",
+]

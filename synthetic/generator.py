@@ -7,6 +7,7 @@ frequencies, co-occurrences and areas, and masks are polygon-like regions as in 
 Usage: ``python -m synthetic --out DIR --train N --test M --seed S [--shapes-from CSV]``.
 Everything is a pure function of the seed: the same seed gives byte-identical CSVs and pixels.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +15,9 @@ import fcntl
 import hashlib
 import json
 import shutil
-import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -28,9 +28,21 @@ from common.errors import DatasetError
 from common.io import atomic_write_text, check_writable
 from common.rle import decode, encode
 
-__all__ = ["VERSION", "SyntheticDataError", "MaskBank", "sample_classes", "draw_mask", "make_background",
-           "render_defect", "make_sample", "sample_rng", "make_image_ids", "generate_dataset", "ensure_dataset",
-           "read_metadata"]
+__all__ = [
+    "VERSION",
+    "SyntheticDataError",
+    "MaskBank",
+    "sample_classes",
+    "draw_mask",
+    "make_background",
+    "render_defect",
+    "make_sample",
+    "sample_rng",
+    "make_image_ids",
+    "generate_dataset",
+    "ensure_dataset",
+    "read_metadata",
+]
 
 VERSION = 2
 JPEG_QUALITY = 95
@@ -41,8 +53,15 @@ SUBMISSION_HEADER = tuple(SUBMISSION_HEADERS[NEW_FORMAT])
 # (46.9 % defect-free; class frequencies 7.1 / 2.1 / 40.9 / 6.5 %). The two real 3-class images
 # out of 12568 are left out.
 CLASS_COMBO_COUNTS: dict[tuple[int, ...], int] = {
-    (): 3929, (3,): 3158, (1,): 511, (4,): 348, (3, 4): 195,
-    (2,): 141, (1, 3): 65, (1, 2): 22, (2, 3): 10,
+    (): 3929,
+    (3,): 3158,
+    (1,): 511,
+    (4,): 348,
+    (3, 4): 195,
+    (2,): 141,
+    (1, 3): 65,
+    (1, 2): 22,
+    (2, 3): 10,
 }
 _COMBOS = list(CLASS_COMBO_COUNTS)
 _COMBO_P = np.array(list(CLASS_COMBO_COUNTS.values()), float) / sum(CLASS_COMBO_COUNTS.values())
@@ -62,6 +81,7 @@ class SyntheticDataError(DatasetError):
 
 # ----------------------------------------------------------------------------- small helpers
 
+
 def _noise_field(rng: np.random.Generator, grid: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
     """Smooth random field of ``shape``: unit normal noise on a coarse ``grid``, upsampled bicubically."""
     coarse = rng.standard_normal((max(grid[0], 2), max(grid[1], 2)), dtype=_F32)
@@ -76,13 +96,15 @@ def _white_noise(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
 
 def _smooth_1d(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
     """1-D correlated noise of length n with unit standard deviation (Gaussian-filtered white noise)."""
-    line = cv2.GaussianBlur(rng.standard_normal((1, n), dtype=_F32), (0, 0), sigmaX=sigma,
-                            borderType=cv2.BORDER_REFLECT)[0]
+    line = cv2.GaussianBlur(
+        rng.standard_normal((1, n), dtype=_F32), (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT
+    )[0]
     return line / max(float(line.std()), 1e-6)
 
 
-def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float,
-             n_vertices: int, jitter: float) -> np.ndarray:
+def _polygon(
+    rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, n_vertices: int, jitter: float
+) -> np.ndarray:
     """Irregular star-shaped polygon (int32 Nx2 x,y points) around an ellipse, like a hand-drawn outline."""
     angles = np.sort(rng.uniform(0.0, 2 * np.pi, n_vertices))
     radius = 1.0 + jitter * rng.uniform(-1.0, 1.0, n_vertices)
@@ -90,13 +112,14 @@ def _polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: floa
     return np.round(pts).astype(np.int32)
 
 
-def _strip(rng: np.random.Generator, cx: float, y0: float, y1: float, width: float, slope: float,
-           n_knots: int, jitter: float) -> np.ndarray:
+def _strip(
+    rng: np.random.Generator, cx: float, y0: float, y1: float, width: float, slope: float, n_knots: int, jitter: float
+) -> np.ndarray:
     """Vertical band polygon from row y0 to y1 around a line of given slope (dx/dy), with wobbly sides."""
     ys = np.linspace(y0, y1, n_knots)
     centre = cx + slope * (ys - (y0 + y1) / 2) + rng.normal(0.0, width * 0.15, n_knots)
     half = width / 2 * (1.0 + jitter * rng.uniform(-1.0, 1.0, n_knots))
-    half[[0, -1]] *= rng.uniform(0.3, 1.0, 2)          # tapered ends
+    half[[0, -1]] *= rng.uniform(0.3, 1.0, 2)  # tapered ends
     left = np.stack([centre - half, ys], axis=1)
     right = np.stack([centre + half, ys], axis=1)[::-1]
     return np.round(np.concatenate([left, right])).astype(np.int32)
@@ -111,20 +134,41 @@ def _fill(polygons: Sequence[np.ndarray], shape: tuple[int, int] = IMAGE_SHAPE) 
 
 # ----------------------------------------------------------------------------- class sets and shapes
 
+
 def sample_classes(rng: np.random.Generator) -> tuple[int, ...]:
     """Draw the set of defect classes of one image with the real per-image co-occurrence frequencies."""
     return _COMBOS[int(rng.choice(len(_COMBOS), p=_COMBO_P))]
 
 
-def _blob_cluster(rng: np.random.Generator, shape: tuple[int, int], lam: float, n_max: int, margin: float,
-                  spread: float, y_margin: float, rx: tuple[float, float], ry: tuple[float, float],
-                  vertices: tuple[int, int], jitter: float) -> np.ndarray:
+def _blob_cluster(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    lam: float,
+    n_max: int,
+    margin: float,
+    spread: float,
+    y_margin: float,
+    rx: tuple[float, float],
+    ry: tuple[float, float],
+    vertices: tuple[int, int],
+    jitter: float,
+) -> np.ndarray:
     """1 + Poisson(lam) (at most n_max) irregular blobs scattered by ``spread`` around one column."""
     h, w = shape
     n = int(min(1 + rng.poisson(lam), n_max))
     cx0 = rng.uniform(margin, w - margin)
-    polys = [_polygon(rng, cx0 + rng.normal(0, spread), rng.uniform(y_margin, h - y_margin), rng.uniform(*rx),
-                      rng.uniform(*ry), int(rng.integers(*vertices)), jitter) for _ in range(n)]
+    polys = [
+        _polygon(
+            rng,
+            cx0 + rng.normal(0, spread),
+            rng.uniform(y_margin, h - y_margin),
+            rng.uniform(*rx),
+            rng.uniform(*ry),
+            int(rng.integers(*vertices)),
+            jitter,
+        )
+        for _ in range(n)
+    ]
     return _fill(polys, shape)
 
 
@@ -140,8 +184,9 @@ def _mask_class2(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
     for _ in range(1 if rng.random() < 0.8 else 2):
         length = rng.uniform(90, h + 40)
         y0 = rng.uniform(-20, max(h - length + 20, -19))
-        polys.append(_strip(rng, rng.uniform(20, w - 20), y0, y0 + length, rng.uniform(9, 26),
-                            rng.normal(0, 0.08), 6, 0.3))
+        polys.append(
+            _strip(rng, rng.uniform(20, w - 20), y0, y0 + length, rng.uniform(9, 26), rng.normal(0, 0.08), 6, 0.3)
+        )
     return _fill(polys, shape)
 
 
@@ -152,17 +197,30 @@ def _mask_class3(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
     cx0 = rng.uniform(30, w - 30)
     polys = []
     for _ in range(n):
-        if rng.random() < 0.18:                         # wide streaky region, outlined loosely
+        if rng.random() < 0.18:  # wide streaky region, outlined loosely
             length = rng.uniform(150, h + 60)
             cy = rng.uniform(length / 2 - 30, h - length / 2 + 30)
-            polys.append(_polygon(rng, cx0 + rng.normal(0, 110), cy, rng.uniform(60, 210), length / 2,
-                                  int(rng.integers(7, 12)), 0.15))
+            polys.append(
+                _polygon(
+                    rng, cx0 + rng.normal(0, 110), cy, rng.uniform(60, 210), length / 2, int(rng.integers(7, 12)), 0.15
+                )
+            )
             continue
         width = float(np.clip(rng.lognormal(np.log(32), 0.5), 10, 160))
         length = rng.uniform(90, h + 60)
         y0 = rng.uniform(-30, max(h - length + 30, -29))
-        polys.append(_strip(rng, cx0 + rng.normal(0, 110), y0, y0 + length, width,
-                            rng.normal(0, 0.12), int(rng.integers(4, 9)), 0.25))
+        polys.append(
+            _strip(
+                rng,
+                cx0 + rng.normal(0, 110),
+                y0,
+                y0 + length,
+                width,
+                rng.normal(0, 0.12),
+                int(rng.integers(4, 9)),
+                0.25,
+            )
+        )
     return _fill(polys, shape)
 
 
@@ -172,7 +230,10 @@ def _mask_class4(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray
 
 
 _MASK_DRAWERS: dict[int, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
-    1: _mask_class1, 2: _mask_class2, 3: _mask_class3, 4: _mask_class4,
+    1: _mask_class1,
+    2: _mask_class2,
+    3: _mask_class3,
+    4: _mask_class4,
 }
 
 
@@ -193,7 +254,7 @@ class MaskBank:
         self.path, self.rles, self.shape = Path(path), rles, shape
 
     @classmethod
-    def from_csv(cls, path: Path | str, shape: tuple[int, int] = IMAGE_SHAPE) -> "MaskBank":
+    def from_csv(cls, path: Path | str, shape: tuple[int, int] = IMAGE_SHAPE) -> MaskBank:
         """Read and validate every row (either Kaggle format, through ``common.annotations``)."""
         rows = read_annotations(path, shape=shape).rows
         rles = {k: rows.loc[rows["ClassId"] == k, "EncodedPixels"].tolist() for k in CLASS_IDS}
@@ -203,12 +264,15 @@ class MaskBank:
         """Decode one real mask of ``class_id`` picked at random; error naming the file if it has none."""
         pool = self.rles.get(class_id, [])
         if not pool:
-            raise SyntheticDataError(f"{self.path}: no non-empty mask of class {class_id} to take shapes from "
-                                     f"(counts per class: { {k: len(v) for k, v in self.rles.items()} })")
+            raise SyntheticDataError(
+                f"{self.path}: no non-empty mask of class {class_id} to take shapes from "
+                f"(counts per class: { {k: len(v) for k, v in self.rles.items()} })"
+            )
         return decode(pool[int(rng.integers(len(pool)))], self.shape)
 
 
 # ----------------------------------------------------------------------------- background
+
 
 def make_background(rng: np.random.Generator, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
     """Defect-free steel as float32 grey levels: rolling streaks, stains, uneven lighting (no grain yet)."""
@@ -216,9 +280,11 @@ def make_background(rng: np.random.Generator, shape: tuple[int, int] = IMAGE_SHA
     base = rng.uniform(60.0, 150.0)
     contrast = rng.uniform(0.7, 1.6)
     # Rolling texture: every column has its own brightness (the strip moves along the 256-px axis).
-    columns = (rng.uniform(6, 18) * _smooth_1d(rng, w, rng.uniform(25, 80))
-               + rng.uniform(3, 9) * _smooth_1d(rng, w, rng.uniform(3, 8))
-               + rng.uniform(1, 5) * _smooth_1d(rng, w, 0.7))
+    columns = (
+        rng.uniform(6, 18) * _smooth_1d(rng, w, rng.uniform(25, 80))
+        + rng.uniform(3, 9) * _smooth_1d(rng, w, rng.uniform(3, 8))
+        + rng.uniform(1, 5) * _smooth_1d(rng, w, 0.7)
+    )
     image = np.empty(shape, _F32)
     image[:] = base + contrast * columns[None, :]
     # Vertically elongated stains (oil / water marks), present only in patches of the image.
@@ -226,7 +292,7 @@ def make_background(rng: np.random.Generator, shape: tuple[int, int] = IMAGE_SHA
     patches = _noise_field(rng, (2, int(rng.integers(3, 9))), shape)
     depth = rng.uniform(15, 45) * contrast * (1 if rng.random() < 0.75 else -1)
     image -= depth * np.clip(stains - 0.9, 0.0, 1.0) * np.clip(patches + 0.3, 0.0, 1.0)
-    if rng.random() < 0.5:                              # mottled (rusty / dirty) areas
+    if rng.random() < 0.5:  # mottled (rusty / dirty) areas
         mottle = _noise_field(rng, (int(rng.integers(12, 30)), int(rng.integers(80, 200))), shape)
         image -= rng.uniform(10, 35) * contrast * np.clip(mottle - 0.8, 0.0, 1.0) * np.clip(patches, 0.0, 1.0)
     # Uneven illumination: smooth bright/dark zones plus a gradient across the strip.
@@ -234,7 +300,7 @@ def make_background(rng: np.random.Generator, shape: tuple[int, int] = IMAGE_SHA
     illum += np.linspace(-1.0, 1.0, w, dtype=_F32)[None, :] * rng.uniform(-30, 30)
     illum += np.linspace(-1.0, 1.0, h, dtype=_F32)[:, None] * rng.uniform(-30, 30)
     image += illum
-    if rng.random() < 0.4:                              # faint horizontal chatter lines
+    if rng.random() < 0.4:  # faint horizontal chatter lines
         period = rng.uniform(3.0, 7.0)
         rows = np.sin(2 * np.pi * np.arange(h, dtype=_F32) / period + rng.uniform(0, 2 * np.pi))
         image += (rng.uniform(0.5, 3.0) * rows)[:, None].astype(_F32)
@@ -250,7 +316,7 @@ def _add_off_strip(image: np.ndarray, masks: dict[int, np.ndarray], rng: np.rand
     for mask in masks.values():
         used |= mask.any(axis=0)
     cols = np.flatnonzero(used)
-    left_room = int(cols[0]) - 20 if cols.size else w       # keep 20 px of steel beside a defect
+    left_room = int(cols[0]) - 20 if cols.size else w  # keep 20 px of steel beside a defect
     right_room = w - int(cols[-1]) - 21 if cols.size else w
     side = "left" if rng.random() < 0.5 else "right"
     room = min(left_room if side == "left" else right_room, int(0.9 * w))
@@ -260,10 +326,10 @@ def _add_off_strip(image: np.ndarray, masks: dict[int, np.ndarray], rng: np.rand
     dark = rng.uniform(2, 12) + rng.normal(0, 1.5, (h, width)).astype(_F32)
     if side == "left":
         image[:, :width] = dark
-        image[:, width:width + 4] += 25                 # bright rim at the strip edge
+        image[:, width : width + 4] += 25  # bright rim at the strip edge
     else:
-        image[:, w - width:] = dark
-        image[:, w - width - 4:w - width] += 25
+        image[:, w - width :] = dark
+        image[:, w - width - 4 : w - width] += 25
 
 
 def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -282,6 +348,7 @@ def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- defect textures
+
 
 def _tex_class1(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pits: a cluster of small round spots of varied size over a slight overall tint."""
@@ -337,7 +404,10 @@ def _tex_class4(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 _TEXTURES: dict[int, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-    1: _tex_class1, 2: _tex_class2, 3: _tex_class3, 4: _tex_class4,
+    1: _tex_class1,
+    2: _tex_class2,
+    3: _tex_class3,
+    4: _tex_class4,
 }
 
 
@@ -354,17 +424,19 @@ def render_defect(image: np.ndarray, class_id: int, mask: np.ndarray, rng: np.ra
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     for i in range(1, n):
         x, y, bw, bh = (int(v) for v in stats[i, :4])
-        region = labels[y:y + bh, x:x + bw] == i
+        region = labels[y : y + bh, x : x + bw] == i
         weight = cv2.GaussianBlur(region.astype(_F32), (0, 0), 1.5) * region
         texture = _TEXTURES[class_id](region, rng)
-        image[y:y + bh, x:x + bw] += (sign * amplitude) * texture * weight
+        image[y : y + bh, x : x + bw] += (sign * amplitude) * texture * weight
     return image
 
 
 # ----------------------------------------------------------------------------- samples
 
-def make_sample(rng: np.random.Generator, shapes: MaskBank | None = None,
-                shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+
+def make_sample(
+    rng: np.random.Generator, shapes: MaskBank | None = None, shape: tuple[int, int] = IMAGE_SHAPE
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """One synthetic image (uint8 HxW) and its masks {class_id: 0/1 uint8 HxW}, drawn or taken from ``shapes``."""
     classes = sample_classes(rng)
     masks = {k: (shapes.sample(k, rng) if shapes is not None else draw_mask(k, rng, shape)) for k in classes}
@@ -385,12 +457,13 @@ def make_image_ids(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng([seed, 2])
     ids: dict[str, None] = {}
     while len(ids) < n:
-        for value in rng.integers(0, 16 ** 9, n - len(ids)).tolist():
+        for value in rng.integers(0, 16**9, n - len(ids)).tolist():
             ids.setdefault(f"{value:09x}.jpg", None)
     return list(ids)
 
 
 # ----------------------------------------------------------------------------- dataset on disk
+
 
 def _encode_jpeg(gray: np.ndarray) -> bytes:
     """Grey image as a 3-channel JPEG (identical channels), as the Kaggle files are stored."""
@@ -412,9 +485,10 @@ def _prepare_out(out: Path) -> None:
         raise SyntheticDataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not (out / "dataset.json").is_file():
-            raise SyntheticDataError(f"{out}: folder is not empty and holds no synthetic dataset.json; "
-                                     f"refusing to write into it")
-        (out / "dataset.json").unlink()                 # marks the folder incomplete while rewriting
+            raise SyntheticDataError(
+                f"{out}: folder is not empty and holds no synthetic dataset.json; refusing to write into it"
+            )
+        (out / "dataset.json").unlink()  # marks the folder incomplete while rewriting
         for sub in ("train_images", "test_images"):
             shutil.rmtree(out / sub, ignore_errors=True)
     for sub in ("train_images", "test_images"):
@@ -426,8 +500,9 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def generate_dataset(out: Path | str, n_train: int, n_test: int, seed: int,
-                     shapes_from: Path | str | None = None) -> Path:
+def generate_dataset(
+    out: Path | str, n_train: int, n_test: int, seed: int, shapes_from: Path | str | None = None
+) -> Path:
     """Write a Kaggle-layout synthetic dataset under ``out`` and return ``out``.
 
     Files: train_images/*.jpg, test_images/*.jpg, train.csv and test_truth.csv
@@ -459,12 +534,16 @@ def generate_dataset(out: Path | str, n_train: int, n_test: int, seed: int,
     submission = [(image_id, "1 409600", 0) for image_id in sorted(ids[n_train:])]
     atomic_write_text(out / "sample_submission.csv", _csv_text(SUBMISSION_HEADER, submission))
     meta = {
-        "generator": "synthetic.generator", "version": VERSION, "seed": seed,
-        "n_train": n_train, "n_test": n_test, "image_shape": list(IMAGE_SHAPE), "jpeg_quality": JPEG_QUALITY,
+        "generator": "synthetic.generator",
+        "version": VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "image_shape": list(IMAGE_SHAPE),
+        "jpeg_quality": JPEG_QUALITY,
         "shapes_from": str(shapes_from) if shapes_from is not None else None,
         "shapes_from_sha256": _file_sha256(Path(shapes_from)) if shapes_from is not None else None,
-        "images_per_class": {split: {str(k): c[k] for k in (*CLASS_IDS, "none")}
-                             for split, c in class_counts.items()},
+        "images_per_class": {split: {str(k): c[k] for k in (*CLASS_IDS, "none")} for split, c in class_counts.items()},
     }
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return out
@@ -479,16 +558,22 @@ def read_metadata(out: Path | str) -> dict | None:
         return None
 
 
-def ensure_dataset(root: Path | str, n_train: int, n_test: int, seed: int,
-                   shapes_from: Path | str | None = None) -> Path:
+def ensure_dataset(
+    root: Path | str, n_train: int, n_test: int, seed: int, shapes_from: Path | str | None = None
+) -> Path:
     """Generate the dataset into ``root`` unless the one there was made with the same parameters (and the
     same ``--shapes-from`` file, by checksum); the ``data.generate`` hook of ``configs/data/synthetic*.yaml``."""
     root = Path(root)
     with _generation_lock(root):  # folds trained side by side (hydra/launcher=joblib) start here together
         meta = read_metadata(root)
         sha = _file_sha256(Path(shapes_from)) if shapes_from else None
-        if meta is not None and (meta.get("version"), meta.get("seed"), meta.get("n_train"), meta.get("n_test"),
-                                 meta.get("shapes_from_sha256")) == (VERSION, seed, n_train, n_test, sha):
+        if meta is not None and (
+            meta.get("version"),
+            meta.get("seed"),
+            meta.get("n_train"),
+            meta.get("n_test"),
+            meta.get("shapes_from_sha256"),
+        ) == (VERSION, seed, n_train, n_test, sha):
             return root
         return generate_dataset(root, n_train, n_test, seed, shapes_from=shapes_from or None)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data beside the repo (tests using it skip when absent) and a tiny temp dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from common.constants import IMAGE_SHAPE
-
 from common.rle import encode
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal"
@@ -39,7 +39,7 @@ def write_tiny_dataset(root: Path, n: int = TINY_N, seed: int = 0) -> Path:
             class_id = 1 + i % 4
             mask = np.zeros(IMAGE_SHAPE, np.uint8)
             x0 = int(rng.integers(0, 1400))
-            mask[64:192, x0:x0 + 40 * class_id] = 1
+            mask[64:192, x0 : x0 + 40 * class_id] = 1
             gray[mask == 1] = 200
             rows.append(f"{image_id},{class_id},{encode(mask)}")
         cv2.imwrite(str(images / image_id), gray, [cv2.IMWRITE_JPEG_QUALITY, 90])

@@ -1,4 +1,5 @@
 """Tiny checkpoints and image folders for the ensemble tests (built directly with timm / smp)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +9,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.checkpoint import save_checkpoint
 from common.config import build
 from common.rle import encode
+from engine.checkpoint import save_checkpoint
 
 PRE = {"channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 CLS_CONFIG = {"_target_": "timm.create_model", "model_name": "test_resnet", "pretrained": False, "num_classes": 4}
-SEG_CONFIG = {"_target_": "segmentation_models_pytorch.create_model", "arch": "unet", "encoder_name": "tu-test_resnet",
-              "encoder_weights": None, "classes": 4, "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+SEG_CONFIG = {
+    "_target_": "segmentation_models_pytorch.create_model",
+    "arch": "unet",
+    "encoder_name": "tu-test_resnet",
+    "encoder_weights": None,
+    "classes": 4,
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+}
 
 
 def save_tiny(path: Path, stage: str, fold: int = 0, seed: int = 0, size: list[int] | None = None) -> Path:
@@ -44,7 +52,7 @@ def image_folder(root: Path, n: int = 3, seed: int = 0) -> tuple[Path, pd.DataFr
         name = f"img{i:03d}.jpg"
         if i % 2 == 0:
             mask = np.zeros((256, 1600), np.uint8)
-            mask[40:120, 100 + 50 * i: 400 + 50 * i] = 1
+            mask[40:120, 100 + 50 * i : 400 + 50 * i] = 1
             image[mask == 1] = 200
             rows.append((name, 1 + 2 * (i % 4 == 0), encode(mask)))
         cv2.imwrite(str(root / name), image)

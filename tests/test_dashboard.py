@@ -1,6 +1,7 @@
 """Dashboard callbacks in-process on a tiny synthetic root: store import, dates, period checks, cards, charts
 (image partition, Monday weeks, integer axes, defect rate), samples, uploads (validation, scoring, duplicates),
 worst-by-Dice table, TP/FP/FN comparison, exports, live store polling, image routes and in-process predictions."""
+
 from __future__ import annotations
 
 import base64
@@ -20,7 +21,6 @@ from common.errors import AnnotationError
 from common.inspections import append_rows, connect, query
 from common.layout import find_root
 from common.rle import decode, encode
-from synthetic.generator import generate_dataset
 from dashboard import importer
 from dashboard.app import NO_UPDATE, Dashboard, create_app
 from dashboard.images import MATCH_COLORS, match_layer, match_regions
@@ -28,6 +28,7 @@ from dashboard.predict import OnDemand
 from dashboard.store import ALL_RUNS
 from dashboard.views import LABELS, SEVERAL, Buckets, inspections, rate_figure
 from ensemble_helpers import save_tiny
+from synthetic.generator import generate_dataset
 
 YEAR = ("2021-01-01", "2021-12-31")
 
@@ -40,13 +41,19 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("models")
-    return {"classifier": save_tiny(base / "cls" / "checkpoints" / "best.pt", "classifier"),
-            "segmenter": save_tiny(base / "seg" / "checkpoints" / "best.pt", "segmenter")}
+    return {
+        "classifier": save_tiny(base / "cls" / "checkpoints" / "best.pt", "classifier"),
+        "segmenter": save_tiny(base / "seg" / "checkpoints" / "best.pt", "segmenter"),
+    }
 
 
 def infer_overrides(models: dict[str, Path]) -> list[str]:
-    return [f"checkpoints.classifier=[{models['classifier'].parents[1]}]",
-            f"checkpoints.segmenter=[{models['segmenter'].parents[1]}]", "tta=none", "batch_size=2"]
+    return [
+        f"checkpoints.classifier=[{models['classifier'].parents[1]}]",
+        f"checkpoints.segmenter=[{models['segmenter'].parents[1]}]",
+        "tta=none",
+        "batch_size=2",
+    ]
 
 
 @pytest.fixture()
@@ -54,8 +61,9 @@ def board(root, tmp_path) -> Dashboard:
     db = tmp_path / "store.sqlite"
     with closing(connect(db)) as conn:
         importer.import_root(conn, find_root(root))
-    return Dashboard.from_root(db, find_root(root), predictor=OnDemand([f"checkpoints.classifier=[{tmp_path}/none]"]),
-                               max_upload_bytes=200_000)
+    return Dashboard.from_root(
+        db, find_root(root), predictor=OnDemand([f"checkpoints.classifier=[{tmp_path}/none]"]), max_upload_bytes=200_000
+    )
 
 
 def text_of(component) -> str:
@@ -79,7 +87,8 @@ def submission_text(root: Path, drop: tuple[str, int] | None = None) -> str:
     rles = {(i, c): r for i, c, r in truth.itertuples(index=False)}
     ids = sorted(p.name for p in (root / "test_images").iterdir())
     return "ImageId_ClassId,EncodedPixels\n" + "".join(
-        f"{i}_{c},{'' if (i, c) == drop else rles.get((i, c), '')}\n" for i in ids for c in (1, 2, 3, 4))
+        f"{i}_{c},{'' if (i, c) == drop else rles.get((i, c), '')}\n" for i in ids for c in (1, 2, 3, 4)
+    )
 
 
 def test_synthetic_dates_are_fixed_per_image_and_in_2021():
@@ -100,12 +109,15 @@ def test_date_column_gives_real_timestamps_and_bad_ones_name_the_line():
 def test_import_cli_replaces_a_source_on_reimport(root, tmp_path, capsys):
     db = tmp_path / "s.sqlite"
     assert importer.main([str(db), "--root", str(root)]) == 0
-    assert importer.main([str(db), "--root", str(root), "--submission", str(root / "test_truth.csv"), "--run-id", "r1"]) == 0
+    assert (
+        importer.main([str(db), "--root", str(root), "--submission", str(root / "test_truth.csv"), "--run-id", "r1"])
+        == 0
+    )
     with closing(connect(db)) as conn:
         counts = query(conn).groupby("source").size().to_dict()
     train = read_annotations(root / "train.csv")
     clean = 30 - train.rows["ImageId"].nunique()
-    assert counts["train"] == len(train.rows) + clean          # imported twice, stored once
+    assert counts["train"] == len(train.rows) + clean  # imported twice, stored once
     assert set(counts) == {"train", "test", "pred:r1"}
     assert importer.main([str(db), "--submission", str(root / "nope.csv")]) == 2
     assert "nope.csv: file not found" in capsys.readouterr().err
@@ -132,7 +144,10 @@ def test_an_inverted_or_incomplete_period_is_refused_in_the_page(board):
     period, message = board.check_period("2021-06-30", "2021-01-01")
     assert period is NO_UPDATE and "2021-06-30 is after the end date 2021-01-01: swap them" in text_of(message)
     assert board.check_period("2021-01-01", None)[0] is NO_UPDATE
-    assert board.check_period("2021-01-01T00:00:00", "2021-01-01") == ({"start": "2021-01-01", "end": "2021-01-01"}, None)
+    assert board.check_period("2021-01-01T00:00:00", "2021-01-01") == (
+        {"start": "2021-01-01", "end": "2021-01-01"},
+        None,
+    )
 
 
 def test_pie_partitions_images_and_its_title_counts_them(board, root):
@@ -144,16 +159,25 @@ def test_pie_partitions_images_and_its_title_counts_them(board, root):
     assert sum(values.values()) == 30 and pie.layout.title.text.startswith("30 images of train")
     assert values.get(LABELS[SEVERAL], 0) == int((per_image > 1).sum())
     assert values[LABELS[0]] == 30 - len(per_image)
-    assert sum(sum(bar.y) for bar in timeline.data) == 30      # every image once in the stacked bars
+    assert sum(sum(bar.y) for bar in timeline.data) == 30  # every image once in the stacked bars
 
 
 def test_weeks_run_monday_to_sunday_and_axes_count_whole_images(board):
     _, timeline, _ = board.update_charts(*YEAR, "train")
     starts = {pd.Timestamp(x) for bar in timeline.data for x in bar.customdata}
-    assert starts and all(s.day_of_week == 0 for s in starts)     # Monday
-    assert timeline.layout.yaxis.dtick == 1                   # small counts: no 0.5-image ticks
-    table = inspections(pd.DataFrame({"source": "s", "image_id": ["a", "b", "c"], "class_id": [1, 0, 3], "rle": "",
-                                      "inspected_at": ["2021-03-07T23:59:59", "2021-03-08T00:00:00", "2021-03-14T12:00:00"]}))
+    assert starts and all(s.day_of_week == 0 for s in starts)  # Monday
+    assert timeline.layout.yaxis.dtick == 1  # small counts: no 0.5-image ticks
+    table = inspections(
+        pd.DataFrame(
+            {
+                "source": "s",
+                "image_id": ["a", "b", "c"],
+                "class_id": [1, 0, 3],
+                "rle": "",
+                "inspected_at": ["2021-03-07T23:59:59", "2021-03-08T00:00:00", "2021-03-14T12:00:00"],
+            }
+        )
+    )
     spans = Buckets("2021-01-01", "2021-06-30")
     assert spans.name == "week"
     weeks = spans.of(table["time"]).dt.strftime("%Y-%m-%d").tolist()
@@ -162,15 +186,27 @@ def test_weeks_run_monday_to_sunday_and_axes_count_whole_images(board):
 
 
 def test_defect_rate_is_images_with_the_class_over_images_inspected():
-    rows = pd.DataFrame({"source": "pred:a", "image_id": ["a", "a", "b", "c", "d"], "class_id": [1, 3, 0, 3, 0],
-                         "rle": "", "inspected_at": ["2026-01-05T10:05:00", "2026-01-05T10:05:00",
-                                                     "2026-01-05T10:40:00+00:00", "2026-01-05T11:10:00", "2026-01-05T11:20:00"]})
+    rows = pd.DataFrame(
+        {
+            "source": "pred:a",
+            "image_id": ["a", "a", "b", "c", "d"],
+            "class_id": [1, 3, 0, 3, 0],
+            "rle": "",
+            "inspected_at": [
+                "2026-01-05T10:05:00",
+                "2026-01-05T10:05:00",
+                "2026-01-05T10:40:00+00:00",
+                "2026-01-05T11:10:00",
+                "2026-01-05T11:20:00",
+            ],
+        }
+    )
     fig = rate_figure(inspections(rows), Buckets("2026-01-05", "2026-01-05"), "t")
-    assert [pd.Timestamp(x).hour for x in fig.data[0].x] == list(range(24))    # hourly for a one-day period
+    assert [pd.Timestamp(x).hour for x in fig.data[0].x] == list(range(24))  # hourly for a one-day period
     by_name = {trace.name: list(trace.y[10:12]) for trace in fig.data}
     assert by_name["Defect 3"] == [0.5, 0.5] and by_name["Defect 1"] == [0.5, 0.0]
     assert by_name["Any defect"] == [0.5, 0.5] and by_name["Defect 2"] == [0.0, 0.0]
-    assert np.isnan(fig.data[0].y[9]) and np.isnan(fig.data[0].y[12])        # hours without inspections: gaps
+    assert np.isnan(fig.data[0].y[9]) and np.isnan(fig.data[0].y[12])  # hours without inspections: gaps
     assert fig.layout.yaxis.tickformat == ".0%"
 
 
@@ -184,10 +220,12 @@ def test_samples_say_how_many_images_have_a_file_and_reroll(board, root):
     strip = out[1].children[1]
     assert strip.className == "strip" and [i.className for i in strip.children] == ["base", "layer"]
     assert "source=train" in strip.children[1].src and "/steel/image?image=" in strip.children[0].src
-    rolls = [tuple(s.to_plotly_json()["props"]["data-image"] for s in board.update_samples(*YEAR, "train", 3, k)[1:])
-             for k in range(6)]
-    assert all(a != b for a, b in zip(rolls, rolls[1:]))           # every re-roll shows other images
-    assert len({i for r in rolls[:6] for i in r}) == len(class3)   # and six rolls of 3 visit all 17
+    rolls = [
+        tuple(s.to_plotly_json()["props"]["data-image"] for s in board.update_samples(*YEAR, "train", 3, k)[1:])
+        for k in range(6)
+    ]
+    assert all(a != b for a, b in zip(rolls, rolls[1:]))  # every re-roll shows other images
+    assert len({i for r in rolls[:6] for i in r}) == len(class3)  # and six rolls of 3 visit all 17
     # Only one class-3 image has a file: the note says so instead of silently showing one.
     board.images = {i: p for i, p in board.images.items() if i not in class3[1:]}
     out = board.update_samples(*YEAR, "train", 3, 0)
@@ -219,7 +257,8 @@ def test_upload_is_scored_compared_and_a_second_copy_is_not_stored(board, root):
     assert board.store.sources() == before
     # The uploaded run is counted like any other source.
     assert board.update_cards(*YEAR, source)[dropped.ClassId - 1] == str(
-        truth[truth.ClassId == dropped.ClassId].ImageId.nunique() - 1)
+        truth[truth.ClassId == dropped.ClassId].ImageId.nunique() - 1
+    )
 
 
 def test_reuploading_a_preloaded_file_selects_the_preloaded_run(board, root):
@@ -231,15 +270,18 @@ def test_reuploading_a_preloaded_file_selects_the_preloaded_run(board, root):
     assert [s for s in board.store.sources() if s.startswith("pred:test_truth")] == ["pred:test_truth"]
 
 
-@pytest.mark.parametrize("name, payload, expected", [
-    ("sub.txt", "ImageId,ClassId,EncodedPixels\n", "only .csv files"),
-    ("sub.csv", "x" * 300_000, "upload limit"),
-    ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,1,5 3 1 2\n", "sub.csv, line 2: bad EncodedPixels"),
-    ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,1,1\u00a05 10 3\n", r"line 2: bad EncodedPixels"),
-    ("sub.csv", "ImageId,Whatever\na.jpg,1\n", "neither"),
-    ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,7,1 2\n", "unknown ClassId"),
-    ("a.csv", b"\x89PNG\x00\x00", "binary data"),
-])
+@pytest.mark.parametrize(
+    "name, payload, expected",
+    [
+        ("sub.txt", "ImageId,ClassId,EncodedPixels\n", "only .csv files"),
+        ("sub.csv", "x" * 300_000, "upload limit"),
+        ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,1,5 3 1 2\n", "sub.csv, line 2: bad EncodedPixels"),
+        ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,1,1\u00a05 10 3\n", r"line 2: bad EncodedPixels"),
+        ("sub.csv", "ImageId,Whatever\na.jpg,1\n", "neither"),
+        ("sub.csv", "ImageId,ClassId,EncodedPixels\na.jpg,7,1 2\n", "unknown ClassId"),
+        ("a.csv", b"\x89PNG\x00\x00", "binary data"),
+    ],
+)
 def test_bad_uploads_show_clear_errors(board, name, payload, expected):
     message, kind, source = board.handle_upload(upload(payload, name))
     assert source is None and kind == "alert error" and expected in message and message.startswith("Upload refused")
@@ -261,15 +303,17 @@ def test_switching_run_with_an_image_selected_is_safe(board, root):
     ids = sorted(p.name for p in (root / "test_images").iterdir())
     _, _, run_a = board.handle_upload(upload(submission_text(root), "a.csv"))
     _, _, run_b = board.handle_upload(upload(f"ImageId,ClassId,EncodedPixels\n{ids[1]},1,1 5\n", "b.csv"))
-    assert board.update_scores(*YEAR, run_a, ids[0])[-1] == ids[0]   # kept while the run has it
-    assert board.update_scores(*YEAR, run_b, ids[0])[-1] is None     # cleared when switching to a run without it
-    head, view = board.compare(run_b, ids[0])                      # a stale pair is a message, not an IndexError
+    assert board.update_scores(*YEAR, run_a, ids[0])[-1] == ids[0]  # kept while the run has it
+    assert board.update_scores(*YEAR, run_b, ids[0])[-1] is None  # cleared when switching to a run without it
+    head, view = board.compare(run_b, ids[0])  # a stale pair is a message, not an IndexError
     assert head == [] and f"{ids[0]} is not one of the images of {run_b}" in text_of(view)
 
 
 def test_compare_lists_only_images_with_a_file(board, root):
     ids = sorted(p.name for p in (root / "test_images").iterdir())
-    text = "ImageId,ClassId,EncodedPixels\n" + "".join(f"{i},3,1 10\n" for i in [*ids[:2], "nofile1.jpg", "nofile2.jpg"])
+    text = "ImageId,ClassId,EncodedPixels\n" + "".join(
+        f"{i},3,1 10\n" for i in [*ids[:2], "nofile1.jpg", "nofile2.jpg"]
+    )
     _, _, run = board.handle_upload(upload(text, "partial.csv"))
     _, _, options, note, _ = board.update_scores(*YEAR, run, None)
     assert [o["value"] for o in options] == ids[:2]
@@ -285,7 +329,7 @@ def test_match_layer_colours_true_false_positives_and_negatives():
     assert {k: int(v.sum()) for k, v in regions.items()} == {"TP": 5000, "FP": 5000, "FN": 5000}
     layer = match_layer(regions)
     assert tuple(layer[75, 250, :3]) == MATCH_COLORS["TP"] and tuple(layer[75, 350, :3]) == MATCH_COLORS["FP"]
-    assert tuple(layer[75, 150, :3]) == MATCH_COLORS["FN"] and layer[10, 10, 3] == 0   # transparent elsewhere
+    assert tuple(layer[75, 150, :3]) == MATCH_COLORS["FN"] and layer[10, 10, 3] == 0  # transparent elsewhere
 
 
 def test_exports_csv_of_the_filtered_inspections_and_png_of_a_comparison(board, root):
@@ -309,11 +353,11 @@ def test_poll_picks_up_any_writer_and_follows_the_newest_day(board):
     assert version and end is NO_UPDATE and "rows" in text
     assert board.poll(version, ["follow"], "2021-12-31")[:2] == (NO_UPDATE, NO_UPDATE)
     rows = pd.DataFrame({"ImageId": ["line1.jpg", "line2.jpg"], "ClassId": [3, 1], "EncodedPixels": ["1 10", ""]})
-    with closing(connect(board.db)) as conn:                       # what `infer.py store=...` does
+    with closing(connect(board.db)) as conn:  # what `infer.py store=...` does
         append_rows(conn, rows, "pred:line", "line", dates="2026-03-04T10:00:00+00:00")
     new, end, _, _ = board.poll(version, ["follow"], "2021-12-31")
     assert new != version and end == "2026-03-04"
-    assert board.poll(version, [], "2021-12-31")[1] is NO_UPDATE           # not following: the period stays
+    assert board.poll(version, [], "2021-12-31")[1] is NO_UPDATE  # not following: the period stays
     assert ALL_RUNS in [o["value"] for o in board.source_options()[0]]
     cards = board.update_cards("2026-03-04", "2026-03-04", ALL_RUNS)
     assert cards[2] == "1" and cards[4] == "1"
@@ -328,8 +372,11 @@ def test_predict_button_is_disabled_with_the_fix_when_no_models(board):
 
 
 def test_segmenter_alone_under_a_classifier_gate_is_reported_beforehand(root, tmp_path, models):
-    board = Dashboard.from_root(tmp_path / "s.sqlite", find_root(root), predictor=OnDemand(
-        ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{models['segmenter']}]"]))
+    board = Dashboard.from_root(
+        tmp_path / "s.sqlite",
+        find_root(root),
+        predictor=OnDemand(["checkpoints.classifier=[]", f"checkpoints.segmenter=[{models['segmenter']}]"]),
+    )
     text, ready = board.model_status()
     assert not ready and "gating mode 'veto' needs classifier" in text
 
@@ -365,18 +412,23 @@ def test_routes_serve_known_images_and_layers_compressed(board, root):
     truth = read_annotations(root / "train.csv").rows
     first = truth.iloc[0]
     mask = decode(first.EncodedPixels)
-    layer = cv2.imdecode(np.frombuffer(client.get(f"/steel/layer.png?image={first.ImageId}&source=train").data,
-                                       np.uint8), cv2.IMREAD_UNCHANGED)
+    layer = cv2.imdecode(
+        np.frombuffer(client.get(f"/steel/layer.png?image={first.ImageId}&source=train").data, np.uint8),
+        cv2.IMREAD_UNCHANGED,
+    )
     assert (layer[..., 3][mask == 1] > 0).all() and encode(mask)
     assert client.get(f"/steel/match.png?image={image}&run=pred:x&class=9").status_code == 400
     page = client.get("/", headers={"Accept-Encoding": "gzip"})
     assert page.status_code == 200
-    plotly = client.get("/_dash-component-suites/plotly/package_data/plotly.min.js", headers={"Accept-Encoding": "gzip"})
-    assert plotly.headers.get("Content-Encoding") == "gzip" and len(plotly.data) < 2_000_000   # 4.6 MB unpacked
+    plotly = client.get(
+        "/_dash-component-suites/plotly/package_data/plotly.min.js", headers={"Accept-Encoding": "gzip"}
+    )
+    assert plotly.headers.get("Content-Encoding") == "gzip" and len(plotly.data) < 2_000_000  # 4.6 MB unpacked
 
 
 def test_vendored_plotly_basic_matches_plotly_version():
     import re
+
     import plotly
 
     bundled = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -388,10 +440,22 @@ def test_vendored_plotly_basic_matches_plotly_version():
 def test_app_wires_every_callback(board):
     app = create_app(board)
     outputs = " ".join(app.callback_map)
-    for target in ("card-1.children", "pie.figure", "rate.figure", "samples.children", "upload-status.children",
-                   "worst.data", "compare-view.children", "predict-output.children", "compare-run.value",
-                   "period.data", "store-version.data", "download-csv.data", "download-png.data",
-                   "predict-progress.children"):
+    for target in (
+        "card-1.children",
+        "pie.figure",
+        "rate.figure",
+        "samples.children",
+        "upload-status.children",
+        "worst.data",
+        "compare-view.children",
+        "predict-output.children",
+        "compare-run.value",
+        "period.data",
+        "store-version.data",
+        "download-csv.data",
+        "download-png.data",
+        "predict-progress.children",
+    ):
         assert target in outputs
     page = app.layout()
     assert isinstance(page, html.Div)

@@ -7,6 +7,7 @@
 checks the live-line counts (defect 3), and prints first-load and view-change seconds; screenshots go to
 $STEELSEG_SCREENSHOTS (or the test's temp folder). Skips without chromium/chromedriver (selenium is pinned).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,33 @@ from common.annotations import read_annotations
 from common.layout import find_root
 from dashboard.app import Dashboard
 from dashboard.store import ALL_RUNS
-from test_dashboard_e2e import (CHROMEDRIVER, CHROMIUM, REPO, VIEWER_JS, YEAR, cards, choose, downloaded, figure, idle,
-                                images_loaded, server_errors, serve, shots, text, wait_for)  # noqa: F401 (shots: fixture)
+from test_dashboard_e2e import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    REPO,
+    VIEWER_JS,
+    YEAR,
+    cards,
+    choose,
+    downloaded,
+    figure,
+    idle,
+    images_loaded,  # noqa: F401 (shots: fixture)
+    serve,
+    server_errors,
+    text,
+    wait_for,
+)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed")]
-RELATIVE_REAL = Path("..") / "shared" / "data" / "severstal"      # the README's command, from the repository
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed"),
+]
+RELATIVE_REAL = Path("..") / "shared" / "data" / "severstal"  # the README's command, from the repository
 OVERLAP_JS = """
 const a = document.querySelector('#' + arguments[0] + ' .modebar-container'),
       b = document.querySelector('#' + arguments[0] + ' .gtitle');
@@ -44,7 +62,13 @@ return {overlap: !(r.right <= t.left || t.right <= r.left || r.bottom <= t.top |
 def browser(tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1600,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1000",
+    ):
         options.add_argument(arg)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -72,7 +96,8 @@ def grid_rows(driver) -> list[dict]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#grid tr'), tr => Object.fromEntries(Array.from("
         "tr.querySelectorAll('td[data-dash-column]'), td => [td.dataset.dashColumn, td.innerText])))"
-        ".filter(r => r.ImageId)")
+        ".filter(r => r.ImageId)"
+    )
 
 
 def test_round2_in_the_browser(browser, shots, tmp_path):  # noqa: F811 - shots: the fixture imported above
@@ -89,8 +114,11 @@ def test_round2_in_the_browser(browser, shots, tmp_path):  # noqa: F811 - shots:
         size(browser, 1280, 800)
         start = time.perf_counter()
         browser.get(url)
-        wait_for(browser, lambda d: cards(d) == full and figure(d, "rate") and images_loaded(d, "#samples img")
-                 and idle(d), what="first load")
+        wait_for(
+            browser,
+            lambda d: cards(d) == full and figure(d, "rate") and images_loaded(d, "#samples img") and idle(d),
+            what="first load",
+        )
         print(f"\nsynthetic first load at 1280x800: {time.perf_counter() - start:.2f} s")
 
         # 1. Defect 8: at 1280 px Plotly's toolbar (shown on hover) clears every chart's title; the note says the
@@ -112,32 +140,46 @@ def test_round2_in_the_browser(browser, shots, tmp_path):  # noqa: F811 - shots:
         assert view["left"] >= 0 and view["right"] <= view["window"] and view["width"] >= 1180, view
         assert [round(v) for v in view["x"]] == [0, 1600] and [round(v) for v in view["y"]] == [256, 0], view
         browser.save_screenshot(str(shots / "r2_02_viewer_1280.png"))
-        drag = browser.find_element(By.CSS_SELECTOR, "#viewer-plot .nsewdrag")   # a box drag, as a user zooms
-        webdriver.ActionChains(browser).move_to_element_with_offset(drag, -300, -50).click_and_hold() \
-            .move_by_offset(150, 60).move_by_offset(50, 20).release().perform()
-        zoomed = wait_for(browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["x"][1] - v["x"][0] < 800 and v,
-                          what="zoom")
-        assert abs(zoomed["y"][0] - zoomed["y"][1]) < 200, zoomed   # both axes zoomed, pixels stay square
+        drag = browser.find_element(By.CSS_SELECTOR, "#viewer-plot .nsewdrag")  # a box drag, as a user zooms
+        webdriver.ActionChains(browser).move_to_element_with_offset(drag, -300, -50).click_and_hold().move_by_offset(
+            150, 60
+        ).move_by_offset(50, 20).release().perform()
+        zoomed = wait_for(
+            browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["x"][1] - v["x"][0] < 800 and v, what="zoom"
+        )
+        assert abs(zoomed["y"][0] - zoomed["y"][1]) < 200, zoomed  # both axes zoomed, pixels stay square
         browser.save_screenshot(str(shots / "r2_03_viewer_zoomed.png"))
-        browser.execute_script("arguments[0].click()",  # Plotly's "double-click to zoom back out" note covers it
-                               browser.find_element(By.CSS_SELECTOR, "#viewer-plot [data-val=pan]"))
-        webdriver.ActionChains(browser).click_and_hold(drag).move_by_offset(-60, 0).move_by_offset(-60, 0) \
-            .release().perform()
-        panned = wait_for(browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["x"][0] > zoomed["x"][0] + 1
-                          and v, what="pan")
+        browser.execute_script(
+            "arguments[0].click()",  # Plotly's "double-click to zoom back out" note covers it
+            browser.find_element(By.CSS_SELECTOR, "#viewer-plot [data-val=pan]"),
+        )
+        webdriver.ActionChains(browser).click_and_hold(drag).move_by_offset(-60, 0).move_by_offset(
+            -60, 0
+        ).release().perform()
+        panned = wait_for(
+            browser, lambda d: (v := d.execute_script(VIEWER_JS)) and v["x"][0] > zoomed["x"][0] + 1 and v, what="pan"
+        )
         assert abs((panned["x"][1] - panned["x"][0]) - (zoomed["x"][1] - zoomed["x"][0])) < 1, (zoomed, panned)
         browser.find_element(By.CSS_SELECTOR, "#viewer .viewer-fit").click()
         wait_for(browser, lambda d: [round(v) for v in d.execute_script(VIEWER_JS)["x"]] == [0, 1600], what="fit")
         browser.find_element(By.ID, "viewer-overlay").click()
-        assert browser.execute_script("return document.getElementById('viewer-plot')._fullLayout.images[1].visible") is False
+        assert (
+            browser.execute_script("return document.getElementById('viewer-plot')._fullLayout.images[1].visible")
+            is False
+        )
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         wait_for(browser, lambda d: not d.find_elements(By.ID, "viewer"), what="viewer closed")
 
         # 3. Defect 7: clean images can be browsed.
         choose(browser, "sample-class", "No defect")
-        note = wait_for(browser, lambda d: "with no defect" in text(d, "samples-note") and text(d, "samples-note"),
-                        what="clean samples")
-        assert note.startswith(f"{clean} image") and len(browser.find_elements(By.CSS_SELECTOR, "#samples .strip")) == min(3, clean)
+        note = wait_for(
+            browser,
+            lambda d: "with no defect" in text(d, "samples-note") and text(d, "samples-note"),
+            what="clean samples",
+        )
+        assert note.startswith(f"{clean} image") and len(
+            browser.find_elements(By.CSS_SELECTOR, "#samples .strip")
+        ) == min(3, clean)
 
         # 4. The grid: every image, filtered and sorted in the browser.
         browser.execute_script("document.getElementById('grid').scrollIntoView()")
@@ -145,27 +187,44 @@ def test_round2_in_the_browser(browser, shots, tmp_path):  # noqa: F811 - shots:
         assert "12 images of train in this period" in text(browser, "grid-note")
         box = browser.find_element(By.CSS_SELECTOR, "#grid th.dash-filter[data-dash-column=classes] input")
         box.send_keys("none", Keys.ENTER)
-        rows = wait_for(browser, lambda d: (r := grid_rows(d)) and all(x["classes"] == "none" for x in r) and r,
-                        what="filtered grid")
+        rows = wait_for(
+            browser,
+            lambda d: (r := grid_rows(d)) and all(x["classes"] == "none" for x in r) and r,
+            what="filtered grid",
+        )
         assert len(rows) == clean
         box.send_keys(Keys.CONTROL, "a", Keys.DELETE, Keys.ENTER)
         wait_for(browser, lambda d: len(grid_rows(d)) == 10, what="filter cleared")
         sort = browser.find_element(By.CSS_SELECTOR, "#grid th[data-dash-column=defect_px] .column-header--sort")
         sort.click()
         sort.click()  # descending
-        rows = wait_for(browser, lambda d: (r := grid_rows(d)) and int(r[0]["defect_px"]) >= int(r[-1]["defect_px"])
-                        and int(r[0]["defect_px"]) > 0 and r, what="sorted grid")
+        rows = wait_for(
+            browser,
+            lambda d: (
+                (r := grid_rows(d))
+                and int(r[0]["defect_px"]) >= int(r[-1]["defect_px"])
+                and int(r[0]["defect_px"]) > 0
+                and r
+            ),
+            what="sorted grid",
+        )
         top = max(board.update_grid(*YEAR, "train")[0], key=lambda r: r["defect_px"])
         assert rows[0]["ImageId"] == top["ImageId"], (rows[0], top)
         browser.save_screenshot(str(shots / "r2_04_grid_1280.png"))
 
         # 5. Review: pick the top image, mark it a false alarm, export the labels: training's reader reads them.
         browser.find_element(By.CSS_SELECTOR, "#grid td[data-dash-column=ImageId]").click()
-        wait_for(browser, lambda d: images_loaded(d, "#grid-view img") and "not reviewed yet" in text(d, "review-state"),
-                 what="picked image")
+        wait_for(
+            browser,
+            lambda d: images_loaded(d, "#grid-view img") and "not reviewed yet" in text(d, "review-state"),
+            what="picked image",
+        )
         browser.find_element(By.ID, "review-false-alarm").click()
-        wait_for(browser, lambda d: "false alarm, no defect" in text(d, "review-status")
-                 and "reject" in text(d, "review-state"), what="review saved")
+        wait_for(
+            browser,
+            lambda d: "false alarm, no defect" in text(d, "review-status") and "reject" in text(d, "review-state"),
+            what="review saved",
+        )
         browser.find_element(By.ID, "review-export").click()
         out = wait_for(browser, lambda d: downloaded(d.downloads, "train_reviewed_train.csv"), what="export")
         labels = read_annotations(out).rows
@@ -202,19 +261,34 @@ def test_real_relative_root(browser, shots, tmp_path, capsys):  # noqa: F811 - s
         expected = board.update_cards(*YEAR, "train")[:5]
         for width, height in ((1600, 1000), (1280, 800)):
             size(browser, width, height)
-            step(f"first load at {width}x{height}", lambda: browser.get(url),
-                 lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"))
+            step(
+                f"first load at {width}x{height}",
+                lambda: browser.get(url),
+                lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"),
+            )
             browser.save_screenshot(str(shots / f"real_r2_{width}.png"))
         live = board.update_cards(*YEAR, ALL_RUNS)
-        distinct = pd.concat([board.rows(*YEAR, s) for s in board.store.sources() if s.startswith("pred:") and s != ALL_RUNS])
+        distinct = pd.concat(
+            [board.rows(*YEAR, s) for s in board.store.sources() if s.startswith("pred:") and s != ALL_RUNS]
+        )
         assert live[5].startswith(f"{distinct['image_id'].nunique():,} images inspected")
-        step("dataset: all prediction runs", lambda: choose(browser, "dataset", "all prediction runs (live line)"),
-             lambda d: cards(d) == live[:5] and images_loaded(d, "#samples img"))
-        step("sample class: no defect", lambda: choose(browser, "sample-class", "No defect"),
-             lambda d: "with no defect" in text(d, "samples-note") and images_loaded(d, "#samples img"))
-        step("grid filtered (classes = 1)", lambda: browser.find_element(
-            By.CSS_SELECTOR, "#grid th.dash-filter[data-dash-column=classes] input").send_keys("1", Keys.ENTER),
-             lambda d: (r := grid_rows(d)) and all("1" in x["classes"] for x in r))
+        step(
+            "dataset: all prediction runs",
+            lambda: choose(browser, "dataset", "all prediction runs (live line)"),
+            lambda d: cards(d) == live[:5] and images_loaded(d, "#samples img"),
+        )
+        step(
+            "sample class: no defect",
+            lambda: choose(browser, "sample-class", "No defect"),
+            lambda d: "with no defect" in text(d, "samples-note") and images_loaded(d, "#samples img"),
+        )
+        step(
+            "grid filtered (classes = 1)",
+            lambda: browser.find_element(
+                By.CSS_SELECTOR, "#grid th.dash-filter[data-dash-column=classes] input"
+            ).send_keys("1", Keys.ENTER),
+            lambda d: (r := grid_rows(d)) and all("1" in x["classes"] for x in r),
+        )
         browser.find_element(By.CSS_SELECTOR, "#samples .strip").click()
         step("viewer opened", lambda: None, lambda d: d.execute_script(VIEWER_JS))
         view = browser.execute_script(VIEWER_JS)
@@ -222,5 +296,8 @@ def test_real_relative_root(browser, shots, tmp_path, capsys):  # noqa: F811 - s
         browser.save_screenshot(str(shots / "real_r2_viewer_1280.png"))
         assert server_errors(browser) == []
     with capsys.disabled():
-        print("\nreal data, relative root, headless Chromium (seconds): "
-              + "; ".join(f"{k} {v:.2f}" for k, v in steps.items()) + f"; load average {os.getloadavg()[0]:.1f}")
+        print(
+            "\nreal data, relative root, headless Chromium (seconds): "
+            + "; ".join(f"{k} {v:.2f}" for k, v in steps.items())
+            + f"; load average {os.getloadavg()[0]:.1f}"
+        )

@@ -10,6 +10,7 @@ PNG export, in-process predictions with progress and model reuse, and the live l
 the 3,389 annotated real images (skips without them) and prints the figures. Screenshots (and timings.json)
 go to $STEELSEG_SCREENSHOTS, or the test's temp folder. Skips when selenium/chromium/chromedriver are missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,10 @@ from common.annotations import read_annotations
 from common.inspections import connect, query
 from common.layout import find_root
 from common.rle import decode, encode
-from synthetic.generator import generate_dataset
 from dashboard.app import Dashboard
 from dashboard.views import newest_run_per_image
 from ensemble_helpers import save_tiny
+from synthetic.generator import generate_dataset
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -46,8 +47,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium/chromedriver not installed"),
+]
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "severstal"
 YEAR = ("2021-01-01", "2021-12-31")
@@ -95,8 +98,14 @@ def serve(root: Path, db: Path, *extra: str):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = open(db.with_suffix(".log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dashboard", str(root), "--db", str(db), "--port", str(port), *extra],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboard", str(root), "--db", str(db), "--port", str(port), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(600):
@@ -122,11 +131,18 @@ def downloads(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def browser(downloads):
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1600,2400"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,2400",
+    ):
         options.add_argument(arg)
     options.binary_location = CHROMIUM
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
@@ -142,14 +158,17 @@ def shots(tmp_path_factory) -> Path:
 
 
 def wait_for(driver, predicate, timeout=120.0, what="condition"):  # a hang guard: a loaded machine is slow
-    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
-                         ).until(lambda d: predicate(d), message=what)
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    ).until(lambda d: predicate(d), message=what)
 
 
 def idle(driver) -> bool:
     """No Dash callback in flight, the store poll aside (it runs every few seconds whatever the user does)."""
-    return driver.execute_script("return !Array.from(document.querySelectorAll('[data-dash-is-loading=true]'))"
-                                 ".some(e => !e.closest('#live-status, #date-range'))")
+    return driver.execute_script(
+        "return !Array.from(document.querySelectorAll('[data-dash-is-loading=true]'))"
+        ".some(e => !e.closest('#live-status, #date-range'))"
+    )
 
 
 def timed(driver, action, until, what: str, timeout: float = 120.0) -> float:
@@ -209,7 +228,9 @@ class Meter:
 
 def cards(driver) -> list[str]:
     """The five card values (one browser round trip, so polling does not slow what it measures)."""
-    return driver.execute_script("return [1, 2, 3, 4, 0].map(k => (document.getElementById('card-' + k) || {}).textContent)")
+    return driver.execute_script(
+        "return [1, 2, 3, 4, 0].map(k => (document.getElementById('card-' + k) || {}).textContent)"
+    )
 
 
 def figure(driver, graph_id: str) -> dict | None:
@@ -221,8 +242,9 @@ def images_loaded(driver, css: str) -> bool:
 
 
 def text(driver, element_id: str) -> str:
-    return driver.execute_script("const e = document.getElementById(arguments[0]); return e ? e.innerText : ''",
-                                 element_id)
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : ''", element_id
+    )
 
 
 def set_date(driver, which: str, value: str) -> None:
@@ -237,16 +259,20 @@ def set_date(driver, which: str, value: str) -> None:
 def choose(driver, dropdown_id: str, label: str) -> None:
     # After a reload on a loaded machine the dropdown may render a moment after the rest of its panel.
     wait_for(driver, lambda d: d.find_elements(By.ID, dropdown_id), what=f"dropdown {dropdown_id}")[0].click()
-    option = wait_for(driver, lambda d: next((o for o in dropdown_options(d) if o.text.strip() == label), None),
-                      what=f"option {label}")
+    option = wait_for(
+        driver,
+        lambda d: next((o for o in dropdown_options(d) if o.text.strip() == label), None),
+        what=f"option {label}",
+    )
     option.click()
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
 
 
 def dropdown_options(driver) -> list:
     """The option elements of the open dropdown menu (not the checklist's)."""
-    return driver.execute_script("return Array.from(document.querySelectorAll('[role=option]'))"
-                                 ".filter(o => !o.closest('#follow'))")
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('[role=option]')).filter(o => !o.closest('#follow'))"
+    )
 
 
 def options_of(driver, dropdown_id: str) -> list[str]:
@@ -276,15 +302,19 @@ def downloaded(folder: Path, pattern: str) -> Path | None:
 
 def server_errors(driver) -> list[str]:
     """Browser console lines about failed requests (HTTP 4xx/5xx)."""
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and any(code in e["message"] for code in (" 400", " 404", " 413", " 500"))]
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and any(code in e["message"] for code in (" 400", " 404", " 413", " 500"))
+    ]
 
 
 def submission(truth: pd.DataFrame, ids: list[str], drop: tuple[str, int] | None = None) -> str:
     """Old-format submission of the truth of ``ids`` with one (image, class) mask left out."""
     rles = {(i, c): r for i, c, r in truth.itertuples(index=False)}
     return "ImageId_ClassId,EncodedPixels\n" + "".join(
-        f"{i}_{c},{'' if (i, c) == drop else rles.get((i, c), '')}\n" for i in ids for c in (1, 2, 3, 4))
+        f"{i}_{c},{'' if (i, c) == drop else rles.get((i, c), '')}\n" for i in ids for c in (1, 2, 3, 4)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- synthetic walk
@@ -300,9 +330,20 @@ def synthetic(tmp_path_factory):
     preloaded = tmp / "preloaded.csv"
     shutil.copyfile(root / "test_truth.csv", preloaded)
     models = tmp / "models"
-    with serve(root, tmp / "store.sqlite", "--submission", str(preloaded), "--poll-s", "1",
-               "--infer", f"checkpoints.classifier=[{models / 'cls'}]", "--infer", f"checkpoints.segmenter=[{models / 'seg'}]",
-               "--infer", "tta=none") as (url, _):
+    with serve(
+        root,
+        tmp / "store.sqlite",
+        "--submission",
+        str(preloaded),
+        "--poll-s",
+        "1",
+        "--infer",
+        f"checkpoints.classifier=[{models / 'cls'}]",
+        "--infer",
+        f"checkpoints.segmenter=[{models / 'seg'}]",
+        "--infer",
+        "tta=none",
+    ) as (url, _):
         yield url, root, tmp / "store.sqlite", models
 
 
@@ -313,8 +354,12 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     test_ids = sorted(p.name for p in (root / "test_images").iterdir())
     full = board.update_cards(*YEAR, "train")[:5]
 
-    load = timed(browser, lambda: browser.get(url), lambda d: cards(d) == full and figure(d, "rate")
-                 and images_loaded(d, "#samples img"), "first load")
+    load = timed(
+        browser,
+        lambda: browser.get(url),
+        lambda d: cards(d) == full and figure(d, "rate") and images_loaded(d, "#samples img"),
+        "first load",
+    )
     print(f"\nsynthetic: first load {load:.2f} s")
 
     # 1. Predict on demand without trained models: said beforehand, with the fix, and the button is disabled.
@@ -357,16 +402,29 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
 
     # 6. Full-width strips (also on a 1280-wide screen), a colour legend, click to enlarge to 1600x256.
     choose(browser, "sample-class", "Defect 3")
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples .strip")) == 3
-             and images_loaded(d, "#samples img"), what="three class-3 strips")
+    wait_for(
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples .strip")) == 3 and images_loaded(d, "#samples img"),
+        what="three class-3 strips",
+    )
     page_width = browser.execute_script("return document.querySelector('.wrap').clientWidth")
     widths = [s.rect["width"] for s in browser.find_elements(By.CSS_SELECTOR, "#samples .strip")]
     assert all(w >= page_width - 60 for w in widths), (widths, page_width)
     assert [s.text for s in browser.find_elements(By.CSS_SELECTOR, ".legend.classes .key")] == [
-        "Defect 1", "Defect 2", "Defect 3", "Defect 4"]
+        "Defect 1",
+        "Defect 2",
+        "Defect 3",
+        "Defect 4",
+    ]
     browser.set_window_size(1280, 2400)
-    narrow = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#samples .strip")[0].rect["width"] < 1300
-                      and d.find_elements(By.CSS_SELECTOR, "#samples .strip")[0].rect, what="narrow layout")
+    narrow = wait_for(
+        browser,
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#samples .strip")[0].rect["width"] < 1300
+            and d.find_elements(By.CSS_SELECTOR, "#samples .strip")[0].rect
+        ),
+        what="narrow layout",
+    )
     assert narrow["width"] >= 1180 and abs(narrow["width"] / narrow["height"] - 1600 / 256) < 0.1, narrow
     browser.set_window_size(1600, 2400)
     scroll_to(browser, "samples")
@@ -384,29 +442,45 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     txt = tmp_path / "notes.txt"
     txt.write_text("ImageId,ClassId,EncodedPixels\n")
     upload_file(browser, txt)
-    wait_for(browser, lambda d: "notes.txt: only .csv files are accepted" in text(d, "upload-status"), what=".txt refused")
+    wait_for(
+        browser, lambda d: "notes.txt: only .csv files are accepted" in text(d, "upload-status"), what=".txt refused"
+    )
     big = tmp_path / "big.csv"
     with big.open("w") as handle:
         handle.write("ImageId,ClassId,EncodedPixels\n")
         handle.write(("a.jpg,1,1 1\n" * 1000) * 2700)
     assert big.stat().st_size > 30 * 10**6
     upload_file(browser, big)
-    wait_for(browser, lambda d: "big.csv: larger than the 20.0 MiB upload limit" in text(d, "upload-status"),
-             timeout=60, what="30 MB refused")
+    wait_for(
+        browser,
+        lambda d: "big.csv: larger than the 20.0 MiB upload limit" in text(d, "upload-status"),
+        timeout=60,
+        what="30 MB refused",
+    )
     dropped = test_truth.iloc[0]
     good = tmp_path / "my_submission.csv"
     good.write_text(submission(test_truth, test_ids, (dropped.ImageId, dropped.ClassId)))
     upload_file(browser, good)
-    ok = wait_for(browser, lambda d: "Loaded my_submission.csv" in text(d, "upload-status")
-                  and text(d, "upload-status"), what="upload accepted")
+    ok = wait_for(
+        browser,
+        lambda d: "Loaded my_submission.csv" in text(d, "upload-status") and text(d, "upload-status"),
+        what="upload accepted",
+    )
     assert "as pred:my_submission-" in ok and "Scored on 8 images" in ok
 
     # 8. A non-breaking space in an RLE replaces the previous success message with the error.
     nbsp = tmp_path / "nbsp.csv"
     nbsp.write_text("ImageId,ClassId,EncodedPixels\na.jpg,1,1\u00a05 10 3\n", encoding="utf-8")
     upload_file(browser, nbsp)
-    message = wait_for(browser, lambda d: "nbsp.csv" in text(d, "upload-status") and "Checking" not in
-                       text(d, "upload-status") and text(d, "upload-status"), what="nbsp refused")
+    message = wait_for(
+        browser,
+        lambda d: (
+            "nbsp.csv" in text(d, "upload-status")
+            and "Checking" not in text(d, "upload-status")
+            and text(d, "upload-status")
+        ),
+        what="nbsp refused",
+    )
     assert "Upload refused: nbsp.csv, line 2: bad EncodedPixels" in message and "Loaded" not in message
     assert "error" in browser.find_element(By.ID, "upload-status").get_attribute("class")
 
@@ -415,8 +489,11 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     again = tmp_path / "preloaded_again.csv"
     shutil.copyfile(root / "test_truth.csv", again)
     upload_file(browser, again)
-    note = wait_for(browser, lambda d: "preloaded_again.csv holds" in text(d, "upload-status")
-                    and text(d, "upload-status"), what="duplicate noticed")
+    note = wait_for(
+        browser,
+        lambda d: "preloaded_again.csv holds" in text(d, "upload-status") and text(d, "upload-status"),
+        what="duplicate noticed",
+    )
     assert "same predictions as pred:preloaded, which is already loaded" in note
     assert options_of(browser, "dataset") == before
 
@@ -424,17 +501,32 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     mine = next(o for o in options_of(browser, "compare-run") if o.startswith("pred:my_submission-"))
     choose(browser, "compare-run", mine)
     # The score of the run shown before stays on screen until the new one arrives: wait for the new run's note.
-    score = wait_for(browser, lambda d: mine in text(d, "compare-note") and idle(d) and "Kaggle score" in
-                     text(d, "score-text") and text(d, "score-text"), what="score")
-    first = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"),
-                     what="worst table")[0]
+    score = wait_for(
+        browser,
+        lambda d: (
+            mine in text(d, "compare-note")
+            and idle(d)
+            and "Kaggle score" in text(d, "score-text")
+            and text(d, "score-text")
+        ),
+        what="score",
+    )
+    first = wait_for(
+        browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"), what="worst table"
+    )[0]
     assert first.text == dropped.ImageId and "on 8 images" in score
     first.click()
-    wait_for(browser, lambda d: d.find_elements(By.ID, "compare-dice-table") and images_loaded(d, "#compare-view img"),
-             what="comparison")
+    wait_for(
+        browser,
+        lambda d: d.find_elements(By.ID, "compare-dice-table") and images_loaded(d, "#compare-view img"),
+        what="comparison",
+    )
     assert "0.000" in text(browser, "compare-dice-table")
     captions = browser.find_element(By.ID, "compare-view").text
-    assert f"class {dropped.ClassId}: Dice 0.000 — TP 0 px, FP 0 px, FN {decode(dropped.EncodedPixels).sum():,} px" in captions
+    assert (
+        f"class {dropped.ClassId}: Dice 0.000 — TP 0 px, FP 0 px, FN {decode(dropped.EncodedPixels).sum():,} px"
+        in captions
+    )
     assert "false negative (missed)" in browser.find_element(By.CSS_SELECTOR, ".legend.match").text
     # The compare dropdown lists only the run's images that have a file (all 8 here).
     assert sorted(options_of(browser, "compare-image")) == test_ids
@@ -455,7 +547,7 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     # 12. Switching the run while an image is selected: no server error, the selection follows the run.
     choose(browser, "compare-run", "pred:preloaded")
     wait_for(browser, lambda d: "pred:preloaded" in text(d, "compare-note") and idle(d), what="run switched")
-    assert dropped.ImageId in browser.find_element(By.ID, "compare-view").text    # the preloaded run has it too
+    assert dropped.ImageId in browser.find_element(By.ID, "compare-view").text  # the preloaded run has it too
     assert server_errors(browser) == []
 
     # 13. Predict on demand: models trained while the page is open are found on reload, loaded once, reused.
@@ -473,36 +565,61 @@ def test_dashboard_in_the_browser(synthetic, browser, shots, downloads, tmp_path
     assert not browser.find_element(By.ID, "predict-run").is_enabled()
     done = wait_for(browser, lambda d: text(d, "predict-ok"), timeout=120, what="predictions")
     assert "8 image(s)" in done and "models loaded in" in done and "stored as pred:live-" in done
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#predict-output .strip")) == 8
-             and images_loaded(d, "#predict-output img"), what="predicted strips")
+    wait_for(
+        browser,
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#predict-output .strip")) == 8
+            and images_loaded(d, "#predict-output img")
+        ),
+        what="predicted strips",
+    )
     browser.save_screenshot(str(shots / "05_predict.png"))
     browser.find_element(By.ID, "predict-run").click()
     wait_for(browser, lambda d: "models reused" in text(d, "predict-ok"), timeout=120, what="second prediction")
 
     # 14. Live line view: infer.py appends to the store; the page picks it up and shows the defect rate per hour.
     browser.execute_script("window.scrollTo(0, 0)")
-    done = subprocess.run([sys.executable, "infer.py", f"checkpoints.classifier=[{models / 'cls'}]",
-                           f"checkpoints.segmenter=[{models / 'seg'}]", f"images={root / 'test_images'}",
-                           f"output={tmp_path / 'line.csv'}", f"hydra.run.dir={tmp_path / 'run'}", "tta=none",
-                           "progress=false", f"store={db}", "run_id=line1", "ensemble.gating.mode=none",
-                           "postprocess.min_area=[0,0,0,0]", "postprocess.pixel_threshold=[0.5,0.5,0.5,0.5]"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "infer.py",
+            f"checkpoints.classifier=[{models / 'cls'}]",
+            f"checkpoints.segmenter=[{models / 'seg'}]",
+            f"images={root / 'test_images'}",
+            f"output={tmp_path / 'line.csv'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "tta=none",
+            "progress=false",
+            f"store={db}",
+            "run_id=line1",
+            "ensemble.gating.mode=none",
+            "postprocess.min_area=[0,0,0,0]",
+            "postprocess.pixel_threshold=[0.5,0.5,0.5,0.5]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     today = datetime.now(timezone.utc).date().isoformat()
     wait_for(browser, lambda d: "pred:line1" in options_of(d, "dataset"), timeout=120, what="new run picked up")
     end = browser.find_element(By.CSS_SELECTOR, "input.dash-datepicker-end-date").get_attribute("value")
-    assert end == today                                           # "follow new inspections" moved the period
+    assert end == today  # "follow new inspections" moved the period
     choose(browser, "dataset", "all prediction runs (live line)")
     set_date(browser, "start", today)
     with closing(connect(db)) as conn:
         line = query(conn, today, today)
     line = newest_run_per_image(line[line.source.str.startswith("pred:")])  # the live line counts each image once
     images = line.groupby("image_id").class_id.max()
-    wait_for(browser, lambda d: (figure(d, "rate") or {}).get("title", "").startswith("Defect rate per class per hour"),
-             what="hourly rate")
+    wait_for(
+        browser,
+        lambda d: (figure(d, "rate") or {}).get("title", "").startswith("Defect rate per class per hour"),
+        what="hourly rate",
+    )
     rate = figure(browser, "rate")
     anyline = next(t for t in rate["traces"] if t["name"] == "Any defect")
-    assert sum(int(c[1]) for c in anyline["customdata"]) == len(images)          # images inspected
+    assert sum(int(c[1]) for c in anyline["customdata"]) == len(images)  # images inspected
     assert sum(int(c[0]) for c in anyline["customdata"]) == int((images > 0).sum())  # ... with a defect
     assert cards(browser)[4] == f"{int((images == 0).sum()):,}"
     scroll_to(browser, "rate")
@@ -532,55 +649,106 @@ def test_real_data_speed(browser, shots, downloads, tmp_path, capsys):
         meter = Meter(browser, server)
         step = meter.measure
         expected = board.update_cards(*YEAR, "train")[:5]
-        step("first load (cards, 3 charts, 3 sample strips)", lambda: browser.get(url),
-             lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "first load")
+        step(
+            "first load (cards, 3 charts, 3 sample strips)",
+            lambda: browser.get(url),
+            lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"),
+            "first load",
+        )
         browser.save_screenshot(str(shots / "real_01_loaded.png"))
         transfer = browser.execute_script(RESOURCES_JS)
-        step("reload (browser cache warm)", lambda: browser.get(url),
-             lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"), "reload")
+        step(
+            "reload (browser cache warm)",
+            lambda: browser.get(url),
+            lambda d: cards(d) == expected and figure(d, "rate") and images_loaded(d, "#samples img"),
+            "reload",
+        )
         half = board.update_cards("2021-01-01", "2021-06-30", "train")[:5]
-        step("date range: end date typed", lambda: set_date(browser, "end", "2021-06-30"),
-             lambda d: cards(d) == half and images_loaded(d, "#samples img"), "half year")
-        step("sample class changed", lambda: choose(browser, "sample-class", "Defect 3"),
-             lambda d: "class 3" in text(d, "samples-note") and images_loaded(d, "#samples img"), "class 3 samples")
+        step(
+            "date range: end date typed",
+            lambda: set_date(browser, "end", "2021-06-30"),
+            lambda d: cards(d) == half and images_loaded(d, "#samples img"),
+            "half year",
+        )
+        step(
+            "sample class changed",
+            lambda: choose(browser, "sample-class", "Defect 3"),
+            lambda d: "class 3" in text(d, "samples-note") and images_loaded(d, "#samples img"),
+            "class 3 samples",
+        )
         first = shown(browser)
-        step("re-roll", lambda: browser.find_element(By.ID, "reroll").click(),
-             lambda d: shown(d) != first and images_loaded(d, "#samples img"), "re-roll")
-        step("enlarge a strip (zoomable viewer, fit to width)",
-             lambda: browser.find_element(By.CSS_SELECTOR, "#samples .strip").click(),
-             lambda d: d.execute_script(VIEWER_JS), "viewer")
+        step(
+            "re-roll",
+            lambda: browser.find_element(By.ID, "reroll").click(),
+            lambda d: shown(d) != first and images_loaded(d, "#samples img"),
+            "re-roll",
+        )
+        step(
+            "enlarge a strip (zoomable viewer, fit to width)",
+            lambda: browser.find_element(By.CSS_SELECTOR, "#samples .strip").click(),
+            lambda d: d.execute_script(VIEWER_JS),
+            "viewer",
+        )
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         browser.execute_script("window.scrollTo(0, 0)")
         run = "pred:farrell0828_submission_stage1"
         run_cards = board.update_cards("2021-01-01", "2021-06-30", run)[:5]
-        step("dataset changed to a prediction run", lambda: choose(browser, "dataset", run),
-             lambda d: cards(d) == run_cards and run in figure(d, "pie")["title"]
-             and images_loaded(d, "#samples img"), "run cards")
-        step("upload of a 3,389-image submission (validated, stored, scored, worst table)",
-             lambda: upload_file(browser, sub), lambda d: "Scored on" in text(d, "upload-status")
-             and d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]"), "upload scored")
+        step(
+            "dataset changed to a prediction run",
+            lambda: choose(browser, "dataset", run),
+            lambda d: cards(d) == run_cards and run in figure(d, "pie")["title"] and images_loaded(d, "#samples img"),
+            "run cards",
+        )
+        step(
+            "upload of a 3,389-image submission (validated, stored, scored, worst table)",
+            lambda: upload_file(browser, sub),
+            lambda d: (
+                "Scored on" in text(d, "upload-status")
+                and d.find_elements(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]")
+            ),
+            "upload scored",
+        )
         scroll_to(browser, "score")
         cell = browser.find_element(By.CSS_SELECTOR, "#worst td[data-dash-column=ImageId]")
-        step("worst row clicked: TP/FP/FN strips and Dice", cell.click,
-             lambda d: text(d, "compare-dice-table") and images_loaded(d, "#compare-view img"), "compare")
+        step(
+            "worst row clicked: TP/FP/FN strips and Dice",
+            cell.click,
+            lambda d: text(d, "compare-dice-table") and images_loaded(d, "#compare-view img"),
+            "compare",
+        )
         browser.save_screenshot(str(shots / "real_02_compare.png"))
-        step("compare run switched with an image selected", lambda: choose(browser, "compare-run", run),
-             lambda d: run in text(d, "compare-note"), "switch")
+        step(
+            "compare run switched with an image selected",
+            lambda: choose(browser, "compare-run", run),
+            lambda d: run in text(d, "compare-note"),
+            "switch",
+        )
         browser.execute_script("window.scrollTo(0, 0)")
-        step("export inspections (CSV of the period's run)", lambda: browser.find_element(By.ID, "export-csv").click(),
-             lambda d: downloaded(downloads, "inspections_pred-farrell*.csv"), "csv")
+        step(
+            "export inspections (CSV of the period's run)",
+            lambda: browser.find_element(By.ID, "export-csv").click(),
+            lambda d: downloaded(downloads, "inspections_pred-farrell*.csv"),
+            "csv",
+        )
         assert server_errors(browser) == []
     load = os.getloadavg()[0]
-    report = {"steps": {k: {"wall_s": round(w, 3), "cpu_s": round(c, 3)} for k, (w, c) in meter.steps.items()},
-              "transfer_first_load": transfer, "load_average_1min": load}
+    report = {
+        "steps": {k: {"wall_s": round(w, 3), "cpu_s": round(c, 3)} for k, (w, c) in meter.steps.items()},
+        "transfer_first_load": transfer,
+        "load_average_1min": load,
+    }
     (shots / "timings.json").write_text(json.dumps(report, indent=2) + "\n")
     with capsys.disabled():
-        print(f"\nreal data (3,389 annotated images), headless Chromium, 2-core machine shared with other jobs "
-              f"(1-min load average {load:.1f}); wall s, CPU s of server + browser:")
+        print(
+            f"\nreal data (3,389 annotated images), headless Chromium, 2-core machine shared with other jobs "
+            f"(1-min load average {load:.1f}); wall s, CPU s of server + browser:"
+        )
         for name, (wall, cpu) in meter.steps.items():
             print(f"  {wall:6.2f} {cpu:6.2f}  {name}")
         total = [sum(r[k] for r in transfer) for k in ("transfer", "decoded")]
-        print(f"  first load: {len(transfer)} requests, {total[0] / 1024:,.0f} KiB over the wire, "
-              f"{total[1] / 1024:,.0f} KiB decoded; the largest:")
+        print(
+            f"  first load: {len(transfer)} requests, {total[0] / 1024:,.0f} KiB over the wire, "
+            f"{total[1] / 1024:,.0f} KiB decoded; the largest:"
+        )
         for r in sorted(transfer, key=lambda r: -r["decoded"])[:4]:
             print(f"  {r['transfer'] / 1024:8,.0f} KiB of {r['decoded'] / 1024:8,.0f} KiB  {r['name']}")

@@ -1,6 +1,7 @@
 """Dashboard round 2 (issue 23) in-process on a tiny synthetic root: a relative data root, infer's default
 ``checkpoints.runs``, the live line counting each image once, following the page's own runs, time axes that
 span the data, test images without truth, Kaggle's sample submission, clean images, synthetic-date note."""
+
 from __future__ import annotations
 
 from contextlib import closing
@@ -53,7 +54,7 @@ def test_a_root_given_relative_to_the_working_directory_serves_its_images(root, 
     work = root.parent / "work"
     work.mkdir(exist_ok=True)
     monkeypatch.chdir(work)
-    relative = Path("..") / root.name                    # as in `python -m dashboard ../shared/data/severstal`
+    relative = Path("..") / root.name  # as in `python -m dashboard ../shared/data/severstal`
     db = tmp_path / "s.sqlite"
     with closing(connect(db)) as conn:
         importer.import_root(conn, find_root(relative))
@@ -79,11 +80,20 @@ def test_a_checkpoint_entry_is_read_by_infers_rule(tmp_path):
     the page, as infer.py refuses it, not when the models load."""
     for stage in ("classifier", "segmenter"):
         save_tiny(tmp_path / stage / "checkpoints" / "best.pt", stage)
-    weighted = OnDemand([f"checkpoints.classifier=[{tmp_path}/classifier]", "tta=none",
-                         f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:0.5}}]"])
+    weighted = OnDemand(
+        [
+            f"checkpoints.classifier=[{tmp_path}/classifier]",
+            "tta=none",
+            f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:0.5}}]",
+        ]
+    )
     assert weighted.status().startswith("Models: 1 classifier, 1 segmenter checkpoint(s)")
-    negative = OnDemand([f"checkpoints.classifier=[{tmp_path}/classifier]",
-                         f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:-1}}]"])
+    negative = OnDemand(
+        [
+            f"checkpoints.classifier=[{tmp_path}/classifier]",
+            f"checkpoints.segmenter=[{{path:{tmp_path}/segmenter,weight:-1}}]",
+        ]
+    )
     with pytest.raises(PredictionError, match=r"checkpoints.segmenter: weight -1 must be >= 0"):
         negative.status()
 
@@ -103,14 +113,20 @@ def test_the_live_line_counts_each_image_once_with_its_newest_run(board, root):
     for k in (1, 2, 3, 4):
         note = board.update_samples(*YEAR, ALL_RUNS, k, 0)[0].children
         count = int(cards[k - 1].replace(",", ""))
-        assert (note.startswith(f"{count} image") if count else note.startswith("No image")), (k, cards, note)
+        assert note.startswith(f"{count} image") if count else note.startswith("No image"), (k, cards, note)
 
 
 def test_newest_run_per_image_breaks_ties_by_run_name():
     from dashboard.views import newest_run_per_image
 
-    rows = pd.DataFrame({"image_id": ["a", "a", "b"], "source": ["pred:x", "pred:y", "pred:x"],
-                         "inspected_at": ["2021-01-01T00:00:00"] * 3, "class_id": [0, 1, 0]})
+    rows = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "b"],
+            "source": ["pred:x", "pred:y", "pred:x"],
+            "inspected_at": ["2021-01-01T00:00:00"] * 3,
+            "class_id": [0, 1, 0],
+        }
+    )
     assert newest_run_per_image(rows)[["image_id", "source"]].values.tolist() == [["a", "pred:y"], ["b", "pred:x"]]
 
 
@@ -118,8 +134,9 @@ def test_follow_moves_the_end_date_after_the_pages_own_run(board, root):
     version, seen = board.store.version(), board.store.latest()
     today = datetime.now(timezone.utc)
     ids = list(read_annotations(root / "test_truth.csv").image_ids)[:1]
-    store_run(board, read_annotations(root / "test_truth.csv").rows.iloc[:0], ids, "live",
-              today.isoformat(timespec="seconds"))
+    store_run(
+        board, read_annotations(root / "test_truth.csv").rows.iloc[:0], ids, "live", today.isoformat(timespec="seconds")
+    )
     mine = board.store.version()  # the page's prediction callback already sent this stamp to the page
     assert mine != version
     stamp, end, _, newest = board.poll(mine, ["follow"], "2021-12-31", seen)
@@ -194,8 +211,9 @@ def test_the_grid_lists_every_image_with_areas_and_dice(board, root):
     truth = read_annotations(root / "test_truth.csv")
     grid, note = board.update_grid(*YEAR, "train")
     train = read_annotations(root / "train.csv").rows
-    assert len(grid) == 12 and {r["ImageId"] for r in grid if r["classes"] == "none"} == \
-        {r["ImageId"] for r in grid} - set(train["ImageId"])
+    assert len(grid) == 12 and {r["ImageId"] for r in grid if r["classes"] == "none"} == {
+        r["ImageId"] for r in grid
+    } - set(train["ImageId"])
     row = next(r for r in grid if r["classes"] != "none")
     assert row["defect_px"] == sum(row[f"px_{c}"] for c in (1, 2, 3, 4)) > 0 and row["file"] == "yes"
     assert "clean" in note and "no confidence column" in note
@@ -203,7 +221,10 @@ def test_the_grid_lists_every_image_with_areas_and_dice(board, root):
     store_run(board, drop, list(truth.image_ids), "r")
     runs = {r["ImageId"]: r["dice"] for r in board.update_grid(*YEAR, "pred:r")[0]}
     assert runs[truth.rows["ImageId"].iloc[0]] < 1 and max(runs.values()) == 1
-    assert board.pick_from_grid({"row": 0}, [{"ImageId": "x.jpg", "source": "pred:r"}]) == {"source": "pred:r", "image": "x.jpg"}
+    assert board.pick_from_grid({"row": 0}, [{"ImageId": "x.jpg", "source": "pred:r"}]) == {
+        "source": "pred:r",
+        "image": "x.jpg",
+    }
 
 
 def test_review_rejects_false_alarms_and_exports_a_train_csv_training_reads(board, root, tmp_path):
@@ -214,13 +235,14 @@ def test_review_rejects_false_alarms_and_exports_a_train_csv_training_reads(boar
     _, options, rejected, status = board.grid_view({"source": "pred:r", "image": first})
     assert options and rejected == [] and "not reviewed yet" in status
     assert board.save_review({"source": "pred:r", "image": first}, [], false_alarm=True)[0].startswith(
-        f"Saved: {first} in pred:r — false alarm")
+        f"Saved: {first} in pred:r — false alarm"
+    )
     kept_class = int(truth.rows.loc[truth.rows["ImageId"] == second, "ClassId"].iloc[0])
     assert "accepted" in board.save_review({"source": "pred:r", "image": second}, [])[0]
     assert board.grid_view({"source": "pred:r", "image": first})[2] == [o["value"] for o in options]
     out = tmp_path / "train.csv"
     out.write_text(board.export_review("pred:r")["content"])
-    labels = read_annotations(out)                      # the project's annotation reader, as training uses it
+    labels = read_annotations(out)  # the project's annotation reader, as training uses it
     expected = truth.rows[truth.rows["ImageId"] != first].reset_index(drop=True)
     assert labels.rows.equals(expected) and labels.format == "new"
     assert kept_class in set(labels.rows.loc[labels.rows["ImageId"] == second, "ClassId"])
@@ -237,10 +259,13 @@ def test_uploaded_images_are_checked_stored_and_predicted(board, root, tmp_path)
         def predict(self, paths):
             ids = [Path(p).name for p in paths]
             assert all(Path(p).is_file() for p in paths)
-            return pd.DataFrame({"ImageId": ids, "ClassId": [1] * len(ids), "EncodedPixels": ["1 10"] * len(ids)}), "1 s"
+            return pd.DataFrame(
+                {"ImageId": ids, "ClassId": [1] * len(ids), "EncodedPixels": ["1 10"] * len(ids)}
+            ), "1 s"
 
     board.predictor = Fake()
     good, other = [p.read_bytes() for p in sorted((root / "test_images").iterdir())[:2]]
+
     def data(raw: bytes) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(raw).decode()
 

@@ -2,6 +2,7 @@
 the CPU (a loss weight kept as a plain attribute, a ``torch.tensor(...)`` made without a device) meets a meta
 tensor in some operation and fails there, as it would on the first CUDA batch. Stages are discovered from
 ``configs/stage/``; each builds through ``debug=smoke`` on a tiny dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,14 +30,27 @@ META = torch.device("meta")
 
 def stage_config(stage: str, root: Path, out: Path):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[f"stage={stage}", "debug=smoke", "data=kaggle", f"data.root={root}",
-                                           "fold=0", f"paths.output_dir={out}"])
+        return compose(
+            "train",
+            overrides=[
+                f"stage={stage}",
+                "debug=smoke",
+                "data=kaggle",
+                f"data.root={root}",
+                "fold=0",
+                f"paths.output_dir={out}",
+            ],
+        )
 
 
 def loose_tensors(module: nn.Module) -> list[str]:
     """Tensor attributes that are neither parameters nor buffers: ``.to(device)`` would leave them behind."""
-    return [f"{name or type(module).__name__}.{key}" for name, sub in module.named_modules()
-            for key, value in vars(sub).items() if isinstance(value, torch.Tensor)]
+    return [
+        f"{name or type(module).__name__}.{key}"
+        for name, sub in module.named_modules()
+        for key, value in vars(sub).items()
+        if isinstance(value, torch.Tensor)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -97,30 +111,48 @@ def test_the_classifier_metric_accumulates_on_the_device():
 @pytest.mark.parametrize("reducer", sorted(REDUCERS))
 def test_ensemble_tta_and_reducers_stay_on_the_device(tmp_path, reducer):
     images, _ = image_folder(tmp_path / "images", 2)
-    segmenters = load_members([save_tiny(tmp_path / f"seg{i}.pt", "segmenter", seed=i) for i in range(2)],
-                              "segmenter")
-    predictor = Predictor(classifiers=[], segmenters=segmenters, rules=Rules(gating="none"),
-                          tta_segmenter=transforms(["none", "hflip", "vflip", "both"]), reducer=reducer, device=META)
+    segmenters = load_members([save_tiny(tmp_path / f"seg{i}.pt", "segmenter", seed=i) for i in range(2)], "segmenter")
+    predictor = Predictor(
+        classifiers=[],
+        segmenters=segmenters,
+        rules=Rules(gating="none"),
+        tta_segmenter=transforms(["none", "hflip", "vflip", "both"]),
+        reducer=reducer,
+        device=META,
+    )
     batch = next(iter(DataLoader(ImageFiles(sorted(images.iterdir()), predictor.preprocesses), batch_size=2)))
     cls_prob, seg, keep = predictor.probabilities(batch["inputs"], gate=False)
     assert cls_prob is None and keep.tolist() == [0, 1]
     assert seg.device == META and tuple(seg.shape) == (2, 4, 256, 1600)
 
 
-@pytest.mark.parametrize("name, count, rank, expected", [
-    ("auto", 0, None, "cpu"), ("auto", 1, None, "cuda"), ("auto", 2, 1, "cuda:1"), ("cpu", 2, None, "cpu"),
-    ("cuda", 1, None, "cuda"), ("cuda", 2, 0, "cuda:0"), ("cuda:1", 2, None, "cuda:1")])
+@pytest.mark.parametrize(
+    "name, count, rank, expected",
+    [
+        ("auto", 0, None, "cpu"),
+        ("auto", 1, None, "cuda"),
+        ("auto", 2, 1, "cuda:1"),
+        ("cpu", 2, None, "cpu"),
+        ("cuda", 1, None, "cuda"),
+        ("cuda", 2, 0, "cuda:0"),
+        ("cuda:1", 2, None, "cuda:1"),
+    ],
+)
 def test_a_device_setting_names_the_device_asked_for(name, count, rank, expected):
     from common.devices import choose_device
 
     assert choose_device(name, count, local_rank=rank) == expected
 
 
-@pytest.mark.parametrize("name, count, message", [
-    ("cuda", 0, "device: 'cuda' requested but torch sees no CUDA device; set device=cpu or device=auto"),
-    ("cuda:0", 0, "device: 'cuda:0' requested but torch sees no CUDA device"),
-    ("cuda:2", 2, "device: cuda:2 requested but torch sees 2 CUDA device(s), cuda:0 to cuda:1"),
-    ("gpu", 1, "device: expected cpu, cuda, cuda:<index> or auto, got 'gpu'")])
+@pytest.mark.parametrize(
+    "name, count, message",
+    [
+        ("cuda", 0, "device: 'cuda' requested but torch sees no CUDA device; set device=cpu or device=auto"),
+        ("cuda:0", 0, "device: 'cuda:0' requested but torch sees no CUDA device"),
+        ("cuda:2", 2, "device: cuda:2 requested but torch sees 2 CUDA device(s), cuda:0 to cuda:1"),
+        ("gpu", 1, "device: expected cpu, cuda, cuda:<index> or auto, got 'gpu'"),
+    ],
+)
 def test_a_device_torch_cannot_see_is_a_user_error_not_the_cpu(name, count, message):
     from common.devices import choose_device
     from common.errors import ConfigError

@@ -1,4 +1,5 @@
 """EDA report: tables on synthetic and real annotations, the HTML page and its files, clear input errors."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def test_report_on_synthetic_matches_generator_counts(syn_root, tmp_path):
 
 
 def test_tables_are_exact_on_a_tiny_frame():
-    rows = pd.DataFrame({"ImageId": ["a.jpg", "a.jpg", "b.jpg"], "ClassId": [1, 3, 3],
-                         "EncodedPixels": ["1 10", "20 5", "1 100"]})
+    rows = pd.DataFrame(
+        {"ImageId": ["a.jpg", "a.jpg", "b.jpg"], "ClassId": [1, 3, 3], "EncodedPixels": ["1 10", "20 5", "1 100"]}
+    )
     table = eda.image_table(rows, ["a.jpg", "b.jpg", "c.jpg"])
     counts = eda.class_counts(table).set_index("class")["images"].to_dict()
     assert counts == {"1": 1, "2": 0, "3": 2, "4": 0, "no defect": 1}
@@ -63,7 +65,12 @@ def test_rows_outside_the_id_list_are_an_error():
 
 def test_bad_labels_table_names_the_line(tmp_path):
     path = tmp_path / "labels.csv"
-    head = "image_id," + ",".join(f"has_class_{c}" for c in range(1, 5)) + "," + ",".join(f"area_class_{c}" for c in range(1, 5))
+    head = (
+        "image_id,"
+        + ",".join(f"has_class_{c}" for c in range(1, 5))
+        + ","
+        + ",".join(f"area_class_{c}" for c in range(1, 5))
+    )
     path.write_text(head + "\na.jpg,0,0,0,0,0,0,0,0\nb.jpg,1,0,0,0,0,0,0,0\n")
     with pytest.raises(DatasetError, match="line 3: has_class and area_class disagree"):
         eda.read_labels_table(path)
@@ -107,8 +114,12 @@ def test_real_annotations_reproduce_what_the_files_imply():
 @pytest.mark.skipif(not (REAL / "images" / "train").is_dir(), reason="real data absent")
 def test_explicit_parts_override_the_layout(tmp_path):
     ann = REAL / "annotations"
-    data = with_overrides(find_root(tmp_path), train_csv=ann / "train_rle_partial.csv",
-                          train_ids_csv=ann / "train_rle_partial_image_ids.csv", train_images=REAL / "images" / "train")
+    data = with_overrides(
+        find_root(tmp_path),
+        train_csv=ann / "train_rle_partial.csv",
+        train_ids_csv=ann / "train_rle_partial_image_ids.csv",
+        train_images=REAL / "images" / "train",
+    )
     source = eda.load_sources(data)[0]
     picks = eda.pick_examples(source, eda.image_paths(data), per_class=2, seed=0)
     assert all(len(v) <= 2 for v in picks.values()) and picks[3]

@@ -1,4 +1,5 @@
 """The training engine on a tiny dataset: outputs, determinism, resume after kill -9, 2-process gloo DDP."""
+
 from __future__ import annotations
 
 import os
@@ -16,14 +17,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from classifier.metrics import classifier_metrics
-from engine.checkpoint import load_checkpoint, load_model
 from common.config import ConfigError
+from engine.checkpoint import load_checkpoint, load_model
 from engine.distributed import DistInfo, ShardSampler, WeightedShardSampler
 from engine.loop import Engine, _loader_options
-from engine.settings import TrainerSettings, amp_settings, cpu_has_bf16
-from engine.state import config_differences
 from engine.optim import cosine_with_warmup, one_cycle
 from engine.run import train
+from engine.settings import TrainerSettings, amp_settings, cpu_has_bf16
+from engine.state import config_differences
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -32,11 +33,25 @@ EPOCH_COLUMNS_IGNORED = ["time_s", "train_time_s", "train_images_per_s"]
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     """A classifier run on the tiny dataset that takes about a second per epoch."""
-    return ["stage=classifier", "data=kaggle", f"data.root={root}", "data.folds.n_splits=2", "fold=0",
-            "classifier.model.name=test_resnet", "classifier.model.pretrained=false",
-            "classifier.preprocess.size=[32,200]", "classifier.cache_images=true", "trainer.device=cpu",
-            "trainer.epochs=2", "trainer.batch_size=4", "trainer.num_workers=0", "trainer.progress=false",
-            "optimizer.lr.backbone=3e-3", "optimizer.lr.head=3e-3", *extra]
+    return [
+        "stage=classifier",
+        "data=kaggle",
+        f"data.root={root}",
+        "data.folds.n_splits=2",
+        "fold=0",
+        "classifier.model.name=test_resnet",
+        "classifier.model.pretrained=false",
+        "classifier.preprocess.size=[32,200]",
+        "classifier.cache_images=true",
+        "trainer.device=cpu",
+        "trainer.epochs=2",
+        "trainer.batch_size=4",
+        "trainer.num_workers=0",
+        "trainer.progress=false",
+        "optimizer.lr.backbone=3e-3",
+        "optimizer.lr.head=3e-3",
+        *extra,
+    ]
 
 
 def compose_train(overrides: list[str]):
@@ -54,8 +69,9 @@ def epoch_table(run_dir: Path) -> pd.DataFrame:
 
 
 def subprocess_env(threads: int = 1) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS=str(threads))
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads)
+    )
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -77,8 +93,8 @@ def test_fit_writes_the_run_folder_and_the_checkpoint_rebuilds_alone(tiny_datase
     assert payload["model"]["_target_"] == "classifier.model.create_classifier"
 
     # The OOF probabilities are the rebuilt model's outputs on raw images pre-processed from the meta alone.
-    from common.preprocess import Preprocess
     from common.images import read_image
+    from common.preprocess import Preprocess
 
     oof = pd.read_csv(run_dir / "oof_classifier.csv", comment="#")
     assert list(oof.columns) == ["ImageId", "fold", "prob_1", "prob_2", "prob_3", "prob_4"]
@@ -111,8 +127,9 @@ def test_cpu_runs_train_channels_last_on_the_configured_threads(tiny_dataset: Pa
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         weight = next(p for p in self.model.parameters() if p.ndim == 4 and p.shape[-1] > 1)
-        seen.update(threads=torch.get_num_threads(),
-                    channels_last=weight.is_contiguous(memory_format=torch.channels_last))
+        seen.update(
+            threads=torch.get_num_threads(), channels_last=weight.is_contiguous(memory_format=torch.channels_last)
+        )
 
     monkeypatch.setattr(Engine, "__init__", spy)
     before = torch.get_num_threads()
@@ -128,12 +145,14 @@ def test_cpu_runs_train_channels_last_on_the_configured_threads(tiny_dataset: Pa
 def test_cpu_mixed_precision_is_bf16_autocast_and_float16_is_refused(tiny_dataset: Path, tmp_path: Path):
     """trainer.amp=true on the CPU trains under bf16 autocast (1.4x faster on CPUs with bf16 units, see
     benchmarks/bench_train_cpu.py); float16 there is a one-line error naming the key and the fix."""
-    result = run_inprocess(tiny_dataset, tmp_path / "bf16", "trainer.epochs=1", "trainer.amp=true",
-                           "trainer.amp_dtype=bfloat16")
+    result = run_inprocess(
+        tiny_dataset, tmp_path / "bf16", "trainer.epochs=1", "trainer.amp=true", "trainer.amp_dtype=bfloat16"
+    )
     assert np.isfinite(epoch_table(tmp_path / "bf16")["train_loss"]).all() and result.best_path.is_file()
     with pytest.raises(ConfigError, match=r"trainer\.amp: float16 mixed precision needs a CUDA device; .*bfloat16"):
-        run_inprocess(tiny_dataset, tmp_path / "fp16", "trainer.epochs=1", "trainer.amp=true",
-                      "trainer.amp_dtype=float16")
+        run_inprocess(
+            tiny_dataset, tmp_path / "fp16", "trainer.epochs=1", "trainer.amp=true", "trainer.amp_dtype=float16"
+        )
 
 
 def test_bf16_autocast_falls_back_to_float32_on_cpus_without_bf16_units():
@@ -159,8 +178,12 @@ def test_amp_dtype_auto_is_bf16_where_the_device_has_it_and_the_loaders_keep_a_g
     with pytest.raises(ConfigError, match=r"trainer\.amp_dtype: expected auto, float16 or bfloat16"):
         TrainerSettings.from_config({"amp_dtype": "fp8"})
     assert _loader_options(0, cpu) == {"num_workers": 0, "pin_memory": False}
-    assert _loader_options(8, cuda) == {"num_workers": 8, "pin_memory": True, "persistent_workers": True,
-                                        "prefetch_factor": 4}
+    assert _loader_options(8, cuda) == {
+        "num_workers": 8,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 4,
+    }
 
 
 def test_resume_refuses_a_folder_trained_with_another_config(tiny_dataset: Path, tmp_path: Path):
@@ -172,7 +195,12 @@ def test_resume_refuses_a_folder_trained_with_another_config(tiny_dataset: Path,
 
 def test_killed_run_continues_from_its_last_checkpoint(tiny_dataset: Path, tmp_path: Path):
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "train.py", *tiny_overrides(tiny_dataset, "trainer.epochs=4"), f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "train.py",
+        *tiny_overrides(tiny_dataset, "trainer.epochs=4"),
+        f"hydra.run.dir={run_dir}",
+    ]
     last = run_dir / "checkpoints/last.pt"
     env = subprocess_env(torch.get_num_threads())  # same threads as the in-process run compared below
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -206,11 +234,19 @@ def free_port() -> int:
 
 def test_two_process_gloo_run_reduces_metrics_over_ranks(tiny_dataset: Path, tmp_path: Path):
     run_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "train.py", *tiny_overrides(tiny_dataset), f"hydra.run.dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "train.py",
+        *tiny_overrides(tiny_dataset),
+        f"hydra.run.dir={run_dir}",
+    ]
     done = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("epoch 1: train_loss") == 1           # only rank 0 reports and writes
+    assert done.stdout.count("epoch 1: train_loss") == 1  # only rank 0 reports and writes
     table = epoch_table(run_dir)
     assert table["epoch"].tolist() == [0, 1]
     oof = pd.read_csv(run_dir / "oof_classifier.csv", comment="#")
@@ -220,10 +256,11 @@ def test_two_process_gloo_run_reduces_metrics_over_ranks(tiny_dataset: Path, tmp
     # The logged validation metrics (each rank saw half the images) equal one process over all of them.
     assert load_checkpoint(run_dir / "checkpoints/last.pt", "classifier")["meta"]["epoch"] == 1
     best_epoch = load_checkpoint(run_dir / "checkpoints/best.pt", "classifier")["meta"]["epoch"]
-    logged = table.set_index("epoch").loc[best_epoch]          # the OOF file holds the best model's outputs
+    logged = table.set_index("epoch").loc[best_epoch]  # the OOF file holds the best model's outputs
     labels = pd.read_csv(tiny_dataset / "train.csv")
-    truth = np.array([[int(((labels.ImageId == i) & (labels.ClassId == c)).any()) for c in (1, 2, 3, 4)]
-                      for i in oof["ImageId"]])
+    truth = np.array(
+        [[int(((labels.ImageId == i) & (labels.ClassId == c)).any()) for c in (1, 2, 3, 4)] for i in oof["ImageId"]]
+    )
     recomputed = classifier_metrics(oof[["prob_1", "prob_2", "prob_3", "prob_4"]].to_numpy(), truth, [0.5] * 4)
     assert recomputed["auc_mean"] == pytest.approx(logged["auc_mean"], abs=1e-4)
     assert recomputed["any_acc"] == pytest.approx(logged["any_acc"], abs=1e-6)

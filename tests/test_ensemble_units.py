@@ -1,4 +1,5 @@
 """TTA, reducers, rules, gating modes and post-processing on small arrays."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,27 +87,31 @@ def test_gating_modes():
     # the same rules on a torch batch (GPU-side thresholding) give the same masks
     for mode in ("image", "veto", "soft", "scale"):
         rules = Rules(**base, gating=mode, resolve_overlap=True)
-        np.testing.assert_array_equal(pp.postprocess(torch.from_numpy(seg), cls, rules), pp.postprocess(seg, cls, rules))
+        np.testing.assert_array_equal(
+            pp.postprocess(torch.from_numpy(seg), cls, rules), pp.postprocess(seg, cls, rules)
+        )
 
 
 def test_postprocess_components_area_overlap():
     prob = np.zeros((1, 4, 20, 30), np.float32)
-    prob[0, 0, 1:4, 1:4] = 0.9       # 9 px component
-    prob[0, 0, 10:18, 10:20] = 0.7   # 80 px component
-    prob[0, 1, 10:18, 15:25] = 0.8   # overlaps class 0 on 8 x 5
-    prob[0, 2, 0:2, 0:2] = 0.6       # 4 px, below min_area
+    prob[0, 0, 1:4, 1:4] = 0.9  # 9 px component
+    prob[0, 0, 10:18, 10:20] = 0.7  # 80 px component
+    prob[0, 1, 10:18, 15:25] = 0.8  # overlaps class 0 on 8 x 5
+    prob[0, 2, 0:2, 0:2] = 0.6  # 4 px, below min_area
     rules = Rules(pixel_threshold=0.5, min_area=(0, 0, 5, 0), min_component=(10, 0, 0, 0), gating="none")
     assert _areas(pp.postprocess(prob, None, rules)) == [[80, 80, 0, 0]]
-    resolved = pp.postprocess(prob, None, Rules(pixel_threshold=0.5, min_component=(10, 0, 0, 0), resolve_overlap=True,
-                                                gating="none"))
+    resolved = pp.postprocess(
+        prob, None, Rules(pixel_threshold=0.5, min_component=(10, 0, 0, 0), resolve_overlap=True, gating="none")
+    )
     assert _areas(resolved) == [[40, 80, 3, 0]]  # class 3 loses (1,1) to class 1
     assert (resolved.sum(axis=1) <= 1).all()
     assert pp.remove_small_components(np.zeros((5, 5), np.uint8), 3).sum() == 0
 
 
 def test_rules_config_and_thresholds_file(tmp_path):
-    rules = rules_from_config({"pixel_threshold": [0.4, 0.5, 0.6, 0.7], "min_area": 100},
-                              {"mode": "soft", "image_threshold": 0.3})
+    rules = rules_from_config(
+        {"pixel_threshold": [0.4, 0.5, 0.6, 0.7], "min_area": 100}, {"mode": "soft", "image_threshold": 0.3}
+    )
     assert rules.min_area == (100,) * 4 and rules.gating == "soft"
     with pytest.raises(RulesError, match="pixel_threshold"):
         Rules(pixel_threshold=(0.5, 0.5))

@@ -1,4 +1,5 @@
 """Deploy bundle: export to ONNX, the torch-free runtime (API and infer.py runtime=onnx), parity with torch."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.io import read_csv
 from common.config import build
 from common.images import read_image
+from common.io import read_csv
 from common.metrics import dice_rle
 from common.submission import validate
 from engine.checkpoint import save_checkpoint
 from ensemble.core import prepare_inputs, stack_inputs
-from ensemble.export import PARITY_DICE, ExportError, export_bundle, main as export_main, parity
+from ensemble.export import PARITY_DICE, ExportError, export_bundle, parity
+from ensemble.export import main as export_main
 from ensemble.onnx_runtime import MANIFEST, BundleError, load_bundle, read_manifest
 from ensemble.predict import build_predictor
 from ensemble.reduce import make_reducer
@@ -28,15 +30,29 @@ from ensemble.tta import transforms
 from ensemble_helpers import PRE, image_folder, run_folder, save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-JOINT_CONFIG = {"_target_": "segmenter.model.create_joint", "arch": "Unet", "encoder_name": "tu-test_resnet",
-                "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [16, 8, 8], "input_scale": 0.5}
+JOINT_CONFIG = {
+    "_target_": "segmenter.model.create_joint",
+    "arch": "Unet",
+    "encoder_name": "tu-test_resnet",
+    "encoder_weights": None,
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+    "input_scale": 0.5,
+}
 IDS = [f"img{i:03d}.jpg" for i in range(4)]
 
 
 def overrides(s: dict, *extra: str) -> list[str]:
-    return [f"checkpoints.classifier=[{s['cls']}]", f"checkpoints.segmenter=[{s['seg']}]",
-            f"checkpoints.joint=[{s['joint']}]", f"images={s['images']}", "tta=hflip", "ensemble.gating.mode=soft",
-            "postprocess.min_area=[0,0,0,0]", *extra]
+    return [
+        f"checkpoints.classifier=[{s['cls']}]",
+        f"checkpoints.segmenter=[{s['seg']}]",
+        f"checkpoints.joint=[{s['joint']}]",
+        f"images={s['images']}",
+        "tta=hflip",
+        "ensemble.gating.mode=soft",
+        "postprocess.min_area=[0,0,0,0]",
+        *extra,
+    ]
 
 
 def plain(s: dict, *extra: str) -> dict:
@@ -55,10 +71,21 @@ def setup(tmp_path_factory):
     images, truth = image_folder(base / "images", 4)
     truth.to_csv(base / "truth.csv", index=False)
     torch.manual_seed(3)
-    joint = save_checkpoint(base / "joint.pt", build(dict(JOINT_CONFIG)), JOINT_CONFIG, "joint",
-                            {"preprocess": {**PRE, "size": None}, "fold": 0})
-    s = {"base": base, "images": images, "truth": base / "truth.csv", "joint": joint,
-         "cls": run_folder(base / "cls", "classifier", 2), "seg": save_tiny(base / "seg.pt", "segmenter", seed=1)}
+    joint = save_checkpoint(
+        base / "joint.pt",
+        build(dict(JOINT_CONFIG)),
+        JOINT_CONFIG,
+        "joint",
+        {"preprocess": {**PRE, "size": None}, "fold": 0},
+    )
+    s = {
+        "base": base,
+        "images": images,
+        "truth": base / "truth.csv",
+        "joint": joint,
+        "cls": run_folder(base / "cls", "classifier", 2),
+        "seg": save_tiny(base / "seg.pt", "segmenter", seed=1),
+    }
     for k in (0, 1):  # the classifier at a lower input size
         save_tiny(s["cls"] / f"{k}_fold={k}" / "checkpoints" / "best.pt", "classifier", k, k, size=[96, 600])
     s["bundle"] = base / "bundle"
@@ -71,7 +98,8 @@ def test_bundle_contents_and_checksums(setup):
     names = [m["name"] for m in manifest["members"]]
     assert names == ["classifier_0", "classifier_1", "joint_0", "segmenter_0"]
     assert sorted(p.name for p in setup["bundle"].iterdir()) == sorted(
-        [MANIFEST, "parity.json", *(f"{n}.onnx" for n in names)])
+        [MANIFEST, "parity.json", *(f"{n}.onnx" for n in names)]
+    )
     assert manifest["tta"] == {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]}
     assert manifest["rules"]["gating"] == "soft" and manifest["rules"]["bins"] == 100
     assert manifest["members"][0]["preprocess"]["size"] == [96, 600]
@@ -100,8 +128,9 @@ def test_dynamic_batch_and_api(setup):
 @pytest.mark.parametrize("reducer,tta", [("mean", "none,hflip,vflip,both"), ("geometric", "hflip"), ("max", "none")])
 def test_parity_with_torch(setup, reducer, tta):
     """The torch predictor and the bundle agree per pair (Dice >= 0.999) for each reducer and TTA set."""
-    reference = build_predictor(plain(setup, f"ensemble.reducer={reducer}", "ensemble.gating.mode=veto",
-                                      "postprocess.classifier_threshold=0.3"))
+    reference = build_predictor(
+        plain(setup, f"ensemble.reducer={reducer}", "ensemble.gating.mode=veto", "postprocess.classifier_threshold=0.3")
+    )
     onnx = load_bundle(setup["bundle"], threads=2)
     onnx.reducer = reducer
     onnx.tta_classifier = onnx.tta_segmenter = reference.tta_classifier = reference.tta_segmenter = transforms(tta)
@@ -141,9 +170,12 @@ def test_tampered_and_bad_bundles(setup, tmp_path):
     with pytest.raises(BundleError, match="member file missing"):
         load_bundle(copy)
     manifest = json.loads((setup["bundle"] / MANIFEST).read_text())
-    for change, message in ((("version", 99), "bundle version 99"), (("members", "x"), "members: expected list"),
-                            (("rules", {**manifest["rules"], "gating": "maybe"}), "bad rules"),
-                            (("reducer", "median"), "median")):
+    for change, message in (
+        (("version", 99), "bundle version 99"),
+        (("members", "x"), "members: expected list"),
+        (("rules", {**manifest["rules"], "gating": "maybe"}), "bad rules"),
+        (("reducer", "median"), "median"),
+    ):
         shutil.copytree(setup["bundle"], tmp_path / "b", dirs_exist_ok=True)
         (tmp_path / "b" / MANIFEST).write_text(json.dumps({**manifest, change[0]: change[1]}))
         with pytest.raises(BundleError, match=message):
@@ -161,8 +193,12 @@ def test_tampered_and_bad_bundles(setup, tmp_path):
 def test_export_errors(setup, tmp_path, capsys):
     assert export_main([*overrides(setup), "--out", str(setup["bundle"])]) == 2
     assert "exists; choose another --out or pass --force" in capsys.readouterr().err
-    assert export_main(["checkpoints.runs=[]", "checkpoints.segmenter=[]", "checkpoints.joint=[]", "--out",
-                        str(tmp_path / "x")]) == 2
+    assert (
+        export_main(
+            ["checkpoints.runs=[]", "checkpoints.segmenter=[]", "checkpoints.joint=[]", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
     assert "no segmenting member" in capsys.readouterr().err
     assert export_main([*overrides(setup), "--opset", "17", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
@@ -187,34 +223,57 @@ def test_runtime_without_torch(setup, tmp_path):
     assert check.returncode != 0 and "import of torch halted" in check.stderr
     sub, store = tmp_path / "onnx.csv", tmp_path / "store.sqlite"
     done = subprocess.run(
-        [sys.executable, "infer.py", "runtime=onnx", f"bundle={setup['bundle']}", f"images={setup['images']}",
-         f"output={sub}", f"hydra.run.dir={tmp_path}/run", "progress=false", "evaluate=true",
-         f"truth={setup['truth']}", f"store={store}", "run_id=onnx", "threads=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "infer.py",
+            "runtime=onnx",
+            f"bundle={setup['bundle']}",
+            f"images={setup['images']}",
+            f"output={sub}",
+            f"hydra.run.dir={tmp_path}/run",
+            "progress=false",
+            "evaluate=true",
+            f"truth={setup['truth']}",
+            f"store={store}",
+            "run_id=onnx",
+            "threads=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "runtime onnx: bundle" in done.stdout and "overall" in done.stdout and "inspections:" in done.stdout
     assert validate(sub, IDS) == []
-    api = "\n".join([
-        "import json, sys",
-        "from common.images import read_image",
-        "from ensemble.onnx_runtime import load_bundle",
-        f"predictor = load_bundle({str(setup['bundle'])!r}, threads=1)",
-        f"results = predictor.predict_images([read_image({str(setup['images'] / IDS[0])!r})], ['x.jpg'])",
-        "loaded = sys.modules.get('torch') is not None",
-        "print(json.dumps({'torch': loaded, 'result': results[0].to_dict()}))",
-    ])
+    api = "\n".join(
+        [
+            "import json, sys",
+            "from common.images import read_image",
+            "from ensemble.onnx_runtime import load_bundle",
+            f"predictor = load_bundle({str(setup['bundle'])!r}, threads=1)",
+            f"results = predictor.predict_images([read_image({str(setup['images'] / IDS[0])!r})], ['x.jpg'])",
+            "loaded = sys.modules.get('torch') is not None",
+            "print(json.dumps({'torch': loaded, 'result': results[0].to_dict()}))",
+        ]
+    )
     out = subprocess.run([sys.executable, "-c", api], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     assert payload["torch"] is False and payload["result"]["image_id"] == "x.jpg"
     # the torch-free run wrote what the torch runtime writes (same masks for every image x class)
-    from ensemble.run import infer
-    from common.config import to_plain
     from hydra import compose, initialize_config_dir
 
+    from common.config import to_plain
+    from ensemble.run import infer
+
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = to_plain(compose("infer", overrides=[*overrides(setup), f"paths.output_dir={tmp_path}", "progress=false",
-                                                   "threads=1"]))
+        cfg = to_plain(
+            compose(
+                "infer", overrides=[*overrides(setup), f"paths.output_dir={tmp_path}", "progress=false", "threads=1"]
+            )
+        )
     infer(cfg)
     onnx_rows, torch_rows = (submission_rows(f) for f in (sub, tmp_path / "submission.csv"))
     assert sorted(onnx_rows) == sorted(torch_rows) and len(torch_rows) == 16
@@ -238,5 +297,7 @@ def test_unknown_runtime_and_missing_bundle(setup, tmp_path):
         build_runtime({"runtime": "onnx", "bundle": None})
     with pytest.raises(ConfigError, match="not in this onnxruntime build"):
         build_runtime({"runtime": "onnx", "bundle": str(setup["bundle"]), "providers": ["NoSuchProvider"]})
-    inputs = stack_inputs([prepare_inputs(read_image(setup["images"] / IDS[0]), load_bundle(setup["bundle"]).preprocesses)])
+    inputs = stack_inputs(
+        [prepare_inputs(read_image(setup["images"] / IDS[0]), load_bundle(setup["bundle"]).preprocesses)]
+    )
     assert inputs[0].shape[0] == 1

@@ -1,5 +1,6 @@
 """``python -m ensemble.export --int8``: members quantised to INT8 (calibrated on training images of the data root);
 the bundle loads and predicts, and bad calibration settings are one-line errors."""
+
 from __future__ import annotations
 
 import onnx
@@ -12,8 +13,14 @@ from ensemble.export import main as export_main
 from ensemble.onnx_runtime import load_bundle, read_manifest
 from ensemble_helpers import PRE, image_folder
 
-JOINT = {"_target_": "segmenter.model.create_joint", "arch": "Unet", "encoder_name": "tu-test_resnet",
-         "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+JOINT = {
+    "_target_": "segmenter.model.create_joint",
+    "arch": "Unet",
+    "encoder_name": "tu-test_resnet",
+    "encoder_weights": None,
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +30,17 @@ def setup(tmp_path_factory):
     root = base / "root"
     image_folder(root / "train_images", 4)
     torch.manual_seed(0)
-    joint = save_checkpoint(base / "joint.pt", build(dict(JOINT)), JOINT, "joint",
-                            {"preprocess": {**PRE, "size": [64, 416]}, "fold": 0})
-    args = [f"checkpoints.joint=[{joint}]", "checkpoints.runs=[]", f"data.root={root}",
-            f"images={root / 'train_images'}", "tta=none", "ensemble.gating.mode=none"]
+    joint = save_checkpoint(
+        base / "joint.pt", build(dict(JOINT)), JOINT, "joint", {"preprocess": {**PRE, "size": [64, 416]}, "fold": 0}
+    )
+    args = [
+        f"checkpoints.joint=[{joint}]",
+        "checkpoints.runs=[]",
+        f"data.root={root}",
+        f"images={root / 'train_images'}",
+        "tta=none",
+        "ensemble.gating.mode=none",
+    ]
     return {"base": base, "root": root, "args": args}
 
 
@@ -43,11 +57,14 @@ def test_int8_bundle_loads_and_predicts(setup, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "joint_0.onnx"]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--int8", "--calibration-images", "0"], "--calibration-images 0: give a whole number from 1 to 4"),
-    (["--int8", "--calibration-images", "9"], "--calibration-images 9: give a whole number from 1 to 4"),
-    (["--calibration-images", "2"], "--calibration-images 2: only used with --int8"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--int8", "--calibration-images", "0"], "--calibration-images 0: give a whole number from 1 to 4"),
+        (["--int8", "--calibration-images", "9"], "--calibration-images 9: give a whole number from 1 to 4"),
+        (["--calibration-images", "2"], "--calibration-images 2: only used with --int8"),
+    ],
+)
 def test_bad_calibration_settings(setup, capsys, extra, message):
     out = setup["base"] / "bad"
     assert export_main([*setup["args"], "--out", str(out), *extra]) == 2
@@ -59,5 +76,7 @@ def test_int8_needs_training_images(setup, tmp_path, capsys):
     args = [a if not a.startswith("data.root=") else f"data.root={tmp_path}" for a in setup["args"]]
     assert export_main([*args, "--out", str(tmp_path / "b"), "--int8"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: --int8: no training images in {tmp_path / 'train_images'} to calibrate on; set data.root "
-                   "(or data=...) to a dataset root with train_images/")
+    assert err == (
+        f"error: --int8: no training images in {tmp_path / 'train_images'} to calibrate on; set data.root "
+        "(or data=...) to a dataset root with train_images/"
+    )

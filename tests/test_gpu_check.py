@@ -1,5 +1,6 @@
 """The GPU check's CPU dry run (``--device cpu --tiny``) and the inference pieces it measures: the background
 writer and the section timer."""
+
 from __future__ import annotations
 
 import os
@@ -85,14 +86,22 @@ def test_the_timer_charges_nested_sections_exclusively():
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--work",
-                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--work", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     table = (tmp_path / "gpu_check.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
-    recipes = sorted(p.relative_to(ROOT / "configs" / "experiment").with_suffix("").as_posix()
-                     for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml"))
+    recipes = sorted(
+        p.relative_to(ROOT / "configs" / "experiment").with_suffix("").as_posix()
+        for p in (ROOT / "configs" / "experiment").glob("*/competition*.yaml")
+    )
     for recipe in recipes:
         assert "| ok |" in rows[f"train {recipe}, 1 epoch"] and "images/s training" in rows[f"train {recipe}, 1 epoch"]
     assert "| ok |" in rows["kill during training, then resume"]
@@ -113,8 +122,11 @@ def test_the_cluster_launcher_and_the_optuna_searches_compose(search):
 
     stage = search  # one search per stage, named after it
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", f"hparams_search={search}", f"stage={stage}",
-                                          "fold=0"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", f"hparams_search={search}", f"stage={stage}", "fold=0"],
+            return_hydra_config=True,
+        )
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
     assert hydra["launcher"]["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert hydra["launcher"]["gpus_per_node"] == 1 and hydra["launcher"]["max_num_timeout"] > 0

@@ -1,26 +1,33 @@
 """The SQLite inspections store: schema, class-0 rows for clean images, date filters, bad input."""
+
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from common import inspections
 from common.rle import encode
-import numpy as np
 
 
 def _rows() -> pd.DataFrame:
     mask = np.zeros((256, 1600), np.uint8)
     mask[10:20, 30:40] = 1
-    return pd.DataFrame({"ImageId": ["a.jpg", "a.jpg", "b.jpg"], "ClassId": [1, 3, 2],
-                         "EncodedPixels": [encode(mask), "", ""]})
+    return pd.DataFrame(
+        {"ImageId": ["a.jpg", "a.jpg", "b.jpg"], "ClassId": [1, 3, 2], "EncodedPixels": [encode(mask), "", ""]}
+    )
 
 
 def test_append_and_query_roundtrip(tmp_path):
     conn = inspections.connect(tmp_path / "s" / "store.sqlite")
-    n = inspections.append_rows(conn, _rows(), "pred:r1", run_id="r1",
-                                dates={"a.jpg": "2024-01-02", "b.jpg": "2024-01-05T08:00:00", "c.jpg": "2024-02-01"},
-                                image_ids=["c.jpg"])
+    n = inspections.append_rows(
+        conn,
+        _rows(),
+        "pred:r1",
+        run_id="r1",
+        dates={"a.jpg": "2024-01-02", "b.jpg": "2024-01-05T08:00:00", "c.jpg": "2024-02-01"},
+        image_ids=["c.jpg"],
+    )
     assert n == 3  # a: class 1 (100 px); b and c clean -> class 0
     out = inspections.query(conn)
     assert list(out.columns) == inspections.COLUMNS

@@ -1,5 +1,6 @@
 """The joint two-headed stage, and the pipeline around it: training folds -> ensemble OOF made the way infer.py
 predicts -> threshold search -> infer.py -> CV report."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def test_loss_targets_and_devices():
     masks = torch.zeros(2, 4, 8, 8)
     masks[0, 2, 3, 3] = 1
     assert image_targets(masks).tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
-    loss = JointLoss(CombinedLoss({"bce": {"loss": ClassBCE([2.0, 2.0, 1.0, 1.5]), "weight": 1.0}}), 0.5,
-                     [2.0, 2.0, 1.0, 2.0])
+    loss = JointLoss(
+        CombinedLoss({"bce": {"loss": ClassBCE([2.0, 2.0, 1.0, 1.5]), "weight": 1.0}}), 0.5, [2.0, 2.0, 1.0, 2.0]
+    )
     value = loss((torch.zeros(2, 4, 8, 8), torch.zeros(2, 4)), masks)
     assert torch.isfinite(value) and value > 0
     moved = loss.to("meta")  # every buffer (both pos_weights) follows the module
@@ -53,7 +55,7 @@ def test_metric_scores_masks_and_class_head():
     truth = torch.zeros(4, 4, 16, 16)
     truth[0, 0, 2:6, 2:6] = 1
     truth[1, 2, :, 4:8] = 1
-    mask_logits = (truth * 8 - 4)
+    mask_logits = truth * 8 - 4
     label_logits = image_targets(truth) * 8 - 4
     metric.update((mask_logits, label_logits), {"target": truth})
     out = metric.compute(metric.state())
@@ -62,11 +64,23 @@ def test_metric_scores_masks_and_class_head():
 
 
 def _overrides(root: Path, run_dir: Path, fold: int) -> list[str]:
-    return ["experiment=joint/scratch", f"paths.output_dir={run_dir}", "data=kaggle", f"data.root={root}",
-            "data.folds.n_splits=2", f"fold={fold}", "joint.model.encoder_name=tu-test_resnet",
-            "+joint.model.encoder_depth=3", "joint.model.decoder_channels=[16,8,8]",
-            "joint.crop=[64,128]", "joint.validation.min_area=0", "trainer.epochs=2", "trainer.val_every=2",
-            "trainer.batch_size=4", "trainer.progress=false"]
+    return [
+        "experiment=joint/scratch",
+        f"paths.output_dir={run_dir}",
+        "data=kaggle",
+        f"data.root={root}",
+        "data.folds.n_splits=2",
+        f"fold={fold}",
+        "joint.model.encoder_name=tu-test_resnet",
+        "+joint.model.encoder_depth=3",
+        "joint.model.decoder_channels=[16,8,8]",
+        "joint.crop=[64,128]",
+        "joint.validation.min_area=0",
+        "trainer.epochs=2",
+        "trainer.val_every=2",
+        "trainer.batch_size=4",
+        "trainer.progress=false",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +103,7 @@ def test_joint_folds_write_both_oof_files_and_checkpoints(joint_runs):
     model, payload = load_model(runs / "fold1" / "checkpoints" / "best.pt", "joint")
     assert payload["model"]["_target_"] == "segmenter.model.create_joint" and payload["meta"]["fold"] == 1
     table = pd.read_csv(runs / "fold0" / "metrics.csv")
-    assert table["val_loss"].isna().tolist() == [True, False]      # validated every 2nd epoch (and the last)
+    assert table["val_loss"].isna().tolist() == [True, False]  # validated every 2nd epoch (and the last)
     assert {"auc_mean", "kaggle_best_gated", "train_images_per_s"} <= set(table)
     oof = load_oof([runs])
     assert len(oof) == 16 and oof.cls_prob is not None and set(oof.fold) == {0, 1}
@@ -98,8 +112,13 @@ def test_joint_folds_write_both_oof_files_and_checkpoints(joint_runs):
 def test_ensemble_oof_equals_inference_predictions(joint_runs, tmp_path):
     """The ensemble OOF histograms are exactly what the inference predictor gives on those images."""
     root, runs = joint_runs
-    cfg = {"tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]}, "ensemble": {"reducer": "mean"},
-           "device": "cpu", "batch_size": 1, "num_workers": 0}  # batch 1: the same arithmetic as below
+    cfg = {
+        "tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]},
+        "ensemble": {"reducer": "mean"},
+        "device": "cpu",
+        "batch_size": 1,
+        "num_workers": 0,
+    }  # batch 1: the same arithmetic as below
     summary = ensemble_oof([runs], tmp_path / "oof", cfg, progress=False)
     assert summary["images"] == 16 and summary["members"]["joint"] == 2
     oof = load_oof([tmp_path / "oof"])
@@ -134,10 +153,21 @@ def test_search_on_training_folders_then_infer_and_report(joint_runs, tmp_path, 
     assert (tmp_path / "thresholds_oof" / "oof_segmenter.npz").is_file()
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = to_plain(compose("infer", overrides=[
-            f"checkpoints.runs=[{runs}]", f"thresholds={out}", f"images={root / 'train_images'}",
-            f"truth={root / 'train.csv'}", "evaluate=true", f"output={tmp_path / 'sub.csv'}", "progress=false",
-            f"paths.output_dir={tmp_path}"]))
+        cfg = to_plain(
+            compose(
+                "infer",
+                overrides=[
+                    f"checkpoints.runs=[{runs}]",
+                    f"thresholds={out}",
+                    f"images={root / 'train_images'}",
+                    f"truth={root / 'train.csv'}",
+                    "evaluate=true",
+                    f"output={tmp_path / 'sub.csv'}",
+                    "progress=false",
+                    f"paths.output_dir={tmp_path}",
+                ],
+            )
+        )
     predictor = build_predictor(cfg)
     assert len(predictor.joints) == 2 and not predictor.segmenters and not predictor.classifiers
     summary = infer(cfg)
@@ -145,7 +175,23 @@ def test_search_on_training_folders_then_infer_and_report(joint_runs, tmp_path, 
 
     from analysis.report import main as report
 
-    assert report([str(runs), "--oof", str(tmp_path / "thresholds_oof"), "--out", str(tmp_path / "report"),
-                   "--images", str(root / "train_images"), "--truth", str(root / "train.csv"), "--limit", "6"]) == 0
+    assert (
+        report(
+            [
+                str(runs),
+                "--oof",
+                str(tmp_path / "thresholds_oof"),
+                "--out",
+                str(tmp_path / "report"),
+                "--images",
+                str(root / "train_images"),
+                "--truth",
+                str(root / "train.csv"),
+                "--limit",
+                "6",
+            ]
+        )
+        == 0
+    )
     md = (tmp_path / "report" / "report.md").read_text()
     assert "the ensemble OOF" in md and "Members side by side" in md and "Held-out images" in md

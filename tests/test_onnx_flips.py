@@ -1,5 +1,6 @@
 """Flips in the graph (the export's default): each member's ONNX file runs its TTA and averages the flips before the
 one resize to 256x1600; the masks stay torch's, and a runtime asked for another TTA or reducer refuses the bundle."""
+
 from __future__ import annotations
 
 import json
@@ -12,21 +13,31 @@ import torch
 from common.config import build
 from common.errors import ConfigError
 from engine.checkpoint import save_checkpoint
-from ensemble.export import FlipsInGraph, exportable_layers, graph_flips, main as export_main, parity
+from ensemble.export import FlipsInGraph, exportable_layers, graph_flips, parity
+from ensemble.export import main as export_main
 from ensemble.onnx_runtime import BUNDLE_VERSION, MANIFEST, BundleError, load_bundle, read_manifest, session_options
 from ensemble.predict import MemberNet, build_predictor
 from ensemble.tta import transforms
 from ensemble_helpers import PRE, image_folder, save_tiny
 
-JOINT = {"_target_": "segmenter.model.create_joint", "arch": "Unet", "encoder_name": "tu-test_resnet",
-         "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+JOINT = {
+    "_target_": "segmenter.model.create_joint",
+    "arch": "Unet",
+    "encoder_name": "tu-test_resnet",
+    "encoder_weights": None,
+    "encoder_depth": 3,
+    "decoder_channels": [16, 8, 8],
+}
 
 
 def config(s: dict, reducer: str = "mean") -> dict:
-    return {"checkpoints": {"joint": [str(s["joint"])], "classifier": [str(s["cls"])]},
-            "tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]},
-            "ensemble": {"gating": {"mode": "none"}, "reducer": reducer}, "postprocess": {"min_area": [0, 0, 0, 0]},
-            "device": "cpu"}
+    return {
+        "checkpoints": {"joint": [str(s["joint"])], "classifier": [str(s["cls"])]},
+        "tta": {"classifier": ["none", "hflip"], "segmenter": ["none", "hflip"]},
+        "ensemble": {"gating": {"mode": "none"}, "reducer": reducer},
+        "postprocess": {"min_area": [0, 0, 0, 0]},
+        "device": "cpu",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +47,32 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("flips")
     images, _ = image_folder(base / "images", 4)
     torch.manual_seed(3)
-    joint = save_checkpoint(base / "joint.pt", build(dict(JOINT)), JOINT, "joint",
-                            {"preprocess": {**PRE, "size": [64, 416]}, "fold": 0})
-    s = {"images": images, "joint": joint, "cls": save_tiny(base / "cls.pt", "classifier", size=[96, 600]),
-         "bundle": base / "bundle"}
-    assert export_main([f"checkpoints.joint=[{joint}]", f"checkpoints.classifier=[{s['cls']}]", "checkpoints.runs=[]",
-                        f"images={images}", "tta=hflip", "ensemble.gating.mode=none", "postprocess.min_area=[0,0,0,0]",
-                        "--out", str(s["bundle"]), "--parity"]) == 0
+    joint = save_checkpoint(
+        base / "joint.pt", build(dict(JOINT)), JOINT, "joint", {"preprocess": {**PRE, "size": [64, 416]}, "fold": 0}
+    )
+    s = {
+        "images": images,
+        "joint": joint,
+        "cls": save_tiny(base / "cls.pt", "classifier", size=[96, 600]),
+        "bundle": base / "bundle",
+    }
+    assert (
+        export_main(
+            [
+                f"checkpoints.joint=[{joint}]",
+                f"checkpoints.classifier=[{s['cls']}]",
+                "checkpoints.runs=[]",
+                f"images={images}",
+                "tta=hflip",
+                "ensemble.gating.mode=none",
+                "postprocess.min_area=[0,0,0,0]",
+                "--out",
+                str(s["bundle"]),
+                "--parity",
+            ]
+        )
+        == 0
+    )
     return s
 
 
@@ -102,8 +132,11 @@ def test_manifest_flips_must_match_its_tta(setup, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["members"][1]["tta_in_graph"] = ["none", "vflip"]
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"joint_0: tta_in_graph \['none', 'vflip'\] differs from the bundle's "
-                                          r"joint TTA \['none', 'hflip'\]"):
+    with pytest.raises(
+        BundleError,
+        match=r"joint_0: tta_in_graph \['none', 'vflip'\] differs from the bundle's "
+        r"joint TTA \['none', 'hflip'\]",
+    ):
         load_bundle(copy)
     manifest["members"][1]["tta_in_graph"] = ["none", "hflip"]
     (copy / MANIFEST).write_text(json.dumps({**manifest, "reducer": "geometric"}))

@@ -1,5 +1,6 @@
 """The fast post-processing paths give exactly the masks of the plain formulation (whole-array bin rule, then
 components labelled with their areas on every mask): bin cuts, pair skipping, component bounds, torch batches."""
+
 from __future__ import annotations
 
 import cv2
@@ -53,7 +54,7 @@ def test_bin_cut_is_the_bin_rule_at_every_boundary(dtype, bins):
 
 @st.composite
 def cases(draw):
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     b, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 24)), draw(st.integers(1, 32))
     bins = draw(st.sampled_from([10, 20, 100]))
     prob = rng.random((b, 4, h, w))
@@ -61,11 +62,16 @@ def cases(draw):
     prob[rng.random((b, 4)) < 0.3] *= 0.2  # pairs that no pixel of passes
     dtype = draw(st.sampled_from(["float16", "float32", "float64"]))
     gating = draw(st.sampled_from(["none", "label", "veto", "image", "soft", "scale"]))
-    rules = Rules(pixel_threshold=tuple(int(x) / bins for x in rng.integers(1, bins, 4)),
-                  min_area=tuple(int(x) for x in rng.integers(0, 40, 4)),
-                  min_component=tuple(int(x) for x in rng.choice([0, 1, 2, 5, 30], 4)),
-                  label_threshold=tuple(float(x) for x in rng.choice([0.0, 0.3, 0.7], 4)),
-                  classifier_threshold=0.5, gating=gating, bins=bins, area_scale=2.0)
+    rules = Rules(
+        pixel_threshold=tuple(int(x) / bins for x in rng.integers(1, bins, 4)),
+        min_area=tuple(int(x) for x in rng.integers(0, 40, 4)),
+        min_component=tuple(int(x) for x in rng.choice([0, 1, 2, 5, 30], 4)),
+        label_threshold=tuple(float(x) for x in rng.choice([0.0, 0.3, 0.7], 4)),
+        classifier_threshold=0.5,
+        gating=gating,
+        bins=bins,
+        area_scale=2.0,
+    )
     cls_prob = rng.random((b, 4)) if gating not in ("none", "label") else None
     return prob.astype(dtype), cls_prob, rules
 
@@ -80,7 +86,7 @@ def test_postprocess_equals_the_plain_formulation(case):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2 ** 32 - 1), st.sampled_from([2, 3, 5, 12, 40, 150]))
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 5, 12, 40, 150]))
 def test_component_removal_equals_labelling_with_areas(seed, min_size):
     rng = np.random.default_rng(seed)
     h, w = rng.integers(1, 48, 2)

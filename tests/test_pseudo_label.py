@@ -1,5 +1,6 @@
 """ensemble.pseudo_label and data.extra_train: confident predictions become a Kaggle-layout training root that joins
 the training images of every fold and never a validation fold."""
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,10 @@ def test_confidence_rules():
     assert pl.select(np.array([0.01, 0.5, 0.02, 0.03]), prob, masks, conf) == "image"
     assert pl.select(np.array([0.99, 0.99, 0.02, 0.03]), prob, masks, conf) == "agreement"  # class 1 has no mask
     unsure = prob.copy()
-    unsure[3, :, :5] = 0.5                                                 # half of class 4's map is unsure
+    unsure[3, :, :5] = 0.5  # half of class 4's map is unsure
     assert pl.select(scores, unsure, masks, conf) == "pixels"
     edge = prob.copy()
-    edge[1, 1:7, 1] = 0.5                    # uncertain pixels on the mask's edge band are not counted
+    edge[1, 1:7, 1] = 0.5  # uncertain pixels on the mask's edge band are not counted
     assert pl.confident_pixels(edge[1], masks[1], conf) == 1.0
     assert pl.confident_pixels(edge[1], masks[1], pl.Confidence(boundary=0)) < 1.0
     assert np.array_equal(pl.image_scores(None, np.array([[0.1, 0.9, 0, 0]])), [[0.1, 0.9, 0, 0]])
@@ -57,17 +58,42 @@ def tiny_runs(tmp_path_factory):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         train(compose(config_name="train", overrides=_train_overrides(root, runs / "fold0")), runs / "fold0")
     out = base / "pl"
-    args = ["--out", str(out), f"checkpoints.runs=[{runs}]", "data=kaggle", f"data.root={root}", f"images={test}",
-            "progress=false", "--image-low", "0.49", "--image-high", "0.5", "--min-confident", "0"]
+    args = [
+        "--out",
+        str(out),
+        f"checkpoints.runs=[{runs}]",
+        "data=kaggle",
+        f"data.root={root}",
+        f"images={test}",
+        "progress=false",
+        "--image-low",
+        "0.49",
+        "--image-high",
+        "0.5",
+        "--min-confident",
+        "0",
+    ]
     assert pl.main(args) == 0
     return root, test, runs, out, args
 
 
 def _train_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["experiment=joint/scratch", f"paths.output_dir={run_dir}", "data=kaggle", f"data.root={root}",
-            "data.folds.n_splits=2", "fold=0", "joint.model.encoder_name=tu-test_resnet",
-            "+joint.model.encoder_depth=3", "joint.model.decoder_channels=[16,8,8]", "joint.crop=[64,128]",
-            "trainer.epochs=1", "trainer.batch_size=4", "trainer.progress=false", *extra]
+    return [
+        "experiment=joint/scratch",
+        f"paths.output_dir={run_dir}",
+        "data=kaggle",
+        f"data.root={root}",
+        "data.folds.n_splits=2",
+        "fold=0",
+        "joint.model.encoder_name=tu-test_resnet",
+        "+joint.model.encoder_depth=3",
+        "joint.model.decoder_channels=[16,8,8]",
+        "joint.crop=[64,128]",
+        "trainer.epochs=1",
+        "trainer.batch_size=4",
+        "trainer.progress=false",
+        *extra,
+    ]
 
 
 def test_pseudo_labels_are_the_inferred_masks_of_the_confident_images(tiny_runs, capsys):
@@ -102,8 +128,13 @@ def test_extra_training_roots_join_the_training_folds_only(tiny_runs, tmp_path):
     for name in names:
         (extra / "train_images" / f"pl_{name}").write_bytes((images / name).read_bytes())
     (extra / "train.csv").write_text(f"ImageId,ClassId,EncodedPixels\npl_{names[0]},3,1 500\n")
-    data = {"root": str(root), "train_csv": str(root / "train.csv"), "check_images": "header",
-            "folds": {"n_splits": 2, "seed": 42, "path": str(root / "folds.csv")}, "extra_train": [str(extra)]}
+    data = {
+        "root": str(root),
+        "train_csv": str(root / "train.csv"),
+        "check_images": "header",
+        "folds": {"n_splits": 2, "seed": 42, "path": str(root / "folds.csv")},
+        "extra_train": [str(extra)],
+    }
     base, base_train, base_val = fold_split({**data, "extra_train": []}, 0)
     dataset, train_ids, val_ids = fold_split(data, 0)
     assert val_ids == base_val and train_ids == base_train + [f"pl_{n}" for n in names]
@@ -125,10 +156,11 @@ def test_the_joint_stage_trains_on_the_extra_root_and_validates_on_real_labels(t
     kept = {p.name for p in (out / "train_images").iterdir()}
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         plain = compose(config_name="train", overrides=_train_overrides(root, tmp_path / "a"))
-        extra = compose(config_name="train", overrides=_train_overrides(root, tmp_path / "b",
-                                                                        f"data.extra_train=[{out}]"))
+        extra = compose(
+            config_name="train", overrides=_train_overrides(root, tmp_path / "b", f"data.extra_train=[{out}]")
+        )
     before, after = make_stage(plain), make_stage(extra)
     assert len(after.train_set) == len(before.train_set) + len(kept)
     assert set(after.train_set.image_ids) - set(before.train_set.image_ids) == kept
     assert after.val_set.image_ids == before.val_set.image_ids and not kept & set(after.val_set.image_ids)
-    assert len(after.sample_weights) == len(after.train_set)   # rare-class sampling counts the pseudo-labels too
+    assert len(after.sample_weights) == len(after.train_set)  # rare-class sampling counts the pseudo-labels too

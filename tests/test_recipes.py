@@ -4,6 +4,7 @@ epoch, 2 folds, CPU), then the threshold search and ``python infer.py`` run on w
 Recipes are discovered (``configs/experiment/**/*.yaml``), so a new one is covered without touching this file.
 Slow (a few minutes on 2 cores): ``make test-recipes`` runs it, and ``.ci/run`` calls that target.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ pytestmark = pytest.mark.slow
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        NO_ALBUMENTATIONS_UPDATE="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
 
 
 def run(args: list[str], timeout: float = 3600) -> tuple[str, float]:
@@ -60,10 +66,22 @@ def train_recipe(work: Path, experiment: str) -> Path:
     if experiment not in _TRAINED:
         out = work / "runs" / experiment
         # as make demo / make quality launch them: the folds side by side (Hydra's joblib launcher), 1 thread each
-        _, seconds = run([sys.executable, "train.py", "-m", f"experiment={experiment}", "debug=smoke",
-                          "fold=" + ",".join(map(str, FOLDS)), f"paths.data_dir={work / 'data'}",
-                          f"hydra.sweep.dir={out}", "trainer.progress=false", "hydra/launcher=joblib",
-                          f"hydra.launcher.n_jobs={len(FOLDS)}", "trainer.threads=1"])
+        _, seconds = run(
+            [
+                sys.executable,
+                "train.py",
+                "-m",
+                f"experiment={experiment}",
+                "debug=smoke",
+                "fold=" + ",".join(map(str, FOLDS)),
+                f"paths.data_dir={work / 'data'}",
+                f"hydra.sweep.dir={out}",
+                "trainer.progress=false",
+                "hydra/launcher=joblib",
+                f"hydra.launcher.n_jobs={len(FOLDS)}",
+                "trainer.threads=1",
+            ]
+        )
         _TRAINED[experiment] = (out, seconds)
     return _TRAINED[experiment][0]
 
@@ -79,8 +97,10 @@ def test_recipe_trains_a_smoke_epoch(work: Path, experiment: str):
         assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [0]
         for name in OOF_FILES[payload["stage"]]:
             assert (run_dir / name).is_file(), f"{experiment}: fold {fold} wrote no {name}"
-    print(f"{experiment}: 2 folds with debug=smoke in {_TRAINED[experiment][1]:.0f} s (one python train.py -m, "
-          "folds side by side)")
+    print(
+        f"{experiment}: 2 folds with debug=smoke in {_TRAINED[experiment][1]:.0f} s (one python train.py -m, "
+        "folds side by side)"
+    )
 
 
 def test_threshold_search_and_infer_on_every_recipe(work: Path, capsys):
@@ -100,9 +120,21 @@ def test_threshold_search_and_infer_on_every_recipe(work: Path, capsys):
     # infer.py ensembles every checkpoint of every recipe (each kind under its own key) with the first thresholds.
     out = work / "infer"
     keys = [f"checkpoints.{kind}=[{','.join(str(p) for p in paths)}]" for kind, paths in found.items()]
-    output, seconds = run([sys.executable, "infer.py", "debug=smoke", *keys, f"thresholds={thresholds[0]}",
-                           "evaluate=true", "tta=hflip", f"paths.data_dir={work / 'data'}", f"hydra.run.dir={out}",
-                           f"output={out / 'submission.csv'}", "progress=false"])
+    output, seconds = run(
+        [
+            sys.executable,
+            "infer.py",
+            "debug=smoke",
+            *keys,
+            f"thresholds={thresholds[0]}",
+            "evaluate=true",
+            "tta=hflip",
+            f"paths.data_dir={work / 'data'}",
+            f"hydra.run.dir={out}",
+            f"output={out / 'submission.csv'}",
+            "progress=false",
+        ]
+    )
     assert "overall" in output and "all-empty" in output, output[-2000:]
     test_images = sorted((work / "data").glob("synthetic/*/test_images"))
     assert len(test_images) == 1

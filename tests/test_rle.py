@@ -1,4 +1,5 @@
 """RLE: Kaggle convention, strict validation, exact on every real mask."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from common.errors import RLEError
-
 from common.rle import area, decode, encode, format_ints, parse
 
 
@@ -23,9 +23,9 @@ def reference_encode(mask: np.ndarray) -> str:
 
 def test_transposition_guard_with_asymmetric_mask():
     mask = np.zeros((256, 1600), np.uint8)
-    mask[0:3, 0] = 1          # pixels 1..3 (top of the first column)
-    mask[0, 1] = 1            # pixel 257: first row, second column
-    mask[255, 1599] = 1       # the very last pixel
+    mask[0:3, 0] = 1  # pixels 1..3 (top of the first column)
+    mask[0, 1] = 1  # pixel 257: first row, second column
+    mask[255, 1599] = 1  # the very last pixel
     assert encode(mask) == "1 3 257 1 409600 1"
     back = decode("1 3 257 1 409600 1")
     assert back.shape == (256, 1600)
@@ -56,20 +56,23 @@ def test_full_mask_and_custom_shape():
     np.testing.assert_array_equal(decode("1 2 4 2", (2, 3)), small)
 
 
-@pytest.mark.parametrize("rle, message", [
-    ("1 2 3", "odd number"),
-    ("1 2.5", "not a non-negative integer"),
-    ("a 2", "not a non-negative integer"),
-    ("1 -2", "not a non-negative integer"),
-    ("0 3", "start 0 < 1"),
-    ("5 0", "length 0 < 1"),
-    ("10 5 12 3", "ascending"),
-    ("10 5 3 2", "ascending"),
-    ("409600 2", "past the image end"),
-    ("1 1_000", "not a non-negative integer"),
-    ("1\u00a05 10 3", r"U\+00A0 NO-BREAK SPACE\) at position 1"),                  # non-breaking space
-    ("1 5 10\u20033", r"U\+2003 EM SPACE\) at position 6"),                          # em space
-])
+@pytest.mark.parametrize(
+    "rle, message",
+    [
+        ("1 2 3", "odd number"),
+        ("1 2.5", "not a non-negative integer"),
+        ("a 2", "not a non-negative integer"),
+        ("1 -2", "not a non-negative integer"),
+        ("0 3", "start 0 < 1"),
+        ("5 0", "length 0 < 1"),
+        ("10 5 12 3", "ascending"),
+        ("10 5 3 2", "ascending"),
+        ("409600 2", "past the image end"),
+        ("1 1_000", "not a non-negative integer"),
+        ("1\u00a05 10 3", r"U\+00A0 NO-BREAK SPACE\) at position 1"),  # non-breaking space
+        ("1 5 10\u20033", r"U\+2003 EM SPACE\) at position 6"),  # em space
+    ],
+)
 def test_decode_rejects_malformed(rle, message):
     with pytest.raises(RLEError, match=message):
         decode(rle)
@@ -118,25 +121,45 @@ def test_every_real_mask_round_trips_with_its_area(real_data):
 
 # ----------------------------------------------------------------------------- every layout and dtype encodes alike
 
+
 def _speckled(shape=(256, 1600), seed=0, density=0.002) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mask = (rng.random(shape) < density).astype(np.uint8)
-    mask[:, 100:140] = 1                        # a band touching the top and bottom rows: runs across columns
-    mask[0, :] = rng.random(shape[1]) < 0.5     # first row and last column: the edges of the column-major order
+    mask[:, 100:140] = 1  # a band touching the top and bottom rows: runs across columns
+    mask[0, :] = rng.random(shape[1]) < 0.5  # first row and last column: the edges of the column-major order
     mask[:, -1] = 1
     return mask
 
 
-@pytest.mark.parametrize("layout", ["uint8", "bool", "uint8 0/255", "int8 -1", "float32", "int32", "fortran",
-                                    "column slice", "row slice", "transposed view"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "uint8",
+        "bool",
+        "uint8 0/255",
+        "int8 -1",
+        "float32",
+        "int32",
+        "fortran",
+        "column slice",
+        "row slice",
+        "transposed view",
+    ],
+)
 def test_encode_is_the_same_for_every_layout_and_dtype(layout):
     mask = _speckled()
     expected = reference_encode(mask)
     variants = {
-        "uint8": mask, "bool": mask.astype(bool), "uint8 0/255": mask * np.uint8(255),
-        "int8 -1": -mask.astype(np.int8), "float32": mask.astype(np.float32) * 0.7, "int32": mask.astype(np.int32) * 3,
-        "fortran": np.asfortranarray(mask), "column slice": np.pad(mask, ((0, 0), (3, 5)))[:, 3:-5],
-        "row slice": np.pad(mask, ((2, 2), (0, 0)))[2:-2], "transposed view": np.ascontiguousarray(mask.T).T,
+        "uint8": mask,
+        "bool": mask.astype(bool),
+        "uint8 0/255": mask * np.uint8(255),
+        "int8 -1": -mask.astype(np.int8),
+        "float32": mask.astype(np.float32) * 0.7,
+        "int32": mask.astype(np.int32) * 3,
+        "fortran": np.asfortranarray(mask),
+        "column slice": np.pad(mask, ((0, 0), (3, 5)))[:, 3:-5],
+        "row slice": np.pad(mask, ((2, 2), (0, 0)))[2:-2],
+        "transposed view": np.ascontiguousarray(mask.T).T,
     }
     assert encode(variants[layout]) == expected
 
@@ -151,7 +174,11 @@ def test_encode_word_path_on_mixed_values_and_shapes():
 
 
 @settings(max_examples=150, deadline=None)
-@given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.sampled_from([8, 16, 24, 40])), elements=st.sampled_from([0, 1, 255])))
+@given(
+    arrays(
+        np.uint8, st.tuples(st.integers(1, 9), st.sampled_from([8, 16, 24, 40])), elements=st.sampled_from([0, 1, 255])
+    )
+)
 def test_word_path_property(mask):
     """C-ordered 1-byte masks whose width is a multiple of 8 take the no-transpose path: same text as the reference."""
     assert encode(mask) == reference_encode(mask != 0)

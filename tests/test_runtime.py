@@ -1,5 +1,6 @@
 """The torch-free runtime installs from requirements-runtime.txt alone: its import graph (fast) and a fresh venv
 with the documented commands on an exported bundle (slow; ``make test-runtime``, run by .ci/run)."""
+
 from __future__ import annotations
 
 import ast
@@ -55,7 +56,9 @@ def imports_of(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
     return found
@@ -81,8 +84,11 @@ def runtime_graph() -> tuple[set[str], set[str]]:
 
 def requirement_closure(path: Path) -> set[str]:
     """Distribution names of a requirements file and, from the installed metadata, everything they require."""
-    todo = [Requirement(line.split("#")[0].strip()).name for line in path.read_text().splitlines()
-            if line.split("#")[0].strip()]
+    todo = [
+        Requirement(line.split("#")[0].strip()).name
+        for line in path.read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
     names: set[str] = set()
     while todo:
         name = todo.pop().lower().replace("_", "-")
@@ -105,9 +111,14 @@ def test_runtime_import_graph_is_accounted_for():
     assert not external & NEVER, external & NEVER
     owners = metadata.packages_distributions()
     allowed = requirement_closure(REQUIREMENTS)
-    unaccounted = {name: owners.get(name) for name in external
-                   if not {d.lower().replace("_", "-") for d in owners.get(name, [])} & allowed}
-    assert not unaccounted, f"imported by the runtime but not in {REQUIREMENTS.name} (or what it requires): {unaccounted}"
+    unaccounted = {
+        name: owners.get(name)
+        for name in external
+        if not {d.lower().replace("_", "-") for d in owners.get(name, [])} & allowed
+    }
+    assert not unaccounted, (
+        f"imported by the runtime but not in {REQUIREMENTS.name} (or what it requires): {unaccounted}"
+    )
     # the names the first line-PC trial was missing are now covered
     assert {"PIL", "tqdm", "httpx", "hydra", "onnxruntime", "cv2"} <= external
 
@@ -140,16 +151,35 @@ def export_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
     from ensemble.export import main as export_main
     from ensemble_helpers import PRE, image_folder
 
-    config = {"_target_": "segmenter.model.create_joint", "arch": "Unet", "encoder_name": "tu-test_resnet",
-              "encoder_weights": None, "encoder_depth": 3, "decoder_channels": [16, 8, 8], "input_scale": 0.5}
+    config = {
+        "_target_": "segmenter.model.create_joint",
+        "arch": "Unet",
+        "encoder_name": "tu-test_resnet",
+        "encoder_weights": None,
+        "encoder_depth": 3,
+        "decoder_channels": [16, 8, 8],
+        "input_scale": 0.5,
+    }
     images, truth = image_folder(base / "images", 3)
     truth.to_csv(base / "truth.csv", index=False)
     torch.manual_seed(0)
-    joint = save_checkpoint(base / "joint.pt", build(dict(config)), config, "joint",
-                            {"preprocess": {**PRE, "size": None}, "fold": 0})
+    joint = save_checkpoint(
+        base / "joint.pt", build(dict(config)), config, "joint", {"preprocess": {**PRE, "size": None}, "fold": 0}
+    )
     bundle = base / "bundle"
-    assert export_main([f"checkpoints.joint=[{joint}]", "checkpoints.runs=[]", f"images={images}", "tta=hflip",
-                        "--out", str(bundle)]) == 0
+    assert (
+        export_main(
+            [
+                f"checkpoints.joint=[{joint}]",
+                "checkpoints.runs=[]",
+                f"images={images}",
+                "tta=hflip",
+                "--out",
+                str(bundle),
+            ]
+        )
+        == 0
+    )
     return bundle, images, base / "truth.csv"
 
 
@@ -173,23 +203,48 @@ def test_fresh_venv_runs_the_documented_commands(tmp_path):
     python, bindir = env_dir / "bin" / "python", env_dir / "bin"
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run([*pip, "-r", REQUIREMENTS], tmp_path)
-    run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", tmp_path / "dist",
-         ROOT], tmp_path)
+    run(
+        [python, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", tmp_path / "dist", ROOT],
+        tmp_path,
+    )
     run([*pip, "--no-deps", *sorted((tmp_path / "dist").glob("steelseg-*.whl"))], tmp_path)
     probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, cwd=tmp_path)
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
-    common = ["runtime=onnx", f"bundle={bundle}", f"images={images}", "evaluate=true", f"truth={truth}",
-              "threads=1"]
+    common = ["runtime=onnx", f"bundle={bundle}", f"images={images}", "evaluate=true", f"truth={truth}", "threads=1"]
     # the README command from a checkout, and the installed command from a folder that is no checkout
-    checkout = run([python, ROOT / "infer.py", *common, f"output={tmp_path}/a.csv", f"hydra.run.dir={tmp_path}/ra"],
-                   ROOT)
-    installed = run([bindir / "steelseg-infer", *common, f"output={tmp_path}/b.csv", f"hydra.run.dir={tmp_path}/rb",
-                     f"store={tmp_path}/store.sqlite"], tmp_path)
+    checkout = run(
+        [python, ROOT / "infer.py", *common, f"output={tmp_path}/a.csv", f"hydra.run.dir={tmp_path}/ra"], ROOT
+    )
+    installed = run(
+        [
+            bindir / "steelseg-infer",
+            *common,
+            f"output={tmp_path}/b.csv",
+            f"hydra.run.dir={tmp_path}/rb",
+            f"store={tmp_path}/store.sqlite",
+        ],
+        tmp_path,
+    )
     for done in (checkout, installed):
         assert "runtime onnx: bundle" in done.stdout and "overall" in done.stdout, done.stdout
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     where = run([python, "-c", "import ensemble, configs; print(ensemble.__file__, configs.__file__)"], tmp_path)
     assert str(ROOT) not in where.stdout and "site-packages" in where.stdout
-    served = run([python, "-m", "ensemble.serve", bundle, "--load-test", "4", "--concurrency", "2", "--images",
-                  images, "--threads", "1"], tmp_path)
+    served = run(
+        [
+            python,
+            "-m",
+            "ensemble.serve",
+            bundle,
+            "--load-test",
+            "4",
+            "--concurrency",
+            "2",
+            "--images",
+            images,
+            "--threads",
+            "1",
+        ],
+        tmp_path,
+    )
     assert "requests/s" in served.stdout, served.stdout

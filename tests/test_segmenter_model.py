@@ -1,23 +1,27 @@
 """segmenter.model and segmenter.losses: every architecture gives (B, 4, H, W) logits; losses combine by weight."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from segmentation_models_pytorch.losses import DiceLoss
 
-from engine.checkpoint import load_model, save_checkpoint
 from common.config import build
+from engine.checkpoint import load_model, save_checkpoint
 from segmenter.losses import ClassBCE, CombinedLoss, LossConfigError
 from segmenter.model import FACTORY, ModelConfigError, Rescaled, create_segmenter, param_groups
 
 TINY = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 
 
-@pytest.mark.parametrize("arch, encoder, kwargs", [
-    ("Unet", "resnet18", TINY),
-    ("FPN", "tu-resnet10t", {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}),
-    ("UnetPlusPlus", "tu-resnet10t", TINY),
-])
+@pytest.mark.parametrize(
+    "arch, encoder, kwargs",
+    [
+        ("Unet", "resnet18", TINY),
+        ("FPN", "tu-resnet10t", {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32}),
+        ("UnetPlusPlus", "tu-resnet10t", TINY),
+    ],
+)
 def test_each_architecture_gives_four_logit_channels(arch, encoder, kwargs):
     model = create_segmenter(arch, encoder, encoder_weights=None, **kwargs).eval()
     with torch.no_grad():
@@ -29,8 +33,14 @@ def test_each_architecture_gives_four_logit_channels(arch, encoder, kwargs):
 
 
 def test_checkpoint_rebuilds_a_rescaled_model(tmp_path):
-    config = {"_target_": FACTORY, "arch": "Unet", "encoder_name": "resnet18", "encoder_weights": None,
-              "input_scale": 0.5, **TINY}
+    config = {
+        "_target_": FACTORY,
+        "arch": "Unet",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+        "input_scale": 0.5,
+        **TINY,
+    }
     model = build(config).eval()
     assert isinstance(model, Rescaled)
     x = torch.randn(1, 3, 64, 128)
@@ -64,8 +74,13 @@ def test_combined_loss_is_the_weighted_sum_of_its_terms():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 4, 32, 64), (torch.rand(2, 4, 32, 64) > 0.8).float()
     bce, dice = ClassBCE([2.0, 2.0, 1.0, 1.5]), DiceLoss("multilabel")
-    loss = CombinedLoss({"bce": {"loss": bce, "weight": 0.75}, "dice": {"loss": dice, "weight": 0.25},
-                         "off": {"loss": DiceLoss("multilabel"), "weight": 0.0}})
+    loss = CombinedLoss(
+        {
+            "bce": {"loss": bce, "weight": 0.75},
+            "dice": {"loss": dice, "weight": 0.25},
+            "off": {"loss": DiceLoss("multilabel"), "weight": 0.0},
+        }
+    )
     assert set(loss.terms) == {"bce", "dice"}
     expected = 0.75 * bce(logits, target) + 0.25 * dice(logits, target)
     assert torch.allclose(loss(logits, target), expected)
@@ -102,5 +117,6 @@ def test_second_phase_starts_from_a_checkpoint_of_the_same_model(tmp_path):
     init_weights(fresh, {**config, "encoder_weights": "imagenet"}, str(tmp_path / "best.pt"))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()))
     with pytest.raises(ConfigError, match="init_from.*another model"):
-        init_weights(build({**config, "arch": "UnetPlusPlus"}), {**config, "arch": "UnetPlusPlus"},
-                     str(tmp_path / "best.pt"))
+        init_weights(
+            build({**config, "arch": "UnetPlusPlus"}), {**config, "arch": "UnetPlusPlus"}, str(tmp_path / "best.pt")
+        )

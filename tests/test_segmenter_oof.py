@@ -1,4 +1,5 @@
 """common.oof: the histogram OOF scores exactly like common.metrics on decoded masks; files round-trip."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from common.constants import IMAGE_SHAPE
 from common.metrics import kaggle_score
-from common.oof import (OOFAccumulator, OOFError, SegmenterOOF, binarize, histograms, image_histograms, score,
-                        score_grid)
+from common.oof import OOFAccumulator, OOFError, SegmenterOOF, binarize, histograms, image_histograms, score, score_grid
 from common.oof import read_segmenter_oof as read_oof
 from common.oof import write_segmenter_oof as write_oof
-from common.constants import IMAGE_SHAPE
 from common.rle import encode
 from segmenter.metrics import SegmenterMetric, threshold_bin
 
@@ -27,7 +27,7 @@ def _fake_predictions(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.
         for c in range(4):
             if rng.random() < 0.5:
                 y, x = rng.integers(0, h - 60), rng.integers(0, w - 300)
-                truth[i, c, y:y + rng.integers(10, 60), x:x + rng.integers(20, 300)] = 1
+                truth[i, c, y : y + rng.integers(10, 60), x : x + rng.integers(20, 300)] = 1
     # Coarse random field upsampled (blobs of all sizes) plus a push towards the truth.
     coarse = rng.random((n, 4, h // 32, w // 32)).astype(np.float32)
     field = np.repeat(np.repeat(coarse, 32, axis=2), 32, axis=3)
@@ -49,14 +49,15 @@ def predictions():
     return ids, probs, truth, acc.result()
 
 
-@pytest.mark.parametrize("k, min_area", [(50, [0, 0, 0, 0]), (35, [600, 600, 1000, 2000]),
-                                         ([70, 20, 55, 90], [0, 3000, 100, 50])])
+@pytest.mark.parametrize(
+    "k, min_area", [(50, [0, 0, 0, 0]), (35, [600, 600, 1000, 2000]), ([70, 20, 55, 90], [0, 3000, 100, 50])]
+)
 def test_histogram_score_equals_metric_on_decoded_masks(predictions, k, min_area):
     ids, probs, truth, oof = predictions
     ks = np.broadcast_to(k, (4,))
     pred = np.stack([binarize(probs[:, c], ks[c], BINS) for c in range(4)], axis=1)
     areas = pred.sum(axis=(2, 3))
-    pred[areas < np.asarray(min_area)] = 0                      # whole mask dropped below the min area
+    pred[areas < np.asarray(min_area)] = 0  # whole mask dropped below the min area
     expected = kaggle_score(_rows(ids, pred), _rows(ids, truth), ids)
     got = score(oof, k, min_area)
     assert got.overall == expected.overall
@@ -113,8 +114,9 @@ def test_write_read_round_trip_and_concat(tmp_path, predictions):
         np.testing.assert_array_equal(getattr(back, key), getattr(oof, key))
     assert back.hist_pos.dtype == np.int32 and back.max_prob.dtype == np.float32 and back.bin_edges.dtype == np.float64
     assert back.image_ids.tolist() == oof.image_ids.tolist() and back.bins == BINS
-    other = SegmenterOOF(np.array(["x.jpg"]), np.array([3]), oof.bin_edges, oof.hist_pos[:1], oof.hist_neg[:1],
-                         oof.max_prob[:1])
+    other = SegmenterOOF(
+        np.array(["x.jpg"]), np.array([3]), oof.bin_edges, oof.hist_pos[:1], oof.hist_neg[:1], oof.max_prob[:1]
+    )
     joined = SegmenterOOF.concat([back, other])
     assert len(joined) == len(oof) + 1 and joined.fold.tolist()[-1] == 3
     with pytest.raises(OOFError, match="duplicate"):

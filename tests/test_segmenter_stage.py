@@ -1,4 +1,5 @@
 """Segmenter data (crops, flips, clean ratio), bad input at start-up, and a tiny fold through the engine."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,12 +10,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from common.preprocess import Preprocess
-from engine.checkpoint import load_model
 from common.config import ConfigError
 from common.dataset import load_split
 from common.errors import AnnotationError
-from common.oof import read_segmenter_oof as read_oof, score
+from common.oof import read_segmenter_oof as read_oof
+from common.oof import score
+from common.preprocess import Preprocess
+from engine.checkpoint import load_model
 from engine.run import train
 from segmenter.data import SegmentationDataset, build_train_augment, check_crop, select_training_ids
 from segmenter.metrics import to_full_size
@@ -35,8 +37,8 @@ class _Marked:
 
     def masks(self, image_id):
         m = np.zeros((4, 256, 1600), np.uint8)
-        m[1, 10:200, 300:310] = 1      # vertical bar
-        m[1, 190:200, 300:900] = 1     # horizontal foot to the right: asymmetric in both axes
+        m[1, 10:200, 300:310] = 1  # vertical bar
+        m[1, 190:200, 300:900] = 1  # horizontal foot to the right: asymmetric in both axes
         return m
 
 
@@ -56,7 +58,7 @@ def test_crops_and_flips_move_mask_with_image(extra, mode):
         image, mask, _ = data.sample(0)
         assert image.shape == (128, 512, 3) and mask.shape == (4, 128, 512)
         rows, cols = _positions(image)
-        np.testing.assert_array_equal(mask, truth[:, rows, cols])     # every mask pixel is the source pixel's
+        np.testing.assert_array_equal(mask, truth[:, rows, cols])  # every mask pixel is the source pixel's
         if mode == "defect":
             assert mask[1].any()
     item = data[0]
@@ -99,8 +101,9 @@ def test_crop_settings_are_checked():
 
 
 def test_clean_ratio_selects_defect_images_and_a_share_of_clean_ones():
-    labels = pd.DataFrame({1: [1, 0, 0, 0, 1, 0], 2: 0, 3: [0, 0, 1, 0, 0, 0], 4: 0},
-                          index=[f"{i}.jpg" for i in range(6)])
+    labels = pd.DataFrame(
+        {1: [1, 0, 0, 0, 1, 0], 2: 0, 3: [0, 0, 1, 0, 0, 0], 4: 0}, index=[f"{i}.jpg" for i in range(6)]
+    )
     ids = list(labels.index)
     assert select_training_ids(labels, ids, None, 0) == ids
     assert select_training_ids(labels, ids, 0, 0) == ["0.jpg", "2.jpg", "4.jpg"]
@@ -111,12 +114,28 @@ def test_clean_ratio_selects_defect_images_and_a_share_of_clean_ones():
 
 
 def _overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["stage=segmenter", f"paths.output_dir={run_dir}", "data=kaggle", f"data.root={root}", "data.folds.n_splits=2", "fold=0",
-            "segmenter.model.encoder_name=resnet18", "segmenter.model.encoder_weights=null",
-            "+segmenter.model.encoder_depth=3", "+segmenter.model.decoder_channels=[16,8,8]",
-            "segmenter.model.input_scale=0.25", "segmenter.crop=[128,256]", "segmenter.crop_mode=defect",
-            "segmenter.validation.min_area=0", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=4",
-            "trainer.num_workers=0", "trainer.progress=false", *extra]
+    return [
+        "stage=segmenter",
+        f"paths.output_dir={run_dir}",
+        "data=kaggle",
+        f"data.root={root}",
+        "data.folds.n_splits=2",
+        "fold=0",
+        "segmenter.model.encoder_name=resnet18",
+        "segmenter.model.encoder_weights=null",
+        "+segmenter.model.encoder_depth=3",
+        "+segmenter.model.decoder_channels=[16,8,8]",
+        "segmenter.model.input_scale=0.25",
+        "segmenter.crop=[128,256]",
+        "segmenter.crop_mode=defect",
+        "segmenter.validation.min_area=0",
+        "trainer.device=cpu",
+        "trainer.epochs=1",
+        "trainer.batch_size=4",
+        "trainer.num_workers=0",
+        "trainer.progress=false",
+        *extra,
+    ]
 
 
 def _compose(overrides: list[str]):
@@ -160,6 +179,6 @@ def test_bad_input_stops_at_start_up(tiny_dataset: Path, tmp_path: Path):
     csv = tiny_dataset / "train.csv"
     lines = csv.read_text().splitlines()
     image_id = lines[1].split(",")[0]
-    csv.write_text("\n".join(lines + [f"{image_id},1,409590 20"]) + "\n")     # runs past the 256x1600 image
+    csv.write_text("\n".join(lines + [f"{image_id},1,409590 20"]) + "\n")  # runs past the 256x1600 image
     with pytest.raises(AnnotationError, match=rf"train.csv.*{image_id}|{image_id}.*train.csv"):
         train(_compose(_overrides(tiny_dataset, tmp_path)), tmp_path)

@@ -1,4 +1,5 @@
 """HTTP serving of a bundle, through a real server on 127.0.0.1 and a real HTTP client (httpx)."""
+
 from __future__ import annotations
 
 import base64
@@ -26,10 +27,16 @@ def bundle(tmp_path_factory):
     """A two-member bundle (tiny classifier at 96x600 + tiny segmenter, veto gating) and its images."""
     base = tmp_path_factory.mktemp("serve")
     images, _ = image_folder(base / "images", 3)
-    cfg = {"checkpoints": {"classifier": [save_tiny(base / "cls.pt", "classifier", size=[96, 600])],
-                           "segmenter": [save_tiny(base / "seg.pt", "segmenter")]},
-           "tta": {"classifier": ["none"], "segmenter": ["none", "hflip"]}, "ensemble": {"gating": {"mode": "veto"}},
-           "postprocess": {"classifier_threshold": [0.1, 0.1, 0.1, 0.1]}, "device": "cpu"}
+    cfg = {
+        "checkpoints": {
+            "classifier": [save_tiny(base / "cls.pt", "classifier", size=[96, 600])],
+            "segmenter": [save_tiny(base / "seg.pt", "segmenter")],
+        },
+        "tta": {"classifier": ["none"], "segmenter": ["none", "hflip"]},
+        "ensemble": {"gating": {"mode": "veto"}},
+        "postprocess": {"classifier_threshold": [0.1, 0.1, 0.1, 0.1]},
+        "device": "cpu",
+    }
     export_bundle(build_predictor(cfg), base / "bundle", log=lambda *_: None)
     return {"bundle": base / "bundle", "images": images, "base": base}
 
@@ -94,6 +101,7 @@ def test_concurrent_requests_are_batched_and_stored(bundle, tmp_path):
     payloads = [(bundle["images"] / i).read_bytes() for i in IDS]
     answers: list[httpx.Response] = []
     with serve(bundle, max_batch=4, max_wait_ms=300, store=str(store), run_id="live") as url:
+
         def send(k: int) -> None:
             with httpx.Client(base_url=url, timeout=120) as http:
                 answers.append(http.post("/predict", content=payloads[k % 3], params={"image_id": f"c{k}.jpg"}))
@@ -115,8 +123,22 @@ def test_load_test_and_cli(bundle, capsys):
     with serve(bundle, max_batch=4) as url:
         report = load_test(url, [(bundle["images"] / IDS[0]).read_bytes()], requests=6, concurrency=3, max_seconds=60)
     assert report["requests"] == 6 and report["errors"] == 0 and report["p95_s"] >= report["p50_s"] > 0
-    assert main([str(bundle["bundle"]), "--load-test", "6", "--concurrency", "2", "--images", str(bundle["images"]),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                str(bundle["bundle"]),
+                "--load-test",
+                "6",
+                "--concurrency",
+                "2",
+                "--images",
+                str(bundle["images"]),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "requests/s" in out and "p95" in out and "0 errors" in out
     assert main([str(bundle["base"] / "missing")]) == 2

@@ -1,5 +1,6 @@
 """The HTTP service under hostile or careless use (issue 22, items 1-6): bombs, tokens, slow clients, store faults,
 ids and run ids, bundle values that load but fail or lie."""
+
 from __future__ import annotations
 
 import json
@@ -31,33 +32,50 @@ def bundle(tmp_path_factory):
     """A one-segmenter bundle and a 256x1600 JPEG."""
     base = tmp_path_factory.mktemp("hostile")
     images, _ = image_folder(base / "images", 1)
-    cfg = {"checkpoints": {"segmenter": [save_tiny(base / "seg.pt", "segmenter")]}, "tta": {"classifier": ["none"], "segmenter": ["none"]},
-           "ensemble": {"gating": {"mode": "none"}}, "postprocess": {}, "device": "cpu"}
+    cfg = {
+        "checkpoints": {"segmenter": [save_tiny(base / "seg.pt", "segmenter")]},
+        "tta": {"classifier": ["none"], "segmenter": ["none"]},
+        "ensemble": {"gating": {"mode": "none"}},
+        "postprocess": {},
+        "device": "cpu",
+    }
     export_bundle(build_predictor(cfg), base / "bundle", log=lambda *_: None)
-    return {"bundle": base / "bundle", "jpeg": (images / "img000.jpg").read_bytes(), "images": images,
-            "predictor": load_bundle(base / "bundle", threads=1)}
+    return {
+        "bundle": base / "bundle",
+        "jpeg": (images / "img000.jpg").read_bytes(),
+        "images": images,
+        "predictor": load_bundle(base / "bundle", threads=1),
+    }
 
 
 def _png_claiming(height: int, width: int) -> bytes:
     """A small, complete grey PNG whose header claims height x width (its data holds a few rows only)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4 * (width + 1)))) \
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(4 * (width + 1))))
         + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_claiming(jpeg: bytes, height: int, width: int) -> bytes:
     """The JPEG with its frame header (SOF0) patched to claim height x width."""
     at = jpeg.index(b"\xff\xc0") + 5
-    return jpeg[:at] + struct.pack(">HH", height, width) + jpeg[at + 4:]
+    return jpeg[:at] + struct.pack(">HH", height, width) + jpeg[at + 4 :]
 
 
 def test_bombs_are_refused_from_the_header_before_decoding(bundle, monkeypatch):
-    bombs = {"png 30000x30000": _png_claiming(30000, 30000), "png 10000x10000": _png_claiming(10000, 10000),
-             "jpeg 30000x30000": _jpeg_claiming(bundle["jpeg"], 30000, 30000),
-             "png 256x1601": _png_claiming(256, 1601)}
+    bombs = {
+        "png 30000x30000": _png_claiming(30000, 30000),
+        "png 10000x10000": _png_claiming(10000, 10000),
+        "jpeg 30000x30000": _jpeg_claiming(bundle["jpeg"], 30000, 30000),
+        "png 256x1601": _png_claiming(256, 1601),
+    }
     decoded = []
     monkeypatch.setattr(common.images.cv2, "imdecode", lambda *a: decoded.append(a) or None)
     for name, data in bombs.items():
@@ -69,8 +87,9 @@ def test_bombs_are_refused_from_the_header_before_decoding(bundle, monkeypatch):
         for name, data in bombs.items():
             answer = http.post("/predict", content=data)
             assert answer.status_code in (400, 422), (name, answer.text)
-            assert "refused from its header" in answer.json()["detail"] or "decompression bomb" in \
-                answer.json()["detail"], (name, answer.text)
+            assert (
+                "refused from its header" in answer.json()["detail"] or "decompression bomb" in answer.json()["detail"]
+            ), (name, answer.text)
         assert http.post("/predict", content=bundle["jpeg"]).status_code == 200  # the model's size still passes
         assert http.get("/health").json()["stats"]["requests"] == 1
 
@@ -99,10 +118,12 @@ def test_non_loopback_bind_needs_a_token_never_from_argv(bundle, tmp_path, monke
     assert not is_loopback("0.0.0.0") and not is_loopback("::")
     short = tmp_path / "short"
     short.write_text("abc\n")
-    cases = [(["--host", "0.0.0.0"], "--host 0.0.0.0: reachable from other machines"),
-             (["--token", TOKEN], "--token: a token on the command line is visible"),
-             (["--token-file", str(short)], f"--token-file {short}: the token must be 16-4096"),
-             (["--token-file", str(tmp_path / "none")], f"--token-file {tmp_path / 'none'}: cannot read it")]
+    cases = [
+        (["--host", "0.0.0.0"], "--host 0.0.0.0: reachable from other machines"),
+        (["--token", TOKEN], "--token: a token on the command line is visible"),
+        (["--token-file", str(short)], f"--token-file {short}: the token must be 16-4096"),
+        (["--token-file", str(tmp_path / "none")], f"--token-file {tmp_path / 'none'}: cannot read it"),
+    ]
     for argv, message in cases:
         assert main([str(bundle["bundle"]), "--port", "0", *argv]) == 2, argv
         err = capsys.readouterr().err
@@ -133,10 +154,12 @@ def test_slow_clients_are_closed(bundle):
     limits = Limits(header_timeout=1.0, body_timeout=1.0, keep_alive=1.0, max_connections=20)
     with running_server(create_app(bundle["predictor"], body_timeout=1.0), limits=limits) as url:
         host, port = url.removeprefix("http://").split(":")
-        cases = {"half-sent headers": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le",
-                 "nothing sent": b"",
-                 "trickled body": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + bytes(10),
-                 "trickled body to /health": b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab"}
+        cases = {
+            "half-sent headers": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le",
+            "nothing sent": b"",
+            "trickled body": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + bytes(10),
+            "trickled body to /health": b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab",
+        }
         socks = {}
         for name, data in cases.items():
             socks[name] = socket.create_connection((host, int(port)))
@@ -173,8 +196,9 @@ def test_store_locked_or_full_answers_503_with_the_prediction(bundle, tmp_path, 
         assert http.get("/health").json()["status"] == "ok"
 
         def full_disk(conn, *args, **kwargs):  # what append_rows raises when SQLite reports a full disk
-            raise common.inspections.InspectionStoreError(f"{store}: cannot store the rows") \
-                from sqlite3.OperationalError("database or disk is full")
+            raise common.inspections.InspectionStoreError(
+                f"{store}: cannot store the rows"
+            ) from sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(common.inspections, "append_rows", full_disk)
         answer = http.post("/predict", content=bundle["jpeg"], params={"image_id": "full.jpg"})
@@ -183,16 +207,31 @@ def test_store_locked_or_full_answers_503_with_the_prediction(bundle, tmp_path, 
     assert set(query(connect(store))["image_id"]) == {"after.jpg"}  # nothing half-stored
 
 
-BAD_IDS = ["..", ".", "a\nb.jpg", "a\x00b.jpg", "evil\u202egpj.exe", "x" * 20_000, " a.jpg", "../x.jpg", "a/b.jpg",
-           "C:\\x.jpg", "a\rb.jpg", "a\u2028b.jpg", "\t"]
+BAD_IDS = [
+    "..",
+    ".",
+    "a\nb.jpg",
+    "a\x00b.jpg",
+    "evil\u202egpj.exe",
+    "x" * 20_000,
+    " a.jpg",
+    "../x.jpg",
+    "a/b.jpg",
+    "C:\\x.jpg",
+    "a\rb.jpg",
+    "a\u2028b.jpg",
+    "\t",
+]
 
 
 def test_one_id_rule_for_every_entry_point(bundle, tmp_path, capsys):
     with TestClient(create_app(bundle["predictor"])) as http:
         for image_id in BAD_IDS:
             answer = http.post("/predict", content=bundle["jpeg"], params={"image_id": image_id})
-            assert answer.status_code == 422 and answer.json()["detail"].startswith("query image_id: "), \
-                (image_id[:20], answer.text[:200])
+            assert answer.status_code == 422 and answer.json()["detail"].startswith("query image_id: "), (
+                image_id[:20],
+                answer.text[:200],
+            )
             assert len(answer.text) < 2000
         answer = http.post("/predict", files={"file": ("..", bundle["jpeg"], "image/jpeg")})
         assert answer.status_code == 422 and "multipart file name" in answer.json()["detail"], answer.text
@@ -218,19 +257,26 @@ def test_one_id_rule_for_every_entry_point(bundle, tmp_path, capsys):
         create_app(bundle["predictor"], run_id="<b>")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"weight": 1e308}, "member segmenter_0: weight 1e+308 must be 0 or between"),
-    ({"weight": float("nan")}, "member segmenter_0: weight nan must be a finite number"),
-    ({"weight": float("inf")}, "member segmenter_0: weight inf must be a finite number"),
-    ({"weight": -1.0}, "member segmenter_0: weight -1.0 must be 0 or between"),
-    ({"weight": 1e-320}, "must be 0 or between"),
-    ({"weight": "1"}, "weight '1' must be a finite number"),
-    ({"weight": 0}, "members[].weight: the masks members ['segmenter_0'] all have weight 0"),
-    ({"preprocess": {"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "size": [128, 800]}},
-     "members[0] (segmenter_0): preprocess (channels 3, size [128, 800]) does not match the ONNX graph input"),
-    ({"preprocess": {"channels": 1, "mean": [0.5], "std": [0.25], "size": None}},
-     "members[0] (segmenter_0): preprocess (channels 1, size [256, 1600]) does not match"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"weight": 1e308}, "member segmenter_0: weight 1e+308 must be 0 or between"),
+        ({"weight": float("nan")}, "member segmenter_0: weight nan must be a finite number"),
+        ({"weight": float("inf")}, "member segmenter_0: weight inf must be a finite number"),
+        ({"weight": -1.0}, "member segmenter_0: weight -1.0 must be 0 or between"),
+        ({"weight": 1e-320}, "must be 0 or between"),
+        ({"weight": "1"}, "weight '1' must be a finite number"),
+        ({"weight": 0}, "members[].weight: the masks members ['segmenter_0'] all have weight 0"),
+        (
+            {"preprocess": {"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "size": [128, 800]}},
+            "members[0] (segmenter_0): preprocess (channels 3, size [128, 800]) does not match the ONNX graph input",
+        ),
+        (
+            {"preprocess": {"channels": 1, "mean": [0.5], "std": [0.25], "size": None}},
+            "members[0] (segmenter_0): preprocess (channels 1, size [256, 1600]) does not match",
+        ),
+    ],
+)
 def test_bundle_values_that_load_but_fail_or_lie_are_refused_at_load(bundle, tmp_path, capsys, change, message):
     folder = tmp_path / "bundle"
     shutil.copytree(bundle["bundle"], folder)

@@ -1,5 +1,6 @@
 """Rules with one home, checked where they are used: the CV report predicts its holdout with infer.py's predictor
 (``ensemble.predict.build_predictor``: reducer and classifier TTA included)."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,12 +24,20 @@ def test_the_report_holdout_predicts_with_the_infer_configs_reducer_and_classifi
     save_tiny(tmp_path / "run" / "seg" / "checkpoints" / "best.pt", "segmenter", size=[64, 400])
     images, truth = image_folder(tmp_path / "holdout", 2)
     truth.to_csv(tmp_path / "truth.csv", index=False)
-    infer = {"tta": {"classifier": ["none", "hflip", "vflip"], "segmenter": ["none", "hflip"]},
-             "ensemble": {"reducer": "max"}, "device": "cpu", "channels_last": True}
+    infer = {
+        "tta": {"classifier": ["none", "hflip", "vflip"], "segmenter": ["none", "hflip"]},
+        "ensemble": {"reducer": "max"},
+        "device": "cpu",
+        "channels_last": True,
+    }
     rules = Rules(gating="veto")
-    table, _ = holdout_table([tmp_path / "run"], images, tmp_path / "truth.csv", rules, Rules(gating="none"), infer,
-                             limit=2)
-    assert table["variant"].tolist()[:2] == ["ensemble, TTA none+hflip, gated (veto), tuned", "ensemble, no TTA, gated, tuned"]
+    table, _ = holdout_table(
+        [tmp_path / "run"], images, tmp_path / "truth.csv", rules, Rules(gating="none"), infer, limit=2
+    )
+    assert table["variant"].tolist()[:2] == [
+        "ensemble, TTA none+hflip, gated (veto), tuned",
+        "ensemble, no TTA, gated, tuned",
+    ]
     full, no_tta = built[0], built[1]
     assert full.reducer == "max" and len(full.tta_classifier) == 3 and len(full.tta_segmenter) == 2
     assert no_tta.reducer == "max" and len(no_tta.tta_classifier) == len(no_tta.tta_segmenter) == 1
@@ -86,8 +95,11 @@ def test_gating_mode_names_come_from_the_registry():
     doc = re.search(r"gating \(``ensemble.gating``\): ([\w |]+);", Rules.__doc__).group(1)
     assert sorted(m.strip() for m in doc.split("|")) == sorted(MODES)
     assert set(SEARCH_MODES) == set(MODES) - {"label"}
-    assert {m for m in MODES if Rules(gating=m).needs_classifier} == set(CLASSIFIER_MODES) == {
-        name for name, gate in GATES.items() if gate.needs_classifier}
+    assert (
+        {m for m in MODES if Rules(gating=m).needs_classifier}
+        == set(CLASSIFIER_MODES)
+        == {name for name, gate in GATES.items() if gate.needs_classifier}
+    )
 
 
 def test_unknown_keys_are_refused_by_one_helper():
@@ -101,7 +113,11 @@ def test_unknown_keys_are_refused_by_one_helper():
     check_known({"mode": 1}, ("mode", "power"), "x")
     with pytest.raises(ConfigError, match=r"^x: unknown key\(s\) \['pwer'\]; known: mode, power$"):
         check_known({"mode": 1, "pwer": 2}, ("mode", "power"), "x")
-    with pytest.raises(ConfigError, match=r"^preprocess: unknown key\(s\) \['sise'\]; known: channels, mean, std, size$"):
+    with pytest.raises(
+        ConfigError, match=r"^preprocess: unknown key\(s\) \['sise'\]; known: channels, mean, std, size$"
+    ):
         Preprocess.from_config({"sise": [1, 2]})
-    with pytest.raises(RulesError, match=r"^checkpoints: unknown key\(s\) \['join'\]; known: runs, classifier, segmenter"):
+    with pytest.raises(
+        RulesError, match=r"^checkpoints: unknown key\(s\) \['join'\]; known: runs, classifier, segmenter"
+    ):
         member_entries({"join": []})

@@ -1,4 +1,5 @@
 """Streaming submission writer (atomic, complete or nothing) and the validator that lists every problem."""
+
 from __future__ import annotations
 
 import subprocess
@@ -59,19 +60,28 @@ def test_writer_is_atomic(tmp_path):
 
 def test_validator_reports_every_problem(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("ImageId,EncodedPixels,ClassId\n"
-                   "a.jpg,1 3,1\n"
-                   "a.jpg,,1\n"           # duplicate
-                   "a.jpg,5 x,2\n"        # bad RLE token
-                   "a.jpg,,7\n"           # unknown class
-                   "c.jpg,,1\n"           # image not in folder
-                   "a.jpg,,3,extra\n"     # ragged
-                   "b.jpg,409601 2,1\n")  # past the image end
+    bad.write_text(
+        "ImageId,EncodedPixels,ClassId\n"
+        "a.jpg,1 3,1\n"
+        "a.jpg,,1\n"  # duplicate
+        "a.jpg,5 x,2\n"  # bad RLE token
+        "a.jpg,,7\n"  # unknown class
+        "c.jpg,,1\n"  # image not in folder
+        "a.jpg,,3,extra\n"  # ragged
+        "b.jpg,409601 2,1\n"
+    )  # past the image end
     problems = validate(bad, IDS)
     text = "\n".join(problems)
-    for needle in ("line 3: duplicate", "line 4", "line 5: unknown ClassId", "line 6: image 'c.jpg'",
-                   "line 7: 4 fields", "line 8", "'a.jpg' has no row for class(es) [2, 3, 4]",
-                   "'b.jpg' has no row for class(es) [1, 2, 3, 4]"):
+    for needle in (
+        "line 3: duplicate",
+        "line 4",
+        "line 5: unknown ClassId",
+        "line 6: image 'c.jpg'",
+        "line 7: 4 fields",
+        "line 8",
+        "'a.jpg' has no row for class(es) [2, 3, 4]",
+        "'b.jpg' has no row for class(es) [1, 2, 3, 4]",
+    ):
         assert needle in text, (needle, problems)
     assert len(problems) == 8
     (tmp_path / "hdr.csv").write_text("foo,bar\n")
@@ -85,9 +95,13 @@ def test_validate_cli(tmp_path):
         (images / name).write_bytes(b"")
     good = tmp_path / "sub.csv"
     _write(good)
+
     def run(f: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "common.submission", "validate", str(f), "--images", str(images)],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "common.submission", "validate", str(f), "--images", str(images)],
+            capture_output=True,
+            text=True,
+        )
 
     ok = run(good)
     assert ok.returncode == 0 and "valid" in ok.stdout

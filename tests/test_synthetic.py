@@ -1,4 +1,5 @@
 """The synthetic default dataset: Kaggle layout, exact masks, determinism, real-like statistics."""
+
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from common.constants import IMAGE_SHAPE
+from common.errors import AnnotationError
+from common.rle import decode, encode
 from synthetic import __main__ as synthetic_cli
 from synthetic import generator as S
-from common.errors import AnnotationError
-from common.constants import IMAGE_SHAPE
-from common.rle import decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared/data/severstal"
@@ -63,6 +64,7 @@ def box_mask(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ layout and files
+
 
 def test_kaggle_layout(dataset: Path) -> None:
     train_files = sorted(p.name for p in (dataset / "train_images").iterdir())
@@ -138,6 +140,7 @@ def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict) -> None:
 
 # ------------------------------------------------------------------ determinism
 
+
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path: Path) -> None:
     a = S.generate_dataset(tmp_path / "a", 6, 3, 5)
     b = S.generate_dataset(tmp_path / "b", 6, 3, 5)
@@ -165,6 +168,7 @@ def test_image_ids_unique_and_kaggle_like() -> None:
 
 
 # ------------------------------------------------------------------ statistics and learnability
+
 
 def test_class_statistics_are_real_like(samples) -> None:
     n = len(samples)
@@ -220,8 +224,10 @@ def test_defect_contrast_survives_grain(samples) -> None:
         for k, mask in masks.items():
             ring = cv2.dilate(mask, np.ones((25, 25), np.uint8)) - cv2.dilate(mask, np.ones((5, 5), np.uint8))
             if ring.sum() > 200:
-                gaps[k].append(abs(float(image[mask > 0].mean()) - float(image[ring > 0].mean()))
-                               + abs(float(image[mask > 0].std()) - float(image[ring > 0].std())))
+                gaps[k].append(
+                    abs(float(image[mask > 0].mean()) - float(image[ring > 0].mean()))
+                    + abs(float(image[mask > 0].std()) - float(image[ring > 0].std()))
+                )
     for k, values in gaps.items():
         if values:
             assert np.median(values) > 3.0, f"class {k}: {values}"
@@ -229,9 +235,14 @@ def test_defect_contrast_survives_grain(samples) -> None:
 
 # ------------------------------------------------------------------ --shapes-from
 
+
 def test_shapes_from_uses_the_given_masks(tmp_path: Path) -> None:
-    given = {1: [box_mask(10, 60, 100, 130), box_mask(100, 140, 300, 320)], 2: [box_mask(0, 200, 500, 512)],
-             3: [box_mask(0, 256, 700, 760)], 4: [box_mask(50, 200, 900, 1100)]}
+    given = {
+        1: [box_mask(10, 60, 100, 130), box_mask(100, 140, 300, 320)],
+        2: [box_mask(0, 200, 500, 512)],
+        3: [box_mask(0, 256, 700, 760)],
+        4: [box_mask(50, 200, 900, 1100)],
+    }
     csv_path = write_masks_csv(tmp_path / "shapes.csv", given)
     bank = S.MaskBank.from_csv(csv_path)
     for i in range(60):
@@ -255,12 +266,15 @@ def test_shapes_from_without_a_needed_class_names_file_and_class(tmp_path: Path)
         S.generate_dataset(tmp_path / "d", 60, 0, 0, shapes_from=csv_path)
 
 
-@pytest.mark.parametrize("content, match", [
-    ("ImageId,EncodedPixels\na.jpg,1 2\n", "header"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,7,1 5\n", r"line 3: unknown ClassId"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,2,10 5 12 3\n", r"line 3: bad EncodedPixels for 'b\.jpg'"),
-    ("ImageId,ClassId,EncodedPixels\na.jpg,3,409600 5\n", r"line 2: bad EncodedPixels for 'a\.jpg'"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("ImageId,EncodedPixels\na.jpg,1 2\n", "header"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,7,1 5\n", r"line 3: unknown ClassId"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,3,1 5\nb.jpg,2,10 5 12 3\n", r"line 3: bad EncodedPixels for 'b\.jpg'"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,3,409600 5\n", r"line 2: bad EncodedPixels for 'a\.jpg'"),
+    ],
+)
 def test_invalid_shapes_file_names_file_and_row(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -288,10 +302,16 @@ def test_shapes_from_real_annotations() -> None:
 
 # ------------------------------------------------------------------ command line
 
+
 def test_command_line_writes_dataset_and_prints_summary(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "synthetic", "--out", str(out), "--train", "3",
-                           "--test", "2", "--seed", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "synthetic", "--out", str(out), "--train", "3", "--test", "2", "--seed", "4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and str(out) in lines[0] and "c3=" in lines[0]
@@ -300,8 +320,9 @@ def test_command_line_writes_dataset_and_prints_summary(tmp_path: Path) -> None:
 
 
 def test_command_line_reports_bad_shapes_file(tmp_path: Path, capsys) -> None:
-    status = synthetic_cli.main(["--out", str(tmp_path / "o"), "--train", "1", "--test", "0",
-                     "--shapes-from", str(tmp_path / "nope.csv")])
+    status = synthetic_cli.main(
+        ["--out", str(tmp_path / "o"), "--train", "1", "--test", "0", "--shapes-from", str(tmp_path / "nope.csv")]
+    )
     assert status == 2
     assert "nope.csv" in capsys.readouterr().err
 
@@ -310,10 +331,16 @@ def test_processes_that_start_together_generate_the_dataset_once(tmp_path: Path)
     """Folds launched side by side (hydra/launcher=joblib) both call ensure_dataset on a missing root: one
     generates, the other waits for the lock and finds the finished dataset (no 'folder is not empty' error)."""
     root = tmp_path / "synthetic" / "ds"
-    code = ("import sys; from synthetic.generator import ensure_dataset; "
-            f"ensure_dataset({str(root)!r}, 12, 2, 3); print('ok')")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(3)]
+    code = (
+        "import sys; from synthetic.generator import ensure_dataset; "
+        f"ensure_dataset({str(root)!r}, 12, 2, 3); print('ok')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
     assert json.loads((root / "dataset.json").read_text())["n_train"] == 12

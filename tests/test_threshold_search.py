@@ -1,4 +1,5 @@
 """The histogram threshold search against brute force on real masks through the inference post-processing."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,20 @@ from common.oof import OOF, load_oof
 from ensemble import postprocess as pp
 from ensemble.gating import get_gate
 from ensemble.rules import Rules, read_thresholds
-from ensemble.threshold_search import (OFF_AREA, SEARCH_MODES, ClassCounts, Grid, OOFError, class_scores,
-                                       classes_to_switch_off, main, run_search, score_rules, search_mode, switch_off)
+from ensemble.threshold_search import (
+    OFF_AREA,
+    SEARCH_MODES,
+    ClassCounts,
+    Grid,
+    OOFError,
+    class_scores,
+    classes_to_switch_off,
+    main,
+    run_search,
+    score_rules,
+    search_mode,
+    switch_off,
+)
 
 B, N, H, W = 10, 14, 6, 8
 
@@ -29,8 +42,7 @@ def _data(seed=0):
     onehot = np.eye(B, dtype=np.int32)[bins]  # N,4,H,W,B
     hist_pos = (onehot * truth[..., None]).sum(axis=(2, 3)).astype(np.int32)
     hist_neg = (onehot * (1 - truth[..., None])).sum(axis=(2, 3)).astype(np.int32)
-    oof = OOF(np.array([f"i{i}" for i in range(N)]), np.arange(N) % 2, hist_pos, hist_neg,
-              prob.max(axis=(2, 3)), cls)
+    oof = OOF(np.array([f"i{i}" for i in range(N)]), np.arange(N) % 2, hist_pos, hist_neg, prob.max(axis=(2, 3)), cls)
     return oof, prob, truth
 
 
@@ -38,13 +50,17 @@ def _brute(prob, truth, cls, rules, c):
     """Sum over images of the class-c Dice of the real inference post-processing (image by image)."""
     total = 0.0
     for i in range(N):
-        mask = pp.postprocess(prob[i:i + 1], None if cls is None else cls[i:i + 1], rules)[0, c]
+        mask = pp.postprocess(prob[i : i + 1], None if cls is None else cls[i : i + 1], rules)[0, c]
         total += dice(mask, truth[i, c])
     return total
 
 
-GRID = dict(pixel_threshold=[0.2, 0.5, 0.7], min_area=[0, 3, 6, 10], classifier_threshold=[0.3, 0.6],
-            label_threshold=[0.0, 0.5, 0.8])
+GRID = dict(
+    pixel_threshold=[0.2, 0.5, 0.7],
+    min_area=[0, 3, 6, 10],
+    classifier_threshold=[0.3, 0.6],
+    label_threshold=[0.0, 0.5, 0.8],
+)
 
 
 @pytest.mark.parametrize("mode", SEARCH_MODES)
@@ -56,9 +72,18 @@ def test_search_table_equals_brute_force(mode):
         table = class_scores(ClassCounts.of(oof, c), oof.max_prob, oof.cls_prob, gate, c, grid, B)
         ts = GRID["classifier_threshold"] if table.shape[3] > 1 else [0.5]
         for (ki, k), (ai, a), (li, lab), (ti, t) in itertools.product(
-                enumerate(grid.k), enumerate(grid.min_area), enumerate(grid.label_threshold), enumerate(ts)):
-            rules = Rules(pixel_threshold=k / B, min_area=int(a), label_threshold=lab, classifier_threshold=t,
-                          gating={"none": "label"}.get(mode, mode), image_threshold=t, area_scale=2.0, bins=B)
+            enumerate(grid.k), enumerate(grid.min_area), enumerate(grid.label_threshold), enumerate(ts)
+        ):
+            rules = Rules(
+                pixel_threshold=k / B,
+                min_area=int(a),
+                label_threshold=lab,
+                classifier_threshold=t,
+                gating={"none": "label"}.get(mode, mode),
+                image_threshold=t,
+                area_scale=2.0,
+                bins=B,
+            )
             expected = _brute(prob, truth, oof.cls_prob, rules, c)
             assert table[ki, ai, li, ti] == pytest.approx(expected), (mode, c, k, a, lab, t)
             if (ai, li) == (1, 1):
@@ -90,8 +115,15 @@ def test_search_picks_best_and_round_trips(tmp_path):
         part = oof.subset(oof.fold == f)
         d = tmp_path / f"fold{f}"
         d.mkdir()
-        np.savez(d / "oof_segmenter.npz", image_ids=part.image_ids, fold=part.fold, bin_edges=np.linspace(0, 1, B + 1),
-                 hist_pos=part.hist_pos, hist_neg=part.hist_neg, max_prob=part.max_prob.astype(np.float32))
+        np.savez(
+            d / "oof_segmenter.npz",
+            image_ids=part.image_ids,
+            fold=part.fold,
+            bin_edges=np.linspace(0, 1, B + 1),
+            hist_pos=part.hist_pos,
+            hist_neg=part.hist_neg,
+            max_prob=part.max_prob.astype(np.float32),
+        )
         frame = pd.DataFrame(part.cls_prob, columns=[f"prob_{c}" for c in (1, 2, 3, 4)])
         frame.insert(0, "ImageId", part.image_ids)
         frame.insert(1, "fold", f)
@@ -127,11 +159,11 @@ def test_a_class_whose_tuned_rules_lose_out_of_fold_is_switched_off():
     fold = np.arange(n) % 2
     prob = np.full((n, 4, H, W), 0.05)
     truth = np.zeros((n, 4, H, W), np.uint8)
-    truth[::3, 0, :3, :4] = 1                       # class 1: learned, found in both folds
+    truth[::3, 0, :3, :4] = 1  # class 1: learned, found in both folds
     prob[::3, 0, :3, :4] = 0.85
-    truth[0, 1, 2:5, 2:6] = 1                        # class 2: fold 0's positive is found ...
+    truth[0, 1, 2:5, 2:6] = 1  # class 2: fold 0's positive is found ...
     prob[0, 1, 2:5, 2:6] = 0.95
-    truth[1, 1, 2:5, 2:6] = 1                        # ... fold 1's is missed, and 4 clean fold-1 images light up
+    truth[1, 1, 2:5, 2:6] = 1  # ... fold 1's is missed, and 4 clean fold-1 images light up
     prob[[3, 5, 7, 9], 1, 1:5, 1:7] = 0.95
     cls = np.where(prob.max(axis=(2, 3)) > 0.5, 0.9, 0.1)  # the classifier agrees with the masks
     oof = _oof_from(prob, truth, fold, cls)

@@ -1,5 +1,6 @@
 """The fast inference path on the CPU: TTA flips in one forward pass, inputs moved once per batch, autocast,
 the device rules for amp / batch size / torch.compile."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,27 +9,33 @@ import torch
 
 from ensemble.core import resolve_batch_size
 from ensemble.members import load_members
-from ensemble.predict import (MAX_AUTO_BATCH, Predictor, amp_dtype_for, batch_for_memory,
-                              compile_mode)
+from ensemble.predict import MAX_AUTO_BATCH, Predictor, amp_dtype_for, batch_for_memory, compile_mode
 from ensemble.rules import Rules, RulesError
 from ensemble.tta import augment_all, split_outputs, transforms
-
 from ensemble_helpers import image_folder, save_tiny
 
 
 @pytest.fixture
 def members(tmp_path):
     images, _ = image_folder(tmp_path / "images", 3)
-    return (sorted(images.iterdir()),
-            load_members([save_tiny(tmp_path / "c.pt", "classifier")], "classifier"),
-            load_members([save_tiny(tmp_path / "s.pt", "segmenter")], "segmenter"),
-            load_members([save_tiny(tmp_path / "j.pt", "segmenter", seed=1)], "segmenter"))
+    return (
+        sorted(images.iterdir()),
+        load_members([save_tiny(tmp_path / "c.pt", "classifier")], "classifier"),
+        load_members([save_tiny(tmp_path / "s.pt", "segmenter")], "segmenter"),
+        load_members([save_tiny(tmp_path / "j.pt", "segmenter", seed=1)], "segmenter"),
+    )
 
 
 def _predictor(members, **kw) -> Predictor:
     _, cls, seg, seg2 = members
-    return Predictor(classifiers=cls, segmenters=seg + seg2, rules=Rules(gating="none"),
-                     tta_segmenter=transforms("none,hflip,vflip,both"), tta_classifier=transforms("none,hflip"), **kw)
+    return Predictor(
+        classifiers=cls,
+        segmenters=seg + seg2,
+        rules=Rules(gating="none"),
+        tta_segmenter=transforms("none,hflip,vflip,both"),
+        tta_classifier=transforms("none,hflip"),
+        **kw,
+    )
 
 
 SMALL = [torch.rand(3, 3, 32, 64, generator=torch.Generator().manual_seed(0))]  # networks run at any size
@@ -93,7 +100,7 @@ def test_amp_auto_is_bf16_on_cuda_fp16_without_bf16_and_float32_on_the_cpu():
 
 
 def test_batch_size_rule_and_override(members):
-    gib = 2 ** 30
+    gib = 2**30
     assert batch_for_memory(75 * gib, 2) == MAX_AUTO_BATCH  # an H100's free memory, hflip TTA
     assert batch_for_memory(10 * gib, 2) == 8 and batch_for_memory(10 * gib, 1) == 16
     assert batch_for_memory(0, 2) == 1

@@ -1,4 +1,5 @@
 """Stand-in for infer.py in tests: predicts a class-3 box on every image of a folder (old format)."""
+
 import csv
 import sys
 from pathlib import Path
