@@ -82,7 +82,7 @@ class Rules:
 
     def __post_init__(self) -> None:
         n = len(CLASS_IDS)
-        bins = _number(self.bins, "postprocess.bins", True)
+        bins = int(_number(self.bins, "postprocess.bins", True))  # integer=True: a whole number already
         if bins < 2:
             raise RulesError(f"postprocess.bins: must be >= 2, got {bins}")
         object.__setattr__(self, "bins", bins)
@@ -130,7 +130,10 @@ class Rules:
     @property
     def pixel_bins(self) -> tuple[int, ...]:
         """Pixel thresholds as bin indices k (threshold k / bins)."""
-        return tuple(int(grid_bin(t, self.bins)) for t in self.pixel_threshold)
+        ks = tuple(grid_bin(t, self.bins) for t in self.pixel_threshold)
+        if any(k is None for k in ks):  # checked at construction: only a bug gets here
+            raise AssertionError(f"pixel thresholds {self.pixel_threshold} off the grid of {self.bins} bins")
+        return tuple(int(k or 0) for k in ks)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
