@@ -62,8 +62,9 @@ from ensemble.onnx_runtime import (
     session_options,
     sha256_of,
 )
-from ensemble.predict import MemberNet, Predictor, build_predictor, to_image_size
+from ensemble.predict import MemberNet, Predictor, build_predictor
 from ensemble.tta import Flip
+from segmenter.metrics import to_full_size
 
 __all__ = [
     "OPSET",
@@ -133,7 +134,7 @@ class FlipsInGraph(nn.Module):
         labels = mean(torch.sigmoid(labels.float()), False)
         if self.kind == "classifier":
             return labels
-        masks = to_image_size(mean(torch.sigmoid(masks.float()), True))
+        masks = to_full_size(mean(torch.sigmoid(masks.float()), True))
         return (masks, labels) if self.kind == "joint" else masks
 
 
