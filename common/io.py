@@ -229,6 +229,13 @@ def replace_folder(staged: Path | str, path: Path | str) -> Path:
     return path
 
 
+def replace_file(staged: Path | str, path: Path | str) -> Path:
+    """Put the finished file ``staged`` (written beside ``path``) at ``path`` in one step, so readers see the old
+    file or the new one, never a part."""
+    os.replace(staged, path)
+    return Path(path)
+
+
 def _temp_file(path: Path) -> tuple[int, str]:
     """Create the temp file for ``path`` (folder made if missing) with the final file's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)

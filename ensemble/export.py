@@ -49,7 +49,7 @@ from torch import nn
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import SteelsegError
-from common.io import atomic_write_text, check_writable, replace_folder, temp_dir_beside
+from common.io import atomic_write_text, check_writable, replace_file, replace_folder, temp_dir_beside
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches, split_joint
 from ensemble.onnx_runtime import (
@@ -284,15 +284,15 @@ def quantize_bundle(folder: Path, calibration: Sequence[Path | str], log: Any = 
         if entry.get("precision", "float32") != "float32":
             continue
         path = folder / entry["file"]
-        source = path.with_name(f"{path.stem}.float32.onnx")
-        path.rename(source)
+        staged = path.with_name(f"{path.stem}.int8.onnx")
         try:
             # one image per run: a full-size U-Net's calibration run on a batch of 8 (16 with the flips) was killed
             # for memory on this 24 GB machine
             batches = calibration_batches(calibration, Preprocess.from_meta(entry["preprocess"]), batch_size=1)
-            kept = quantize_int8(source, path, batches)
+            kept = quantize_int8(path, staged, batches)
+            replace_file(staged, path)  # the float32 file stays in place until the INT8 one is whole
         finally:
-            source.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
         entry.update(sha256=sha256_of(path), precision="int8")
         log(
             f"  {entry['name']}: INT8 (QDQ, per-channel, {len(calibration)} calibration images; {'/'.join(kept)} "
