@@ -44,7 +44,7 @@ define pipeline
 	$(PY) prepare.py $(2); \
 	for recipe in $(1); do $(PY) train.py -m $(LAUNCH) $$recipe fold=0,1 run_name=$(4) $(2); done; \
 	runs=$$(for recipe in $(1); do stage=$${recipe#experiment=}; echo outputs/train/$${stage%%/*}/$(4); done | sort -u); \
-	$(PY) -m ensemble.threshold_search $$runs --out $(3)/thresholds.json $(2); \
+	$(PY) -m tuning.threshold_search $$runs --out $(3)/thresholds.json $(2); \
 	images=$$($(PY) -c "import sys; from ensemble.settings import compose_infer; \
 	    print(compose_infer(sys.argv[1:]).data.root)" $(2)); \
 	$(PY) infer.py "checkpoints.runs=[$$(echo $$runs | tr ' ' ',')]" thresholds=$(3)/thresholds.json evaluate=true \
@@ -93,7 +93,7 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest -q -m "browser and not slow" tests/test_dashboard_e2e.py tests/test_dashboard_browser.py
 
 # The torch-free runtime as a line PC gets it: a fresh venv from requirements-runtime.txt alone (+ the steelseg
-# wheel), torch absent, infer.py runtime=onnx and ensemble.serve --load-test on an exported bundle (~4 min first,
+# wheel), torch absent, infer.py runtime=onnx and deploy.serve --load-test on an exported bundle (~4 min first,
 # faster once ~/.cache/pip holds the wheels). .ci/run runs it.
 test-runtime: $(STAMP)
 	$(PY) -m pytest -q tests/test_runtime.py

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from common.annotations import read_annotations  # noqa: E402
 from common.constants import CLASS_IDS  # noqa: E402
 from common.dataset import class_masks, list_images, rles_by_image  # noqa: E402
-from common.errors import DatasetError, SteelsegError  # noqa: E402
+from common.errors import DatasetError, command  # noqa: E402
 from common.images import read_image  # noqa: E402
 from common.io import CsvError, atomic_write_text, check_writable, read_csv, spreadsheet_safe  # noqa: E402
 from common.layout import DataRoot, find_root, read_id_list, with_overrides  # noqa: E402
@@ -391,6 +391,7 @@ def build_report(data: DataRoot, out: Path, per_class: int = 3, n_largest: int =
     return summary
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the report; input errors exit with status 2 and a message naming the file."""
     parser = argparse.ArgumentParser(prog="python -m analysis.eda", description=__doc__.splitlines()[0])
@@ -405,19 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=3, help="sample images per class (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing sample images (default 0)")
     args = parser.parse_args(argv)
-    try:
-        data = with_overrides(
-            find_root(args.root),
-            train_csv=args.annotations,
-            train_ids_csv=args.image_ids,
-            labels_csv=args.labels,
-            train_images=args.images,
-        )
-        check_writable(args.out, "--out", directory=True)
-        summary = build_report(data, args.out, per_class=args.per_class, seed=args.seed)
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data = with_overrides(
+        find_root(args.root),
+        train_csv=args.annotations,
+        train_ids_csv=args.image_ids,
+        labels_csv=args.labels,
+        train_images=args.images,
+    )
+    check_writable(args.out, "--out", directory=True)
+    summary = build_report(data, args.out, per_class=args.per_class, seed=args.seed)
     for name, s in summary["sources"].items():
         print(
             f"{name}: {s['images']} images, per class {s['images_per_class']}, labels per image {s['labels_per_image']}"

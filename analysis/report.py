@@ -2,7 +2,7 @@
 
 ``python -m analysis.report RUN_DIR... [--oof OOF_DIR] [--out DIR] [--images DIR --truth CSV] [OVERRIDES]``
 
-Scores come from the ensemble OOF (``python -m ensemble.oof``, made the way inference predicts) when
+Scores come from the ensemble OOF (``python -m tuning.oof``, made the way inference predicts) when
 ``--oof`` names it, else from the runs' own OOF files. Every score stands beside the all-empty baseline:
 default rules, tuned rules and tuned-on-the-other-folds (the honest figure) per class; Dice on positive pairs
 and false-positive rate on clean pairs; classifier ROC-AUC/F1 and ROC curves; each run (joint or separate
@@ -13,7 +13,6 @@ and draws a few held-out images with truth and prediction.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import sys
@@ -26,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from common.constants import CLASS_IDS, LONG_COLUMNS
-from common.errors import SteelsegError
+from common.errors import SteelsegError, command
 from common.io import atomic_write_text, check_writable, read_csv
 from common.metrics import dice_from_counts, f1_per_class, gap_closed, roc_auc_per_class
 from common.oof import CLASSIFIER_FILE, OOF, SEGMENTER_FILE, find_files, load_oof
-from ensemble.rules import Rules, write_thresholds
-from ensemble.settings import split_overrides
-from ensemble.threshold_search import Grid, default_rules, pair_outcomes, run_search, score_rules
+from ensemble.settings import override_parser, split_overrides
+from scoring.rules import Rules, write_thresholds
+from tuning.threshold_search import Grid, default_rules, pair_outcomes, run_search, score_rules
 
 __all__ = ["per_fold_table", "pair_table", "classifier_table", "members_table", "holdout_table", "build_report", "main"]
 
@@ -503,35 +502,28 @@ def build_report(
     return s
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.report",
-        description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (default rules, tta).",
-    )
+    parser = override_parser("analysis.report", __doc__, "(default rules, tta).")
     parser.add_argument("runs", nargs="+", help="training (multi)run output folders; then overrides")
-    parser.add_argument("--oof", type=Path, help="ensemble OOF folder (python -m ensemble.oof) to score")
+    parser.add_argument("--oof", type=Path, help="ensemble OOF folder (python -m tuning.oof) to score")
     parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/report)")
     parser.add_argument("--images", type=Path, help="labelled holdout images (optional)")
     parser.add_argument("--truth", type=Path, help="truth CSV of --images")
     parser.add_argument("--limit", type=int, default=40, help="at most this many holdout images")
     args = parser.parse_intermixed_args(argv)
     runs, overrides = split_overrides(args.runs)
-    try:
-        if not runs:
-            raise SteelsegError("give at least one training output folder")
-        if (args.images is None) != (args.truth is None):
-            raise SteelsegError("--images and --truth go together (a labelled holdout)")
-        from ensemble.settings import compose_infer, predictor_config
+    if not runs:
+        raise SteelsegError("give at least one training output folder")
+    if (args.images is None) != (args.truth is None):
+        raise SteelsegError("--images and --truth go together (a labelled holdout)")
+    from ensemble.settings import compose_infer, predictor_config
 
-        out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
-        infer = predictor_config(compose_infer(overrides))
-        s = build_report(
-            [Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit, args.oof, infer
-        )
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = check_writable(args.out or Path(runs[0]) / "report", "--out", directory=True)
+    infer = predictor_config(compose_infer(overrides))
+    s = build_report(
+        [Path(r) for r in runs], out, default_rules(overrides), args.images, args.truth, args.limit, args.oof, infer
+    )
     print(
         f"all-empty {s['baseline']:.4f}  default {s['default']:.4f}  tuned ({s['best_mode']}) {s['tuned']:.4f}"
         + (

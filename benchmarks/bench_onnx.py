@@ -8,10 +8,10 @@ core; the rows run alternating and the best of ``--repeats`` is kept. Rows:
 * ONNX Runtime at graph optimisation ``basic`` / ``extended`` / ``all`` (the TTA flips batched into one run by the
   runtime, the bundle as exported before ``tta_in_graph``), and at ``all`` with one run per flip;
 * ``all`` + I/O binding (inputs bound, outputs written into arrays allocated by the caller);
-* ``all``, flips in the graph (``ensemble.export.FlipsInGraph``, the export's default): flips averaged before the one
+* ``all``, flips in the graph (``deploy.export.FlipsInGraph``, the export's default): flips averaged before the one
   resize to 256x1600;
 * OpenVINO's own runtime compiling the same files (when ``import openvino`` works: requirements-openvino.txt);
-* INT8 (``ensemble.export.quantize_bundle``: ONNX Runtime static quantisation, QDQ, per-channel, calibrated on
+* INT8 (``deploy.export.quantize_bundle``: ONNX Runtime static quantisation, QDQ, per-channel, calibrated on
   training images of the data root; Resize and Sigmoid float), flips in the graph.
 
 Each row also says whether its masks equal torch's on the timed images (differing pixels). For the ``trained`` set
@@ -51,9 +51,9 @@ from common.config import build  # noqa: E402
 from common.constants import CLASS_IDS, LONG_COLUMNS  # noqa: E402
 from common.dataset import list_images  # noqa: E402
 from common.metrics import dice, pair_dice, paired_difference, score_pairs, with_interval  # noqa: E402
+from deploy.export import _compose, calibration_images, export_bundle, exportable_layers, parity, quantize_bundle  # noqa: E402  # noqa: E402
 from engine.checkpoint import save_checkpoint  # noqa: E402
 from ensemble.core import GatedEnsemble, cpu_count, rows_of  # noqa: E402
-from ensemble.export import _compose, calibration_images, export_bundle, exportable_layers, parity, quantize_bundle  # noqa: E402  # noqa: E402
 from ensemble.onnx_runtime import OnnxPredictor, load_bundle  # noqa: E402
 from ensemble.predict import build_predictor, set_threads  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""CPU post-processing per image on one core: thresholds + components + min area (ensemble.postprocess) + RLE.
+"""CPU post-processing per image on one core: thresholds + components + min area (scoring.postprocess) + RLE.
 
 Probability maps are made realistic from real masks (../shared/data/severstal, else synthetic ones): each true
 mask becomes a blurred probability blob (peak 0.6-0.97), the other classes get low background noise, and a
@@ -27,9 +27,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.constants import CLASS_IDS, IMAGE_SHAPE  # noqa: E402
 from common.rle import decode, encode  # noqa: E402
-from ensemble.gating import pair_rules  # noqa: E402
-from ensemble.postprocess import finish_mask, postprocess, threshold_masks  # noqa: E402
-from ensemble.rules import Rules  # noqa: E402
+from scoring.gating import pair_rules  # noqa: E402
+from scoring.postprocess import finish_mask, postprocess, threshold_masks  # noqa: E402
+from scoring.rules import Rules  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal" / "annotations" / "train_rle_partial.csv"
 FIRST_PLACE = dict(

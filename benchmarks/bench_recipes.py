@@ -2,8 +2,8 @@
 
 For each candidate (a name and ``train.py`` overrides) the script runs the project's own commands:
 a one-epoch probe measures training images/s, the epoch count is set so that training takes about
-``--minutes`` per fold, then ``train.py -m fold=0,1``, ``python -m ensemble.oof`` (inference TTA) and
-``python -m ensemble.threshold_search``; it prints one table row per candidate (class-head AUC and Dice on
+``--minutes`` per fold, then ``train.py -m fold=0,1``, ``python -m tuning.oof`` (inference TTA) and
+``python -m tuning.threshold_search``; it prints one table row per candidate (class-head AUC and Dice on
 positive pairs per class included: the rare classes' figures):
 
     python benchmarks/bench_recipes.py --minutes 3 --data data.synthetic.n_train=400 \\
@@ -114,7 +114,7 @@ def positive_dice(oof_dir: Path, thresholds: Path) -> list[float]:
     """Per class: mean Dice on the positive pairs of the ensemble OOF under the tuned rules of ``thresholds``
     (the rare classes' figure that the mean over all pairs hides), via the CV report's pair table."""
     from analysis.report import pair_table
-    from ensemble.threshold_search import default_rules
+    from tuning.threshold_search import default_rules
 
     rules = default_rules([f"thresholds={thresholds}"])
     return pair_table(load_oof([oof_dir]), rules)["Dice on positive pairs"].tolist()
@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         oof_dir = args.out / f"{name}-oof"
         oof_s = run(
-            ["-m", "ensemble.oof", *[str(s["run"]) for s in stages], "--out", str(oof_dir), args.tta, "progress=false"],
+            ["-m", "tuning.oof", *[str(s["run"]) for s in stages], "--out", str(oof_dir), args.tta, "progress=false"],
             log,
         )
         thresholds = args.out / f"{name}-thresholds.json"
-        run(["-m", "ensemble.threshold_search", str(oof_dir), "--out", str(thresholds)], log)
+        run(["-m", "tuning.threshold_search", str(oof_dir), "--out", str(thresholds)], log)
         scores = json.loads(thresholds.read_text())["scores"]
         oof = load_oof([oof_dir])
         aucs = roc_auc_per_class(oof.cls_prob, oof.truth_present()) if oof.cls_prob is not None else [np.nan] * 4

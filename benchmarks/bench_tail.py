@@ -1,6 +1,6 @@
 """Can the CPU follow a line camera? The CPU tail of GPU inference at >= 1,000 images/s, with the background writer.
 
-When the GPU thresholds (``ensemble.postprocess`` on device tensors), what is left per image on the CPU is: the
+When the GPU thresholds (``scoring.postprocess`` on device tensors), what is left per image on the CPU is: the
 copy of the gated masks from the device (here a copy of the handed-over uint8 masks), components and min areas
 of the pairs the GPU handed over (``finish_mask``, on the loop's thread, as ``iter_batch_results`` does), then RLE
 and the CSV row (``rows_of`` + ``open_submission``'s writer, on ``drain_in_background``'s writer thread, as
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_postprocess import FIRST_PLACE, probability_maps, true_masks  # noqa: E402
 from common.submission import open_submission  # noqa: E402
 from ensemble.core import rows_of  # noqa: E402
-from ensemble.gating import pair_rules  # noqa: E402
 from ensemble.pipeline import drain_in_background  # noqa: E402
-from ensemble.postprocess import finish_mask, postprocess  # noqa: E402
-from ensemble.rules import Rules  # noqa: E402
+from scoring.gating import pair_rules  # noqa: E402
+from scoring.postprocess import finish_mask, postprocess  # noqa: E402
+from scoring.rules import Rules  # noqa: E402
 
 TARGET = 1000.0
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ensemble.rules import Rules
-from ensemble.threshold_search import OOF, SEARCH_MODES, Grid, run_search
+from scoring.rules import Rules
+from tuning.threshold_search import OOF, SEARCH_MODES, Grid, run_search
 
 DEFECT_RATE = (0.071, 0.021, 0.409, 0.065)
 

@@ -13,7 +13,7 @@ Prints one table (and writes it to ``<work>/gpu_check.md``):
   busy (nvidia-smi samples), and, from a second, synchronised ``profile=true`` run, where the time goes.
 
 * AMP parity: the same ensemble in float32 and under autocast (bf16 on CUDA where supported, fp16 otherwise; on
-  the CPU bf16, to exercise the path) on ``--profile-images`` images (``ensemble.export.parity``): the verdict is
+  the CPU bf16, to exercise the path) on ``--profile-images`` images (``deploy.export.parity``): the verdict is
   max |p_amp - p_float32| of the segmentation and classifier probabilities against ``AMP_TOLERANCE``; the masks
   are compared pair by pair and printed, not judged (networks trained for one epoch put many pixels within a
   rounding of the threshold, so masks of untrained members flip where trained ones would not);
@@ -47,7 +47,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common.config import build  # noqa: E402
-from common.errors import SteelsegError, exit_on_user_error  # noqa: E402
+from common.errors import SteelsegError, command  # noqa: E402
 from common.io import atomic_write_text, check_writable, read_csv  # noqa: E402
 from engine.checkpoint import model_allowlist, save_checkpoint  # noqa: E402
 
@@ -182,6 +182,7 @@ class Check:
         return all(status != "FAILED" for _, status, _ in self.rows)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -203,16 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         "--batch": args.batch,
     }
     bad = [f"{k} {v}" for k, v in counts.items() if v is not None and v < 1]
-    try:
-        if bad or args.workers < 0:
-            what = ", ".join(bad) or f"--workers {args.workers}"
-            raise SteelsegError(f"{what}: counts must be >= 1 (--workers >= 0)")
-        check_writable(args.work, "--work", directory=True)  # before any training starts
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with exit_on_user_error():
-        return _main(args)
+    if bad or args.workers < 0:
+        what = ", ".join(bad) or f"--workers {args.workers}"
+        raise SteelsegError(f"{what}: counts must be >= 1 (--workers >= 0)")
+    check_writable(args.work, "--work", directory=True)  # before any training starts
+    return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -220,6 +216,8 @@ def _main(args: argparse.Namespace) -> int:
 
     from common.devices import choose_device
 
+    if args.device == "cuda" and torch.cuda.device_count() == 0:
+        raise SteelsegError("--device cuda: torch sees no CUDA device here; for a CPU dry run give --device cpu --tiny")
     tiny, cuda = args.tiny, choose_device(args.device, torch.cuda.device_count(), "--device") != "cpu"
     n_train = args.train_images or (12 if tiny else 1000)
     n_infer = args.infer_images or (8 if tiny else 2000)
@@ -403,11 +401,11 @@ def _main(args: argparse.Namespace) -> int:
     check.step("infer.py: time per image by section", ensemble)
 
     def amp_parity():
-        from ensemble.export import parity
+        from deploy.export import parity
         from ensemble.members import load_members
         from ensemble.predict import Predictor, amp_dtype_for
-        from ensemble.rules import Rules
-        from ensemble.tta import transforms
+        from scoring.rules import Rules
+        from scoring.tta import transforms
 
         device = torch.device(args.device)
         dtype = amp_dtype_for("auto", device) or torch.bfloat16  # the CPU: bf16 exercises the autocast path

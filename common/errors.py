@@ -1,14 +1,19 @@
 """Exceptions that name the file, row or key that caused them.
 
 A ``SteelsegError`` is a user error: command-line tools print its one-line message and exit 2, with no
-traceback (``exit_on_user_error``). Anything else is a bug and keeps its traceback.
+traceback (``command`` for a ``main(argv) -> int``, ``exit_on_user_error`` for Hydra apps). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec
+
+_P = ParamSpec("_P")
 
 
 class SteelsegError(Exception):
@@ -46,16 +51,35 @@ class SubmissionError(SteelsegError, ValueError):
 _APP_STARTED = [False]  # set once an entry point's own code runs (Hydra has made its run folder by then)
 
 
+def report_user_error(message: object) -> int:
+    """Print a user error as every command does (``error: <message>`` on stderr) and return its exit status, 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def command(main: Callable[_P, int]) -> Callable[_P, int]:
+    """Decorate a command's ``main(argv) -> int``: a SteelsegError anywhere in it is reported by
+    ``report_user_error`` and ``main`` returns 2, without a traceback; other exceptions pass unchanged."""
+
+    @functools.wraps(main)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except SteelsegError as exc:
+            return report_user_error(exc)
+
+    return run
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """For command-line entry points (Hydra apps included): a SteelsegError in the block becomes
-    ``error: <message>`` on stderr and exit status 2, without a traceback; other exceptions pass unchanged."""
+    """For Hydra apps and code outside a ``command``: a SteelsegError in the block is reported by
+    ``report_user_error`` and exits 2, without a traceback; other exceptions pass unchanged."""
     _APP_STARTED[0] = True
     try:
         yield
     except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(report_user_error(exc)) from None
 
 
 def _hydra_output_error(exc: OSError) -> str | None:
@@ -104,14 +128,12 @@ def hydra_command_line_errors() -> Iterator[None]:
             try:
                 return func()
             except (ConfigCompositionException, OverrideParseException) as exc:
-                print(f"error: command line: {_one_line(exc)}", file=sys.stderr, flush=True)
-                raise SystemExit(2) from None
+                raise SystemExit(report_user_error(f"command line: {_one_line(exc)}")) from None
             except OSError as exc:
                 message = _hydra_output_error(exc)
                 if message is None:
                     raise
-                print(f"error: {message}", file=sys.stderr, flush=True)
-                raise SystemExit(2) from None
+                raise SystemExit(report_user_error(message)) from None
 
         return original(guarded)
 

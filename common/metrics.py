@@ -18,7 +18,7 @@ import pandas as pd
 from common.annotations import read_annotations
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.dataset import list_images
-from common.errors import SteelsegError
+from common.errors import SteelsegError, command
 from common.rle import decode, is_empty
 
 __all__ = [
@@ -249,6 +249,7 @@ def f1_per_class(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[flo
     return [float(f1_score(labels[:, k], predicted[:, k], zero_division=0.0)) for k in range(labels.shape[1])]
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI: score a submission file against a truth CSV over the images of a folder (and, with ``--versus``, the
     paired difference from another submission on the same images)."""
@@ -258,23 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="folder of the scored images")
     parser.add_argument("--versus", type=Path, help="another submission: the difference and its paired interval")
     args = parser.parse_args(argv)
-    try:
-        image_ids = list_images(args.images)
-        truth = read_annotations(args.truth)
+    image_ids = list_images(args.images)
+    truth = read_annotations(args.truth)
 
-        def scored(path: Path) -> tuple[np.ndarray, np.ndarray]:
-            sub = read_annotations(path)
-            missing = sorted(set(image_ids) - set(sub.image_ids))
-            if missing:
-                raise SteelsegError(f"{path}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
-            return pair_dice(sub.rows, truth.rows, image_ids)
+    def scored(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        sub = read_annotations(path)
+        missing = sorted(set(image_ids) - set(sub.image_ids))
+        if missing:
+            raise SteelsegError(f"{path}: {len(missing)} images of {args.images} have no row, e.g. {missing[:3]}")
+        return pair_dice(sub.rows, truth.rows, image_ids)
 
-        values, empty = scored(args.submission)
-        report = with_interval(score_pairs(values, empty, len(image_ids)), values, empty)
-        other = scored(args.versus)[0] if args.versus else None
-    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    values, empty = scored(args.submission)
+    report = with_interval(score_pairs(values, empty, len(image_ids)), values, empty)
+    other = scored(args.versus)[0] if args.versus else None
     print(report.format())
     if other is not None:
         diff, low, high = paired_difference(values, other)

@@ -434,7 +434,7 @@ def load_oof(entries: Sequence[Path | str], require_classifier: bool = False) ->
     if len(dup):
         raise OOFError(
             f"image {dup[0]!r} appears in several segmenter OOF files ({len(dup)} duplicates): give the "
-            "folds of one segmenter run, or an ensemble OOF folder (python -m ensemble.oof)"
+            "folds of one segmenter run, or an ensemble OOF folder (python -m tuning.oof)"
         )
     seg = SegmenterOOF.concat(parts)
     cls_prob = None

@@ -20,7 +20,7 @@ from typing import IO
 
 from common.annotations import check_image_id, check_row, detect_format
 from common.constants import CLASS_IDS, NEW_FORMAT, SUBMISSION_HEADERS
-from common.errors import AnnotationError, SteelsegError, SubmissionError
+from common.errors import AnnotationError, SubmissionError, command
 from common.io import CsvError, atomic_open, read_csv
 
 __all__ = ["HEADERS", "SubmissionError", "SubmissionWriter", "open_submission", "validate", "main"]
@@ -133,6 +133,7 @@ def validate(path: Path | str, image_ids: Iterable[str] | None = None) -> list[s
     return problems
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``validate FILE [--images DIR]``."""
     from common.dataset import list_images
@@ -143,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", type=Path)
     check.add_argument("--images", type=Path, help="folder whose images must all be covered")
     args = parser.parse_args(argv)
-    try:
-        image_ids = list_images(args.images) if args.images else None
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    image_ids = list_images(args.images) if args.images else None
     problems = validate(args.file, image_ids)
     for problem in problems:
         print(problem)

@@ -12,6 +12,7 @@ from common.constants import CLASS_IDS
 __all__ = [
     "CLASS_COLORS",
     "CLASS_HEX",
+    "hex_colour",
     "as_rgb",
     "contour_overlay",
     "mask_image",
@@ -22,7 +23,14 @@ __all__ = [
 
 # RGB per class, as in the seed's notebook: yellow = 1, green = 2, blue = 3, magenta = 4.
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (255, 220, 0), 2: (0, 200, 70), 3: (40, 110, 255), 4: (230, 0, 230)}
-CLASS_HEX = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in CLASS_COLORS.items()}
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    """``#rrggbb`` of an RGB triple (CSS, Plotly)."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+CLASS_HEX = {c: hex_colour(rgb) for c, rgb in CLASS_COLORS.items()}
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

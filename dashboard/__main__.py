@@ -12,7 +12,7 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from common.errors import SteelsegError
+from common.errors import command
 from common.inspections import connect
 from common.layout import find_root
 from dashboard.app import Dashboard, create_app
@@ -46,6 +46,7 @@ def prepare(args: argparse.Namespace) -> Dashboard:
     return board
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: serve the dashboard until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m dashboard", description="Steel defect inspection dashboard")
@@ -71,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.poll_s <= 0 or args.max_upload_mb <= 0:
         parser.error("--poll-s and --max-upload-mb must be positive")
-    try:
-        dashboard = prepare(args)
-    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dashboard = prepare(args)
     create_app(dashboard).run(host=args.host, port=args.port, debug=args.debug, use_reloader=False)
     return 0
 

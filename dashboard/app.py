@@ -593,8 +593,12 @@ class Dashboard:
             return [], None
         if not self.model_status()[1]:
             return [alert(f"Images not predicted: {self.model_status()[0]}", "error", id="predict-error")], None
+        names = list(filenames or [])
+        if len(names) != len(contents):  # pairing them would drop or misname uploads without a word
+            message = f"Upload refused: {len(contents)} files arrived with {len(names)} names; upload them again"
+            return [alert(message, "error", id="image-upload-error")], None
         saved, refused = [], []
-        for data, name in zip(contents, filenames or []):
+        for data, name in zip(contents, names, strict=True):
             try:
                 path = save_image_upload(data, name, self.upload_dir, self.max_upload_bytes)
             except SteelsegError as exc:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from common.annotations import Annotations, check_image_id, check_run_id, parse_frame
 from common.dataset import list_images
-from common.errors import AnnotationError, SteelsegError
+from common.errors import AnnotationError, SteelsegError, command
 from common.inspections import append_rows, connect
 from common.io import CsvError, CsvTable, parse_csv_text, read_csv
 from common.layout import DataRoot, find_root, read_id_list
@@ -170,6 +170,7 @@ def import_submission(conn: sqlite3.Connection, annotations: Annotations, dates:
     return replace_source(conn, annotations, f"pred:{run_id}", annotations.image_ids, dates, run_id)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI: import a root and/or submissions; input errors exit with status 2."""
     parser = argparse.ArgumentParser(prog="python -m dashboard.importer", description=__doc__.splitlines()[0])
@@ -182,22 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --root and/or --submission")
     if args.run_id and len(args.run_id) != len(args.submission):
         parser.error("give one --run-id per --submission, or none")
-    try:
-        for i, path in enumerate(args.submission):  # every run id checked before anything is stored
-            check_run_id(
-                args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)"
-            )
-        conn = connect(args.db)
-        if args.root:
-            for source, n in import_root(conn, find_root(args.root)).items():
-                print(f"{source}: {n} rows")
-        for i, path in enumerate(args.submission):
-            run_id = args.run_id[i] if args.run_id else path.stem
-            annotations, dates = load_csv(path)
-            print(f"pred:{run_id}: {import_submission(conn, annotations, dates, run_id)} rows")
-    except SteelsegError as exc:  # a user error; anything else is a bug and keeps its traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for i, path in enumerate(args.submission):  # every run id checked before anything is stored
+        check_run_id(args.run_id[i] if args.run_id else path.stem, "--run-id" if args.run_id else f"{path} (file stem)")
+    conn = connect(args.db)
+    if args.root:
+        for source, n in import_root(conn, find_root(args.root)).items():
+            print(f"{source}: {n} rows")
+    for i, path in enumerate(args.submission):
+        run_id = args.run_id[i] if args.run_id else path.stem
+        annotations, dates = load_csv(path)
+        print(f"pred:{run_id}: {import_submission(conn, annotations, dates, run_id)} rows")
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from dash import dash_table, dcc, html
 
 from common.constants import CLASS_IDS
-from common.viz import CLASS_HEX
+from common.viz import CLASS_HEX, hex_colour
 from dashboard.images import MATCH_COLORS, MATCH_LABELS
 from dashboard.views import DICE_COLUMNS, GRID_COLUMNS, LABELS
 
@@ -20,10 +20,6 @@ __all__ = ["CARD_KEYS", "strip", "class_legend", "match_legend", "alert", "page"
 CARD_KEYS = [*CLASS_IDS, 0]
 STRIP_HINT = "Click to open the zoomable viewer (fit to width; drag or wheel to zoom, double-click to fit again)"
 NUMERIC = {"defect_px", "px_1", "px_2", "px_3", "px_4", "dice"}
-
-
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _swatch(colour: str, label: str) -> html.Span:
@@ -42,7 +38,7 @@ def match_legend() -> html.Div:
     """Colour key of the truth-vs-prediction overlay."""
     return html.Div(
         [html.Span("Overlay:", className="key-title")]
-        + [_swatch(_hex(MATCH_COLORS[k]), MATCH_LABELS[k]) for k in MATCH_COLORS],
+        + [_swatch(hex_colour(MATCH_COLORS[k]), MATCH_LABELS[k]) for k in MATCH_COLORS],
         className="legend match",
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from common.config import ConfigError, real_number, whole_number
+from common.config import ConfigError, check_known, real_number, whole_number
 
 __all__ = ["TrainerSettings", "WHOLE_NUMBER_KEYS", "amp_settings", "cpu_has_bf16", "val_batch_size"]
 
@@ -53,14 +53,9 @@ class TrainerSettings:
         """The checked settings: counts are whole numbers, sizes finite numbers, switches booleans; a bad value
         (``trainer.epochs=abc``, ``1.5``, ``-1``) is a ConfigError naming its key, never a traceback mid-run."""
         node = dict(node)
+        check_known(node, [*cls.__dataclass_fields__, "early_stopping", "device"], "trainer")
         stop = dict(node.pop("early_stopping", None) or {})
         node.pop("device", None)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(node) - known)
-        if unknown:
-            raise ConfigError(
-                f"trainer: unknown key(s) {unknown}; known: {sorted(known | {'early_stopping', 'device'})}"
-            )
         values = {**node, "patience": stop.get("patience"), "min_delta": stop.get("min_delta", 0.0)}
         for key, minimum, optional in WHOLE_NUMBER_KEYS:
             where = f"trainer.early_stopping.{key}" if key == "patience" else f"trainer.{key}"

@@ -1,25 +1,21 @@
-"""Everything after training: members from checkpoints -> preprocessing -> TTA -> reduce -> gating ->
-post-processing -> submission; the threshold search and the ensemble OOF; the deploy bundle (ONNX export,
-the ONNX Runtime predictor, HTTP serving).
+"""Predicting with the ensemble: the one torch-free loop (``core.GatedEnsemble``: members -> TTA -> reduce -> gate
+-> post-process -> rows) with its two runtimes (PyTorch checkpoints: ``members``, ``predict``; an ONNX bundle:
+``onnx_runtime``, ``bundle_check``), the job behind ``infer.py`` (``run``, ``settings``, ``pipeline``, ``timing``), and
+pseudo-labels from its predictions (``pseudo_label``).
 
-``arrays``, ``core``, ``tta``, ``reduce``, ``rules``, ``gating``, ``postprocess``, ``onnx_runtime`` and ``serve``
-need no torch (NumPy, OpenCV, onnxruntime; FastAPI for ``serve``): they are what a deploy bundle runs on.
+``core``, ``onnx_runtime``, ``bundle_check``, ``run``, ``settings``, ``pipeline`` and ``timing`` need no torch: with
+``scoring`` and ``common`` they are what a deploy bundle runs on.
 """
 
 __all__ = [
-    "arrays",
     "core",
-    "rules",
-    "gating",
-    "postprocess",
-    "reduce",
-    "tta",
     "members",
     "predict",
+    "onnx_runtime",
+    "bundle_check",
     "run",
     "settings",
-    "threshold_search",
-    "export",
-    "onnx_runtime",
-    "serve",
+    "pipeline",
+    "timing",
+    "pseudo_label",
 ]

@@ -26,13 +26,13 @@ from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.images import read_image
 from common.preprocess import Preprocess
 from common.rle import encode
-from ensemble.arrays import to_numpy
-from ensemble.gating import get_gate, segment_needed
-from ensemble.postprocess import max_probability, postprocess
-from ensemble.reduce import make_reducer
-from ensemble.rules import Rules, RulesError
 from ensemble.timing import Timer
-from ensemble.tta import Flip, augment_all, split_outputs, transforms
+from scoring.arrays import to_numpy
+from scoring.gating import get_gate, segment_needed
+from scoring.postprocess import max_probability, postprocess
+from scoring.reduce import make_reducer
+from scoring.rules import Rules, RulesError
+from scoring.tta import Flip, augment_all, split_outputs, transforms
 
 __all__ = [
     "KINDS",

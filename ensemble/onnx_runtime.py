@@ -1,4 +1,4 @@
-"""Run a deploy bundle (``python -m ensemble.export``) with ONNX Runtime: NumPy, OpenCV and onnxruntime, no torch.
+"""Run a deploy bundle (``python -m deploy.export``) with ONNX Runtime: NumPy, OpenCV and onnxruntime, no torch.
 
 Python API::
 
@@ -14,7 +14,7 @@ submission, ``evaluate=``, ``store=``) on the bundle. The work order (gate, TTA,
 probabilities at the image size (``ensemble.predict.MemberNet``).
 
 A member whose entry lists ``tta_in_graph`` (the export's default with the mean reducer) holds its TTA flips in
-its graph (``ensemble.export.FlipsInGraph``: one pass, the flips averaged before the one resize to 256x1600): it is
+its graph (``deploy.export.FlipsInGraph``: one pass, the flips averaged before the one resize to 256x1600): it is
 run once on the plain batch, and its output enters the reducer once, the mean over its flips.
 
 ``bundle.json`` (format ``steelseg-bundle``, version 2; version 1, without ``tta_in_graph``, still loads) holds
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import whole_number
+from common.config import check_known, whole_number
 from common.constants import CLASS_IDS, IMAGE_SHAPE
 from common.errors import ConfigError, SteelsegError
 from common.preprocess import Preprocess
@@ -56,9 +56,9 @@ from ensemble.core import (
     prepare_inputs,
     stack_inputs,
 )
-from ensemble.reduce import make_reducer
-from ensemble.rules import Rules, RulesError, read_thresholds
-from ensemble.tta import Flip, transforms
+from scoring.reduce import make_reducer
+from scoring.rules import Rules, RulesError, read_thresholds
+from scoring.tta import Flip, transforms
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -111,7 +111,7 @@ def read_manifest(folder: Path | str) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{folder}: not a bundle folder (no {MANIFEST}); write one with python -m ensemble.export")
+        raise BundleError(f"{folder}: not a bundle folder (no {MANIFEST}); write one with python -m deploy.export")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -315,10 +315,7 @@ def _rules(manifest: Mapping[str, Any], where: str) -> Rules:
     node = manifest.get("rules")
     if not isinstance(node, dict):
         raise BundleError(f"{where}: missing 'rules' object")
-    known = {f.name for f in fields(Rules)}
-    unknown = set(node) - known
-    if unknown:
-        raise BundleError(f"{where}: rules has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    check_known(node, [f.name for f in fields(Rules)], f"{where}: rules", BundleError)
     try:
         return Rules(**node)
     except (RulesError, TypeError) as exc:
@@ -382,7 +379,7 @@ def load_bundle(
 def predictor_from_config(cfg: Mapping[str, Any]) -> OnnxPredictor:
     """The ONNX predictor of an infer config: ``bundle``, ``threads``, ``device``/``providers``, ``thresholds``."""
     if not cfg.get("bundle"):
-        raise ConfigError("bundle: runtime=onnx needs bundle=<folder written by python -m ensemble.export>")
+        raise ConfigError("bundle: runtime=onnx needs bundle=<folder written by python -m deploy.export>")
     providers = providers_for(str(cfg.get("device", "cpu")), cfg.get("providers"))
     predictor = load_bundle(cfg["bundle"], cfg.get("threads"), providers, cfg.get("thresholds"))
     print(

@@ -5,7 +5,7 @@ The loader reads each image once and applies every member's ``Preprocess`` (the 
 rebuilt from checkpoint meta) in its workers, so the network input is bit-identical to training's
 validation input. The work order (gate, TTA, reducer, post-processing) is ``ensemble.core.GatedEnsemble``,
 shared with the ONNX runtime; this module adds the torch side: ``MemberNet`` (a member's network with its
-output turned into probabilities at the image size, the very module ``ensemble.export`` writes as ONNX),
+output turned into probabilities at the image size, the very module ``deploy.export`` writes as ONNX),
 devices and the DataLoader. Nothing grows with the number of images: each batch is predicted,
 post-processed and handed on (``iter_predictions``) before the next is read. ``predict_images`` is the
 plain-function entry for callers such as the dashboard.
@@ -29,12 +29,12 @@ from common.config import check_known, whole_number
 from common.constants import LONG_COLUMNS
 from common.devices import choose_device
 from common.preprocess import Preprocess
-from ensemble.arrays import take
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
 from ensemble.members import Member, discover, expand_runs, load_members
-from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config
 from ensemble.timing import Timer
-from ensemble.tta import transforms
+from scoring.arrays import take
+from scoring.rules import Rules, RulesError, read_thresholds, rules_from_config
+from scoring.tta import transforms
 from segmenter.metrics import to_full_size
 
 __all__ = [

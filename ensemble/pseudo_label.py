@@ -22,7 +22,6 @@ training images of every fold, never to a validation fold:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -35,8 +34,8 @@ import cv2
 import numpy as np
 
 from common.constants import CLASS_IDS, LONG_COLUMNS
-from common.errors import ConfigError, SteelsegError
-from common.io import atomic_write_text, check_writable
+from common.errors import ConfigError, command
+from common.io import atomic_write_text, check_writable, replace_folder, temp_dir_beside
 from common.rle import encode
 
 __all__ = ["Confidence", "image_scores", "confident_pixels", "select", "pseudo_label", "main"]
@@ -114,20 +113,33 @@ def pseudo_label(
 ) -> dict[str, Any]:
     """Predict ``cfg.images`` with the ensemble of the infer config and write the confident ones as a training
     root in ``out``; return the summary written to ``out/pseudo_label.json``."""
-    from ensemble.core import resolve_batch_size
     from ensemble.predict import build_predictor, set_threads
-    from ensemble.run import _image_set
+    from ensemble.run import image_set
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out: {out} is not empty; choose another folder or pass --force to replace it")
     check_writable(out, "--out", directory=True)
     images = Path(str(cfg["images"]))
-    dataset = _image_set({**cfg, "evaluate": False})
+    dataset = image_set({**cfg, "evaluate": False})
     set_threads(cfg.get("threads"))
     predictor = build_predictor(cfg)
-    if force and out.exists():
-        shutil.rmtree(out)
+    final, out = out, temp_dir_beside(out)  # built aside: an old --out stays whole until the new one is
+    try:
+        summary = _write_root(predictor, dataset, cfg, out, conf, images)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_folder(out, final)
+    return summary
+
+
+def _write_root(
+    predictor: Any, dataset: Any, cfg: Mapping[str, Any], out: Path, conf: Confidence, images: Path
+) -> dict[str, Any]:
+    """Predict, select and write the training root into the empty folder ``out``; the summary."""
+    from ensemble.core import resolve_batch_size
+
     (out / "train_images").mkdir(parents=True)
     rows: list[str] = [",".join(LONG_COLUMNS)]
     reasons = {"image": 0, "agreement": 0, "pixels": 0}
@@ -170,14 +182,14 @@ def pseudo_label(
     return summary
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    from ensemble.settings import compose_infer, predictor_config, section, split_overrides
+    from ensemble.settings import compose_infer, override_parser, predictor_config, section, split_overrides
 
-    parser = argparse.ArgumentParser(
-        prog="python -m ensemble.pseudo_label",
-        description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (checkpoints.runs=[...], thresholds=..., "
-        "images=..., tta=..., device=...).",
+    parser = override_parser(
+        "ensemble.pseudo_label",
+        __doc__,
+        "(checkpoints.runs=[...], thresholds=..., images=..., tta=..., device=...).",
     )
     parser.add_argument("overrides", nargs="*", help="infer-config overrides")
     parser.add_argument("--out", type=Path, required=True, help="the new training root (train_images/, train.csv)")
@@ -188,18 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--boundary", type=int, default=defaults.boundary, help="edge band ignored (pixels)")
     args = parser.parse_intermixed_args(argv)
     paths, overrides = split_overrides(args.overrides)
-    try:
-        if paths:
-            raise ConfigError(f"unexpected argument {paths[0]!r}: give infer overrides as key=value")
-        conf = Confidence(
-            args.image_low, args.image_high, args.pixel_low, args.pixel_high, args.min_confident, args.boundary
-        )
-        composed = compose_infer(overrides)
-        cfg = {**predictor_config(composed), **section(composed, "data", "images", "threads", "progress")}
-        summary = pseudo_label(cfg, args.out, conf, args.force)
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if paths:
+        raise ConfigError(f"unexpected argument {paths[0]!r}: give infer overrides as key=value")
+    conf = Confidence(
+        args.image_low, args.image_high, args.pixel_low, args.pixel_high, args.min_confident, args.boundary
+    )
+    composed = compose_infer(overrides)
+    cfg = {**predictor_config(composed), **section(composed, "data", "images", "threads", "progress")}
+    summary = pseudo_label(cfg, args.out, conf, args.force)
     print(
         f"pseudo-labels: {summary['kept']} of {summary['images']} images kept -> {args.out} (with class "
         + ", ".join(f"{c}: {n}" for c, n in summary["kept_with_class"].items())

@@ -46,8 +46,8 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _image_set(cfg: Mapping[str, Any]):
-    """The checked image folder (and its truth when evaluating)."""
+def image_set(cfg: Mapping[str, Any]):
+    """The checked image folder of an infer config (and its truth when evaluating): infer.py, pseudo-labels, export."""
     data = cfg["data"]
     images = Path(cfg["images"])
     if str(images) == str(data["test_dir"]):
@@ -137,7 +137,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg.get("store"):
         check_writable(cfg["store"], "store")
         check_run_id(str(cfg.get("run_id") or "infer"), "run_id")
-    dataset = _image_set(cfg)
+    dataset = image_set(cfg)
     predictor, threads = build_runtime(cfg)
     batch_size = resolve_batch_size(cfg.get("batch_size"), predictor)
     paths = [dataset.path(i) for i in dataset.image_ids]

@@ -6,6 +6,7 @@ tta=flips ...``), so "the default thresholds" and "the TTA" mean exactly what ``
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ __all__ = [
     "CONFIG_DIR",
     "PREDICTOR_SECTIONS",
     "PREDICTOR_KEYS",
+    "override_parser",
     "split_overrides",
     "compose_infer",
     "section",
@@ -38,6 +40,16 @@ PREDICTOR_KEYS = (
     "batch_size",
     "num_workers",
 )
+
+
+def override_parser(module: str, doc: str | None, overrides: str) -> argparse.ArgumentParser:
+    """The parser of a command that takes infer.py's Hydra overrides beside its own options: ``python -m <module>``,
+    the first line of ``doc`` (the module docstring), and an epilog naming the overrides that matter to it."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=(doc or module).splitlines()[0],
+        epilog=f"Arguments with '=' are Hydra overrides of the infer config {overrides}",
+    )
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -9,35 +9,26 @@ probabilities (``oof_classifier.csv``) and the mask histograms (``oof_segmenter.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 
 from common.config import build, real_number
 from common.constants import CLASS_IDS
 from common.metrics import roc_auc_per_class
 from common.oof import (
-    CLASSIFIER_FILE,
     OOF_FILES,
-    SEGMENTER_FILE,
-    ClassifierOOF,
-    OOFAccumulator,
     score_grid,
-    write_classifier_oof,
-    write_segmenter_oof,
 )
 from engine.losses import ImageBCE
 from engine.stage import StageSpec
-from segmenter.data import SegmentationDataset
-from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof, to_full_size, truth_of
-from segmenter.stage import build_loss, init_weights, mask_settings, mask_stage_spec
+from segmenter.metrics import AREA_GRID, SegmenterMetric, as_oof
+from segmenter.stage import build_loss, init_weights, mask_settings, mask_stage_spec, write_mask_oof
 
-__all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "write_joint_oof", "make_stage"]
+__all__ = ["STAGE", "GATE_THRESHOLDS", "image_targets", "JointLoss", "JointMetric", "make_stage"]
 
 STAGE = "joint"
 GATE_THRESHOLDS = (0.3, 0.5, 0.7)  # class-head vetoes tried by the ``kaggle_best_gated`` validation metric
@@ -93,38 +84,6 @@ class JointMetric(SegmenterMetric):
         return out
 
 
-@torch.no_grad()
-def write_joint_oof(
-    model: nn.Module,
-    run_dir: Path,
-    device: torch.device,
-    *,
-    dataset: SegmentationDataset,
-    fold: int,
-    batch_size: int,
-    bins: int,
-) -> Path:
-    """Both OOF files of the fold's validation images from one pass: mask histograms and class probabilities."""
-    model.eval()
-    acc = OOFAccumulator(fold, bins)
-    ids, probs = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        mask_logits, label_logits = model(batch["image"].to(device))
-        truth = truth_of(batch, device)
-        acc.add_batch(batch["image_id"], to_full_size(torch.sigmoid(mask_logits.float()), truth.shape[-2:]), truth)
-        ids.extend(batch["image_id"])
-        probs.append(torch.sigmoid(label_logits.float()).cpu().numpy())
-    write_classifier_oof(
-        Path(run_dir) / CLASSIFIER_FILE,
-        ClassifierOOF(
-            np.array(ids, dtype=str),
-            np.full(len(ids), fold, np.int64),
-            np.concatenate(probs) if probs else np.zeros((0, len(CLASS_IDS))),
-        ),
-    )
-    return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
-
-
 def make_stage(cfg: DictConfig) -> StageSpec:
     """Joint StageSpec for ``cfg.fold`` from ``cfg.joint`` (the segmenter's keys plus the image head's) and
     ``cfg.data``; bad settings stop here, before any data is read."""
@@ -136,4 +95,4 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     model = build(model_config, "joint.model")
     if j.get("init_from"):
         init_weights(model, model_config, str(j.init_from), STAGE)
-    return mask_stage_spec(cfg, j, STAGE, model, loss, settings, write_joint_oof, OOF_FILES)
+    return mask_stage_spec(cfg, j, STAGE, model, loss, settings, write_mask_oof, OOF_FILES)

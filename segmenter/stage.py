@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -15,7 +16,14 @@ from torch.utils.data import DataLoader
 from common.config import ConfigError, build, to_plain, whole_number
 from common.constants import CLASS_IDS
 from common.data_setup import fold_split
-from common.oof import SEGMENTER_FILE, OOFAccumulator, write_segmenter_oof
+from common.oof import (
+    CLASSIFIER_FILE,
+    SEGMENTER_FILE,
+    ClassifierOOF,
+    OOFAccumulator,
+    write_classifier_oof,
+    write_segmenter_oof,
+)
 from common.preprocess import Preprocess
 from common.sampling import sample_weights
 from engine.checkpoint import load_checkpoint, unwrap
@@ -27,7 +35,7 @@ from segmenter.model import param_groups
 
 __all__ = [
     "STAGE",
-    "write_segmenter_oof_file",
+    "write_mask_oof",
     "build_loss",
     "init_weights",
     "sample_weights",
@@ -41,7 +49,7 @@ STAGE = "segmenter"
 
 
 @torch.no_grad()
-def write_segmenter_oof_file(
+def write_mask_oof(
     model: nn.Module,
     run_dir: Path,
     device: torch.device,
@@ -51,13 +59,24 @@ def write_segmenter_oof_file(
     batch_size: int,
     bins: int,
 ) -> Path:
-    """``oof_segmenter.npz`` (see ``common.oof``) of the fold's validation images, streamed batch by batch."""
+    """The OOF files of a mask stage's validation images, streamed batch by batch in one pass: ``oof_segmenter.npz``
+    (mask histograms, see ``common.oof``) and, for a model that also returns class logits (the joint model),
+    ``oof_classifier.csv``."""
     model.eval()
     acc = OOFAccumulator(fold, bins)
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        out = model(batch["image"].to(device))
+        mask_logits, label_logits = out if isinstance(out, tuple) else (out, None)
         truth = truth_of(batch, device)
-        probs = to_full_size(torch.sigmoid(model(batch["image"].to(device)).float()), truth.shape[-2:])
-        acc.add_batch(batch["image_id"], probs, truth)
+        acc.add_batch(batch["image_id"], to_full_size(torch.sigmoid(mask_logits.float()), truth.shape[-2:]), truth)
+        if label_logits is not None:
+            ids.extend(batch["image_id"])
+            probs.append(torch.sigmoid(label_logits.float()).cpu().numpy())
+    if ids:
+        rows = ClassifierOOF(np.array(ids, dtype=str), np.full(len(ids), fold, np.int64), np.concatenate(probs))
+        write_classifier_oof(Path(run_dir) / CLASSIFIER_FILE, rows)
     return write_segmenter_oof(Path(run_dir) / SEGMENTER_FILE, acc.result())
 
 
@@ -168,4 +187,4 @@ def make_stage(cfg: DictConfig) -> StageSpec:
     model = build(model_config, "segmenter.model")
     if s.get("init_from"):
         init_weights(model, model_config, str(s.init_from))
-    return mask_stage_spec(cfg, s, STAGE, model, loss, settings, write_segmenter_oof_file, (SEGMENTER_FILE,))
+    return mask_stage_spec(cfg, s, STAGE, model, loss, settings, write_mask_oof, (SEGMENTER_FILE,))

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.constants import CLASS_IDS
-from common.errors import SteelsegError
+from common.errors import command
 from synthetic.generator import generate_dataset, read_metadata
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate a dataset and print a one-line summary; input errors exit with status 2."""
     parser = argparse.ArgumentParser(prog="python -m synthetic", description=__doc__.splitlines()[0])
@@ -31,11 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Kaggle train CSV (either format) whose real masks replace the drawn shapes",
     )
     args = parser.parse_args(argv)
-    try:
-        out = generate_dataset(args.out, args.train, args.test, args.seed, args.shapes_from)
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = generate_dataset(args.out, args.train, args.test, args.seed, args.shapes_from)
     per = read_metadata(out)["images_per_class"]
     train = " ".join(f"c{k}={per['train'][str(k)]}" for k in CLASS_IDS)
     test = " ".join(f"c{k}={per['test'][str(k)]}" for k in CLASS_IDS)

@@ -44,8 +44,8 @@ from common.rle import area, decode, encode
 from common.submission import open_submission, validate
 from engine import checkpoint as ckpt
 from engine.checkpoint import CheckpointError, load_model, save_checkpoint
-from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config, write_thresholds
 from ensemble_helpers import image_folder, save_tiny
+from scoring.rules import Rules, RulesError, read_thresholds, rules_from_config, write_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "ImageId,EncodedPixels,ClassId"
@@ -207,16 +207,16 @@ def crafted_run(tmp_path: Path, victim: Path) -> tuple[Path, Path]:
     return run, path
 
 
-@pytest.mark.parametrize("tool", ["ensemble.oof", "ensemble.threshold_search"])
+@pytest.mark.parametrize("tool", ["tuning.oof", "tuning.threshold_search"])
 def test_data_config_in_a_checkpoint_names_no_code(tmp_path, capsys, tool):
-    """The ensemble OOF (ensemble.oof, threshold search and CV report on training folders) reads the data config
+    """The ensemble OOF (tuning.oof, threshold search and CV report on training folders) reads the data config
     stored in a checkpoint: a generator not on DATA_GENERATORS is refused before any import or call."""
     import importlib
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     run, path = crafted_run(tmp_path, victim)
-    out = ["--out", str(tmp_path / "oof")] if tool == "ensemble.oof" else ["--out", str(tmp_path / "t.json")]
+    out = ["--out", str(tmp_path / "oof")] if tool == "tuning.oof" else ["--out", str(tmp_path / "t.json")]
     assert importlib.import_module(tool).main([str(run), *out, "progress=false", "tta=none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: meta.config.data.generate: _target_ 'builtins.open' is not allowed"), err
@@ -413,7 +413,7 @@ def test_nan_thresholds_stop_infer_before_any_output(models, tmp_path):
 
 
 def test_threshold_search_refuses_runs_that_give_no_oof(tmp_path, capsys):
-    from ensemble.threshold_search import main
+    from tuning.threshold_search import main
 
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "notes.txt").write_text("x")
@@ -583,10 +583,10 @@ def test_full_disk_at_fsync_names_the_file(tmp_path, monkeypatch):
 
 
 def test_deploy_and_oof_tools_check_their_outputs_before_any_work(models, tmp_path, capsys):
-    from ensemble.export import main as export_main
-    from ensemble.oof import main as oof_main
-    from ensemble.threshold_search import main as search_main
+    from deploy.export import main as export_main
     from ensemble_helpers import run_folder
+    from tuning.oof import main as oof_main
+    from tuning.threshold_search import main as search_main
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -622,7 +622,7 @@ def test_deploy_and_oof_tools_check_their_outputs_before_any_work(models, tmp_pa
 def test_serve_checks_store_and_port_before_loading(tmp_path, capsys):
     import socket
 
-    from ensemble.serve import main as serve_main
+    from deploy.serve import main as serve_main
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -650,8 +650,8 @@ def test_serve_checks_store_and_port_before_loading(tmp_path, capsys):
 
 
 def test_a_member_file_onnx_runtime_cannot_load_names_the_file(tmp_path, capsys):
+    from deploy.serve import main as serve_main
     from ensemble.onnx_runtime import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, sha256_of
-    from ensemble.serve import main as serve_main
     from ensemble_helpers import PRE
 
     (tmp_path / "segmenter_0.onnx").write_bytes(b"not an onnx graph")
@@ -995,17 +995,17 @@ def python_m_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ),
         ("dashboard.importer", [str(tmp / "db.sqlite"), "--root", missing], f"{missing}: data root not found"),
         ("dashboard.__main__", [missing, "--db", str(tmp / "db.sqlite")], f"{missing}: data root not found"),
-        ("ensemble.threshold_search", [missing, "--out", str(tmp / "t.json")], f"{missing}: run folder"),
+        ("tuning.threshold_search", [missing, "--out", str(tmp / "t.json")], f"{missing}: run folder"),
         ("analysis.report", [missing, "--out", str(tmp / "r")], f"{missing}: run folder"),
         ("analysis.eda", [missing, "--out", str(tmp / "e")], f"{missing}: data root not found"),
         ("synthetic.__main__", ["--out", str(tmp / "syn"), "--train", "-1"], "image counts must be >= 0"),
-        ("ensemble.oof", [missing, "--out", str(tmp / "oof")], f"{missing}: run checkpoint or output folder not found"),
+        ("tuning.oof", [missing, "--out", str(tmp / "oof")], f"{missing}: run checkpoint or output folder not found"),
         (
-            "ensemble.export",
+            "deploy.export",
             ["checkpoints.classifier=[]", f"checkpoints.segmenter=[{missing}]", "--out", str(tmp / "bundle")],
             f"{missing}: segmenter checkpoint or output folder not found",
         ),
-        ("ensemble.serve", [missing, "--port", "0"], f"{missing}: not a bundle folder"),
+        ("deploy.serve", [missing, "--port", "0"], f"{missing}: not a bundle folder"),
     ]
 
 
@@ -1232,9 +1232,9 @@ def test_a_file_named_tensorboard_stops_training_before_the_first_epoch(tiny_dat
 
 
 def test_ensemble_oof_outputs_in_the_way_are_found_before_the_prediction(models, tmp_path, capsys):
-    from ensemble.oof import main as oof_main
-    from ensemble.threshold_search import main as search_main
     from ensemble_helpers import run_folder
+    from tuning.oof import main as oof_main
+    from tuning.threshold_search import main as search_main
 
     run = run_folder(tmp_path / "seg_run", "segmenter")
     (tmp_path / "oof" / "oof_segmenter.npz").mkdir(parents=True)
@@ -1535,8 +1535,8 @@ def test_train_cli_with_a_random_bytes_last_pt_names_it(tmp_path):
 
 
 def test_threshold_search_with_a_random_bytes_checkpoint_names_it(tmp_path, capsys):
-    from ensemble.threshold_search import main
     from ensemble_helpers import run_folder
+    from tuning.threshold_search import main
 
     run = run_folder(tmp_path / "seg_run", "segmenter")
     bad = run / "1_fold=1" / "checkpoints" / "best.pt"

@@ -278,6 +278,10 @@ def test_uploaded_images_are_checked_stored_and_predicted(board, root, tmp_path)
     assert set(board.rows(None, None, source)["image_id"]) == {"new1.jpg"}
     refused, again = board.predict_uploaded([data(other)], ["new1.jpg"])
     assert again is None and "another image of that name was uploaded before" in repr(refused)
+    # files without their names (a client that sent fewer names) are refused as a whole, none dropped silently
+    refused, again = board.predict_uploaded([data(other), data(good)], ["x.jpg"])
+    assert again is None and "2 files arrived with 1 names; upload them again" in repr(refused)
+    assert not (board.upload_dir / "x.jpg").exists()
 
 
 def test_precision_recall_curves_per_class_from_the_store(board, root):

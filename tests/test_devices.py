@@ -18,10 +18,10 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.run import make_stage
 from ensemble.members import load_members
 from ensemble.predict import ImageFiles, Predictor
-from ensemble.reduce import REDUCERS
-from ensemble.rules import Rules
-from ensemble.tta import transforms
 from ensemble_helpers import image_folder, save_tiny
+from scoring.reduce import REDUCERS
+from scoring.rules import Rules
+from scoring.tta import transforms
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGES = sorted(p.stem for p in (CONFIGS / "stage").glob("*.yaml"))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import postprocess as pp
-from ensemble.gating import pair_rules, segment_needed
-from ensemble.reduce import make_reducer
-from ensemble.rules import Rules, RulesError, read_thresholds, rules_from_config, write_thresholds
-from ensemble.tta import transforms
+from scoring import postprocess as pp
+from scoring.gating import pair_rules, segment_needed
+from scoring.reduce import make_reducer
+from scoring.rules import Rules, RulesError, read_thresholds, rules_from_config, write_thresholds
+from scoring.tta import transforms
 
 
 @pytest.mark.parametrize("name", ["none", "hflip", "vflip", "both"])

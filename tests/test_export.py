@@ -18,16 +18,16 @@ from common.images import read_image
 from common.io import read_csv
 from common.metrics import dice_rle
 from common.submission import validate
+from deploy.export import PARITY_DICE, ExportError, export_bundle, parity
+from deploy.export import main as export_main
 from engine.checkpoint import save_checkpoint
 from ensemble.core import prepare_inputs, stack_inputs
-from ensemble.export import PARITY_DICE, ExportError, export_bundle, parity
-from ensemble.export import main as export_main
 from ensemble.onnx_runtime import MANIFEST, BundleError, load_bundle, read_manifest
 from ensemble.predict import build_predictor
-from ensemble.reduce import make_reducer
 from ensemble.settings import compose_infer, section
-from ensemble.tta import transforms
 from ensemble_helpers import PRE, image_folder, run_folder, save_tiny
+from scoring.reduce import make_reducer
+from scoring.tta import transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINT_CONFIG = {

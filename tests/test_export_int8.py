@@ -1,4 +1,4 @@
-"""``python -m ensemble.export --int8``: members quantised to INT8 (calibrated on training images of the data root);
+"""``python -m deploy.export --int8``: members quantised to INT8 (calibrated on training images of the data root);
 the bundle loads and predicts, and bad calibration settings are one-line errors."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from common.config import build
+from deploy.export import main as export_main
 from engine.checkpoint import save_checkpoint
-from ensemble.export import main as export_main
 from ensemble.onnx_runtime import load_bundle, read_manifest
 from ensemble_helpers import PRE, image_folder
 

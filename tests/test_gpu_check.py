@@ -83,6 +83,27 @@ def test_the_timer_charges_nested_sections_exclusively():
     assert dict(off.seconds) == {}
 
 
+def test_gpu_check_without_cuda_names_the_dry_run(tmp_path):
+    """On a machine without CUDA, ``--device cuda`` (the default) is one line that says how to dry-run instead."""
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a CUDA device")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--work", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: --device cuda: torch sees no CUDA device here; for a CPU dry run give --device cpu --tiny"
+    ]
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")

@@ -16,9 +16,9 @@ from common.inspections import connect, query
 from common.submission import validate
 from engine.checkpoint import CheckpointError
 from ensemble.predict import predict_images
-from ensemble.rules import Rules, RulesError, write_thresholds
 from ensemble.run import infer
 from ensemble_helpers import image_folder, run_folder, save_tiny
+from scoring.rules import Rules, RulesError, write_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 

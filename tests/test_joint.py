@@ -16,15 +16,15 @@ from common.config import to_plain
 from common.oof import load_oof
 from engine.checkpoint import load_model
 from engine.run import train
-from ensemble import threshold_search
-from ensemble.oof import ensemble_oof
 from ensemble.predict import Predictor, build_predictor
-from ensemble.rules import Rules
 from ensemble.run import infer
-from ensemble.tta import transforms
+from scoring.rules import Rules
+from scoring.tta import transforms
 from segmenter.joint import JointLoss, JointMetric, image_targets
 from segmenter.losses import ClassBCE, CombinedLoss
 from segmenter.model import create_joint
+from tuning import threshold_search
+from tuning.oof import ensemble_oof
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"encoder_depth": 3, "decoder_channels": [16, 8, 8]}

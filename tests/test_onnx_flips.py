@@ -12,13 +12,13 @@ import torch
 
 from common.config import build
 from common.errors import ConfigError
+from deploy.export import FlipsInGraph, exportable_layers, graph_flips, parity
+from deploy.export import main as export_main
 from engine.checkpoint import save_checkpoint
-from ensemble.export import FlipsInGraph, exportable_layers, graph_flips, parity
-from ensemble.export import main as export_main
 from ensemble.onnx_runtime import BUNDLE_VERSION, MANIFEST, BundleError, load_bundle, read_manifest, session_options
 from ensemble.predict import MemberNet, build_predictor
-from ensemble.tta import transforms
 from ensemble_helpers import PRE, image_folder, save_tiny
+from scoring.tta import transforms
 
 JOINT = {
     "_target_": "segmenter.model.create_joint",

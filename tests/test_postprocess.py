@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.oof import bin_index
-from ensemble import postprocess as pp
-from ensemble.gating import pair_rules
-from ensemble.rules import Rules
+from scoring import postprocess as pp
+from scoring.gating import pair_rules
+from scoring.rules import Rules
 
 
 def plain_components(mask: np.ndarray, min_size: int) -> np.ndarray:

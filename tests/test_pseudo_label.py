@@ -96,7 +96,7 @@ def _train_overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_pseudo_labels_are_the_inferred_masks_of_the_confident_images(tiny_runs, capsys):
+def test_pseudo_labels_are_the_inferred_masks_of_the_confident_images(tiny_runs, capsys, monkeypatch):
     root, images, runs, out, args = tiny_runs
     summary = json.loads((out / "pseudo_label.json").read_text())
     assert summary["images"] == 8 and summary["kept"] + sum(summary["dropped_by"].values()) == 8
@@ -118,6 +118,17 @@ def test_pseudo_labels_are_the_inferred_masks_of_the_confident_images(tiny_runs,
     assert json.loads((strict / "pseudo_label.json").read_text())["kept"] == 0
     assert (strict / "train.csv").read_text() == "ImageId,ClassId,EncodedPixels\n"
     assert "pseudo-labels: 0 of 8 images kept" in capsys.readouterr().out
+    # --force replaces the root only once the new one is whole: a failure on the way leaves the old one as it was
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("killed mid-way")
+
+    monkeypatch.setattr(pl, "_write_root", broken)
+    with pytest.raises(RuntimeError, match="killed mid-way"):
+        pl.main([*args, "--force"])
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no staged folder left
 
 
 def test_extra_training_roots_join_the_training_folds_only(tiny_runs, tmp_path):

@@ -20,7 +20,7 @@ from common.oof import CLASSIFIER_FILE, SEGMENTER_FILE
 from common.submission import validate
 from engine.checkpoint import load_checkpoint
 from ensemble.members import discover
-from ensemble.threshold_search import main as threshold_search
+from tuning.threshold_search import main as threshold_search
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_DIR = ROOT / "configs" / "experiment"

@@ -17,17 +17,17 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements-runtime.txt"
-PROJECT = ("common", "ensemble", "configs", "infer")
+PROJECT = ("common", "scoring", "ensemble", "deploy", "configs", "infer")
 # Where the torch-free path starts: the documented commands and the Python API.
-ENTRIES = ("infer", "ensemble.run", "ensemble.onnx_runtime", "ensemble.serve")
+ENTRIES = ("infer", "ensemble.run", "ensemble.onnx_runtime", "deploy.serve")
 # Imports in those modules that belong to the PyTorch runtime only, each behind the runtime choice.
 TORCH_PATH = {("ensemble.run", "ensemble.predict"): "build_runtime(runtime=torch)"}
 # Lazy imports the static walk finds on code paths a bundle run never takes, each with the reason.
 NOT_ON_RUNTIME_PATH = {
     ("common.oof", "torch"): "torch.int32 of a tensor passed in (the segmenter's validation metric)",
-    ("ensemble.arrays", "torch"): "only for an object that already is a tensor (the torch runtime's outputs)",
-    ("ensemble.postprocess", "torch"): "thresholding a tensor on its device (the torch runtime)",
-    ("ensemble.tta", "torch"): "flipping a tensor (the torch runtime)",
+    ("scoring.arrays", "torch"): "only for an object that already is a tensor (the torch runtime's outputs)",
+    ("scoring.postprocess", "torch"): "thresholding a tensor on its device (the torch runtime)",
+    ("scoring.tta", "torch"): "flipping a tensor (the torch runtime)",
     ("common.folds", "iterstrat"): "making folds for training (prepare.py, train.py)",
     ("common.metrics", "sklearn"): "class-head AUC / F1 of the CV report and threshold search",
 }
@@ -106,8 +106,8 @@ def test_runtime_import_graph_is_accounted_for():
     """Every third-party module the torch-free path can import comes with requirements-runtime.txt; none of the
     training stack is reachable (the torch runtime's one import sits behind runtime=torch)."""
     modules, external = runtime_graph()
-    assert {"ensemble.core", "common.images", "ensemble.postprocess"} <= modules
-    assert not modules & {"ensemble.predict", "ensemble.members", "ensemble.export", "engine.checkpoint"}, modules
+    assert {"ensemble.core", "common.images", "scoring.postprocess"} <= modules
+    assert not modules & {"ensemble.predict", "ensemble.members", "deploy.export", "engine.checkpoint"}, modules
     assert not external & NEVER, external & NEVER
     owners = metadata.packages_distributions()
     allowed = requirement_closure(REQUIREMENTS)
@@ -147,8 +147,8 @@ def export_tiny_bundle(base: Path) -> tuple[Path, Path, Path]:
     import torch
 
     from common.config import build
+    from deploy.export import main as export_main
     from engine.checkpoint import save_checkpoint
-    from ensemble.export import main as export_main
     from ensemble_helpers import PRE, image_folder
 
     config = {
@@ -195,7 +195,7 @@ def run(cmd: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_fresh_venv_runs_the_documented_commands(tmp_path):
     """A venv with requirements-runtime.txt alone (+ the steelseg wheel, no deps): torch is absent, and
-    infer.py runtime=onnx (checkout and installed command) and ensemble.serve --load-test work on a bundle.
+    infer.py runtime=onnx (checkout and installed command) and deploy.serve --load-test work on a bundle.
     pip caches its wheels under ~/.cache/pip, so a re-run takes seconds."""
     bundle, images, truth = export_tiny_bundle(tmp_path)
     env_dir = tmp_path / "venv"
@@ -234,7 +234,7 @@ def test_fresh_venv_runs_the_documented_commands(tmp_path):
         [
             python,
             "-m",
-            "ensemble.serve",
+            "deploy.serve",
             bundle,
             "--load-test",
             "4",

@@ -13,10 +13,10 @@ import pytest
 
 from common.inspections import connect, query
 from common.rle import decode
-from ensemble.export import export_bundle
+from deploy.export import export_bundle
+from deploy.serve import create_app, load_test, main, running_server
 from ensemble.onnx_runtime import load_bundle
 from ensemble.predict import build_predictor
-from ensemble.serve import create_app, load_test, main, running_server
 from ensemble_helpers import image_folder, save_tiny
 
 IDS = [f"img{i:03d}.jpg" for i in range(3)]

@@ -18,10 +18,10 @@ import common.inspections
 from common.errors import SteelsegError
 from common.images import decode_image
 from common.inspections import connect, query
-from ensemble.export import export_bundle
+from deploy.export import export_bundle
+from deploy.serve import Limits, create_app, is_loopback, main, read_token, running_server
 from ensemble.onnx_runtime import MANIFEST, load_bundle
 from ensemble.predict import build_predictor
-from ensemble.serve import Limits, create_app, is_loopback, main, read_token, running_server
 from ensemble_helpers import image_folder, save_tiny
 
 TOKEN = "t0ken-for-the-tests-0123456789"
@@ -292,7 +292,7 @@ def test_bundle_values_that_load_but_fail_or_lie_are_refused_at_load(bundle, tmp
 
 
 def test_load_test_counts_refused_connections_instead_of_crashing():
-    from ensemble.serve import load_test
+    from deploy.serve import load_test
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from analysis.report import holdout_table
-from ensemble.rules import Rules
 from ensemble_helpers import image_folder, save_tiny
+from scoring.rules import Rules
 
 
 def test_the_report_holdout_predicts_with_the_infer_configs_reducer_and_classifier_tta(tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_a_finished_folder_replaces_the_old_one_whole(tmp_path, monkeypatch, exc
 
 
 def test_gating_mode_names_come_from_the_registry():
-    """``ensemble.gating.GATES`` is the one list of modes: the config's comment, every ensemble config's mode, the
+    """``scoring.gating.GATES`` is the one list of modes: the config's comment, every ensemble config's mode, the
     README's option list and the ``Rules`` doc name exactly those; the search modes and those needing a
     classifier are read off the gates."""
     import re
@@ -80,8 +80,8 @@ def test_gating_mode_names_come_from_the_registry():
 
     import yaml
 
-    from ensemble.gating import CLASSIFIER_MODES, GATES, MODES, SEARCH_MODES
-    from ensemble.rules import Rules
+    from scoring.gating import CLASSIFIER_MODES, GATES, MODES, SEARCH_MODES
+    from scoring.rules import Rules
 
     repo = Path(__file__).resolve().parents[1]
     default = (repo / "configs" / "ensemble" / "default.yaml").read_text()
@@ -108,7 +108,7 @@ def test_unknown_keys_are_refused_by_one_helper():
     from common.config import ConfigError, check_known
     from common.preprocess import Preprocess
     from ensemble.predict import member_entries
-    from ensemble.rules import RulesError
+    from scoring.rules import RulesError
 
     check_known({"mode": 1}, ("mode", "power"), "x")
     with pytest.raises(ConfigError, match=r"^x: unknown key\(s\) \['pwer'\]; known: mode, power$"):

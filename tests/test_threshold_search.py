@@ -10,10 +10,10 @@ import pytest
 
 from common.metrics import dice
 from common.oof import OOF, load_oof
-from ensemble import postprocess as pp
-from ensemble.gating import get_gate
-from ensemble.rules import Rules, read_thresholds
-from ensemble.threshold_search import (
+from scoring import postprocess as pp
+from scoring.gating import get_gate
+from scoring.rules import Rules, read_thresholds
+from tuning.threshold_search import (
     OFF_AREA,
     SEARCH_MODES,
     ClassCounts,

@@ -10,9 +10,9 @@ import torch
 from ensemble.core import resolve_batch_size
 from ensemble.members import load_members
 from ensemble.predict import MAX_AUTO_BATCH, Predictor, amp_dtype_for, batch_for_memory, compile_mode
-from ensemble.rules import Rules, RulesError
-from ensemble.tta import augment_all, split_outputs, transforms
 from ensemble_helpers import image_folder, save_tiny
+from scoring.rules import Rules, RulesError
+from scoring.tta import augment_all, split_outputs, transforms
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``python -m ensemble.export [overrides] --out BUNDLE``: the ensemble ``infer.py`` would run, as a deploy bundle.
+"""``python -m deploy.export [overrides] --out BUNDLE``: the ensemble ``infer.py`` would run, as a deploy bundle.
 
 The overrides are ``infer.py``'s (``checkpoints.classifier=[...] checkpoints.segmenter=[...] thresholds=t.json
 tta=flips ensemble.gating.mode=soft ...``), so the bundle is exactly that ensemble: one ONNX file per member
@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
-from common.errors import SteelsegError
+from common.errors import SteelsegError, command
 from common.io import atomic_write_text, check_writable, replace_file, replace_folder, temp_dir_beside
 from common.metrics import dice
 from ensemble.core import GatedEnsemble, iter_batches, split_joint
@@ -63,7 +63,7 @@ from ensemble.onnx_runtime import (
     sha256_of,
 )
 from ensemble.predict import MemberNet, Predictor, build_predictor
-from ensemble.tta import Flip
+from scoring.tta import Flip
 from segmenter.metrics import to_full_size
 
 __all__ = [
@@ -433,7 +433,7 @@ def parity(
     reference: GatedEnsemble, other: GatedEnsemble, paths: Sequence[Path | str], batch_size: int = 4
 ) -> ParityReport:
     """Run both ensembles on the same decoded inputs of ``paths`` and compare their masks and probabilities."""
-    from ensemble.arrays import to_numpy
+    from scoring.arrays import to_numpy
 
     if [p.key for p in reference.preprocesses] != [p.key for p in other.preprocesses]:
         raise BundleError("the two ensembles preprocess differently; they are not the same ensemble")
@@ -484,22 +484,21 @@ def _compose(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _parity_paths(cfg: Mapping[str, Any], limit: int | None) -> list[Path]:
-    from ensemble.run import _image_set
+    from ensemble.run import image_set
 
-    dataset = _image_set({**cfg, "evaluate": False})
+    dataset = image_set({**cfg, "evaluate": False})
     ids = dataset.image_ids[:limit] if limit else dataset.image_ids
     return [dataset.path(i) for i in ids]
 
 
-USAGE = (
-    "Arguments with '=' are Hydra overrides of the infer config: the bundle holds the ensemble 'python infer.py "
-    "<overrides>' runs (checkpoints, tta, ensemble, postprocess, thresholds)."
-)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ensemble.export", description=__doc__.splitlines()[0], epilog=USAGE
+    from ensemble.settings import override_parser
+
+    parser = override_parser(
+        "deploy.export",
+        __doc__,
+        "(the bundle holds the ensemble 'python infer.py <overrides>' runs: checkpoints, tta, ensemble, "
+        "postprocess, thresholds).",
     )
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
@@ -534,59 +533,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     from ensemble.settings import split_overrides
 
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     extra, overrides = split_overrides(args.overrides)
-    try:
-        if extra:
-            raise ExportError(f"unexpected arguments {extra}: give infer.py overrides (key=value) and --out")
-        if args.opset < OPSET:
-            raise ExportError(f"--opset {args.opset}: at least {OPSET} is needed (Resize with antialias)")
-        if args.parity_limit is not None and args.parity_limit < 1:
-            raise ExportError(f"--parity-limit {args.parity_limit}: give at least 1 image (or leave it out for all)")
-        if args.out.exists() and not args.force:  # checked before the members are loaded and exported
-            raise ExportError(f"--out {args.out}: exists; choose another --out or pass --force to replace it")
-        if args.calibration_images is not None and not args.int8:
-            raise ExportError(
-                f"--calibration-images {args.calibration_images}: only used with --int8; add --int8 or leave it out"
-            )
-        check_writable(args.out, "--out", directory=True)
-        cfg = _compose(overrides)
-        calibration = (
-            calibration_images(
-                cfg["data"]["root"], CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
-            )
-            if args.int8
-            else None
+    if extra:
+        raise ExportError(f"unexpected arguments {extra}: give infer.py overrides (key=value) and --out")
+    if args.opset < OPSET:
+        raise ExportError(f"--opset {args.opset}: at least {OPSET} is needed (Resize with antialias)")
+    if args.parity_limit is not None and args.parity_limit < 1:
+        raise ExportError(f"--parity-limit {args.parity_limit}: give at least 1 image (or leave it out for all)")
+    if args.out.exists() and not args.force:  # checked before the members are loaded and exported
+        raise ExportError(f"--out {args.out}: exists; choose another --out or pass --force to replace it")
+    if args.calibration_images is not None and not args.int8:
+        raise ExportError(
+            f"--calibration-images {args.calibration_images}: only used with --int8; add --int8 or leave it out"
         )
-        with exportable_layers():
-            predictor = build_predictor(cfg)
-        print(f"export: {len(predictor.members)} members -> {args.out}")
-        out = export_bundle(
-            predictor,
-            args.out,
-            cfg.get("thresholds"),
-            args.opset,
-            args.force,
-            flips_in_graph=args.flips_in_graph,
-            int8_calibration=calibration,
+    check_writable(args.out, "--out", directory=True)
+    cfg = _compose(overrides)
+    calibration = (
+        calibration_images(
+            cfg["data"]["root"], CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
         )
-        print(
-            f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
-            f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})"
-        )
-        if args.parity:
-            report = parity(predictor, load_bundle(out), _parity_paths(cfg, args.parity_limit))
-            atomic_write_text(out / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")
-            print(report.format())
-            if not report.ok:
-                return 1
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if args.int8
+        else None
+    )
+    with exportable_layers():
+        predictor = build_predictor(cfg)
+    print(f"export: {len(predictor.members)} members -> {args.out}")
+    out = export_bundle(
+        predictor,
+        args.out,
+        cfg.get("thresholds"),
+        args.opset,
+        args.force,
+        flips_in_graph=args.flips_in_graph,
+        int8_calibration=calibration,
+    )
+    print(
+        f"bundle: {out} ({MANIFEST} + {len(predictor.members)} ONNX files; gating {predictor.rules.gating}, "
+        f"TTA {[f.name for f in predictor.tta_segmenter]}, reducer {predictor.reducer})"
+    )
+    if args.parity:
+        report = parity(predictor, load_bundle(out), _parity_paths(cfg, args.parity_limit))
+        atomic_write_text(out / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        print(report.format())
+        if not report.ok:
+            return 1
     return 0
 
 

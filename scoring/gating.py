@@ -1,7 +1,7 @@
 """The gating registry: what the classifier's image-level probabilities do to each (image, class) pair.
 
-One object per mode (``GATES``); inference (``ensemble.postprocess``), fixed-rule scoring and the threshold
-search (``ensemble.threshold_search``) all ask these objects, so they cannot drift apart. A mode answers:
+One object per mode (``GATES``); inference (``scoring.postprocess``), fixed-rule scoring and the threshold
+search (``tuning.threshold_search``) all ask these objects, so they cannot drift apart. A mode answers:
 
 * ``needed``: which images the segmenters must see at all (the others are skipped: no segmenter pass);
 * ``classifier_value``: the per-image number compared with the classifier threshold, and ``on_low``
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.constants import N_CLASSES
-from ensemble.rules import Rules, RulesError
+from scoring.rules import Rules, RulesError
 
 __all__ = [
     "PairRules",

@@ -5,15 +5,14 @@ validation images through ``ensemble.predict.build_predictor``: the same preproc
 (classifiers, segmenters, joint models) as inference, without gating (the search decides that). The result is
 the two OOF files of ``common.oof`` in one folder, so thresholds are tuned on what inference will produce:
 
-    python -m ensemble.oof outputs/train/joint/demo [RUN ...] --out outputs/oof/demo [tta=flips ...]
-    python -m ensemble.threshold_search outputs/oof/demo --out thresholds.json
+    python -m tuning.oof outputs/train/joint/demo [RUN ...] --out outputs/oof/demo [tta=flips ...]
+    python -m tuning.threshold_search outputs/oof/demo --out thresholds.json
 
 All runs must share one folds file (their checkpoints' ``config.data.folds.path``).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from common.data_setup import check_data_node, load_folds, load_train
-from common.errors import OOFError, SteelsegError
+from common.errors import OOFError, command
 from common.io import check_outputs
 from common.oof import (
     CLASSIFIER_FILE,
@@ -41,8 +40,8 @@ from engine.checkpoint import load_checkpoint
 from ensemble.core import resolve_batch_size
 from ensemble.members import Member, discover, load_members
 from ensemble.predict import build_predictor, set_threads
-from ensemble.rules import Rules
-from ensemble.settings import compose_infer, predictor_config, split_overrides
+from ensemble.settings import compose_infer, override_parser, predictor_config, split_overrides
+from scoring.rules import Rules
 
 __all__ = ["fold_members", "data_config", "ensemble_oof", "main"]
 
@@ -142,29 +141,21 @@ def ensemble_oof(
     }
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ensemble.oof",
-        description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config "
-        "(tta=..., ensemble.reducer=..., device=...).",
-    )
+    parser = override_parser("tuning.oof", __doc__, "(tta=..., ensemble.reducer=..., device=...).")
     parser.add_argument("runs", nargs="+", help="training output folders (cross-validation runs); then overrides")
     parser.add_argument("--out", type=Path, required=True, help="folder for oof_segmenter.npz and oof_classifier.csv")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="probability histogram bins (default 100)")
     args = parser.parse_intermixed_args(argv)
     runs, overrides = split_overrides(args.runs)
-    try:
-        if not runs:
-            raise OOFError("give at least one training output folder")
-        check_outputs(args.out, "--out", files=OOF_FILES)  # fail before the prediction, not after it
-        cfg = compose_infer(overrides)
-        plain = predictor_config(cfg)
-        set_threads(cfg.get("threads"))
-        summary = ensemble_oof(runs, args.out, plain, args.bins, bool(cfg.get("progress", True)))
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not runs:
+        raise OOFError("give at least one training output folder")
+    check_outputs(args.out, "--out", files=OOF_FILES)  # fail before the prediction, not after it
+    cfg = compose_infer(overrides)
+    plain = predictor_config(cfg)
+    set_threads(cfg.get("threads"))
+    summary = ensemble_oof(runs, args.out, plain, args.bins, bool(cfg.get("progress", True)))
     print(
         f"ensemble OOF: {summary['images']} images over {summary['folds']} folds, members {summary['members']}, "
         f"TTA {list(plain['tta']['segmenter'])}, {summary['seconds']:.0f} s -> {summary['out']}"

@@ -17,14 +17,13 @@ scaling, label threshold on the maximum probability. Not representable (left to 
 ``min_component`` and overlap resolution. ``soft`` (prob x class prob) is approximate: each image's
 threshold ``k / (B q)`` is rounded up to the next bin edge.
 
-CLI: ``python -m ensemble.threshold_search RUN_DIR... --out thresholds.json [OVERRIDES]`` (RUN_DIR: training
+CLI: ``python -m tuning.threshold_search RUN_DIR... --out thresholds.json [OVERRIDES]`` (RUN_DIR: training
 output folders holding ``oof_segmenter.npz`` and ``oof_classifier.csv``, or the files themselves; OVERRIDES:
 Hydra overrides of the infer config, whose rules are the "default thresholds").
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from common.constants import CLASS_IDS, IMAGE_SHAPE
-from common.errors import OOFError, SteelsegError
+from common.errors import OOFError, command
 from common.io import check_outputs, check_writable
 from common.metrics import dice_from_counts
 from common.oof import OOF, OOF_FILES, load_oof
-from ensemble.gating import SEARCH_MODES, Gate, get_gate, pair_rules
-from ensemble.rules import Rules, write_thresholds
-from ensemble.settings import split_overrides
+from ensemble.settings import override_parser, split_overrides
+from scoring.gating import SEARCH_MODES, Gate, get_gate, pair_rules
+from scoring.rules import Rules, write_thresholds
 
 __all__ = [
     "SEARCH_MODES",
@@ -154,7 +153,7 @@ def class_scores(
     counts: ClassCounts, max_prob: np.ndarray, cls_prob: np.ndarray | None, gate: Gate, c: int, grid: Grid, bins: int
 ) -> np.ndarray:
     """Sum over images of the pair score of class index ``c`` for every (k, area, label, classifier threshold)
-    grid point under ``gate`` (the rule inference applies, from ``ensemble.gating``).
+    grid point under ``gate`` (the rule inference applies, from ``scoring.gating``).
 
     Shape (K, A, L, T); T = 1 for modes without a classifier threshold.
     """
@@ -243,7 +242,7 @@ def search_mode(oof: OOF, mode: str, grid: Grid, base: Rules) -> ModeResult:
 
 def pair_outcomes(oof: OOF, rules: Rules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(intersection, predicted area, true area), each (N, 4), of fixed rules on the OOF: the very per-pair rules
-    inference applies (``ensemble.gating.pair_rules``), counted on the histograms."""
+    inference applies (``scoring.gating.pair_rules``), counted on the histograms."""
     if rules.bins != oof.bins:
         raise OOFError(
             f"the rules use a {rules.bins}-step threshold grid (postprocess.bins), the OOF histograms "
@@ -411,11 +410,12 @@ def has_checkpoints(entries: Sequence[str | Path]) -> bool:
     return any(Path(e).is_dir() and next(Path(e).glob("**/checkpoints/best.pt"), None) is not None for e in entries)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ensemble.threshold_search",
-        description=__doc__.splitlines()[0],
-        epilog="Arguments with '=' are Hydra overrides of the infer config (e.g. postprocess=first_place tta=flips "
+    parser = override_parser(
+        "tuning.threshold_search",
+        __doc__,
+        "(e.g. postprocess=first_place tta=flips "
         "ensemble.gating.mode=soft): the OOF is predicted, and the default thresholds are, what infer.py "
         "does with them.",
     )
@@ -436,41 +436,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cv", action="store_true", help="skip the tune-on-other-folds estimate")
     args = parser.parse_intermixed_args(argv)
     runs, overrides = split_overrides(args.runs)
-    try:
-        if not runs:
-            raise OOFError("give at least one training output folder or OOF file")
-        check_writable(args.out, "--out")
-        base = default_rules(overrides)
-        entries = runs
-        if has_checkpoints(runs) and not args.from_files:
-            from ensemble.oof import ensemble_oof
-            from ensemble.predict import set_threads
-            from ensemble.settings import compose_infer, predictor_config
+    if not runs:
+        raise OOFError("give at least one training output folder or OOF file")
+    check_writable(args.out, "--out")
+    base = default_rules(overrides)
+    entries = runs
+    if has_checkpoints(runs) and not args.from_files:
+        from ensemble.predict import set_threads
+        from ensemble.settings import compose_infer, predictor_config
+        from tuning.oof import ensemble_oof
 
-            cfg = compose_infer(overrides)
-            plain = predictor_config(cfg)
-            set_threads(cfg.get("threads"))
-            oof_dir = check_outputs(
-                args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir", files=OOF_FILES
-            )
-            made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
-            print(
-                f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
-                f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}"
-            )
-            entries = [oof_dir]
-        oof = load_oof(entries)
-        grid = Grid.make(oof.bins, area_scale=base.area_scale)
-        out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
-        s = out["summary"]
-        write_thresholds(
-            args.out,
-            out["chosen"],
-            {"scores": s, "sources": [str(r) for r in runs], "oof": [str(e) for e in entries], "overrides": overrides},
+        cfg = compose_infer(overrides)
+        plain = predictor_config(cfg)
+        set_threads(cfg.get("threads"))
+        oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir", files=OOF_FILES)
+        made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
+        print(
+            f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
+            f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}"
         )
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        entries = [oof_dir]
+    oof = load_oof(entries)
+    grid = Grid.make(oof.bins, area_scale=base.area_scale)
+    out = run_search(oof, base, grid, args.modes.split(","), not args.no_cv)
+    s = out["summary"]
+    write_thresholds(
+        args.out,
+        out["chosen"],
+        {"scores": s, "sources": [str(r) for r in runs], "oof": [str(e) for e in entries], "overrides": overrides},
+    )
     print(
         f"OOF: {s['n_images']} images; all-empty {s['baseline']:.5f}; default thresholds "
         f"({s['default_gating']}) {s['default']:.5f}; tuned ({s['best_mode']}) {s['tuned']:.5f}"

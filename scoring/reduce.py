@@ -1,7 +1,7 @@
 """Reducers over ensemble members (models x TTA): fed one probability array at a time, so memory
 does not grow with the number of members. Default: weighted mean of probabilities.
 
-Torch tensors (the PyTorch predictor) and NumPy arrays (the ONNX runtime) alike, through ``ensemble.arrays``.
+Torch tensors (the PyTorch predictor) and NumPy arrays (the ONNX runtime) alike, through ``scoring.arrays``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.errors import ConfigError
-from ensemble.arrays import copy, namespace, take
+from scoring.arrays import copy, namespace, take
 
 __all__ = ["Reducer", "MeanReducer", "GeometricReducer", "MaxReducer", "REDUCERS", "make_reducer"]
 

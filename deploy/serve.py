@@ -1,4 +1,4 @@
-"""``python -m ensemble.serve BUNDLE``: a deploy bundle behind an HTTP API (FastAPI + uvicorn, 127.0.0.1 by default).
+"""``python -m deploy.serve BUNDLE``: a deploy bundle behind an HTTP API (FastAPI + uvicorn, 127.0.0.1 by default).
 
 Endpoints:
 
@@ -61,7 +61,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from common.annotations import check_image_id, check_run_id
 from common.constants import IMAGE_SHAPE, LONG_COLUMNS
-from common.errors import AnnotationError, ImageError, SteelsegError
+from common.errors import AnnotationError, ImageError, SteelsegError, command
 from common.images import check_complete, decode_image, header_size
 from common.io import check_writable
 from ensemble.core import ImagePrediction
@@ -693,11 +693,12 @@ def read_token(token_file: Path | None, environ: Mapping[str, str] = os.environ)
     return token
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble.serve", description=__doc__.splitlines()[0], allow_abbrev=False
+        prog="python -m deploy.serve", description=__doc__.splitlines()[0], allow_abbrev=False
     )
-    parser.add_argument("bundle", type=Path, help="bundle folder written by python -m ensemble.export")
+    parser.add_argument("bundle", type=Path, help="bundle folder written by python -m deploy.export")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=8, help="images per model batch at most")
@@ -750,61 +751,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-connections", type=int, default=defaults.max_connections, help="connections served at once (503 beyond)"
     )
     args = parser.parse_args(argv)
-    try:
-        if args.token is not None:
-            raise ServeError(
-                f"--token: a token on the command line is visible to every user of this machine (ps, "
-                f"shell history); put it in a file for --token-file or in the environment variable "
-                f"{TOKEN_ENV}"
-            )
-        if (
-            min(args.header_timeout, args.body_timeout, args.keep_alive, args.store_timeout) <= 0
-            or args.max_connections < 1
-            or args.max_decodes < 1
-        ):
-            raise ServeError(
-                "--header-timeout, --body-timeout, --keep-alive and --store-timeout must be > 0, "
-                "--max-connections and --max-decodes >= 1"
-            )
-        limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive, args.max_connections)
-        check_run_id(args.run_id, "--run-id")
-        if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_mb <= 0:
-            raise ServeError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-mb > 0")
-        if args.load_test < 0 or args.concurrency < 1 or args.load_seconds <= 0:
-            raise ServeError("--load-test must be >= 0, --concurrency >= 1 and --load-seconds > 0")
-        if args.load_test and not (args.images and args.images.is_dir()):
-            raise ServeError(f"--images: image folder {args.images} not found (the load test sends its images)")
-        if args.store:
-            check_writable(args.store, "--store")
-        if not args.load_test:
-            check_port(args.host, args.port)
-        token = read_token(args.token_file)
-        if token is None and not args.load_test and not is_loopback(args.host):
-            raise ServeError(
-                f"--host {args.host}: reachable from other machines, so every request needs a token: "
-                f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
-                "(clients send 'Authorization: Bearer <token>')"
-            )
-        predictor = load_bundle(args.bundle, args.threads, thresholds=args.thresholds)
-        app = create_app(
-            predictor,
-            args.max_batch,
-            args.max_wait_ms,
-            int(args.max_mb * MiB),
-            args.store,
-            args.run_id,
-            token,
-            args.max_decodes,
-            args.body_timeout,
-            args.store_timeout,
+    if args.token is not None:
+        raise ServeError(
+            f"--token: a token on the command line is visible to every user of this machine (ps, "
+            f"shell history); put it in a file for --token-file or in the environment variable "
+            f"{TOKEN_ENV}"
         )
-        print(predictor.describe())
-        if args.load_test:
-            _run_load_test(app, args.images, args.load_test, args.concurrency, args.load_seconds, token, limits)
-            return 0
-    except SteelsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if (
+        min(args.header_timeout, args.body_timeout, args.keep_alive, args.store_timeout) <= 0
+        or args.max_connections < 1
+        or args.max_decodes < 1
+    ):
+        raise ServeError(
+            "--header-timeout, --body-timeout, --keep-alive and --store-timeout must be > 0, "
+            "--max-connections and --max-decodes >= 1"
+        )
+    limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive, args.max_connections)
+    check_run_id(args.run_id, "--run-id")
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_mb <= 0:
+        raise ServeError("--max-batch must be >= 1, --max-wait-ms >= 0 and --max-mb > 0")
+    if args.load_test < 0 or args.concurrency < 1 or args.load_seconds <= 0:
+        raise ServeError("--load-test must be >= 0, --concurrency >= 1 and --load-seconds > 0")
+    if args.load_test and not (args.images and args.images.is_dir()):
+        raise ServeError(f"--images: image folder {args.images} not found (the load test sends its images)")
+    if args.store:
+        check_writable(args.store, "--store")
+    if not args.load_test:
+        check_port(args.host, args.port)
+    token = read_token(args.token_file)
+    if token is None and not args.load_test and not is_loopback(args.host):
+        raise ServeError(
+            f"--host {args.host}: reachable from other machines, so every request needs a token: "
+            f"put one in a file for --token-file or in the environment variable {TOKEN_ENV} "
+            "(clients send 'Authorization: Bearer <token>')"
+        )
+    predictor = load_bundle(args.bundle, args.threads, thresholds=args.thresholds)
+    app = create_app(
+        predictor,
+        args.max_batch,
+        args.max_wait_ms,
+        int(args.max_mb * MiB),
+        args.store,
+        args.run_id,
+        token,
+        args.max_decodes,
+        args.body_timeout,
+        args.store_timeout,
+    )
+    print(predictor.describe())
+    if args.load_test:
+        _run_load_test(app, args.images, args.load_test, args.concurrency, args.load_seconds, token, limits)
+        return 0
     import uvicorn
 
     print(

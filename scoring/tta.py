@@ -2,7 +2,7 @@
 
 Names: ``none``, ``hflip`` (mirror left-right), ``vflip`` (mirror top-bottom), ``both`` (hflip + vflip).
 Flips are their own inverse; image-level outputs (classifier logits) need no un-augmenting. Works on torch
-tensors and NumPy arrays alike (``ensemble.arrays``), so the ONNX runtime uses it unchanged.
+tensors and NumPy arrays alike (``scoring.arrays``), so the ONNX runtime uses it unchanged.
 
 ``augment_all`` / ``split_outputs`` put every flip of a batch into ONE forward pass (the flipped copies
 concatenated on the batch axis) and take the outputs apart again: one large batch keeps a GPU busier than
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import ConfigError
-from ensemble.arrays import is_torch
+from scoring.arrays import is_torch
 
 __all__ = ["Flip", "TTA_NAMES", "transforms", "augment_all", "split_outputs"]
 

@@ -1,6 +1,6 @@
 """Probabilities -> binary masks, in the order the threshold search models:
 
-gating and label threshold (``ensemble.gating.pair_rules``), pixel threshold on the bin grid
+gating and label threshold (``scoring.gating.pair_rules``), pixel threshold on the bin grid
 (``common.oof.bin_index``: the very rule the OOF histograms count), optional overlap resolution, removal of
 components smaller than ``min_component``, then the total ``min_area`` test.
 
@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 
 from common.oof import bin_index
-from ensemble.arrays import is_torch as _is_torch
-from ensemble.gating import PairRules, pair_rules
-from ensemble.rules import Rules
+from scoring.arrays import is_torch as _is_torch
+from scoring.gating import PairRules, pair_rules
+from scoring.rules import Rules
 
 __all__ = ["remove_small_components", "bin_cut", "threshold_masks", "finish_mask", "max_probability", "postprocess"]
 

@@ -1,6 +1,6 @@
 """Per-class decision rules (thresholds, areas, gating) from config or from a tuned thresholds file.
 
-Thresholds file (JSON, written by ``python -m ensemble.threshold_search``)::
+Thresholds file (JSON, written by ``python -m tuning.threshold_search``)::
 
     {"format": "steelseg-thresholds", "version": 1, "class_ids": [1, 2, 3, 4], "bins": 100,
      "gating": "veto", "image_threshold": 0.5, "area_scale": 2.0,
@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from common.config import check_known
 from common.constants import CLASS_IDS
 from common.errors import SteelsegError
 from common.io import atomic_write_text
@@ -65,7 +66,7 @@ class Rules:
     """Everything that turns probabilities into masks, per class in CLASS_IDS order.
 
     gating (``ensemble.gating``): none | label | image | veto | soft | scale; what each mode does is defined
-    once, in ``ensemble.gating.GATES``. label_threshold (any mode): drop class c when its maximum
+    once, in ``scoring.gating.GATES``. label_threshold (any mode): drop class c when its maximum
     probability is below it. ``bins``: pixel thresholds are multiples of 1 / bins.
     """
 
@@ -106,7 +107,7 @@ class Rules:
                     f"postprocess.pixel_threshold: {t} is not a multiple of 1/{bins} strictly between 0 "
                     f"and 1 (postprocess.bins)"
                 )
-        from ensemble.gating import get_gate  # the registry of modes (it imports this module)
+        from scoring.gating import get_gate  # the registry of modes (it imports this module)
 
         get_gate(self.gating)
         image_threshold = _number(self.image_threshold, "ensemble.gating.image_threshold", False)
@@ -122,8 +123,8 @@ class Rules:
 
     @property
     def needs_classifier(self) -> bool:
-        """True when the gating mode needs classifier probabilities (``ensemble.gating.CLASSIFIER_MODES``)."""
-        from ensemble.gating import CLASSIFIER_MODES
+        """True when the gating mode needs classifier probabilities (``scoring.gating.CLASSIFIER_MODES``)."""
+        from scoring.gating import CLASSIFIER_MODES
 
         return self.gating in CLASSIFIER_MODES
 
@@ -141,13 +142,8 @@ class Rules:
 
 def rules_from_config(postprocess: Mapping[str, Any], gating: Mapping[str, Any]) -> Rules:
     """Rules from the ``postprocess`` and ``ensemble.gating`` config nodes."""
-    keys = set(PER_CLASS) | {"resolve_overlap", "bins"}
-    unknown = set(postprocess) - keys
-    if unknown:
-        raise RulesError(f"postprocess: unknown keys {sorted(unknown)}; known: {sorted(keys)}")
-    unknown = set(gating) - {"mode", "image_threshold", "area_scale"}
-    if unknown:
-        raise RulesError(f"ensemble.gating: unknown keys {sorted(unknown)}")
+    check_known(postprocess, [*PER_CLASS, "resolve_overlap", "bins"], "postprocess", RulesError)
+    check_known(gating, ["mode", "image_threshold", "area_scale"], "ensemble.gating", RulesError)
     kwargs: dict[str, Any] = {
         k: (list(v) if not isinstance(v, (int, float, bool, str)) and v is not None else v)
         for k, v in postprocess.items()
