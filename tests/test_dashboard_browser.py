@@ -32,9 +32,10 @@ from test_dashboard_e2e import (
     downloaded,
     figure,
     idle,
-    images_loaded,  # noqa: F401 (shots: fixture)
+    images_loaded,
     serve,
     server_errors,
+    shots,  # noqa: F401 - a fixture: pytest finds it by this name (ruff --fix had dropped it as unused)
     text,
     wait_for,
 )
