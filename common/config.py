@@ -25,6 +25,7 @@ __all__ = [
     "whole_number",
     "required_whole_number",
     "real_number",
+    "switch",
 ]
 
 
@@ -51,6 +52,16 @@ def required_whole_number(value: Any, key: str, minimum: int = 0, note: str = ""
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}: expected a whole number >= {minimum}{note}, got {value!r}")
+    return value
+
+
+def switch(value: Any, key: str, default: bool | None = None) -> bool:
+    """An on/off setting: ``true`` or ``false`` only (text such as ``abc`` or a number is a ConfigError naming
+    ``key``, never silently true); ``default`` when it is None and a default is given."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return value
 
 

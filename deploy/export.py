@@ -468,16 +468,17 @@ def parity(
 
 def _compose(overrides: Sequence[str]) -> dict[str, Any]:
     """The infer config sections the export reads (the same composition as ``python infer.py <overrides>``)."""
-    from ensemble.settings import compose_infer, section
+    from ensemble.settings import InferSettings, compose_infer, section
 
     cfg = compose_infer(overrides)
+    settings = InferSettings.from_config(section(cfg, "thresholds", "channels_last", "images"))
     plain = section(cfg, "checkpoints", "tta", "ensemble", "postprocess", "data")
     plain.update(
         {
-            "thresholds": cfg.get("thresholds"),
+            "thresholds": settings.thresholds,
             "device": "cpu",
-            "channels_last": bool(cfg.get("channels_last", True)),
-            "images": str(cfg.images),
+            "channels_last": settings.channels_last,
+            "images": settings.images,
         }
     )
     return plain
@@ -567,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = export_bundle(
         predictor,
         args.out,
-        cfg.get("thresholds"),
+        cfg["thresholds"],
         args.opset,
         args.force,
         flips_in_graph=args.flips_in_graph,

@@ -378,12 +378,15 @@ def load_bundle(
 
 def predictor_from_config(cfg: Mapping[str, Any]) -> OnnxPredictor:
     """The ONNX predictor of an infer config: ``bundle``, ``threads``, ``device``/``providers``, ``thresholds``."""
-    if not cfg.get("bundle"):
+    from ensemble.settings import InferSettings
+
+    settings = InferSettings.from_config(cfg)
+    if not settings.bundle:
         raise ConfigError("bundle: runtime=onnx needs bundle=<folder written by python -m deploy.export>")
-    providers = providers_for(str(cfg.get("device", "cpu")), cfg.get("providers"))
-    predictor = load_bundle(cfg["bundle"], cfg.get("threads"), providers, cfg.get("thresholds"))
+    providers = providers_for(settings.device, settings.providers)
+    predictor = load_bundle(settings.bundle, settings.threads, providers, settings.thresholds)
     print(
         f"runtime onnx: {predictor.describe()}; members, TTA, reducer and rules come from the bundle"
-        + (f", thresholds from {cfg['thresholds']}" if cfg.get("thresholds") else "")
+        + (f", thresholds from {settings.thresholds}" if settings.thresholds else "")
     )
     return predictor

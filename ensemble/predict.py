@@ -31,6 +31,7 @@ from common.devices import choose_device
 from common.preprocess import Preprocess
 from ensemble.core import KINDS, GatedEnsemble, Stats, check_members, cpu_count, read_inputs, rows_of, split_joint
 from ensemble.members import Member, discover, expand_runs, load_members
+from ensemble.settings import InferSettings, check_amp
 from ensemble.timing import Timer
 from scoring.arrays import take
 from scoring.rules import Rules, RulesError, read_thresholds, rules_from_config
@@ -43,11 +44,8 @@ __all__ = [
     "Stats",
     "check_members",
     "MemberNet",
-    "AMP_CHOICES",
-    "COMPILE_MODES",
     "amp_dtype_for",
     "batch_for_memory",
-    "compile_mode",
     "Predictor",
     "rows_of",
     "load_rules",
@@ -99,8 +97,6 @@ class MemberNet(nn.Module):
         return prob if self.kind == "classifier" else to_full_size(prob)  # the rule validation and the stage OOF use
 
 
-AMP_CHOICES = ("auto", "bfloat16", "float16", None)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Device memory one image may take in a forward pass per TTA flip (activations in bf16 + full-size float32
 # probabilities of a 256x1600 effnet-b3 U-Net, rounded up): the rule behind batch_size=auto on CUDA.
 BYTES_PER_IMAGE_PASS = 256 * 2**20
@@ -110,10 +106,9 @@ MAX_AUTO_BATCH = 64
 def amp_dtype_for(amp: Any, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
     """The autocast dtype of the ``amp`` setting on ``device``: ``auto`` is bf16 on CUDA (fp16 where the GPU has
     no bf16) and float32 (None) on a CPU; null/false is float32; bfloat16 / float16 need CUDA."""
-    if amp is False or amp in (None, "none", "null"):
+    amp = check_amp(amp)
+    if amp is None:
         return None
-    if amp not in AMP_CHOICES:
-        raise RulesError(f"amp: expected auto, bfloat16, float16 or null (float32), got {amp!r}")
     if device.type != "cuda":
         if amp == "auto":
             return None
@@ -131,15 +126,6 @@ def batch_for_memory(free_bytes: int, flips: int) -> int:
     1 to ``MAX_AUTO_BATCH``."""
     fit = int(free_bytes * 0.5 // (BYTES_PER_IMAGE_PASS * max(flips, 1)))
     return max(1, min(MAX_AUTO_BATCH, 1 << (fit.bit_length() - 1) if fit else 1))
-
-
-def compile_mode(value: Any) -> str | None:
-    """The ``compile`` setting checked: null/false (eager, the default) or a ``torch.compile`` mode."""
-    if value is False or value in (None, "none", "null"):
-        return None
-    if value not in COMPILE_MODES:
-        raise RulesError(f"compile: expected null (eager) or one of {list(COMPILE_MODES)}, got {value!r}")
-    return str(value)
 
 
 @dataclass
@@ -233,8 +219,9 @@ def load_rules(cfg: Mapping[str, Any]) -> Rules:
     on the same composed config for their "default thresholds" figure.
     """
     rules = rules_from_config(cfg["postprocess"], cfg["ensemble"]["gating"])
-    if cfg.get("thresholds"):
-        rules = read_thresholds(cfg["thresholds"], rules)
+    thresholds = InferSettings.from_config(cfg).thresholds
+    if thresholds:
+        rules = read_thresholds(thresholds, rules)
     return rules
 
 
@@ -255,12 +242,10 @@ def build_predictor(
     """A predictor from the infer config (``checkpoints``, ``tta``, ``ensemble``, ``postprocess``, ``device``, ...):
     the one builder of infer.py, the ensemble OOF and the CV report, so all predict alike; ``members`` (kind ->
     loaded members) and ``rules`` stand in for the ones the config names."""
-    device = torch.device(choose_device(cfg.get("device", "cpu"), torch.cuda.device_count()))
-    channels_last = cfg.get("channels_last", True)
-    if not isinstance(channels_last, bool):
-        raise RulesError(f"channels_last: expected true or false, got {channels_last!r}")
-    amp_dtype = amp_dtype_for(cfg.get("amp", "auto"), device)
-    compile_as = compile_mode(cfg.get("compile"))
+    settings = InferSettings.from_config(cfg)
+    device = torch.device(choose_device(settings.device, torch.cuda.device_count()))
+    channels_last = settings.channels_last
+    amp_dtype = amp_dtype_for(settings.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     if members is None:
@@ -277,10 +262,10 @@ def build_predictor(
         device=device,
         channels_last=channels_last,
         amp_dtype=amp_dtype,
-        compile=compile_as,
-        batch_flips=bool(cfg.get("batch_flips", True)),
+        compile=settings.compile,
+        batch_flips=settings.batch_flips,
     )
-    if cfg.get("profile"):  # synchronised sections: where the time goes (slower than a plain run)
+    if settings.profile:  # synchronised sections: where the time goes (slower than a plain run)
         predictor.timer = Timer(enabled=True, sync=predictor.synchronize)
     return predictor
 

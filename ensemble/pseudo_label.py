@@ -37,6 +37,7 @@ from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.errors import ConfigError, command
 from common.io import atomic_write_text, check_writable, replace_folder, temp_dir_beside
 from common.rle import encode
+from ensemble.settings import InferSettings
 
 __all__ = ["Confidence", "image_scores", "confident_pixels", "select", "pseudo_label", "main"]
 
@@ -120,13 +121,14 @@ def pseudo_label(
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out: {out} is not empty; choose another folder or pass --force to replace it")
     check_writable(out, "--out", directory=True)
-    images = Path(str(cfg["images"]))
+    settings = InferSettings.from_config({**cfg, "evaluate": False})
     dataset = image_set({**cfg, "evaluate": False})
-    set_threads(cfg.get("threads"))
+    images = Path(str(settings.images))
+    set_threads(settings.threads)
     predictor = build_predictor(cfg)
     final, out = out, temp_dir_beside(out)  # built aside: an old --out stays whole until the new one is
     try:
-        summary = _write_root(predictor, dataset, cfg, out, conf, images)
+        summary = _write_root(predictor, dataset, settings, out, conf, images)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -135,7 +137,7 @@ def pseudo_label(
 
 
 def _write_root(
-    predictor: Any, dataset: Any, cfg: Mapping[str, Any], out: Path, conf: Confidence, images: Path
+    predictor: Any, dataset: Any, settings: InferSettings, out: Path, conf: Confidence, images: Path
 ) -> dict[str, Any]:
     """Predict, select and write the training root into the empty folder ``out``; the summary."""
     from ensemble.core import resolve_batch_size
@@ -148,9 +150,9 @@ def _write_root(
     paths = [dataset.path(i) for i in dataset.image_ids]
     for names, result in predictor.iter_batch_results(
         paths,
-        resolve_batch_size(cfg.get("batch_size"), predictor),
-        int(cfg.get("num_workers") or 0),
-        bool(cfg.get("progress", True)),
+        resolve_batch_size(settings.batch_size, predictor),
+        settings.num_workers,
+        settings.progress,
         gate=False,
     ):
         seg = result.seg_prob

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from common.annotations import check_run_id, read_annotations
-from common.config import whole_number
 from common.constants import CLASS_IDS, LONG_COLUMNS
 from common.data_setup import prepare_root
 from common.dataset import dataset_from
@@ -24,8 +23,7 @@ from common.rle import decode
 from common.submission import open_submission
 from ensemble.core import resolve_batch_size, rows_of
 from ensemble.pipeline import drain_in_background
-
-RUNTIMES = ("torch", "onnx")
+from ensemble.settings import InferSettings
 
 
 @contextmanager
@@ -48,17 +46,18 @@ def sigterm_as_exit() -> Iterator[None]:
 
 def image_set(cfg: Mapping[str, Any]):
     """The checked image folder of an infer config (and its truth when evaluating): infer.py, pseudo-labels, export."""
+    settings = InferSettings.from_config(cfg)
+    if settings.images is None:
+        raise ConfigError("images: give the folder of the images to predict")
     data = cfg["data"]
-    images = Path(cfg["images"])
+    images = Path(settings.images)
     if str(images) == str(data["test_dir"]):
         prepare_root(data)  # generates the synthetic dataset on first use
     truth = None
-    if cfg.get("evaluate"):
-        if not cfg.get("truth") or not Path(cfg["truth"]).is_file():
-            raise DatasetError(
-                f"evaluate=true needs truth= pointing to the labels of {images}; got {cfg.get('truth')!r}"
-            )
-        truth = read_annotations(cfg["truth"])
+    if settings.evaluate:
+        if not settings.truth or not Path(settings.truth).is_file():
+            raise DatasetError(f"evaluate=true needs truth= pointing to the labels of {images}; got {settings.truth!r}")
+        truth = read_annotations(settings.truth)
     return dataset_from(images, truth, str(data.get("check_images", "header")))
 
 
@@ -111,18 +110,16 @@ class _Store:
 def build_runtime(cfg: Mapping[str, Any]) -> tuple[Any, int]:
     """(predictor, threads) of ``cfg.runtime``, imported only when chosen: ``torch`` (checkpoints through
     PyTorch) or ``onnx`` (an exported bundle through ONNX Runtime; torch is never imported)."""
-    runtime = str(cfg.get("runtime", "torch"))
-    if runtime == "onnx":
+    settings = InferSettings.from_config(cfg)
+    if settings.runtime == "onnx":
         from ensemble.onnx_runtime import predictor_from_config
 
         predictor = predictor_from_config(cfg)
         return predictor, predictor.threads
-    if runtime == "torch":
-        from ensemble.predict import build_predictor, set_threads
+    from ensemble.predict import build_predictor, set_threads
 
-        threads = set_threads(cfg.get("threads"))
-        return build_predictor(cfg), threads
-    raise ConfigError(f"runtime: unknown runtime {runtime!r}; choose from {list(RUNTIMES)}")
+    threads = set_threads(settings.threads)
+    return build_predictor(cfg), threads
 
 
 def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,18 +129,19 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     thread, so the device loop does not wait for it), the score is accumulated per pair, inspections are
     appended in chunks. ``profile=true`` adds where the time goes per image (``time_ms_per_image``).
     """
-    num_workers = whole_number(cfg.get("num_workers"), "num_workers", default=0)
-    check_writable(cfg["output"], "output")  # fail before the prediction, not after it
-    if cfg.get("store"):
-        check_writable(cfg["store"], "store")
-        check_run_id(str(cfg.get("run_id") or "infer"), "run_id")
+    settings = InferSettings.from_config(cfg)  # every root key checked before anything is read or loaded
+    if settings.output is None:
+        raise ConfigError("output: give the submission file to write")
+    output = check_writable(settings.output, "output")  # fail before the prediction, not after it
+    if settings.store:
+        check_writable(settings.store, "store")
+        check_run_id(settings.run_id, "run_id")
     dataset = image_set(cfg)
     predictor, threads = build_runtime(cfg)
-    batch_size = resolve_batch_size(cfg.get("batch_size"), predictor)
+    batch_size = resolve_batch_size(settings.batch_size, predictor)
     paths = [dataset.path(i) for i in dataset.image_ids]
-    output = Path(cfg["output"])
-    scorer = _Scorer(dataset) if cfg.get("evaluate") else None
-    store = _Store(str(cfg["store"]), str(cfg.get("run_id") or "infer")) if cfg.get("store") else None
+    scorer = _Scorer(dataset) if settings.evaluate else None
+    store = _Store(settings.store, settings.run_id) if settings.store else None
     timer = predictor.timer
 
     def handle(item: tuple[str, Any, np.ndarray]) -> None:
@@ -159,9 +157,9 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        with sigterm_as_exit(), open_submission(output, dataset.image_ids, str(cfg.get("format", "new"))) as writer:
+        with sigterm_as_exit(), open_submission(output, dataset.image_ids, settings.format) as writer:
             drain_in_background(
-                predictor.iter_predictions(paths, batch_size, num_workers, bool(cfg.get("progress", True))), handle
+                predictor.iter_predictions(paths, batch_size, settings.num_workers, settings.progress), handle
             )
         if store:
             store.flush()
@@ -172,7 +170,7 @@ def infer(cfg: Mapping[str, Any]) -> dict[str, Any]:
     stats = predictor.stats
     summary: dict[str, Any] = {
         "submission": str(output),
-        "runtime": str(cfg.get("runtime", "torch")),
+        "runtime": settings.runtime,
         "images": len(paths),
         "masks": writer.masks,
         "seconds": seconds,

@@ -705,6 +705,23 @@ def test_gpu_check_checks_its_options_and_work_folder(tmp_path, capsys):
         ("threads=true", "threads: expected a whole number >= 0 (0 or null: every core), got True"),
         ("device=tpu", "device: expected cpu, cuda, cuda:<index> or auto, got 'tpu'"),
         ("channels_last=abc", "channels_last: expected true or false, got 'abc'"),
+        # switches that bool() used to turn into true
+        ("progress=abc", "progress: expected true or false, got 'abc'"),
+        ("batch_flips=no_thanks", "batch_flips: expected true or false, got 'no_thanks'"),
+        ("evaluate=1", "evaluate: expected true or false, got 1"),
+        ("profile=yes_please", "profile: expected true or false, got 'yes_please'"),
+        ("format=csv", "format: expected one of ['new', 'old'], got 'csv'"),
+        ("runtime=tf", "runtime: unknown runtime 'tf'; choose from ['torch', 'onnx']"),
+        ("amp=fp8", "amp: expected auto, bfloat16, float16 or null (float32), got 'fp8'"),
+        (
+            "compile=fast",
+            "compile: expected null (eager) or one of ['default', 'reduce-overhead', 'max-autotune', "
+            "'max-autotune-no-cudagraphs'], got 'fast'",
+        ),
+        (
+            "providers=CPUExecutionProvider",
+            "providers: expected a list of execution provider names, got 'CPUExecutionProvider'",
+        ),
     ],
 )
 def test_bad_counts_stop_infer_before_any_output(models, tmp_path, override, message):

@@ -79,3 +79,19 @@ def test_every_experiment_composes_with_train_and_infer(root: str, experiment: s
         assert list(cfg.checkpoints.runs) == [f"outputs/train/*/{run_name}"]
     else:  # the recipe's stage is the one it trains
         assert cfg.hydra.runtime.choices.stage == experiment.split("/")[0]
+
+
+def test_every_root_key_of_the_infer_config_is_a_checked_setting_or_a_section():
+    """A root key of configs/infer.yaml that no code reads is dead config; one read with ``cfg.get`` unchecked
+    turns ``progress=abc`` into true. Each is a field of ``InferSettings`` (checked there), a section read where it
+    is used, or ``train_run`` (an interpolation helper for ``checkpoints.runs``)."""
+    from ensemble.settings import PREDICTOR_SECTIONS, InferSettings
+
+    cfg = compose_root("infer", [])
+    roots = {k for k in cfg if k != "hydra"}
+    sections = {*PREDICTOR_SECTIONS, "data", "paths"}
+    assert roots - sections - {"train_run"} == set(InferSettings.keys())
+    defaults = InferSettings.from_config({})
+    composed = InferSettings.from_config(OmegaConf.to_container(cfg, resolve=False))
+    for key in ("runtime", "format", "evaluate", "num_workers", "channels_last", "amp", "batch_flips", "compile"):
+        assert getattr(composed, key) == getattr(defaults, key), key  # the code's defaults are the config's

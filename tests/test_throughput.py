@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from ensemble.core import resolve_batch_size
 from ensemble.members import load_members
-from ensemble.predict import MAX_AUTO_BATCH, Predictor, amp_dtype_for, batch_for_memory, compile_mode
+from ensemble.predict import MAX_AUTO_BATCH, Predictor, amp_dtype_for, batch_for_memory
+from ensemble.settings import compile_mode
 from ensemble_helpers import image_folder, save_tiny
 from scoring.rules import Rules, RulesError
 from scoring.tta import augment_all, split_outputs, transforms
@@ -95,7 +97,7 @@ def test_amp_auto_is_bf16_on_cuda_fp16_without_bf16_and_float32_on_the_cpu():
     assert amp_dtype_for(False, cuda) is None and amp_dtype_for("float16", cuda) == torch.float16
     with pytest.raises(RulesError, match="amp=bfloat16: mixed precision inference needs device=cuda"):
         amp_dtype_for("bfloat16", cpu)
-    with pytest.raises(RulesError, match="amp: expected auto"):
+    with pytest.raises(ConfigError, match="amp: expected auto"):
         amp_dtype_for("fp8", cuda)
 
 
@@ -113,7 +115,7 @@ def test_batch_size_rule_and_override(members):
 
 def test_compile_is_off_by_default_and_a_checked_key(members, monkeypatch):
     assert compile_mode(None) is None and compile_mode("max-autotune") == "max-autotune"
-    with pytest.raises(RulesError, match="compile: expected null"):
+    with pytest.raises(ConfigError, match="compile: expected null"):
         compile_mode("fast")
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda net, mode: compiled.append(mode) or net)

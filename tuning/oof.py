@@ -40,7 +40,14 @@ from engine.checkpoint import load_checkpoint
 from ensemble.core import resolve_batch_size
 from ensemble.members import Member, discover, load_members
 from ensemble.predict import build_predictor, set_threads
-from ensemble.settings import compose_infer, override_parser, predictor_config, split_overrides
+from ensemble.settings import (
+    InferSettings,
+    compose_infer,
+    override_parser,
+    predictor_config,
+    section,
+    split_overrides,
+)
 from scoring.rules import Rules
 
 __all__ = ["fold_members", "data_config", "ensemble_oof", "main"]
@@ -84,7 +91,8 @@ def ensemble_oof(
     """Write ``oof_segmenter.npz`` and ``oof_classifier.csv`` (when any member gives class probabilities) of the
     ensemble into ``out``; ``cfg`` is the infer config's ``predictor_config`` (its checkpoints and rules unused)."""
     started = time.perf_counter()
-    by_fold = fold_members(runs, bool(cfg.get("channels_last", True)))
+    settings = InferSettings.from_config(cfg)
+    by_fold = fold_members(runs, settings.channels_last)
     data = data_config([m for kinds in by_fold.values() for ms in kinds.values() for m in ms])
     dataset = load_train(data)
     folds = load_folds(data, dataset)
@@ -104,8 +112,8 @@ def ensemble_oof(
         acc = OOFAccumulator(fold, bins)
         loader = predictor.loader(
             [dataset.path(i) for i in val_ids],
-            resolve_batch_size(cfg.get("batch_size"), predictor),
-            int(cfg.get("num_workers", 0)),
+            resolve_batch_size(settings.batch_size, predictor),
+            settings.num_workers,
         )
         if progress:
             from tqdm import tqdm
@@ -153,9 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise OOFError("give at least one training output folder")
     check_outputs(args.out, "--out", files=OOF_FILES)  # fail before the prediction, not after it
     cfg = compose_infer(overrides)
+    settings = InferSettings.from_config(section(cfg, "threads", "progress"))
     plain = predictor_config(cfg)
-    set_threads(cfg.get("threads"))
-    summary = ensemble_oof(runs, args.out, plain, args.bins, bool(cfg.get("progress", True)))
+    set_threads(settings.threads)
+    summary = ensemble_oof(runs, args.out, plain, args.bins, settings.progress)
     print(
         f"ensemble OOF: {summary['images']} images over {summary['folds']} folds, members {summary['members']}, "
         f"TTA {list(plain['tta']['segmenter'])}, {summary['seconds']:.0f} s -> {summary['out']}"

@@ -443,14 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = runs
     if has_checkpoints(runs) and not args.from_files:
         from ensemble.predict import set_threads
-        from ensemble.settings import compose_infer, predictor_config
+        from ensemble.settings import InferSettings, compose_infer, predictor_config, section
         from tuning.oof import ensemble_oof
 
         cfg = compose_infer(overrides)
+        settings = InferSettings.from_config(section(cfg, "threads", "progress"))
         plain = predictor_config(cfg)
-        set_threads(cfg.get("threads"))
+        set_threads(settings.threads)
         oof_dir = check_outputs(args.oof_dir or args.out.parent / f"{args.out.stem}_oof", "--oof-dir", files=OOF_FILES)
-        made = ensemble_oof(runs, oof_dir, plain, base.bins, bool(cfg.get("progress", True)))
+        made = ensemble_oof(runs, oof_dir, plain, base.bins, settings.progress)
         print(
             f"ensemble OOF (as infer.py predicts: TTA {list(plain['tta']['segmenter'])}, members "
             f"{made['members']}): {made['images']} images in {made['seconds']:.0f} s -> {oof_dir}"
